@@ -1,0 +1,178 @@
+"""Model-agnostic plumbing: the transformer hook, the feed-forward hook and the model-family registry.
+
+A family adapter is data (`FamilySpec`): where the blocks, attentions and feed-forwards are, how to
+read the token grid from the input and how to turn the output into tokens and back. The hooks here
+only call the timeline and apply its plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from ..state import GenerationState
+from ..timeline import begin_step, end_step
+
+HOOK_NAME = "cat_pruning"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What CAT needs to know about one family of diffusers transformers.
+
+    Attributes:
+        name: family name used in messages.
+        transformer_classes: names of the diffusers transformer classes of the family.
+        attention_modules: (transformer) -> [(qualified name, Attention)] whose processor CAT swaps.
+        make_processor: (original processor, runtime, name) -> the CAT attention processor.
+        feed_forward_modules: (transformer) -> [(qualified name, module)] of the image stream.
+        grid: (transformer, args, kwargs) -> (h, w) token grid of this call's input.
+        to_tokens: (transformer, output sample) -> [B, N, D] output tokens.
+        from_tokens: (transformer, tokens, output sample) -> output sample.
+        check: (transformer) -> None, raises on a configuration CAT cannot handle.
+    """
+
+    name: str
+    transformer_classes: tuple[str, ...]
+    attention_modules: Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]
+    make_processor: Callable[[Any, "Runtime", str], Any]
+    feed_forward_modules: Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]
+    grid: Callable[[torch.nn.Module, tuple, dict], tuple[int, int]]
+    to_tokens: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+    from_tokens: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    check: Callable[[torch.nn.Module], None] = lambda transformer: None
+
+
+_REGISTRY: dict[str, FamilySpec] = {}
+
+
+def register(spec: FamilySpec) -> FamilySpec:
+    for cls in spec.transformer_classes:
+        _REGISTRY[cls] = spec
+    return spec
+
+
+def supported_models() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def spec_for(transformer: torch.nn.Module) -> FamilySpec:
+    for cls in type(transformer).__mro__:
+        if cls.__name__ in _REGISTRY:
+            return _REGISTRY[cls.__name__]
+    raise TypeError(
+        f"CAT does not support {type(transformer).__name__}; supported transformer classes: "
+        f"{', '.join(supported_models())}."
+    )
+
+
+class Runtime:
+    """What every hook of one applied handle shares: the config and the current generation's state."""
+
+    def __init__(self, config):
+        self.config = config
+        self.state = GenerationState()
+        self.last_timestep: float | None = None
+
+    def new_generation(self, cfg_pairs: bool, num_steps: int | None = None) -> None:
+        self.state = GenerationState(cfg_pairs=cfg_pairs, num_steps=num_steps)
+        self.last_timestep = None
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of the selected tokens.  [B, N, C], [B, K] -> [B, K, C]"""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Writes the selected tokens' rows in place.  [B, N, C] <- [B, K, C]"""
+    return target.scatter_(1, index[..., None].expand(-1, -1, target.shape[-1]), rows)
+
+
+class TransformerHook(ModelHook):
+    """Advances the step before each transformer call; after it, applies output caching and selects."""
+
+    def __init__(self, runtime: Runtime, spec: FamilySpec, scheduler=None, timestep_arg: str = "timestep"):
+        super().__init__()
+        self.runtime = runtime
+        self.spec = spec
+        self.scheduler = scheduler
+        self.timestep_arg = timestep_arg
+
+    def pre_forward(self, module, *args, **kwargs):
+        run = self.runtime
+        if self.scheduler is None:
+            self._reset_on_new_schedule(kwargs.get(self.timestep_arg))
+        elif run.state.step < 0 and run.state.num_steps is None:
+            run.state.num_steps = len(self.scheduler.timesteps)
+        begin_step(run.state, run.config, self.spec.grid(module, args, kwargs))
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        tokens = self.spec.to_tokens(module, sample)  # [B, N, D]
+        new_tokens = end_step(self.runtime.state, self.runtime.config, tokens)
+        if new_tokens is tokens:
+            return output
+        sample = self.spec.from_tokens(module, new_tokens, sample)
+        if isinstance(output, tuple):
+            return (sample, *output[1:])
+        output.sample = sample
+        return output
+
+    def _reset_on_new_schedule(self, timestep) -> None:
+        """Transformer-only use: a timestep above the previous one starts a new generation."""
+        if not isinstance(timestep, torch.Tensor) or timestep.device.type == "meta":
+            return
+        t = float(timestep.flatten()[0])
+        run = self.runtime
+        if run.last_timestep is not None and t > run.last_timestep:
+            run.new_generation(run.state.cfg_pairs)
+        run.last_timestep = t
+
+
+class FeedForwardHook(ModelHook):
+    """Runs a feed-forward on the selected tokens only; the others reuse their cached output."""
+
+    def __init__(self, runtime: Runtime, name: str):
+        super().__init__()
+        self.runtime = runtime
+        self.name = name
+
+    def new_forward(self, module, hidden_states, *args, **kwargs):
+        state: GenerationState = self.runtime.state
+        forward = self.fn_ref.original_forward
+        if state.plan is None:
+            out = forward(hidden_states, *args, **kwargs)
+            if state.record:
+                state.cache(self.name).out = out
+            return out
+        cache = state.cache(self.name)
+        rows = forward(gather_tokens(hidden_states, state.plan), *args, **kwargs)  # [B, K, C]
+        return scatter_tokens_(cache.out, state.plan, rows)  # [B, N, C]
+
+
+def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
+    """Registers `hook` and appends its exact inverse to `undo` (the module's attributes as before)."""
+    had_registry = hasattr(module, "_diffusers_hook")
+    had_forward = "forward" in module.__dict__
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    registry.register_hook(hook, HOOK_NAME)
+
+    def detach():
+        registry.remove_hook(HOOK_NAME, recurse=False)
+        if not registry.hooks:
+            if not had_forward:
+                module.__dict__.pop("forward", None)
+            if not had_registry:
+                del module._diffusers_hook
+
+    undo.append(detach)
+
+
+def has_hook(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(HOOK_NAME) is not None

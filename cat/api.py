@@ -1,0 +1,118 @@
+"""`cat.apply`: patch a diffusers pipeline or transformer in place; `handle.remove()` undoes it exactly."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+
+from .adapters import Runtime, spec_for
+from .adapters.base import FeedForwardHook, TransformerHook, attach_hook, has_hook
+from .config import CATConfig
+from .state import GenerationStats
+
+
+class CATHandle:
+    """An applied CAT patch. Use `remove()` (or a `with` block) to restore the model exactly."""
+
+    def __init__(self, target, config: CATConfig):
+        self.config = config
+        self._pipe = None if isinstance(target, torch.nn.Module) else target
+        self.transformer = target if self._pipe is None else target.transformer
+        self.spec = spec_for(self.transformer)
+        self._runtime = Runtime(config)
+        self._undo: list = []
+
+    @property
+    def stats(self) -> GenerationStats:
+        """Per-step statistics of the current or last generation (CPU tensors)."""
+        return self._runtime.state.stats()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._undo)
+
+    def reset(self, cfg_pairs: bool | None = None, num_inference_steps: int | None = None) -> None:
+        """Starts a new generation. Pipelines do this by themselves; for a bare transformer, say whether
+        its batch is [uncond..., cond...] CFG pairs (which then share one selection per prompt)."""
+        pairs = self._runtime.state.cfg_pairs if cfg_pairs is None else cfg_pairs
+        self._runtime.new_generation(pairs, num_inference_steps)
+
+    def remove(self) -> None:
+        """Restores every patched module and the pipeline exactly as they were."""
+        while self._undo:
+            self._undo.pop()()
+        self._runtime.new_generation(False)  # drop the caches
+
+    def __enter__(self) -> "CATHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def _install(self) -> None:
+        transformer, config, run = self.transformer, self.config, self._runtime
+        self.spec.check(transformer)
+        try:
+            if config.prune_attention:
+                for name, attn in self.spec.attention_modules(transformer):
+                    original = attn.processor
+                    attn.set_processor(self.spec.make_processor(original, run, name))
+                    self._undo.append(functools.partial(attn.set_processor, original))
+            if config.prune_ff:
+                for name, ff in self.spec.feed_forward_modules(transformer):
+                    attach_hook(ff, FeedForwardHook(run, name), self._undo)
+            scheduler = getattr(self._pipe, "scheduler", None)
+            attach_hook(transformer, TransformerHook(run, self.spec, scheduler), self._undo)
+            if self._pipe is not None:
+                self._observe_encode_prompt()
+        except Exception:
+            self.remove()
+            raise
+
+    def _observe_encode_prompt(self) -> None:
+        """A pipeline call starts by encoding its prompt: start a new generation there, and learn from
+        the pipeline's own argument whether the batch holds CFG pairs."""
+        pipe, run = self._pipe, self._runtime
+        encode = pipe.encode_prompt
+        signature = inspect.signature(encode)
+
+        @functools.wraps(encode)
+        def encode_prompt(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            run.new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
+            return encode(*args, **kwargs)
+
+        had_attr = "encode_prompt" in pipe.__dict__
+        pipe.encode_prompt = encode_prompt
+
+        def restore():
+            if had_attr:
+                pipe.encode_prompt = encode
+            else:
+                del pipe.encode_prompt
+
+        self._undo.append(restore)
+
+
+def apply(pipe_or_transformer, config: CATConfig | None = None) -> CATHandle:
+    """Patches a diffusers pipeline (anything with a `.transformer`) or its transformer in place.
+
+    Returns the handle; `handle.remove()` or leaving `with cat.apply(...)` restores the model exactly.
+    Raises if CAT is already applied to this transformer, or if its class is not supported.
+    """
+    config = CATConfig() if config is None else config
+    if not isinstance(config, CATConfig):
+        raise TypeError(f"config must be a cat.CATConfig, got {type(config).__name__}")
+    if not isinstance(pipe_or_transformer, torch.nn.Module) and not hasattr(pipe_or_transformer, "transformer"):
+        raise TypeError(
+            f"cat.apply expects a diffusers pipeline with a `transformer` or a transformer module, "
+            f"got {type(pipe_or_transformer).__name__}"
+        )
+    handle = CATHandle(pipe_or_transformer, config)
+    if has_hook(handle.transformer):
+        raise RuntimeError("CAT is already applied to this transformer; call handle.remove() first.")
+    handle._install()
+    return handle

@@ -1,0 +1,122 @@
+"""The one configuration object of CAT Pruning.
+
+Every constant of the method is a field here, defaulting to the value the authors' code uses for
+SD3-medium at 1024x1024 and 28 steps. Paper symbols are named in the field docs; the mapping to the
+paper is also tabulated in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
+
+
+@dataclass(frozen=True)
+class CATConfig:
+    """Validated, immutable CAT settings.
+
+    Attributes:
+        keep_ratio: alpha, the fraction of image tokens recomputed in each pruned step. K =
+            round(keep_ratio * image tokens). 1.0 disables pruning.
+        warmup_steps: t0, the number of full steps (steps 0 .. t0-1) before pruning starts. The last
+            full step makes the first selection, the one `reference_offset` steps earlier keeps the
+            reference noise n_ref, so at least `reference_offset + 1` full steps are needed.
+        reference_offset: steps between the reference step and the first selection step (authors: step 6
+            is the reference and step 7 selects for step 8, so 1).
+        num_clusters: number of k-means clusters over the image tokens (authors: 20).
+        cluster_feature_weight: weight of the noise in the clustering features; the rest of the
+            feature is the token's (row/H, col/W) position, so clusters are compact regions (0.05).
+        kmeans_iters: Lloyd iterations of the k-means (fixed count, no convergence test, so it runs
+            without host synchronisation).
+        seed: seeds the k-means initialisation and the `random` policy.
+        staleness_decay: decay of the selection frequency f <- decay * f + 1[selected] (0.5).
+        cluster_share: share of the budget K filled from salient clusters in pruned steps (0.25);
+            the rest goes to the stalest tokens.
+        quota_unit: one quota unit as a fraction of K (0.05).
+        cluster_quotas: quota units per saliency rank of a cluster, the last value repeating for the
+            remaining ranks (rank 0 gets 3 units, rank 1 two, others one).
+        first_cluster_cap: at the first selection the whole budget comes from clusters, at most this
+            fraction of K per cluster (0.10).
+        smooth_first: at the first selection, smooth cluster saliency over grid-adjacent clusters
+            (2 * mean + max over the cluster and its neighbours).
+        prune_attention: recompute only the selected tokens in the attention projections.
+        prune_ff: recompute only the selected tokens in the image feed-forward.
+        policy: the selection rule. ``"cat"`` is the full method; ``"no_cluster"`` replaces the
+            cluster walk by the globally noisiest tokens; ``"no_staleness"`` fills the whole budget
+            from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K
+            noisiest tokens; ``"random"`` takes K uniformly random tokens (seeded).
+    """
+
+    keep_ratio: float = 0.3
+    warmup_steps: int = 8
+    reference_offset: int = 1
+    num_clusters: int = 20
+    cluster_feature_weight: float = 0.05
+    kmeans_iters: int = 10
+    seed: int = 0
+    staleness_decay: float = 0.5
+    cluster_share: float = 0.25
+    quota_unit: float = 0.05
+    cluster_quotas: tuple[int, ...] = (3, 2, 1)
+    first_cluster_cap: float = 0.10
+    smooth_first: bool = True
+    prune_attention: bool = True
+    prune_ff: bool = True
+    policy: str = "cat"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cluster_quotas", tuple(self.cluster_quotas))
+        _check(_is_num(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "keep_ratio", self.keep_ratio, "a float in (0, 1]")
+        _check(_is_int(self.reference_offset) and self.reference_offset >= 1,
+               "reference_offset", self.reference_offset, "an integer >= 1")
+        _check(_is_int(self.warmup_steps) and self.warmup_steps >= self.reference_offset + 1,
+               "warmup_steps", self.warmup_steps,
+               f"an integer >= reference_offset + 1 = {self.reference_offset + 1} "
+               "(a reference step and a clustering step are needed)")
+        _check(_is_int(self.num_clusters) and self.num_clusters >= 1,
+               "num_clusters", self.num_clusters, "an integer >= 1 (and at most the number of image tokens)")
+        _check(_is_num(self.cluster_feature_weight) and self.cluster_feature_weight >= 0.0, "cluster_feature_weight", self.cluster_feature_weight, "a float >= 0")
+        _check(_is_int(self.kmeans_iters) and self.kmeans_iters >= 1, "kmeans_iters", self.kmeans_iters, "an integer >= 1")
+        _check(_is_int(self.seed), "seed", self.seed, "an integer")
+        _check(_is_num(self.staleness_decay) and 0.0 <= self.staleness_decay < 1.0, "staleness_decay", self.staleness_decay, "a float in [0, 1)")
+        _check(_is_num(self.cluster_share) and 0.0 <= self.cluster_share <= 1.0, "cluster_share", self.cluster_share, "a float in [0, 1]")
+        _check(_is_num(self.quota_unit) and 0.0 < self.quota_unit <= 1.0, "quota_unit", self.quota_unit, "a float in (0, 1]")
+        _check(len(self.cluster_quotas) >= 1 and all(_is_int(q) and q >= 0 for q in self.cluster_quotas),
+               "cluster_quotas", self.cluster_quotas, "a non-empty tuple of integers >= 0")
+        _check(_is_num(self.first_cluster_cap) and 0.0 < self.first_cluster_cap <= 1.0, "first_cluster_cap", self.first_cluster_cap, "a float in (0, 1]")
+        _check(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
+
+    def num_kept(self, num_tokens: int) -> int:
+        """K, the number of image tokens recomputed per sample in a pruned step (at least 1)."""
+        return min(num_tokens, max(1, round(self.keep_ratio * num_tokens)))
+
+    def prunes(self, num_tokens: int) -> bool:
+        """Whether pruned steps would recompute fewer than all tokens."""
+        return self.num_kept(num_tokens) < num_tokens
+
+    def check_tokens(self, num_tokens: int) -> None:
+        """Checks the settings that depend on the image size, once it is known."""
+        _check(self.num_clusters <= num_tokens, "num_clusters", self.num_clusters,
+               f"at most the number of image tokens ({num_tokens})")
+
+
+def token_schedule(config: CATConfig | None, num_inference_steps: int, num_image_tokens: int) -> list[int]:
+    """Image tokens recomputed per sample at each step of a generation (the full model: all of them)."""
+    if config is None or not config.prunes(num_image_tokens):
+        return [num_image_tokens] * num_inference_steps
+    k = config.num_kept(num_image_tokens)
+    return [num_image_tokens if s < config.warmup_steps else k for s in range(num_inference_steps)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(ok: bool, field: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"CATConfig.{field}={value!r} is invalid: {field} must be {allowed}.")

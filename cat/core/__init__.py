@@ -1,0 +1,47 @@
+"""CAT's algorithm as pure, batched tensor functions (torch only; no modules, no diffusers)."""
+
+from .kmeans import kmeans
+from .scoring import (
+    cluster_adjacency,
+    cluster_features,
+    cluster_max,
+    cluster_saliency,
+    positional_code,
+    relative_noise,
+    smooth_over_neighbours,
+)
+from .select import (
+    mask_of,
+    order_by,
+    quota_per_rank,
+    rank_within_cluster,
+    select_first,
+    select_noise,
+    select_pruned,
+    select_random,
+    take,
+    update_staleness,
+    walk_clusters,
+)
+
+__all__ = [
+    "cluster_adjacency",
+    "cluster_features",
+    "cluster_max",
+    "cluster_saliency",
+    "kmeans",
+    "mask_of",
+    "order_by",
+    "positional_code",
+    "quota_per_rank",
+    "rank_within_cluster",
+    "relative_noise",
+    "select_first",
+    "select_noise",
+    "select_pruned",
+    "select_random",
+    "smooth_over_neighbours",
+    "take",
+    "update_staleness",
+    "walk_clusters",
+]

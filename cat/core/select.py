@@ -1,0 +1,127 @@
+"""Budgeted token selection: every function returns exactly K distinct token indices per sample.
+
+A plan is an index tensor [B, K] sorted ascending. Rankings are lexicographic stable sorts, so ties
+break the same way on every device: by the next key, and finally by token index.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def order_by(*keys: torch.Tensor) -> torch.Tensor:
+    """Token permutation sorting by keys[0] ascending, then keys[1], ... then index.  [B, N] each -> [B, N]"""
+    b, n = keys[0].shape
+    order = torch.arange(n, device=keys[0].device).expand(b, n)
+    for key in reversed(keys):
+        order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
+    return order
+
+
+def positions(order: torch.Tensor) -> torch.Tensor:
+    """Inverse permutation: where each token stands in `order`.  [B, N] -> [B, N]"""
+    n = order.shape[1]
+    ranks = torch.arange(n, device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, ranks)
+
+
+def rank_within_cluster(order: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Rank of each token among the tokens of its own cluster, in the given order.  -> [B, N]"""
+    lab = labels.gather(1, order)  # [B, N] labels in rank order
+    seen = torch.nn.functional.one_hot(lab, k).cumsum(dim=1)  # [B, N, k]
+    rank_sorted = seen.gather(2, lab[..., None]).squeeze(-1) - 1  # [B, N]
+    return torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)
+
+
+def walk_clusters(saliency: torch.Tensor, per_rank: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quota of each cluster when walking clusters by saliency until `budget` tokens are assigned.
+
+    `per_rank` [k] is the quota of the cluster at each saliency rank; the walk stops when the budget
+    is used, so later clusters get a partial or zero quota.  [B, k] -> quota [B, k], rank [B, k]
+    """
+    b, k = saliency.shape
+    by_rank = torch.argsort(saliency, dim=1, descending=True, stable=True)  # [B, k] cluster ids
+    before = per_rank.cumsum(0) - per_rank  # [k] quota used by higher ranks
+    capped = (budget - before).clamp(min=0).minimum(per_rank)  # [k]
+    quota = torch.empty_like(by_rank).scatter_(1, by_rank, capped.expand(b, k))
+    rank = torch.empty_like(by_rank).scatter_(1, by_rank, torch.arange(k, device=saliency.device).expand(b, k))
+    return quota, rank
+
+
+def quota_per_rank(k: int, units: tuple[int, ...], unit: int, device: torch.device) -> torch.Tensor:
+    """Per-rank cluster quotas in tokens: units[i] * unit, the last entry repeating.  -> [k]"""
+    return torch.tensor([units[min(i, len(units) - 1)] * unit for i in range(k)], device=device)
+
+
+def take(priority: torch.Tensor, order: torch.Tensor, budget: int) -> torch.Tensor:
+    """The `budget` tokens of lowest priority value, ties broken by position in `order`.  -> [B, K]"""
+    chosen = order_by(priority, positions(order))[:, :budget]  # [B, K]
+    return chosen.sort(dim=1).values
+
+
+def select_noise(r: torch.Tensor, budget: int) -> torch.Tensor:
+    """The K tokens with the largest relative noise.  [B, N] -> [B, K]"""
+    return order_by(-r)[:, :budget].sort(dim=1).values
+
+
+def select_random(shape: tuple[int, int], budget: int, seed: int, device: torch.device) -> torch.Tensor:
+    """K uniformly random distinct tokens per sample, from a seeded CPU generator.  -> [B, K]"""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=gen).argsort(dim=1)[:, :budget].sort(dim=1).values.to(device)
+
+
+def select_first(
+    r: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, budget: int, cap: int
+) -> torch.Tensor:
+    """First selection: walk clusters by saliency, taking each one's noisiest tokens (at most `cap`),
+    until the budget is filled; any shortfall is filled by noise.  -> [B, K]
+    """
+    k = saliency.shape[1]
+    per_rank = torch.full((k,), cap, device=r.device, dtype=torch.long)
+    quota, _ = walk_clusters(saliency, per_rank, budget)
+    noisy = order_by(-r)
+    picked = rank_within_cluster(noisy, labels, k) < quota.gather(1, labels)  # [B, N]
+    return take((~picked).long(), noisy, budget)
+
+
+def select_pruned(
+    r: torch.Tensor,
+    saliency: torch.Tensor,
+    labels: torch.Tensor,
+    freq: torch.Tensor,
+    budget: int,
+    cluster_budget: int,
+    per_rank: torch.Tensor,
+    use_staleness: bool = True,
+) -> torch.Tensor:
+    """Selection for a pruned step.  r, freq, labels [B, N]; saliency [B, k] -> [B, K]
+
+    With staleness: `cluster_budget` tokens from salient clusters (top tokens by noise within each,
+    plus half the quota of its stalest tokens for clusters of rank >= 1), then the stalest tokens
+    overall; the union is cut or filled to exactly K by staleness. Without: the whole budget from the
+    cluster walk, filled by noise.
+    """
+    k = saliency.shape[1]
+    noisy = order_by(-r)
+    quota, rank = walk_clusters(saliency, per_rank, cluster_budget)
+    picked = rank_within_cluster(noisy, labels, k) < quota.gather(1, labels)  # [B, N]
+    if not use_staleness:
+        return take((~picked).long(), noisy, budget)
+    stale = order_by(freq, -r)  # least recently refreshed first, noisiest among equals
+    stale_quota = torch.where(rank >= 1, quota // 2, torch.zeros_like(quota))  # [B, k]
+    picked |= rank_within_cluster(stale, labels, k) < stale_quota.gather(1, labels)
+    stalest = positions(stale) < budget - cluster_budget  # [B, N]
+    priority = torch.where(picked, 0, torch.where(stalest, 1, 2))  # [B, N]
+    return take(priority, stale, budget)
+
+
+def update_staleness(freq: torch.Tensor, active: torch.Tensor, decay: float) -> torch.Tensor:
+    """f <- decay * f + 1[selected].  [B, N] float, [B, K] indices -> [B, N]"""
+    hit = torch.zeros_like(freq).scatter_(1, active, 1.0)
+    return decay * freq + hit
+
+
+def mask_of(active: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Boolean mask of the selected tokens.  [B, K] -> [B, N]"""
+    mask = torch.zeros(active.shape[0], num_tokens, device=active.device, dtype=torch.bool)
+    return mask.scatter_(1, active, True)

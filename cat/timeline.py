@@ -1,0 +1,113 @@
+"""The step timeline: full -> reference -> cluster -> pruned.
+
+Steps are 0-based. Steps 0 .. t0-1 run in full; step t0-1-reference_offset keeps the reference noise;
+step t0-1 clusters the tokens, fills every layer's cache and makes the first selection; every later
+step recomputes only the selected tokens and selects for the next one. The hooks call `begin_step`
+before and `end_step` after each transformer call and apply the plan these return.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import core
+from .config import CATConfig
+from .state import GenerationState, StepRecord
+
+
+def phase_of(step: int, config: CATConfig) -> str:
+    t0 = config.warmup_steps
+    if step >= t0:
+        return "pruned"
+    if step == t0 - 1:
+        return "cluster"
+    if step == t0 - 1 - config.reference_offset:
+        return "reference"
+    return "full"
+
+
+def begin_step(state: GenerationState, config: CATConfig, grid: tuple[int, int]) -> None:
+    """Advances the step counter and sets the plan of this step (None: all tokens)."""
+    state.step += 1
+    state.grid = grid
+    n = grid[0] * grid[1]
+    if state.step == 0:
+        config.check_tokens(n)
+    phase = phase_of(state.step, config)
+    pruning = _pruning(state, config, n)
+    state.record = pruning and phase == "cluster"
+    if pruning and phase == "pruned":
+        state.plan = torch.cat([state.active, state.active]) if state.cfg_pairs else state.active  # [B, K]
+    else:
+        state.plan = None
+
+
+def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> torch.Tensor:
+    """Output caching, reference, clustering, staleness and the next selection.  out [B, N, D] -> [B, N, D]"""
+    n = out.shape[1]
+    phase = phase_of(state.step, config)
+    if not _pruning(state, config, n):
+        state.records.append(StepRecord(state.step, phase, n))
+        return out
+    if state.plan is not None:
+        # Unselected tokens keep the previous step's output, so the scheduler moves them with it.
+        index = state.plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
+        out = state.prev_out.scatter(1, index, out.gather(1, index))
+    state.prev_out = out
+    cond = out[out.shape[0] // 2 :] if state.cfg_pairs else out  # [P, N, D]
+    record = StepRecord(state.step, phase, n if state.plan is None else state.plan.shape[1])
+    if state.plan is not None:
+        record.active = core.mask_of(state.active, n)
+
+    if phase == "reference":
+        state.ref = cond.clone()
+    elif phase in ("cluster", "pruned"):
+        delta = (cond - state.ref).float()  # [P, N, D]
+        r = torch.linalg.vector_norm(delta, dim=-1)  # [P, N]
+        if phase == "cluster":
+            if config.policy in ("cat", "no_staleness"):
+                feats = core.cluster_features(cond, state.grid, config.cluster_feature_weight)
+                state.labels = core.kmeans(feats, config.num_clusters, config.kmeans_iters, config.seed)
+            state.freq = torch.zeros_like(r)
+        else:
+            state.freq = core.update_staleness(state.freq, state.active, config.staleness_decay)
+        state.active = select(config, state, r, delta, first=phase == "cluster")
+        record.noise_magnitude = r
+        record.staleness = state.freq
+    state.records.append(record)
+    return out
+
+
+def select(config: CATConfig, state: GenerationState, r: torch.Tensor, delta: torch.Tensor, first: bool) -> torch.Tensor:
+    """The next step's tokens under the configured policy.  -> [P, K]"""
+    p, n = r.shape
+    budget = config.num_kept(n)
+    if config.policy == "random":
+        return core.select_random((p, n), budget, config.seed * 100_003 + state.step, r.device)
+    if config.policy == "noise_only" or (config.policy == "no_cluster" and first):
+        return core.select_noise(r, budget)
+    cluster_budget = round(config.cluster_share * budget)
+    if config.policy == "no_cluster":
+        # One cluster covering the whole image: the cluster part becomes the globally noisiest tokens.
+        one = torch.zeros_like(r, dtype=torch.long)
+        per_rank = torch.tensor([cluster_budget], device=r.device)
+        return core.select_pruned(r, r.new_zeros(p, 1), one, state.freq, budget, cluster_budget, per_rank)
+    k = config.num_clusters
+    if first:
+        adj = core.cluster_adjacency(state.labels, state.grid, k) if config.smooth_first else None
+        saliency = core.cluster_saliency(delta, state.labels, k, adj)
+        cap = max(1, round(config.first_cluster_cap * budget))
+        return core.select_first(r, saliency, state.labels, budget, cap)
+    saliency = core.cluster_saliency(delta, state.labels, k)
+    unit = max(1, round(config.quota_unit * budget))
+    per_rank = core.quota_per_rank(k, config.cluster_quotas, unit, r.device)
+    if config.policy == "no_staleness":
+        return core.select_pruned(r, saliency, state.labels, state.freq, budget, budget, per_rank, use_staleness=False)
+    return core.select_pruned(r, saliency, state.labels, state.freq, budget, cluster_budget, per_rank)
+
+
+def _pruning(state: GenerationState, config: CATConfig, num_tokens: int) -> bool:
+    """Whether this generation has any pruned step (else CAT leaves every step untouched)."""
+    if not config.prunes(num_tokens):
+        return False
+    return state.num_steps is None or state.num_steps > config.warmup_steps
