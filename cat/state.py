@@ -78,7 +78,9 @@ class GenerationState:
 
     def stats(self) -> GenerationStats:
         def cpu(t):
-            return None if t is None else t.detach().cpu()
+            if t is None or t.device.type == "meta":  # shape-only runs (MAC counting) have no data to copy
+                return None if t is None else t.detach()
+            return t.detach().cpu()
 
         n = self.grid[0] * self.grid[1] if self.grid else 0
         steps = [
