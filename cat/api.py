@@ -27,17 +27,16 @@ class CATHandle:
     @property
     def stats(self) -> GenerationStats:
         """Per-step statistics of the current or last generation (CPU tensors)."""
-        return self._runtime.state.stats()
+        return self._runtime.last_state().stats()
 
     @property
     def active(self) -> bool:
         return bool(self._undo)
 
-    def reset(self, cfg_pairs: bool | None = None, num_inference_steps: int | None = None) -> None:
+    def reset(self, cfg_pairs: bool | None = None) -> None:
         """Starts a new generation. Pipelines do this by themselves; for a bare transformer, say whether
         its batch is [uncond..., cond...] CFG pairs (which then share one selection per prompt)."""
-        pairs = self._runtime.state.cfg_pairs if cfg_pairs is None else cfg_pairs
-        self._runtime.new_generation(pairs, num_inference_steps)
+        self._runtime.new_generation(self._runtime.cfg_pairs if cfg_pairs is None else cfg_pairs)
 
     def remove(self) -> None:
         """Restores every patched module and the pipeline exactly as they were."""
@@ -63,6 +62,8 @@ class CATHandle:
             if config.prune_ff:
                 for name, ff in self.spec.feed_forward_modules(transformer):
                     attach_hook(ff, FeedForwardHook(run, name), self._undo)
+                for name, module in self.spec.joint_modules(transformer):
+                    attach_hook(module, FeedForwardHook(run, name, joint=True), self._undo)
             scheduler = getattr(self._pipe, "scheduler", None)
             attach_hook(transformer, TransformerHook(run, self.spec, scheduler), self._undo)
             if self._pipe is not None:

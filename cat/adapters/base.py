@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..state import GenerationState
 from ..timeline import begin_step, end_step
@@ -33,6 +34,8 @@ class FamilySpec:
         to_tokens: (transformer, output sample) -> [B, N, D] output tokens.
         from_tokens: (transformer, tokens, output sample) -> output sample.
         check: (transformer) -> None, raises on a configuration CAT cannot handle.
+        joint_modules: (transformer) -> [(qualified name, module)] of token-wise modules whose input is
+            a [text, image] sequence (only the image rows are pruned).
     """
 
     name: str
@@ -44,6 +47,7 @@ class FamilySpec:
     to_tokens: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
     from_tokens: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     check: Callable[[torch.nn.Module], None] = lambda transformer: None
+    joint_modules: Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]] = lambda transformer: []
 
 
 _REGISTRY: dict[str, FamilySpec] = {}
@@ -70,21 +74,58 @@ def spec_for(transformer: torch.nn.Module) -> FamilySpec:
 
 
 class Runtime:
-    """What every hook of one applied handle shares: the config and the current generation's state."""
+    """What every hook of one applied handle shares: the config and the generation state.
+
+    Pipelines that call the transformer more than once per step (FLUX's true CFG) name each call
+    with diffusers' `cache_context`; every named call then has a state of its own.
+    """
 
     def __init__(self, config):
         self.config = config
-        self.state = GenerationState()
+        self.cfg_pairs = False
+        self.context: str | None = None
+        self.states: dict[str | None, GenerationState] = {}
         self.last_timestep: float | None = None
 
-    def new_generation(self, cfg_pairs: bool, num_steps: int | None = None) -> None:
-        self.state = GenerationState(cfg_pairs=cfg_pairs, num_steps=num_steps)
+    @property
+    def state(self) -> GenerationState:
+        if self.context not in self.states:
+            self.states[self.context] = GenerationState(cfg_pairs=self.cfg_pairs)
+        return self.states[self.context]
+
+    def last_state(self) -> GenerationState:
+        """The state to report: the conditional call's when calls are named."""
+        for key in (None, "cond"):
+            if key in self.states:
+                return self.states[key]
+        return next(iter(self.states.values()), GenerationState(cfg_pairs=self.cfg_pairs))
+
+    def new_generation(self, cfg_pairs: bool) -> None:
+        self.cfg_pairs = cfg_pairs
+        self.states = {}
         self.last_timestep = None
+
+
+class _ContextReceiver(StateManager):
+    """Receives diffusers' cache context (`transformer.cache_context(name)`) and tells the runtime."""
+
+    def __init__(self, runtime: Runtime):
+        super().__init__(BaseState)
+        self.runtime = runtime
+
+    def set_context(self, context) -> None:
+        self.runtime.context = None if context is None else context.name
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows of the selected tokens.  [B, N, C], [B, K] -> [B, K, C]"""
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def joint_rows(plan: torch.Tensor, num_text: int) -> torch.Tensor:
+    """Rows of a [text, image] sequence: every text token, then the selected image tokens.  [B, K] -> [B, T+K]"""
+    text = torch.arange(num_text, device=plan.device).expand(plan.shape[0], num_text)
+    return torch.cat([text, plan + num_text], dim=1)
 
 
 def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -95,9 +136,14 @@ def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tenso
 class TransformerHook(ModelHook):
     """Advances the step before each transformer call; after it, applies output caching and selects."""
 
+    # Stateful only so that diffusers hands it the cache context; the state itself resets when a
+    # pipeline call starts (see CATHandle), not when the pipeline ends, so statistics survive the call.
+    _is_stateful = True
+
     def __init__(self, runtime: Runtime, spec: FamilySpec, scheduler=None, timestep_arg: str = "timestep"):
         super().__init__()
         self.runtime = runtime
+        self.context = _ContextReceiver(runtime)
         self.spec = spec
         self.scheduler = scheduler
         self.timestep_arg = timestep_arg
@@ -106,10 +152,16 @@ class TransformerHook(ModelHook):
         run = self.runtime
         if self.scheduler is None:
             self._reset_on_new_schedule(kwargs.get(self.timestep_arg))
-        elif run.state.step < 0 and run.state.num_steps is None:
-            run.state.num_steps = len(self.scheduler.timesteps)
-        begin_step(run.state, run.config, self.spec.grid(module, args, kwargs))
+        state = run.state
+        if state.step < 0:
+            state.grid = self.spec.grid(module, args, kwargs)
+            if self.scheduler is not None:
+                state.num_steps = len(self.scheduler.timesteps)
+        begin_step(state, run.config, state.grid)
         return args, kwargs
+
+    def reset_state(self, module):
+        return module
 
     def post_forward(self, module, output):
         sample = output[0] if isinstance(output, tuple) else output.sample
@@ -130,17 +182,22 @@ class TransformerHook(ModelHook):
         t = float(timestep.flatten()[0])
         run = self.runtime
         if run.last_timestep is not None and t > run.last_timestep:
-            run.new_generation(run.state.cfg_pairs)
+            run.new_generation(run.cfg_pairs)
         run.last_timestep = t
 
 
 class FeedForwardHook(ModelHook):
-    """Runs a feed-forward on the selected tokens only; the others reuse their cached output."""
+    """Runs a token-wise module on the selected tokens only; the others reuse their cached output.
 
-    def __init__(self, runtime: Runtime, name: str):
+    With `joint=True` the module's input is a [text, image] sequence (FLUX single-stream blocks): the
+    text rows always run, the image rows only where selected.
+    """
+
+    def __init__(self, runtime: Runtime, name: str, joint: bool = False):
         super().__init__()
         self.runtime = runtime
         self.name = name
+        self.joint = joint
 
     def new_forward(self, module, hidden_states, *args, **kwargs):
         state: GenerationState = self.runtime.state
@@ -151,8 +208,11 @@ class FeedForwardHook(ModelHook):
                 state.cache(self.name).out = out
             return out
         cache = state.cache(self.name)
-        rows = forward(gather_tokens(hidden_states, state.plan), *args, **kwargs)  # [B, K, C]
-        return scatter_tokens_(cache.out, state.plan, rows)  # [B, N, C]
+        index = state.plan
+        if self.joint:
+            index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
+        rows = forward(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, K, C]
+        return scatter_tokens_(cache.out, index, rows)  # [B, N, C]
 
 
 def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:

@@ -1,0 +1,75 @@
+"""CAT attention processor for plain self- and cross-attention (PixArt's `BasicTransformerBlock`).
+
+Adapted from `diffusers.models.attention_processor.AttnProcessor2_0` (diffusers 0.42.1), keeping its
+operations, so a full step is bit-identical to the original. In a pruned step:
+- self-attention: queries, keys and values for the selected image tokens only; keys and values are
+  written into the layer's cache and the queries attend over the cached keys/values of all tokens;
+- cross-attention: queries for the selected tokens against the text keys/values cached at the
+  cache-filling step (the prompt does not change during a generation).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ..state import GenerationState
+from .base import Runtime, gather_tokens, scatter_tokens_
+
+
+class CATAttnProcessor:
+    def __init__(self, original, runtime: Runtime, name: str):
+        self.original = original
+        self.runtime = runtime
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        state: GenerationState = self.runtime.state
+        if state.plan is None and not state.record:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        cache = state.cache(self.name)
+        plan = state.plan  # [B, K] or None (a full step that fills the cache)
+        cross = encoder_hidden_states is not None
+        batch_size = hidden_states.shape[0]
+        sequence_length = (encoder_hidden_states if cross else hidden_states).shape[1]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+            if plan is not None and attention_mask.shape[2] != 1:
+                raise NotImplementedError(f"CAT cannot prune {self.name} with a per-query attention mask")
+        x = hidden_states if plan is None else gather_tokens(hidden_states, plan)  # [B, K, C]
+
+        query = attn.to_q(x)
+        head_dim = query.shape[-1] // attn.heads
+        if cross and plan is not None:
+            key, value = cache.key, cache.value  # text keys/values [B, H, T, d]
+        else:
+            context = x
+            if cross:
+                context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
+            key = attn.to_k(context)
+            value = attn.to_v(context)
+            key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, K or T, d]
+            value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, K, d]
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+
+        if plan is None:
+            cache.key, cache.value = key, value
+        elif not cross:
+            index = plan[:, None, :, None].expand(-1, attn.heads, -1, head_dim)  # [B, H, K, d]
+            key = cache.key.scatter_(2, index, key)  # [B, H, N, d]
+            value = cache.value.scatter_(2, index, value)
+
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K, C]
+        out = out.to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        out = out / attn.rescale_output_factor
+        if plan is None:
+            cache.out = out
+            return out
+        return scatter_tokens_(cache.out, plan, out)  # [B, N, C]

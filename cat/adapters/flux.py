@@ -1,0 +1,170 @@
+"""FLUX.1 (`FluxTransformer2DModel`: double-stream and single-stream blocks, rotary positions).
+
+Double-stream blocks are pruned like SD3's joint blocks (image attention rows and image `ff`).
+Single-stream blocks see one [text, image] sequence: the text rows always run, the image rows only
+where selected, in the attention, `proj_mlp` and `proj_out`. Rotary embeddings are gathered for the
+rows that run, and keys are cached after their rotation. FLUX is guidance-distilled: without true
+CFG there are no uncond/cond pairs and each sample selects from its own output.
+
+The attention processor is adapted from `FluxAttnProcessor` (diffusers 0.42.1), keeping its
+operations, so a full step is bit-identical to the original.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+from ..state import GenerationState
+from .base import FamilySpec, Runtime, gather_tokens, joint_rows, register, scatter_tokens_
+
+
+def _rotate_rows(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding at per-sample positions (FLUX layout).  x [B, S, H, d]; rows [B, S]"""
+    cos, sin = (f.to(x.device)[rows][:, :, None, :] for f in rotary)  # [B, S, 1, d]
+    x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
+    x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
+    return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
+
+
+class CATFluxAttnProcessor:
+    def __init__(self, original, runtime: Runtime, name: str):
+        self.original = original
+        self.runtime = runtime
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        state: GenerationState = self.runtime.state
+        if state.plan is None and not state.record:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        plan = state.plan  # [B, K] or None (a full step that fills the cache)
+        if plan is not None and attention_mask is not None:
+            raise NotImplementedError(f"CAT cannot prune {self.name} with an attention mask")
+        cache = state.cache(self.name)
+        double = encoder_hidden_states is not None
+        num_image = state.grid[0] * state.grid[1]
+        num_text = encoder_hidden_states.shape[1] if double else hidden_states.shape[1] - num_image
+        rows = None if plan is None else joint_rows(plan, num_text)  # [B, T+K]
+
+        if double:
+            x = hidden_states if plan is None else gather_tokens(hidden_states, plan)  # [B, K, C]
+        else:
+            x = hidden_states if plan is None else gather_tokens(hidden_states, rows)  # [B, T+K, C]
+        query = attn.to_q(x).unflatten(-1, (-1, attn.head_dim))  # [B, S, H, d]
+        key = attn.to_k(x).unflatten(-1, (-1, attn.head_dim))
+        value = attn.to_v(x).unflatten(-1, (-1, attn.head_dim))
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        if double:
+            context_query = attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))  # [B, T, H, d]
+            context_key = attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))
+            context_value = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim))
+            context_query = attn.norm_added_q(context_query)
+            context_key = attn.norm_added_k(context_key)
+            query = torch.cat([context_query, query], dim=1)  # [B, T+K, H, d]
+            key = torch.cat([context_key, key], dim=1)
+            value = torch.cat([context_value, value], dim=1)
+        if image_rotary_emb is not None:
+            if plan is None:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            else:
+                query = _rotate_rows(query, image_rotary_emb, rows)
+                key = _rotate_rows(key, image_rotary_emb, rows)
+
+        if plan is None:
+            cache.key, cache.value = key, value  # [B, T+N, H, d]
+        else:
+            index = rows[:, :, None, None].expand(-1, -1, key.shape[2], key.shape[3])  # [B, T+K, H, d]
+            key = cache.key.scatter_(1, index, key)  # [B, T+N, H, d]
+            value = cache.value.scatter_(1, index, value)
+
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask,
+            backend=self.original._attention_backend, parallel_config=self.original._parallel_config,
+        )  # [B, S, H, d]
+        out = out.flatten(2, 3).to(query.dtype)  # [B, S, C]
+
+        if not double:
+            if plan is None:
+                cache.out = out
+                return out
+            return scatter_tokens_(cache.out, rows, out)  # [B, T+N, C]
+        context_out, out = out.split_with_sizes([num_text, out.shape[1] - num_text], dim=1)
+        out = attn.to_out[0](out.contiguous())
+        out = attn.to_out[1](out)  # [B, K, C]
+        context_out = attn.to_add_out(context_out.contiguous())
+        if plan is None:
+            cache.out = out
+        else:
+            out = scatter_tokens_(cache.out, plan, out)  # [B, N, C]
+        return out, context_out
+
+
+def _attention_modules(transformer):
+    found = [(f"transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(transformer.transformer_blocks)]
+    found += [(f"single_transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(transformer.single_transformer_blocks)]
+    return found
+
+
+def _feed_forward_modules(transformer):
+    return [(f"transformer_blocks.{i}.ff", b.ff) for i, b in enumerate(transformer.transformer_blocks)]
+
+
+def _joint_modules(transformer):
+    found = []
+    for i, block in enumerate(transformer.single_transformer_blocks):
+        found.append((f"single_transformer_blocks.{i}.proj_mlp", block.proj_mlp))
+        found.append((f"single_transformer_blocks.{i}.proj_out", block.proj_out))
+    return found
+
+
+def _make_processor(original, runtime, name):
+    if type(original) is not FluxAttnProcessor:
+        raise TypeError(
+            f"CAT on FLUX needs the default FluxAttnProcessor at {name}, found {type(original).__name__}; "
+            "remove IP-adapters before applying CAT."
+        )
+    return CATFluxAttnProcessor(original, runtime, name)
+
+
+def _check(transformer) -> None:
+    for name, attn in _attention_modules(transformer):
+        if getattr(attn, "fused_projections", False):
+            raise ValueError(f"CAT cannot prune {name} with fused QKV projections; call transformer.unfuse_qkv_projections()")
+
+
+def _grid(transformer, args, kwargs) -> tuple[int, int]:
+    """Token grid from the image position ids (rows, cols in channels 1 and 2); square on `meta`."""
+    hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    n = hidden_states.shape[1]
+    img_ids = kwargs.get("img_ids")
+    if img_ids is not None and img_ids.device.type != "meta":
+        ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [N, 3]
+        h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        if h * w == n:
+            return h, w
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"cannot infer the token grid of {n} FLUX tokens without img_ids")
+    return side, side
+
+
+FLUX = register(
+    FamilySpec(
+        name="flux",
+        transformer_classes=("FluxTransformer2DModel",),
+        attention_modules=_attention_modules,
+        make_processor=_make_processor,
+        feed_forward_modules=_feed_forward_modules,
+        grid=_grid,
+        to_tokens=lambda transformer, sample: sample,  # FLUX already works on packed tokens [B, N, C]
+        from_tokens=lambda transformer, tokens, sample: tokens,
+        check=_check,
+        joint_modules=_joint_modules,
+    )
+)
