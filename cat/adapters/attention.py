@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..state import GenerationState
-from .base import Runtime, gather_tokens, scatter_tokens_
+from .base import Runtime, gather_tokens, scatter_heads_, scatter_tokens_
 
 
 class CATAttnProcessor:
@@ -57,11 +57,10 @@ class CATAttnProcessor:
             query = attn.norm_q(query)
 
         if plan is None:
-            cache.key, cache.value = key, value
+            cache.key, cache.value = key.contiguous(), value.contiguous()
         elif not cross:
-            index = plan[:, None, :, None].expand(-1, attn.heads, -1, head_dim)  # [B, H, K, d]
-            key = cache.key.scatter_(2, index, key)  # [B, H, N, d]
-            value = cache.value.scatter_(2, index, value)
+            key = scatter_heads_(cache.key, plan, key)  # [B, H, N, d]
+            value = scatter_heads_(cache.value, plan, value)
 
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K, C]

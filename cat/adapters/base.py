@@ -118,8 +118,10 @@ class _ContextReceiver(StateManager):
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of the selected tokens.  [B, N, C], [B, K] -> [B, K, C]"""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+    """Rows of the selected tokens.  [B, N, *row], [B, K] -> [B, K, *row]"""
+    b, n = x.shape[:2]
+    rows = x.reshape(b * n, -1).index_select(0, _flat(index, n))  # [B*K, row]
+    return rows.view(b, index.shape[1], *x.shape[2:])
 
 
 def joint_rows(plan: torch.Tensor, num_text: int) -> torch.Tensor:
@@ -129,8 +131,29 @@ def joint_rows(plan: torch.Tensor, num_text: int) -> torch.Tensor:
 
 
 def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Writes the selected tokens' rows in place.  [B, N, C] <- [B, K, C]"""
-    return target.scatter_(1, index[..., None].expand(-1, -1, target.shape[-1]), rows)
+    """Writes the selected tokens' rows in place and returns `target`.  [B, N, *row] <- [B, K, *row]
+
+    Whole rows are copied with one `index_copy_` over the flattened batch, which is much cheaper
+    than an element-wise scatter.
+    """
+    b, n = target.shape[:2]
+    if not target.is_contiguous():
+        raise ValueError("CAT caches must be contiguous")
+    target.view(b * n, -1).index_copy_(0, _flat(index, n), rows.reshape(b * index.shape[1], -1))
+    return target
+
+
+def scatter_heads_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The same for per-head tensors.  [B, H, N, d] <- [B, H, K, d] at token indices [B, K]"""
+    b, h, n, d = target.shape
+    per_head = index.repeat_interleave(h, dim=0)  # [B*H, K]
+    scatter_tokens_(target.view(b * h, n, d), per_head, rows.reshape(b * h, -1, d))
+    return target
+
+
+def _flat(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Row numbers in a flattened [B*N] batch.  [B, K] -> [B*K]"""
+    return (index + torch.arange(index.shape[0], device=index.device)[:, None] * n).reshape(-1)
 
 
 class TransformerHook(ModelHook):

@@ -77,11 +77,10 @@ class CATFluxAttnProcessor:
                 key = _rotate_rows(key, image_rotary_emb, rows)
 
         if plan is None:
-            cache.key, cache.value = key, value  # [B, T+N, H, d]
+            cache.key, cache.value = key.contiguous(), value.contiguous()  # [B, T+N, H, d]
         else:
-            index = rows[:, :, None, None].expand(-1, -1, key.shape[2], key.shape[3])  # [B, T+K, H, d]
-            key = cache.key.scatter_(1, index, key)  # [B, T+N, H, d]
-            value = cache.value.scatter_(1, index, value)
+            key = scatter_tokens_(cache.key, rows, key)  # [B, T+N, H, d]
+            value = scatter_tokens_(cache.value, rows, value)
 
         out = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask,

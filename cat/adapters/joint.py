@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..state import GenerationState
-from .base import Runtime, gather_tokens, scatter_tokens_
+from .base import Runtime, gather_tokens, scatter_heads_, scatter_tokens_
 
 
 class CATJointAttnProcessor:
@@ -46,13 +46,6 @@ class CATJointAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if plan is None:
-            cache.key, cache.value = key, value  # [B, H, N, d]
-        else:
-            index = plan[:, None, :, None].expand(-1, attn.heads, -1, head_dim)  # [B, H, K, d]
-            key = cache.key.scatter_(2, index, key)  # [B, H, N, d]
-            value = cache.value.scatter_(2, index, value)  # [B, H, N, d]
-
         if encoder_hidden_states is not None:
             context_query = attn.add_q_proj(encoder_hidden_states)
             context_key = attn.add_k_proj(encoder_hidden_states)
@@ -65,8 +58,21 @@ class CATJointAttnProcessor:
             if attn.norm_added_k is not None:
                 context_key = attn.norm_added_k(context_key)
             query = torch.cat([query, context_query], dim=2)  # [B, H, K+T, d]
-            key = torch.cat([key, context_key], dim=2)  # [B, H, N+T, d]
-            value = torch.cat([value, context_value], dim=2)  # [B, H, N+T, d]
+
+        # The caches hold the keys and values exactly as attention reads them: [B, H, N(+T), d], image
+        # tokens first, so a pruned step writes K image rows and T text rows instead of concatenating.
+        if plan is None:
+            if encoder_hidden_states is not None:
+                key = torch.cat([key, context_key], dim=2)  # [B, H, N+T, d]
+                value = torch.cat([value, context_value], dim=2)
+            cache.key, cache.value = key.contiguous(), value.contiguous()
+        else:
+            key = scatter_heads_(cache.key, plan, key)  # [B, H, N(+T), d]
+            value = scatter_heads_(cache.value, plan, value)
+            if encoder_hidden_states is not None:
+                num_image = hidden_states.shape[1]
+                key[:, :, num_image:] = context_key
+                value[:, :, num_image:] = context_value
 
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, K+T, d]
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K+T, C]
