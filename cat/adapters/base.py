@@ -53,6 +53,44 @@ class FamilySpec:
 _REGISTRY: dict[str, FamilySpec] = {}
 
 
+def submodules(blocks: str, *names: str) -> Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]:
+    """(transformer) -> [(qualified name, module)] of the named submodules present in each block."""
+
+    def find(transformer):
+        return [
+            (f"{blocks}.{i}.{name}", getattr(block, name))
+            for i, block in enumerate(getattr(transformer, blocks))
+            for name in names
+            if getattr(block, name, None) is not None
+        ]
+
+    return find
+
+
+def processor_factory(expected: type, cat_processor: type, family: str, hint: str) -> Callable:
+    """make_processor for a family whose attentions must use diffusers' default processor `expected`."""
+
+    def make(original, runtime, name):
+        if type(original) is not expected:
+            raise TypeError(
+                f"CAT on {family} needs the default {expected.__name__} at {name}, found "
+                f"{type(original).__name__}; {hint}"
+            )
+        return cat_processor(original, runtime, name)
+
+    return make
+
+
+def check_no_chunking(transformer: torch.nn.Module) -> None:
+    """Feed-forward chunking calls `ff` once per chunk, which CAT's row selection cannot follow."""
+    for i, block in enumerate(transformer.transformer_blocks):
+        if getattr(block, "_chunk_size", None) is not None:
+            raise ValueError(
+                f"CAT cannot prune transformer_blocks.{i}.ff with feed-forward chunking enabled; "
+                "call transformer.disable_forward_chunking() first."
+            )
+
+
 def register(spec: FamilySpec) -> FamilySpec:
     for cls in spec.transformer_classes:
         _REGISTRY[cls] = spec

@@ -20,7 +20,16 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
 from ..state import GenerationState
-from .base import FamilySpec, Runtime, gather_tokens, joint_rows, register, scatter_tokens_
+from .base import (
+    FamilySpec,
+    Runtime,
+    gather_tokens,
+    joint_rows,
+    processor_factory,
+    register,
+    scatter_tokens_,
+    submodules,
+)
 
 
 def _rotate_rows(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
@@ -105,30 +114,7 @@ class CATFluxAttnProcessor:
 
 
 def _attention_modules(transformer):
-    found = [(f"transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(transformer.transformer_blocks)]
-    found += [(f"single_transformer_blocks.{i}.attn", b.attn) for i, b in enumerate(transformer.single_transformer_blocks)]
-    return found
-
-
-def _feed_forward_modules(transformer):
-    return [(f"transformer_blocks.{i}.ff", b.ff) for i, b in enumerate(transformer.transformer_blocks)]
-
-
-def _joint_modules(transformer):
-    found = []
-    for i, block in enumerate(transformer.single_transformer_blocks):
-        found.append((f"single_transformer_blocks.{i}.proj_mlp", block.proj_mlp))
-        found.append((f"single_transformer_blocks.{i}.proj_out", block.proj_out))
-    return found
-
-
-def _make_processor(original, runtime, name):
-    if type(original) is not FluxAttnProcessor:
-        raise TypeError(
-            f"CAT on FLUX needs the default FluxAttnProcessor at {name}, found {type(original).__name__}; "
-            "remove IP-adapters before applying CAT."
-        )
-    return CATFluxAttnProcessor(original, runtime, name)
+    return submodules("transformer_blocks", "attn")(transformer) + submodules("single_transformer_blocks", "attn")(transformer)
 
 
 def _check(transformer) -> None:
@@ -158,12 +144,14 @@ FLUX = register(
         name="flux",
         transformer_classes=("FluxTransformer2DModel",),
         attention_modules=_attention_modules,
-        make_processor=_make_processor,
-        feed_forward_modules=_feed_forward_modules,
+        make_processor=processor_factory(
+            FluxAttnProcessor, CATFluxAttnProcessor, "FLUX", "remove IP-adapters before applying CAT."
+        ),
+        feed_forward_modules=submodules("transformer_blocks", "ff"),
         grid=_grid,
         to_tokens=lambda transformer, sample: sample,  # FLUX already works on packed tokens [B, N, C]
         from_tokens=lambda transformer, tokens, sample: tokens,
         check=_check,
-        joint_modules=_joint_modules,
+        joint_modules=submodules("single_transformer_blocks", "proj_mlp", "proj_out"),
     )
 )

@@ -10,39 +10,8 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-from .base import FamilySpec, register
+from .base import FamilySpec, check_no_chunking, processor_factory, register, submodules
 from .joint import CATJointAttnProcessor
-
-
-def _attention_modules(transformer):
-    found = []
-    for i, block in enumerate(transformer.transformer_blocks):
-        found.append((f"transformer_blocks.{i}.attn", block.attn))
-        if block.attn2 is not None:
-            found.append((f"transformer_blocks.{i}.attn2", block.attn2))
-    return found
-
-
-def _feed_forward_modules(transformer):
-    return [(f"transformer_blocks.{i}.ff", block.ff) for i, block in enumerate(transformer.transformer_blocks)]
-
-
-def _make_processor(original, runtime, name):
-    if type(original) is not JointAttnProcessor2_0:
-        raise TypeError(
-            f"CAT on SD3 needs the default JointAttnProcessor2_0 at {name}, found {type(original).__name__}; "
-            "reset the attention processors (e.g. no fused projections or IP-adapter) before applying CAT."
-        )
-    return CATJointAttnProcessor(original, runtime, name)
-
-
-def _check(transformer) -> None:
-    for i, block in enumerate(transformer.transformer_blocks):
-        if block._chunk_size is not None:
-            raise ValueError(
-                f"CAT cannot prune transformer_blocks.{i}.ff with feed-forward chunking enabled; "
-                "call transformer.disable_forward_chunking() first."
-            )
 
 
 def patchified_grid(transformer, args, kwargs) -> tuple[int, int]:
@@ -72,12 +41,15 @@ SD3 = register(
     FamilySpec(
         name="sd3",
         transformer_classes=("SD3Transformer2DModel",),
-        attention_modules=_attention_modules,
-        make_processor=_make_processor,
-        feed_forward_modules=_feed_forward_modules,
+        attention_modules=submodules("transformer_blocks", "attn", "attn2"),
+        make_processor=processor_factory(
+            JointAttnProcessor2_0, CATJointAttnProcessor, "SD3",
+            "reset the attention processors (no fused projections or IP-adapter) before applying CAT.",
+        ),
+        feed_forward_modules=submodules("transformer_blocks", "ff"),
         grid=patchified_grid,
         to_tokens=latent_to_tokens,
         from_tokens=tokens_to_latent,
-        check=_check,
+        check=check_no_chunking,
     )
 )
