@@ -208,9 +208,17 @@ class TransformerHook(ModelHook):
         self.spec = spec
         self.scheduler = scheduler
         self.timestep_arg = timestep_arg
+        self._suspended: tuple | None = None
 
     def pre_forward(self, module, *args, **kwargs):
         run = self.runtime
+        if kwargs.get("skip_layers"):
+            # SD3.5's skip-layer guidance adds a call with some blocks skipped: run it in full, outside
+            # the timeline, without touching the step counter or the caches.
+            state = run.state
+            self._suspended = (state.plan, state.record)
+            state.plan, state.record = None, False
+            return args, kwargs
         if self.scheduler is None:
             self._reset_on_new_schedule(kwargs.get(self.timestep_arg))
         state = run.state
@@ -225,6 +233,11 @@ class TransformerHook(ModelHook):
         return module
 
     def post_forward(self, module, output):
+        if self._suspended is not None:
+            state = self.runtime.state
+            state.plan, state.record = self._suspended
+            self._suspended = None
+            return output
         sample = output[0] if isinstance(output, tuple) else output.sample
         tokens = self.spec.to_tokens(module, sample)  # [B, N, D]
         new_tokens = end_step(self.runtime.state, self.runtime.config, tokens)

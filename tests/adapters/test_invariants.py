@@ -38,8 +38,8 @@ def test_pruning_disabled_is_bit_identical(family):
 
 def test_apply_generate_remove_restores_exactly(family):
     pipe = family.pipe
-    before = _module_state(pipe.transformer)
     base = generate(family)
+    before = _module_state(pipe.transformer)  # after a plain call: FLUX's cache_context adds a hook registry
     handle = cat.apply(pipe, CFG)
     pruned = generate(family)
     assert not torch.equal(pruned, base)
@@ -203,3 +203,13 @@ def test_foreign_attention_processor_is_refused_and_nothing_is_left_patched():
         cat.apply(transformer, CFG)
     assert isinstance(transformer.transformer_blocks[0].attn.processor, JointAttnProcessor2_0)
     assert not hasattr(transformer, "_diffusers_hook")
+
+
+def test_sd3_skip_layer_guidance_calls_run_in_full_outside_the_timeline():
+    pipe = FAMILIES["sd35_dual_attention"].pipeline()
+    kwargs = dict(height=32, width=32, num_inference_steps=STEPS, guidance_scale=5.0, output_type="pt",
+                  skip_guidance_layers=[1], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0)
+    with cat.apply(pipe, CFG) as handle:
+        images = pipe(["a red circle"], generator=torch.Generator().manual_seed(0), **kwargs).images
+        assert handle.stats.tokens_per_step == [256] * 4 + [77] * (STEPS - 4)
+    assert torch.isfinite(images).all()
