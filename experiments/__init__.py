@@ -1,0 +1,1 @@
+"""The experiment layer: pipelines, prompts, generation, metrics, MACs, latency and result sinks."""
