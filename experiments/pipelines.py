@@ -1,0 +1,64 @@
+"""Loading diffusers pipelines from a model config: hub id or local folder, safetensors only."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+from .config_files import resolve
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, model_dtype: str, device: torch.device) -> torch.dtype:
+    """The run's dtype: the model's own on accelerators, float32 on the CPU (half precision is slow there)."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ValueError(f"dtype={name!r} is invalid; allowed: auto, {', '.join(DTYPES)}")
+        return DTYPES[name]
+    return torch.float32 if device.type == "cpu" else DTYPES[model_dtype]
+
+
+def load_pipeline(model_cfg: dict, device: torch.device, dtype: torch.dtype):
+    """The model's pipeline on `device`: built in memory, from a local folder, or from the hub."""
+    if model_cfg.get("builder"):
+        module, _, fn = model_cfg["builder"].rpartition(".")
+        pipe = getattr(importlib.import_module(module), fn)()
+        return pipe.to(device=device, dtype=dtype)
+    import diffusers
+
+    cls = getattr(diffusers, model_cfg["pipeline"])
+    source = model_cfg.get("local_path")
+    if source:
+        path = resolve(source)
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"model {model_cfg['name']!r} not found at {path}. For the embedded default run "
+                f"`python scripts/train_tiny.py --out {source}`; for a hub model set model.local_path=null."
+            )
+        source, local = str(path), True
+    else:
+        source, local = model_cfg["repo"], os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        pipe = cls.from_pretrained(source, torch_dtype=dtype, use_safetensors=True, local_files_only=local)
+    except OSError as err:
+        raise RuntimeError(
+            f"could not load {model_cfg['name']!r} from {source!r}: {err}\n"
+            f"Fetch it once with network access: `huggingface-cli download {model_cfg['repo']}` "
+            "(gated models need `huggingface-cli login` or the HF_TOKEN environment variable), "
+            "or point model.local_path at a downloaded copy."
+        ) from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
