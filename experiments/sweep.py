@@ -24,11 +24,11 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         if overrides.exists():
             for item in yaml.safe_load(overrides.read_text()) or []:
                 key, _, value = item.partition("=")
-                if key.lstrip("+~") not in ("sweep",):
+                if key.lstrip("+~") not in ("sweep", "group", "output_root", "logger", "debug"):
                     row[key.lstrip("+~")] = value
         status = json.loads(status_file.read_text())
         row["status"] = status.get("status")
-        row["error"] = (status.get("error") or "")[:300]
+        row["error"] = " ".join((status.get("error") or "").split())[:300]
         if (cell / "metrics.json").exists():
             row.update(json.loads((cell / "metrics.json").read_text()))
         rows.append(row)

@@ -28,7 +28,11 @@ def method_config(cfg: DictConfig) -> cat.CATConfig | None:
     """The method's CATConfig (None for the full model), validated against the model's step count."""
     if cfg.method.get("config") is None:
         return None
-    config = instantiate(cfg.method.config)
+    try:
+        config = instantiate(cfg.method.config)
+    except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
+        cause = err.__cause__ or err
+        raise ValueError(f"method={cfg.method.name}: {cause}") from err
     steps = cfg.model.steps
     if config.warmup_steps >= steps:
         raise ValueError(

@@ -1,0 +1,71 @@
+"""Every config file composes, and bad values fail before any model is loaded."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import experiments.resolvers  # noqa: F401
+from experiments.tasks import method_config
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _compose(overrides, hydra=False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def _names(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "method", "data", "metrics", "logger", "experiment", "sweep", "debug"])
+def test_every_config_file_composes(group):
+    for name in _names(group):
+        cfg = _compose([f"{group}={name}"])
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        if group in ("method", "experiment") and cfg.method.config is not None:
+            assert method_config(cfg).keep_ratio == cfg.method.config.keep_ratio
+
+
+def test_defaults_are_the_embedded_model_and_cat():
+    cfg = _compose([])
+    assert cfg.model.name == "tiny_sd3_shapes" and cfg.method.name == "cat" and cfg.data.name == "shapes"
+    assert cfg.logger.mode == "offline"
+
+
+def test_warmup_scales_with_the_step_count():
+    assert method_config(_compose(["model=sd3_medium"])).warmup_steps == 8
+    assert method_config(_compose(["model=sd3_medium", "model.steps=50"])).warmup_steps == 14
+
+
+def test_ablation_sweep_is_a_multirun_over_every_axis():
+    cfg = _compose(["sweep=ablation"], hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    params = cfg.hydra.sweeper.params
+    for axis in ("method", "method.config.keep_ratio", "method.config.num_clusters", "model.steps",
+                 "method.config.warmup_steps"):
+        assert axis in params
+    assert "cat_random" in params["method"] and "28" in str(params["model.steps"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.config.keep_ratio=1.5"], r"keep_ratio=1\.5 is invalid: keep_ratio must be a float in \(0, 1\]"),
+    (["model.steps=6", "method.config.warmup_steps=8"], r"warmup_steps=8 must be smaller than model\.steps=6"),
+    (["method.config.policy=magic"], r"policy must be one of cat, no_cluster"),
+    (["method.config.warmup_steps=1"], r"warmup_steps=1 is invalid"),
+])
+def test_bad_method_values_fail_with_the_field_and_range(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        method_config(_compose(overrides))
+
+
+def test_unknown_model_is_a_hydra_error_listing_the_options():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="sd3_medium"):
+        _compose(["model=sd4"])
