@@ -14,9 +14,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from .images import load_folder, to_tensor
+from .images import load_any, load_folder, to_tensor
 
 
 def _metric(feature, weights_path: str | None):
@@ -30,11 +32,12 @@ def _metric(feature, weights_path: str | None):
 
 
 def _add(metric, images, real: bool, batch: int = 64, size: int | None = None) -> None:
+    """Feeds images (resized to size x size with bicubic filtering when given) into the metric."""
     for i in range(0, len(images), batch):
-        x = to_tensor(images[i:i + batch])
+        chunk = [im if hasattr(im, "resize") else Image.fromarray(np.asarray(im)) for im in images[i:i + batch]]
         if size is not None:
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-        metric.update(x, real=real)
+            chunk = [im.convert("RGB").resize((size, size), Image.BICUBIC) for im in chunk]
+        metric.update(to_tensor(chunk), real=real)
 
 
 STATE = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
@@ -48,7 +51,7 @@ def reference_stats(metric, ref_images_or_dir, cache: Path | None, key: str, siz
         for name in STATE:
             setattr(metric, name, state[name])
         return
-    refs = load_folder(ref_images_or_dir)[1] if isinstance(ref_images_or_dir, (str, Path)) else ref_images_or_dir
+    refs = load_any(ref_images_or_dir) if isinstance(ref_images_or_dir, (str, Path)) else ref_images_or_dir
     _add(metric, refs, real=True, size=size)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)

@@ -39,3 +39,11 @@ def load_prompts(path: str | Path, indices: list[int]) -> list[str]:
         return [by_index[i] for i in indices]
     lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     return [lines[i] for i in indices]
+
+
+def load_any(folder: str | Path, limit: int | None = None) -> list[Image.Image]:
+    """Every .png / .jpg / .jpeg image of a folder (e.g. COCO val2017 references), sorted by name."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:limit]
+    if not files:
+        raise FileNotFoundError(f"no images in {folder}; for COCO val2017 run scripts/fetch_coco_images.py")
+    return [Image.open(p).convert("RGB") for p in files]

@@ -1,0 +1,166 @@
+"""Does CAT's MAC reduction turn into wall-clock speed? Full model against CAT in the same run.
+
+    python scripts/bench_speed.py            # CPU defaults: about 4-6 minutes on 2 cores
+
+A mid-size SD3-architecture transformer with random weights (12 layers, hidden 768, 1024 image tokens,
+77 text tokens, CFG batch of 2) runs a 28-step schedule with and without CAT (paper defaults). Printed:
+the MACs ratio (counted with FlopCounterMode on a meta copy), the wall-clock ratio of a pruned step and
+of the whole schedule, their quotient (speedup efficiency), the selection overhead as a fraction of a
+full step, and the memory CAT's caches take. The last line is `speedup_efficiency=<value>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cat  # noqa: E402
+from cat.state import GenerationState  # noqa: E402
+from cat.timeline import begin_step, end_step  # noqa: E402
+from experiments.macs import build_on_meta, count_macs  # noqa: E402
+
+
+def transformer_config(layers: int, heads: int, grid: int) -> dict:
+    return dict(sample_size=grid * 2, patch_size=2, in_channels=16, num_layers=layers, attention_head_dim=64,
+                num_attention_heads=heads, joint_attention_dim=heads * 64, caption_projection_dim=heads * 64,
+                pooled_projection_dim=heads * 64, out_channels=16, pos_embed_max_size=grid * 2)
+
+
+def inputs(config: dict, batch: int, text: int, device: str = "cpu") -> dict:
+    gen = torch.Generator().manual_seed(0)
+    side = config["sample_size"]
+    dim = config["joint_attention_dim"]
+    return dict(hidden_states=torch.randn(batch, 16, side, side, generator=gen).to(device),
+                encoder_hidden_states=torch.randn(batch, text, dim, generator=gen).to(device),
+                pooled_projections=torch.randn(batch, config["pooled_projection_dim"], generator=gen).to(device),
+                timestep=torch.full((batch,), 500.0, device=device), return_dict=False)
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int = 20) -> float:
+    """Per-step time of CAT's own work outside the transformer (output caching, staleness, selection)."""
+    n = grid * grid
+    state = GenerationState(cfg_pairs=True)
+    outs = [torch.randn(2, n, channels, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for step in range(method.warmup_steps + 2):
+        begin_step(state, method, (grid, grid))
+        end_step(state, method, outs[step % 3])
+    times = []
+    for step in range(repeats):
+        start = time.perf_counter()
+        begin_step(state, method, (grid, grid))
+        end_step(state, method, outs[step % 3])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cache_bytes(handle) -> int:
+    state = handle._runtime.last_state()
+    tensors = [t for c in state.caches.values() for t in (c.key, c.value, c.out) if t is not None]
+    tensors += [t for t in (state.prev_out, state.ref, state.freq, state.labels) if t is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
+        threads: int | None = None, method: cat.CATConfig | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    method = method or cat.CATConfig(warmup_steps=max(2, round(8 * steps / 28)))
+    config = transformer_config(layers, heads, grid)
+    torch.manual_seed(0)
+    from diffusers import SD3Transformer2DModel
+
+    model = SD3Transformer2DModel(**config).eval()
+    x = inputs(config, 2, text)
+
+    meta = build_on_meta("SD3Transformer2DModel", config)
+    x_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in x.items()}
+    macs_full = count_macs(meta, **x_meta)
+    with cat.apply(meta, method) as h:
+        h.reset(cfg_pairs=True)
+        for _ in range(method.warmup_steps):
+            meta(**x_meta)
+        macs_pruned = count_macs(meta, **x_meta)
+    schedule = cat.token_schedule(method, steps, grid * grid)
+    macs_cat = sum(macs_full if t == grid * grid else macs_pruned for t in schedule)
+
+    with torch.inference_mode():
+        model(**x)  # warm-up
+        full_step = median_time(lambda: model(**x), repeats)
+        full_schedule = median_time(lambda: [model(**x) for _ in range(steps)], 1)
+        with cat.apply(model, method) as handle:
+            handle.reset(cfg_pairs=True)
+            for _ in range(method.warmup_steps):
+                model(**x)
+            pruned_step = median_time(lambda: model(**x), repeats)
+
+            def cat_schedule():
+                handle.reset(cfg_pairs=True)
+                for _ in range(steps):
+                    model(**x)
+
+            cat_schedule_time = median_time(cat_schedule, 1)
+            extra = cache_bytes(handle)
+    select = selection_time(method, grid, 64)
+    macs_speedup = macs_full * steps / macs_cat
+    wall_speedup = full_schedule / cat_schedule_time
+    return {
+        "macs_full_step": macs_full, "macs_pruned_step": macs_pruned,
+        "macs_ratio_step": macs_pruned / macs_full, "macs_speedup_schedule": macs_speedup,
+        "time_full_step_s": full_step, "time_pruned_step_s": pruned_step,
+        "wall_speedup_step": full_step / pruned_step, "wall_speedup_schedule": wall_speedup,
+        "efficiency_step": (full_step / pruned_step) / (macs_full / macs_pruned),
+        "speedup_efficiency": wall_speedup / macs_speedup,
+        "selection_overhead": select / full_step, "cache_mb": extra / 2**20,
+        "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--heads", type=int, default=12, help="64 channels each: 12 -> hidden 768")
+    p.add_argument("--grid", type=int, default=32, help="image tokens per side: 32 -> 1024 tokens")
+    p.add_argument("--text", type=int, default=77)
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads)
+    print(f"SD3-architecture transformer: {args.layers} layers, hidden {64 * args.heads}, {args.grid ** 2} image "
+          f"tokens, {args.text} text tokens, CFG batch 2, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
+    rows = [
+        ("MACs per step, full / pruned", f"{r['macs_full_step'] / 1e9:.1f} G / {r['macs_pruned_step'] / 1e9:.1f} G"),
+        ("MACs ratio, pruned step", f"{r['macs_ratio_step']:.3f}"),
+        ("MACs speedup, whole schedule", f"{r['macs_speedup_schedule']:.3f}x"),
+        ("time per step, full / pruned", f"{r['time_full_step_s']:.3f} s / {r['time_pruned_step_s']:.3f} s"),
+        ("wall-clock speedup, pruned step", f"{r['wall_speedup_step']:.3f}x"),
+        ("wall-clock speedup, whole schedule", f"{r['wall_speedup_schedule']:.3f}x"),
+        ("efficiency, pruned step (wall / MACs)", f"{r['efficiency_step']:.3f}"),
+        ("selection overhead / full step", f"{100 * r['selection_overhead']:.2f}%"),
+        ("CAT cache memory (weights)", f"{r['cache_mb']:.1f} MB ({r['weights_mb']:.1f} MB)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print(f"speedup_efficiency={r['speedup_efficiency']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

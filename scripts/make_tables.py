@@ -1,0 +1,60 @@
+"""Tables from result directories: the main table (one row per model, data, steps and method, with the
+full model alongside) and the ablation table of a sweep.
+
+    python scripts/make_tables.py outputs --out results/tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments.results import load_runs  # noqa: E402
+
+QUALITY = ["clip_score", "clip_score_full", "fid", "fid_full", "fid_vs_full", "adherence", "adherence_full",
+           "psnr", "ssim", "lpips"]
+COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", "latency_s", "latency_full_s"]
+KEYS = ["model", "data", "steps", "method", "policy", "keep_ratio", "num_clusters", "warmup_steps"]
+
+
+def main_table(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs[(runs.task != "macs") & (runs.status == "done")] if "task" in runs else runs
+    cols = [c for c in KEYS + QUALITY + COST + ["num_images"] if c in runs.columns]
+    table = runs[cols].sort_values([c for c in ("model", "data", "steps", "method") if c in cols])
+    for col in ("transformer_macs", "transformer_macs_full"):
+        if col in table:
+            table[col.replace("macs", "tmacs")] = table.pop(col) / 1e12
+    return table.reset_index(drop=True)
+
+
+def write(table: pd.DataFrame, out: Path, name: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.md").write_text(table.to_markdown(index=False, floatfmt=".4g", missingval="-") + "\n")
+    (out / f"{name}.tex").write_text(table.to_latex(index=False, float_format="%.4g", na_rep="-"))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, help="a results root (e.g. outputs) or a single sweep directory")
+    p.add_argument("--out", type=Path, default=Path("results/tables"))
+    args = p.parse_args(argv)
+    runs = load_runs(args.root)
+    if runs.empty:
+        raise SystemExit(f"no run with a metrics.json under {args.root}")
+    table = main_table(runs)
+    write(table, args.out, "main")
+    print(table.to_markdown(index=False, floatfmt=".4g", missingval="-"))
+    for summary in sorted(args.root.rglob("summary.csv")):
+        frame = pd.read_csv(summary)
+        write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
+        print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The speed benchmark runs end to end at a tiny size (its figures come from `python scripts/bench_speed.py`)."""
+
+import importlib.util
+from pathlib import Path
+
+import cat
+
+spec = importlib.util.spec_from_file_location("bench_speed", Path(__file__).resolve().parents[1] / "scripts" / "bench_speed.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_bench_runs_and_reports_ratios():
+    r = bench.run(layers=1, heads=2, grid=8, text=8, steps=6, repeats=1,
+                  method=cat.CATConfig(warmup_steps=3, num_clusters=4))
+    assert 0 < r["macs_ratio_step"] < 1
+    assert r["macs_speedup_schedule"] > 1
+    assert r["speedup_efficiency"] > 0 and r["selection_overhead"] > 0 and r["cache_mb"] > 0
