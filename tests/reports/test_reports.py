@@ -1,0 +1,48 @@
+"""Tables, figures and the notebook, from a results tree made in the test by a real run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    subprocess.run([sys.executable, "run.py", "debug=tiny", f"output_root={out}", "data.limit=3",
+                    "metrics.latency.enabled=false"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    return out
+
+
+def _script(name, *args):
+    return subprocess.run([sys.executable, f"scripts/{name}", *map(str, args)], cwd=ROOT, check=True,
+                          capture_output=True, text=True, timeout=300).stdout
+
+
+def test_tables(results, tmp_path):
+    out = _script("make_tables.py", results, "--out", tmp_path)
+    assert "tiny_random" in out
+    table = (tmp_path / "main.csv").read_text()
+    metrics = json.loads(next(results.rglob("metrics.json")).read_text())
+    assert f"{metrics['psnr']:.4g}"[:5] in (tmp_path / "main.md").read_text()
+    assert "macs_reduction" in table and (tmp_path / "main.tex").exists()
+
+
+def test_figures(results, tmp_path):
+    _script("make_figures.py", results, "--out", tmp_path)
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert any(n.startswith("grid_") for n in names) and any(n.startswith("selection_") for n in names)
+    assert "quality_vs_macs_psnr.png" in names and (tmp_path / "quality_vs_macs_psnr.pdf").exists()
+
+
+def test_notebook_is_valid_and_uses_the_result_reader():
+    nb = json.loads((ROOT / "notebooks" / "results.ipynb").read_text())
+    assert nb["nbformat"] == 4
+    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert "from experiments.results import load_runs" in code
+    compile(code.replace("display(", "print("), "results.ipynb", "exec")
+    assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
