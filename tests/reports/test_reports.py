@@ -42,7 +42,7 @@ def test_figures(results, tmp_path):
 def test_notebook_is_valid_and_uses_the_result_reader():
     nb = json.loads((ROOT / "notebooks" / "results.ipynb").read_text())
     assert nb["nbformat"] == 4
-    code = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "from experiments.results import load_runs" in code
     compile(code.replace("display(", "print("), "results.ipynb", "exec")
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
