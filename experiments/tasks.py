@@ -77,6 +77,8 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
         write_json(status_file, {"status": "failed", "error": f"{type(err).__name__}: {err}",
                                  "traceback": traceback.format_exc()})
         raise
+    if metrics is None:
+        return {}
     write_json(metrics_file, metrics)
     write_json(status_file, {"status": "done"})
     return metrics
@@ -89,7 +91,7 @@ def count_macs(cfg: DictConfig) -> dict:
     return report_for_model(model_cfg, method_config(cfg)).as_metrics()
 
 
-def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
+def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     from accelerate import PartialState
 
     from .generate import generate, image_path
@@ -126,7 +128,7 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict:
                     _save_selection(pipe, handle, prompts[0], cfg, kwargs, run_dir, first.get("stats"))
     state.wait_for_everyone()
     if not state.is_main_process:
-        return {}
+        return None  # the main process evaluates and writes the merged results
 
     records = [{"index": p.index, "prompt": p.text, "seed": _seed(cfg, p), "variant": name,
                 "path": str(image_path(folder, p.index).relative_to(run_dir)), **p.meta}
