@@ -137,19 +137,43 @@ def vae_decode_macs(config: dict, height: int, width: int) -> int:
     return count_macs(vae.decode, latents)
 
 
-def report(transformer: torch.nn.Module, *, height: int, width: int, text_tokens: int, steps: int,
-           guidance: bool, method: cat.CATConfig | None, vae_scale: int = 8, text_encoders=None,
-           vae_config: dict | None = None) -> MacsReport:
-    """Per-image MACs of `method` (None: the full model) against the full model, same settings."""
+def _cached(fn):
+    """Memoises a MAC count on its (hashable) description: sweep cells repeat the same counts."""
+    import functools
+
+    return functools.lru_cache(maxsize=64)(fn)
+
+
+@_cached
+def _transformer_report(class_name: str, config_json: str, height: int, width: int, text_tokens: int, steps: int,
+                        guidance: bool, method: cat.CATConfig | None, vae_scale: int) -> tuple[list[int], list[int]]:
+    import json
+
+    transformer = build_on_meta(class_name, json.loads(config_json))
     batch = 2 if guidance else 1
     inputs = transformer_inputs(transformer, batch, height, width, text_tokens, vae_scale)
-    method_steps, full_steps = transformer_macs(transformer, inputs, steps, method, cfg_pairs=guidance)
+    return transformer_macs(transformer, inputs, steps, method, cfg_pairs=guidance)
+
+
+def report_from_config(class_name: str, config: dict, **kwargs) -> "MacsReport":
+    """`report` for a transformer given by class name and config (counts are memoised)."""
+    import json
+
+    text_encoders, vae_config = kwargs.pop("text_encoders", None), kwargs.pop("vae_config", None)
+    method_steps, full_steps = _transformer_report(class_name, json.dumps(config, sort_keys=True, default=list),
+                                                   kwargs["height"], kwargs["width"], kwargs["text_tokens"],
+                                                   kwargs["steps"], kwargs["guidance"], kwargs["method"],
+                                                   kwargs.get("vae_scale", 8))
+    return _make_report(method_steps, full_steps, text_encoders, vae_config, kwargs["height"], kwargs["width"])
+
+
+def _make_report(method_steps, full_steps, text_encoders, vae_config, height, width) -> "MacsReport":
     total, total_full = sum(method_steps), sum(full_steps)
     return MacsReport(
         transformer_macs=total,
         transformer_macs_full=total_full,
         macs_reduction=1.0 - total / total_full,
-        step_macs=method_steps,
+        step_macs=list(method_steps),
         text_encoder_macs=text_encoder_macs(text_encoders) if text_encoders else None,
         vae_decode_macs=vae_decode_macs(vae_config, height, width) if vae_config else None,
     )
@@ -158,10 +182,9 @@ def report(transformer: torch.nn.Module, *, height: int, width: int, text_tokens
 def report_for_model(model_cfg: dict, method: cat.CATConfig | None, steps: int | None = None) -> MacsReport:
     """MACs from a model config of `conf/model/` (its `transformer`, `macs` blocks), without weights."""
     arch = model_cfg["transformer"]
-    transformer = build_on_meta(arch["class"], arch["config"])
     macs_cfg = model_cfg.get("macs", {})
-    return report(
-        transformer, height=model_cfg["height"], width=model_cfg["width"],
+    return report_from_config(
+        arch["class"], arch["config"], height=model_cfg["height"], width=model_cfg["width"],
         text_tokens=macs_cfg.get("text_tokens", 77), steps=steps or model_cfg["steps"],
         guidance=model_cfg.get("guidance_scale", 0) > 1 and model_cfg.get("cfg_batch", True), method=method,
         vae_scale=macs_cfg.get("vae_scale", 8), text_encoders=macs_cfg.get("text_encoders"),

@@ -31,8 +31,23 @@ def pick_dtype(name: str, model_dtype: str, device: torch.device) -> torch.dtype
     return torch.float32 if device.type == "cpu" else DTYPES[model_dtype]
 
 
+_LOADED: dict[str, object] = {}
+
+
 def load_pipeline(model_cfg: dict, device: torch.device, dtype: torch.dtype):
-    """The model's pipeline on `device`: built in memory, from a local folder, or from the hub."""
+    """The model's pipeline on `device`, loaded once per process (sweep cells in one process share it;
+    CAT's patch is removed exactly after each use, so sharing is safe)."""
+    import json
+
+    key = json.dumps([model_cfg, str(device), str(dtype)], sort_keys=True, default=str)
+    if key not in _LOADED:
+        _LOADED.clear()  # keep one model in memory
+        _LOADED[key] = _load(model_cfg, device, dtype)
+    return _LOADED[key]
+
+
+def _load(model_cfg: dict, device: torch.device, dtype: torch.dtype):
+    """Built in memory, from a local folder, or from the hub."""
     if model_cfg.get("builder"):
         module, _, fn = model_cfg["builder"].rpartition(".")
         pipe = getattr(importlib.import_module(module), fn)()

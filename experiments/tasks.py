@@ -196,11 +196,11 @@ def _save_selection(pipe, handle, prompt, cfg, kwargs, run_dir: Path, stats) -> 
 
 
 def count_macs_for_pipe(pipe, cfg: DictConfig, method) -> dict:
-    from .macs import build_on_meta, report
+    from .macs import report_from_config
 
-    transformer = build_on_meta(type(pipe.transformer).__name__, dict(pipe.transformer.config))
+    config = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
     macs_cfg = OmegaConf.to_container(cfg.model.get("macs") or {}, resolve=True)
-    rep = report(transformer, height=cfg.model.height, width=cfg.model.width,
+    rep = report_from_config(type(pipe.transformer).__name__, config, height=cfg.model.height, width=cfg.model.width,
                  text_tokens=macs_cfg.get("text_tokens", 77), steps=cfg.model.steps,
                  guidance=cfg.model.guidance_scale > 1 and cfg.model.cfg_batch, method=method,
                  vae_scale=macs_cfg.get("vae_scale", 8))
