@@ -15,6 +15,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd3-s
 PROMPT_FILES = {"heldout": Path(__file__).with_name("heldout_prompts.txt")}
 # The model was trained with the CLIP tokens only (no T5 padding): pass this to the pipeline.
 PIPELINE_KWARGS = {"max_sequence_length": 0}
+# It has no T5 encoder: diffusers needs the absent components named when loading.
+LOAD_KWARGS = {"text_encoder_3": None, "tokenizer_3": None}
 
 
 def load_prompts(split_name: str = "heldout") -> list[str]:
@@ -35,7 +37,7 @@ def load_pipeline(path: str | Path = DEFAULT_MODEL_DIR, device: str = "cpu", dty
             f"no model at {path}; train it with `python scripts/train_tiny.py --out {path}`"
         )
     pipe = StableDiffusion3Pipeline.from_pretrained(
-        path, torch_dtype=dtype or torch.float32, use_safetensors=True, local_files_only=True
+        path, torch_dtype=dtype or torch.float32, use_safetensors=True, local_files_only=True, **LOAD_KWARGS
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
