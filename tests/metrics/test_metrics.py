@@ -105,3 +105,34 @@ def test_fid_with_a_small_extractor_and_a_cached_reference(tmp_path):
     assert other["fid"] > same["fid"] + 0.1
     assert same["num_images"] == 40 and same["num_reference"] == 40
     assert len(list((tmp_path / "cache").glob("fid_ref_*.pt"))) == 1  # computed once, then reused
+
+
+def test_clip_score_cli_with_a_local_transformers_clip(tmp_path, capsys):
+    model, tok = _tiny_clip()
+    model.save_pretrained(tmp_path / "clip", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "clip")
+    _save(tmp_path / "images", _images(2))
+    (tmp_path / "records.jsonl").write_text(
+        '{"index": 0, "prompt": "a red circle"}\n{"index": 1, "prompt": "a blue square"}\n')
+    clip_score.main(["--images", str(tmp_path / "images"), "--prompts", str(tmp_path / "records.jsonl"),
+                     "--backend", "transformers", "--model", str(tmp_path / "clip")])
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_images"] == 2 and 0 <= out["clip_score"] <= 100 and out["backbone"].startswith("transformers:")
+
+
+def test_fid_cli_runs_the_same_code(tmp_path, capsys, monkeypatch):
+    _save(tmp_path / "a", _images(12, 0))
+    _save(tmp_path / "b", _images(12, 1))
+    monkeypatch.setattr(fid, "_metric", lambda feature, weights: fid.FrechetInceptionDistance(
+        feature=SmallExtractor(), normalize=True, reset_real_features=False))
+    fid.main(["--images", str(tmp_path / "a"), "--ref", str(tmp_path / "b"), "--cache", str(tmp_path / "cache")])
+    out = json.loads(capsys.readouterr().out)
+    assert out["num_images"] == 12 and out["num_reference"] == 12 and out["fid"] > 0
+
+
+def test_macs_cli(capsys):
+    from experiments import macs
+
+    macs.main(["--model", "tiny_random", "--steps", "6", "--keep-ratio", "0.3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["macs_reduction"] < 1 and out["transformer_macs"] < out["transformer_macs_full"]
