@@ -42,6 +42,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("results/figures"))
     p.add_argument("--quality", default=None, help="clip_score, fid, psnr, adherence (default: all present)")
     p.add_argument("--grid-prompts", type=int, default=8)
+    p.add_argument("--sweep-cells", action="store_true", help="also draw grids and selection maps of every sweep cell")
     args = p.parse_args(argv)
     runs = load_runs(args.root)
     if runs.empty:
@@ -51,6 +52,8 @@ def main(argv=None) -> None:
         made.append(quality_vs_macs(runs, quality, args.out))
     for run in runs.run:
         run = Path(run)
+        if "sweeps" in run.relative_to(args.root).parts and not args.sweep_cells:
+            continue
         method_dirs = [d for d in (run / "images").glob("*") if d.name != "full"] if (run / "images").exists() else []
         tag = run.relative_to(args.root).as_posix().replace("/", "_").replace("=", "-").replace(",", "_")
         if method_dirs:
