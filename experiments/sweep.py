@@ -35,12 +35,43 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+QUALITY = ("adherence", "psnr", "ssim", "lpips", "clip_score", "fid", "fid_vs_full")
+COST = ("macs_reduction", "speedup")
+
+
+def trends(frame: pd.DataFrame) -> str:
+    """The sweep's trends as Markdown: the mean of each metric over the finished cells for every value of
+    every swept axis (the other axes averaged out), then quality by method and keep ratio together."""
+    if "status" not in frame:
+        return ""
+    done = frame[frame.status == "done"]
+    metrics = [c for c in QUALITY + COST if c in done and done[c].notna().any()]
+    axes = [c for c in frame.columns if c not in metrics and c not in ("cell", "error", "status")
+            and not pd.api.types.is_numeric_dtype(frame[c]) and frame[c].nunique() > 1]
+    if done.empty or not metrics or not axes:
+        return ""
+    parts = [f"Means over the {len(done)} finished cells (of {len(frame)}).\n"]
+    for axis in axes:
+        table = done.groupby(axis)[metrics].mean()
+        table.insert(0, "cells", done.groupby(axis).size())
+        parts.append(f"### by {axis}\n\n" + table.to_markdown(floatfmt=".4g") + "\n")
+    keep = next((a for a in axes if a.endswith("keep_ratio")), None)
+    if "method" in axes and keep:
+        for metric in [m for m in ("psnr", "ssim", "adherence") if m in metrics]:
+            table = done.pivot_table(index="method", columns=keep, values=metric, aggfunc="mean")
+            parts.append(f"### {metric} by method and {keep}\n\n" + table.to_markdown(floatfmt=".4g") + "\n")
+    return "\n".join(parts)
+
+
 def write_summary(sweep_dir: Path) -> pd.DataFrame:
     frame = collect(sweep_dir)
     if frame.empty:
         return frame
     frame.to_csv(sweep_dir / "summary.csv", index=False)
     (sweep_dir / "summary.md").write_text(frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    text = trends(frame)
+    if text:
+        (sweep_dir / "trends.md").write_text(text)
     return frame
 
 
@@ -52,8 +83,11 @@ class SweepSummary(Callback):
             return
         cols = [c for c in frame.columns if c in ("status", "adherence", "adherence_full", "psnr", "ssim",
                                                    "clip_score", "fid", "macs_reduction", "speedup")]
-        keys = [c for c in frame.columns if c not in cols and c not in ("cell", "error") and frame[c].dtype == object]
+        keys = [c for c in frame.columns if c not in cols and c not in ("cell", "error")
+                and not pd.api.types.is_numeric_dtype(frame[c])]
         print(frame[keys + cols].to_string(index=False))
+        if (sweep_dir / "trends.md").exists():
+            print((sweep_dir / "trends.md").read_text())
         print(f"sweep table: {sweep_dir / 'summary.csv'} ({(frame.status == 'done').sum()} done, "
               f"{(frame.status == 'failed').sum()} failed)")
         logger = config.get("logger") or {}

@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     for summary in sorted(args.root.rglob("summary.csv")):
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
+        if (summary.parent / "trends.md").exists():
+            (args.out / f"sweep_{summary.parent.name}_trends.md").write_text((summary.parent / "trends.md").read_text())
         print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")
 
 
