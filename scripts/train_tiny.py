@@ -214,6 +214,8 @@ def main(argv=None) -> None:
     p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue training the model saved in --out (its VAE, tokenizer and EMA weights)")
     args = p.parse_args(argv)
     if args.card_only:
         torch.set_num_threads(args.threads)
@@ -231,14 +233,31 @@ def main(argv=None) -> None:
         print(line, flush=True)
         log_lines.append(line)
 
-    tokenizer = build_tokenizer()
-    te1, te2, vae, transformer = build_models(len(tokenizer), args)
+    previous = {}
+    if args.resume:
+        from experiments.shapes import load_pipeline
+
+        saved = load_pipeline(args.out)
+        tokenizer, te1, te2, vae, transformer = (
+            saved.tokenizer, saved.text_encoder, saved.text_encoder_2, saved.vae, saved.transformer)
+        previous = json.loads((args.out / "training.json").read_text())
+        args.layers, args.heads = previous["layers"], previous["heads"]
+        log(f"resuming {args.out} after {previous['steps']} steps")
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "training_log.txt").write_text("")
+        tokenizer = build_tokenizer()
+        te1, te2, vae, transformer = build_models(len(tokenizer), args)
     pixels, captions = render_dataset(args.images, args.seed)
     log(f"rendered {len(pixels)} training images")
-    train_vae(vae, pixels, args.vae_steps, log)
-    latents = encode_latents(vae, pixels)  # [n, 4, 32, 32]
-    shift, scale = latents.mean().item(), 1.0 / latents.std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    if args.resume:
+        latents = encode_latents(vae, pixels)
+        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    else:
+        train_vae(vae, pixels, args.vae_steps, log)
+        latents = encode_latents(vae, pixels)  # [n, 4, 32, 32]
+        shift, scale = latents.mean().item(), 1.0 / latents.std().item()
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     latents = (latents - shift) * scale
     vae.requires_grad_(False)
     del pixels
@@ -286,23 +305,29 @@ def main(argv=None) -> None:
         step += 1
         done = time.time() - stage_start > budget
         if done or time.time() - last_save > args.save_every * 60:
-            save(args, tokenizer, vae, ema, heldout, step, time.time() - start, log, log_lines, final=done)
+            save(args, tokenizer, vae, ema, heldout, step, time.time() - start, log, log_lines, final=done,
+                 previous=previous)
             last_save = time.time()
         if done:
             break
 
 
-def save(args, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, final: bool) -> None:
+def save(args, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, final: bool, previous: dict) -> None:
     transformer, te1, te2 = (m.eval() for m in ema)
     pipe = make_pipeline(tokenizer, te1, te2, vae, transformer)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
     score = evaluate(pipe, heldout, steps=20, guidance=5.0)
-    info = {"steps": step, "minutes": round(seconds / 60, 1), "threads": args.threads, "seed": args.seed,
+    stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
+    stages = previous.get("stages", [{k: previous[k] for k in ("steps", "minutes")}] if previous else []) + [stage]
+    info = {"steps": sum(s["steps"] for s in stages), "minutes": round(sum(s["minutes"] for s in stages), 1),
+            "stages": stages, "threads": args.threads, "seed": args.seed,
             "layers": args.layers, "heads": args.heads, "batch": args.batch, "images": args.images,
             "heldout_adherence_20_steps_guidance_5": round(score, 4), "final": final}
     (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    (args.out / "training_log.txt").write_text("\n".join(log_lines) + "\n")
+    with open(args.out / "training_log.txt", "a") as f:
+        f.write("\n".join(log_lines) + "\n")
+    log_lines.clear()
     log(f"saved {args.out} at step {step}: held-out adherence {score:.3f}")
 
 
