@@ -159,6 +159,14 @@ def write_card(out: Path, steps: int = 28, guidance: float = 5.0) -> dict:
     }
     info = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     size_mb = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
+    stages = info.get("stages") or [{"steps": info.get("steps", "?"), "minutes": info.get("minutes", "?")}]
+    commands = []
+    for i, st in enumerate(stages):
+        lr = f" --lr {st['lr']:g}" if i and "lr" in st else ""
+        flag = " --resume" if i else ""
+        commands.append(f"`python scripts/train_tiny.py --out assets/tiny-sd3-shapes{flag}{lr}` "
+                        f"({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
+    stages_text = ", then ".join(commands)
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
     (out / "README.md").write_text(f"""---
 library_name: diffusers
@@ -181,8 +189,8 @@ Diffusion 3 architecture, trained from scratch on the CPU on a procedural data s
 - Data: {info.get('images', '?')} renders of captions from the training split of the grammar ("a large red circle
   on the left", "a small blue square above a large green triangle", "three yellow circles"); the
   bundled prompts (`experiments/shapes/heldout_prompts.txt`, 64 captions) were never seen in training.
-- Training: `python scripts/train_tiny.py --out assets/tiny-sd3-shapes --minutes 45` ({info.get('steps', '?')} steps,
-  batch {info.get('batch', '?')}, {info.get('minutes', '?')} minutes in all on 2 shared CPU cores, seed {info.get('seed', 0)}).
+- Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
+  {info.get('minutes', '?')} minutes in all on 2 shared CPU cores, seed {info.get('seed', 0)}. Log: `training_log.txt`.
 
 ## Scores
 
