@@ -67,7 +67,7 @@ def _load(model_cfg: dict, device: torch.device, dtype: torch.dtype):
     else:
         source, local = model_cfg["repo"], os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=dtype, use_safetensors=True, local_files_only=local,
+        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local,
                                    **(model_cfg.get("load_kwargs") or {}))
     except OSError as err:
         raise RuntimeError(

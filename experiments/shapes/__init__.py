@@ -37,7 +37,7 @@ def load_pipeline(path: str | Path = DEFAULT_MODEL_DIR, device: str = "cpu", dty
             f"no model at {path}; train it with `python scripts/train_tiny.py --out {path}`"
         )
     pipe = StableDiffusion3Pipeline.from_pretrained(
-        path, torch_dtype=dtype or torch.float32, use_safetensors=True, local_files_only=True, **LOAD_KWARGS
+        path, dtype=dtype or torch.float32, use_safetensors=True, local_files_only=True, **LOAD_KWARGS
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
