@@ -30,6 +30,8 @@ def load_run(run_dir: Path) -> dict:
         "num_clusters": params.get("num_clusters"),
         "warmup_steps": params.get("warmup_steps"),
         "task": cfg.get("task"),
+        # sweep cells live in outputs/sweeps/<sweep>/<cell>/
+        "sweep": run_dir.parent.name if run_dir.parent.parent.name == "sweeps" else None,
     }
     status = run_dir / "status.json"
     row["status"] = json.loads(status.read_text()).get("status") if status.exists() else None

@@ -1,12 +1,16 @@
 """Tables from result directories: the main table (one row per model, data, steps and method, with the
-full model alongside) and the ablation table of a sweep.
+full model alongside) and, for every sweep, its table of cells and its trends.
 
     python scripts/make_tables.py outputs --out results/tables
+
+The main table holds single runs and the cells of the paper sweeps (`--main-sweeps`, a glob over sweep
+names, default `paper_*`); ablation cells appear only in their own sweep table.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
@@ -22,8 +26,10 @@ COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup"
 KEYS = ["model", "data", "steps", "method", "policy", "keep_ratio", "num_clusters", "warmup_steps"]
 
 
-def main_table(runs: pd.DataFrame) -> pd.DataFrame:
+def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
     runs = runs[(runs.task != "macs") & (runs.status == "done")] if "task" in runs else runs
+    if "sweep" in runs:
+        runs = runs[runs.sweep.isna() | runs.sweep.map(lambda name: fnmatch.fnmatch(str(name), sweeps))]
     cols = [c for c in KEYS + QUALITY + COST + ["num_images"] if c in runs.columns]
     table = runs[cols].sort_values([c for c in ("model", "data", "steps", "method") if c in cols])
     for col in ("transformer_macs", "transformer_macs_full"):
@@ -43,13 +49,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="a results root (e.g. outputs) or a single sweep directory")
     p.add_argument("--out", type=Path, default=Path("results/tables"))
+    p.add_argument("--main-sweeps", default="paper_*", help="glob of sweep names whose cells join the main table")
     args = p.parse_args(argv)
     runs = load_runs(args.root)
     if runs.empty:
         raise SystemExit(f"no run with a metrics.json under {args.root}")
-    table = main_table(runs)
-    write(table, args.out, "main")
-    print(table.to_markdown(index=False, floatfmt=".4g", missingval="-"))
+    table = main_table(runs, args.main_sweeps)
+    if len(table):
+        write(table, args.out, "main")
+        print(table.to_markdown(index=False, floatfmt=".4g", missingval="-"))
     for summary in sorted(args.root.rglob("summary.csv")):
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")

@@ -46,3 +46,17 @@ def test_notebook_is_valid_and_uses_the_result_reader():
     assert "from experiments.results import load_runs" in code
     compile(code.replace("display(", "print("), "results.ipynb", "exec")
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def test_main_table_keeps_runs_and_paper_sweep_cells_only():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_tables import main_table
+    import pandas as pd
+
+    runs = pd.DataFrame({
+        "model": ["m"] * 3, "data": ["d"] * 3, "steps": [28] * 3, "method": ["cat", "cat", "cat_random"],
+        "task": ["generate"] * 3, "status": ["done"] * 3, "psnr": [30.0, 31.0, 25.0],
+        "sweep": [None, "paper_sd3", "ablation"],
+    })
+    assert sorted(main_table(runs).psnr) == [30.0, 31.0]
+    assert sorted(main_table(runs, "*").psnr) == [25.0, 30.0, 31.0]
