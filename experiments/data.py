@@ -1,7 +1,10 @@
 """Prompt sets: PartiPrompts, COCO2017 val captions and the bundled shapes prompts.
 
-Each loader reads a local file when one is given, else a cached copy, else downloads the canonical
-file once into the cache. A prompt set is a list of `Prompt(index, text, meta)`; `index` is the global
+Each loader reads a local file when one is given (`data.path`); otherwise it downloads the set once
+and reads the cached copy, from the Hugging Face hub (`data.source=hub`, the default: the dataset repos
+`nateraw/parti-prompts` and `phiyodr/coco2017`, cached by huggingface_hub, `HF_TOKEN` honoured) or from
+the canonical file (`data.source=file`: PartiPrompts.tsv from the Parti repository, captions_val2017.json
+from the COCO annotations, cached in ~/.cache/cat-pruning). A prompt set is a list of `Prompt(index, text, meta)`; `index` is the global
 position in the full set and seeds that prompt's generator, so results do not depend on batch size,
 subset or sharding.
 """
@@ -17,6 +20,9 @@ from pathlib import Path
 
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 COCO_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+PARTI_HUB = ("nateraw/parti-prompts", "PartiPrompts.tsv")
+COCO_HUB = ("phiyodr/coco2017", "data/validation-*.parquet")
+SOURCES = ("hub", "file")
 
 
 @dataclass(frozen=True)
@@ -43,29 +49,69 @@ def _fetch(url: str, dest: Path, how: str) -> Path:
     return dest
 
 
-def parti_prompts(path: str | None = None) -> list[Prompt]:
+def _from_hub(repo: str, pattern: str, how: str) -> list[Path]:
+    """Files of a hub dataset repo matching `pattern`, downloaded once into the huggingface_hub cache."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[pattern]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise FileNotFoundError(f"could not fetch {pattern} of the hub dataset {repo} ({err}); {how}") from err
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"the hub dataset {repo} has no file matching {pattern}; {how}")
+    return files
+
+
+def parti_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]:
     """The 1632 PartiPrompts with their Category and Challenge."""
-    file = Path(path) if path else cache_dir() / "PartiPrompts.tsv"
-    if not file.exists():
-        if path:
+    how = ("run `python scripts/fetch_data.py parti` with network access, "
+           "or set data.path to a local PartiPrompts.tsv")
+    if path:
+        file = Path(path)
+        if not file.exists():
             raise FileNotFoundError(f"PartiPrompts file {file} does not exist")
-        _fetch(PARTI_URL, file, "run `python scripts/fetch_data.py parti` with network access, "
-                                 "or set data.path to a local PartiPrompts.tsv")
+    elif source == "hub":
+        file = _from_hub(*PARTI_HUB, how)[0]
+    else:
+        file = cache_dir() / "PartiPrompts.tsv"
+        if not file.exists():
+            _fetch(PARTI_URL, file, how)
     with open(file, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [Prompt(i, r["Prompt"], {"category": r["Category"], "challenge": r["Challenge"]}) for i, r in enumerate(rows)]
 
 
-def coco_captions(path: str | None = None) -> list[Prompt]:
+def _coco_from_parquet(files: list[Path]) -> list[Prompt]:
+    """The hub copy: one row per image with its annotation `ids` and `captions`; first = lowest id."""
+    import pandas as pd
+
+    try:
+        frame = pd.concat([pd.read_parquet(f, columns=["image_id", "file_name", "ids", "captions"]) for f in files])
+    except ImportError as err:
+        raise ImportError("reading the hub copy of COCO needs pyarrow: `pip install pyarrow` "
+                          "(in the `experiments` extra), or use data.source=file") from err
+    frame = frame.sort_values("image_id")
+    return [Prompt(i, str(caps[min(range(len(ids)), key=lambda k: ids[k])]).strip(),
+                   {"image_id": int(image_id), "file_name": name})
+            for i, (image_id, name, ids, caps) in enumerate(
+                zip(frame.image_id, frame.file_name, frame.ids, frame.captions))]
+
+
+def coco_captions(path: str | None = None, source: str = "hub") -> list[Prompt]:
     """COCO2017 val: the first caption (lowest annotation id) of each of the 5000 images, by image id."""
+    how = (f"run `python scripts/fetch_data.py coco` (downloads {COCO_URL} once) and use data.source=file, "
+           "or set data.path to a local captions_val2017.json")
+    if path and Path(path).suffix == ".parquet":
+        return _coco_from_parquet([Path(path)])
+    if not path and source == "hub":
+        return _coco_from_parquet(_from_hub(*COCO_HUB, how))
     file = Path(path) if path else cache_dir() / "captions_val2017.json"
     if not file.exists():
         if path:
             raise FileNotFoundError(f"COCO captions file {file} does not exist")
-        raise FileNotFoundError(
-            f"{file} is missing: run `python scripts/fetch_data.py coco` (downloads {COCO_URL} once), "
-            "or set data.path to a local captions_val2017.json"
-        )
+        raise FileNotFoundError(f"{file} is missing: {how}")
     data = json.loads(file.read_text())
     first: dict[int, dict] = {}
     for ann in sorted(data["annotations"], key=lambda a: a["id"]):
@@ -75,7 +121,8 @@ def coco_captions(path: str | None = None) -> list[Prompt]:
             for i, image_id in enumerate(sorted(first))]
 
 
-def shapes_prompts(path: str | None = None) -> list[Prompt]:
+def shapes_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]:
+    """The bundled held-out prompts of the default model (`source` is unused: they ship with the code)."""
     from .shapes import load_prompts
 
     texts = [t.strip() for t in Path(path).read_text().splitlines() if t.strip()] if path else load_prompts()
@@ -86,13 +133,15 @@ LOADERS = {"parti": parti_prompts, "coco2017": coco_captions, "shapes": shapes_p
 
 
 def load_prompts(name: str, path: str | None = None, limit: int | None = None, categories=None,
-                 shard: int = 0, num_shards: int = 1) -> list[Prompt]:
+                 shard: int = 0, num_shards: int = 1, source: str = "hub") -> list[Prompt]:
     """A prompt set, filtered by category, cut to `limit` and split into shards (by global index)."""
     if name not in LOADERS:
         raise ValueError(f"data.name={name!r} is invalid; allowed: {', '.join(LOADERS)}")
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r} is invalid; allowed: {', '.join(SOURCES)}")
     if not 0 <= shard < num_shards:
         raise ValueError(f"data.shard={shard} must be in [0, data.num_shards={num_shards})")
-    prompts = LOADERS[name](path)
+    prompts = LOADERS[name](path, source)
     if categories:
         prompts = [p for p in prompts if p.meta.get("category") in set(categories)]
     if limit is not None:

@@ -1,6 +1,7 @@
-"""Fetch the prompt sets once into the cache (~/.cache/cat-pruning or $CAT_PRUNING_CACHE).
+"""Fetch the prompt sets once, so later runs work offline.
 
-    python scripts/fetch_data.py parti coco
+    python scripts/fetch_data.py parti coco                 # hub dataset repos, huggingface_hub cache
+    python scripts/fetch_data.py parti coco --source file   # canonical files, ~/.cache/cat-pruning
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.data import COCO_URL, PARTI_URL, cache_dir  # noqa: E402
+from experiments.data import COCO_URL, PARTI_URL, cache_dir, load_prompts  # noqa: E402
 
 
 def fetch_parti(dest: Path) -> Path:
@@ -35,10 +36,15 @@ def fetch_coco(dest: Path) -> Path:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sets", nargs="+", choices=["parti", "coco"])
-    p.add_argument("--dest", type=Path, default=cache_dir())
+    p.add_argument("--source", choices=["hub", "file"], default="hub")
+    p.add_argument("--dest", type=Path, default=cache_dir(), help="where --source file keeps the files")
     args = p.parse_args(argv)
-    args.dest.mkdir(parents=True, exist_ok=True)
     for name in args.sets:
+        if args.source == "hub":
+            prompts = load_prompts({"coco": "coco2017"}.get(name, name), source="hub")
+            print(f"{name}: {len(prompts)} prompts in the huggingface_hub cache")
+            continue
+        args.dest.mkdir(parents=True, exist_ok=True)
         path = (fetch_parti if name == "parti" else fetch_coco)(args.dest)
         print(f"{name}: {path}")
 

@@ -1,7 +1,12 @@
 """Prompt loaders, on the copies of the real files in ../shared/data (skipped where absent)."""
 
+import json
+import shutil
 from pathlib import Path
 
+import huggingface_hub
+from huggingface_hub import constants as hub_constants
+import pandas as pd
 import pytest
 
 from experiments import data
@@ -49,9 +54,60 @@ def test_missing_files_and_bad_names_are_clear(tmp_path, monkeypatch):
         data.load_prompts("parti", str(tmp_path / "nope.tsv"))
     monkeypatch.setenv("CAT_PRUNING_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="scripts/fetch_data.py parti"):
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for source in ("hub", "file"):
+        with pytest.raises(FileNotFoundError, match="scripts/fetch_data.py parti"):
+            data.load_prompts("parti", source=source)
+        with pytest.raises(FileNotFoundError, match="scripts/fetch_data.py coco"):
+            data.load_prompts("coco2017", source=source)
+    with pytest.raises(FileNotFoundError, match="nateraw/parti-prompts"):
         data.load_prompts("parti")
-    with pytest.raises(FileNotFoundError, match="scripts/fetch_data.py coco"):
-        data.load_prompts("coco2017")
+    with pytest.raises(ValueError, match="data.source='web' is invalid; allowed: hub, file"):
+        data.load_prompts("parti", source="web")
     with pytest.raises(ValueError, match="data.shard=3"):
         data.load_prompts("shapes", shard=3, num_shards=2)
+
+
+def _hub_layout(json_file: Path, out: Path) -> Path:
+    """The hub copy's layout (phiyodr/coco2017): one row per image, its annotation ids and captions,
+    rows and captions in shuffled order so the loader has to sort them."""
+    raw = json.loads(json_file.read_text())
+    names = {img["id"]: img["file_name"] for img in raw["images"]}
+    rows: dict[int, dict] = {}
+    for ann in raw["annotations"][::-1]:
+        row = rows.setdefault(ann["image_id"], {"image_id": ann["image_id"], "file_name": names[ann["image_id"]],
+                                                 "ids": [], "captions": []})
+        row["ids"].append(ann["id"])
+        row["captions"].append(ann["caption"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(list(rows.values())[::-1]).to_parquet(out)
+    return out
+
+
+@needs_shared
+def test_coco_hub_copy_gives_the_same_prompts_as_the_json(tmp_path):
+    pytest.importorskip("pyarrow")
+    parquet = _hub_layout(SHARED / "captions_val2017.json", tmp_path / "validation.parquet")
+    from_json = data.load_prompts("coco2017", str(SHARED / "captions_val2017.json"))
+    from_hub = data.load_prompts("coco2017", str(parquet))
+    assert [(p.index, p.text, p.meta) for p in from_hub] == [(p.index, p.text, p.meta) for p in from_json]
+
+
+@needs_shared
+def test_hub_source_downloads_through_huggingface_hub(tmp_path, monkeypatch):
+    pytest.importorskip("pyarrow")
+    repo = tmp_path / "snapshot"
+    shutil.copy(SHARED / "PartiPrompts.tsv", tmp_path / "PartiPrompts.tsv")
+    _hub_layout(SHARED / "captions_val2017.json", repo / "data" / "validation-00000-of-00001.parquet")
+    asked = []
+
+    def snapshot_download(repo_id, repo_type, allow_patterns):
+        asked.append((repo_id, repo_type, allow_patterns))
+        return str(tmp_path if repo_id == "nateraw/parti-prompts" else repo)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert len(data.load_prompts("parti")) == 1632
+    assert len(data.load_prompts("coco2017", limit=5000)) == 5000
+    assert asked == [("nateraw/parti-prompts", "dataset", ["PartiPrompts.tsv"]),
+                     ("phiyodr/coco2017", "dataset", ["data/validation-*.parquet"])]
