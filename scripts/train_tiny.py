@@ -325,6 +325,10 @@ def save(args, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, fina
     pipe = make_pipeline(tokenizer, te1, te2, vae, transformer)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
+    for config in args.out.glob("*/config.json"):  # a resumed model would record the machine's local path
+        fields = json.loads(config.read_text())
+        if fields.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     score = evaluate(pipe, heldout, steps=20, guidance=5.0)
     stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
     stages = previous.get("stages", [{k: previous[k] for k in ("steps", "minutes")}] if previous else []) + [stage]
