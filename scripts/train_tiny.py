@@ -130,6 +130,13 @@ def evaluate(pipe, prompts, steps: int, guidance: float, seed: int = 0) -> float
     return adherence(images, prompts)
 
 
+def recorded_stages(info: dict) -> list[dict]:
+    """The training stages a training.json records; models saved before --resume existed hold one."""
+    if "stages" in info:
+        return info["stages"]
+    return [{"steps": info["steps"], "minutes": info["minutes"]}] if "steps" in info else []
+
+
 def write_card(out: Path, steps: int = 28, guidance: float = 5.0) -> dict:
     """Scores the saved model on the bundled held-out prompts and writes its model card (README.md)."""
     import cat
@@ -159,14 +166,13 @@ def write_card(out: Path, steps: int = 28, guidance: float = 5.0) -> dict:
     }
     info = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     size_mb = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
-    stages = info.get("stages") or [{"steps": info.get("steps", "?"), "minutes": info.get("minutes", "?")}]
     commands = []
-    for i, st in enumerate(stages):
+    for i, st in enumerate(recorded_stages(info)):
         lr = f" --lr {st['lr']:g}" if i and "lr" in st else ""
         flag = " --resume" if i else ""
         commands.append(f"`python scripts/train_tiny.py --out assets/tiny-sd3-shapes{flag}{lr}` "
                         f"({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
-    stages_text = ", then ".join(commands)
+    stages_text = ", then ".join(commands) or "`python scripts/train_tiny.py --out assets/tiny-sd3-shapes`"
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
     (out / "README.md").write_text(f"""---
 library_name: diffusers
@@ -331,7 +337,7 @@ def save(args, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, fina
             config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     score = evaluate(pipe, heldout, steps=20, guidance=5.0)
     stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
-    stages = previous.get("stages", [{k: previous[k] for k in ("steps", "minutes")}] if previous else []) + [stage]
+    stages = recorded_stages(previous) + [stage]
     info = {"steps": sum(s["steps"] for s in stages), "minutes": round(sum(s["minutes"] for s in stages), 1),
             "stages": stages, "threads": args.threads, "seed": args.seed,
             "layers": args.layers, "heads": args.heads, "batch": args.batch, "images": args.images,
