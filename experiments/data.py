@@ -4,9 +4,9 @@ Each loader reads a local file when one is given (`data.path`); otherwise it dow
 and reads the cached copy, from the Hugging Face hub (`data.source=hub`, the default: the dataset repos
 `nateraw/parti-prompts` and `phiyodr/coco2017`, cached by huggingface_hub, `HF_TOKEN` honoured) or from
 the canonical file (`data.source=file`: PartiPrompts.tsv from the Parti repository, captions_val2017.json
-from the COCO annotations, cached in ~/.cache/cat-pruning). A prompt set is a list of `Prompt(index, text, meta)`; `index` is the global
-position in the full set and seeds that prompt's generator, so results do not depend on batch size,
-subset or sharding.
+from the COCO annotations, cached in ~/.cache/cat-pruning). A prompt set is a list of
+`Prompt(index, text, meta)`; `index` is the global position in the full set and seeds that prompt's
+generator, so results do not depend on batch size, subset or sharding.
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ def _fetch(url: str, dest: Path, how: str) -> Path:
 def _from_hub(repo: str, pattern: str, how: str) -> list[Path]:
     """Files of a hub dataset repo matching `pattern`, downloaded once into the huggingface_hub cache."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[pattern]))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+    except OSError as err:  # huggingface_hub's offline and HTTP errors are OSErrors
         raise FileNotFoundError(f"could not fetch {pattern} of the hub dataset {repo} ({err}); {how}") from err
     files = sorted(folder.glob(pattern))
     if not files:
