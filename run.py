@@ -4,11 +4,13 @@
     python run.py model=sd3_medium data=parti      # a real checkpoint (GPU, hub access)
     python run.py task=macs model=sd3_medium       # MACs from the model config alone, no weights
     python run.py sweep=ablation                   # the ablation grid (a multirun, no -m needed)
+    python run.py --help                           # the groups and main options
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,6 +19,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import resolvers  # noqa: F401  (registers the config resolvers)
+from experiments.checks import ConfigError
+from experiments.identity import scrub_tree, secret_values
 from experiments.tasks import print_table, run_task
 
 log = logging.getLogger("run")
@@ -26,14 +30,24 @@ log = logging.getLogger("run")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
+    scrub_tree(run_dir / ".hydra", secrets)  # Hydra records the command line there
     try:
         metrics = run_task(cfg, run_dir)
+    except ConfigError as err:
+        log.error("invalid configuration: %s", err)
+        if not multirun:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        return {"status": "failed"}
     except Exception as err:
         if not multirun:
             raise
         # One failing sweep cell must not lose the others: its status.json records the error.
         log.error("cell %s failed: %s: %s", run_dir.name, type(err).__name__, err)
         return {"status": "failed"}
+    finally:
+        scrub_tree(run_dir, secrets)  # run.log, W&B files
     if not multirun:
         print(print_table(metrics))
         print(f"results: {run_dir}")

@@ -143,6 +143,8 @@ def load_prompts(name: str, path: str | None = None, limit: int | None = None, c
     prompts = LOADERS[name](path, source)
     if categories:
         prompts = [p for p in prompts if p.meta.get("category") in set(categories)]
-    if limit is not None:
+    if limit is not None and limit != -1:  # -1: all prompts
+        if limit < -1:
+            raise ValueError(f"data.limit={limit} is invalid; allowed: -1 (all prompts), 0 or a positive count")
         prompts = prompts[:limit]
     return prompts[shard::num_shards]

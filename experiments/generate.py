@@ -7,13 +7,13 @@ the number of processes. Images are written as `<dir>/<index:05d>.png` and reuse
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import Prompt
+from .sinks import atomic_write
 
 
 def prompt_seed(seed: int, index: int) -> int:
@@ -38,9 +38,7 @@ def generate(pipe, prompts: list[Prompt], folder: Path, seed: int, batch_size: i
         images = pipe([p.text for p in batch], generator=generators, **call_kwargs).images
         for prompt, image in zip(batch, images):
             path = image_path(folder, prompt.index)
-            tmp = path.with_name(path.stem + ".tmp.png")
-            image.save(tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda f, image=image: image.save(f, format="PNG"))
         if on_batch is not None:
             on_batch(batch, images)
     return len(todo)

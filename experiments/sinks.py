@@ -4,32 +4,57 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import tempfile
 from pathlib import Path
 
-SECRET = re.compile(r"(token|secret|password|api[_-]?key|wandb_key)", re.I)
+from .identity import scrub
+
+TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Calls `write(file)` on a uniquely named temporary file next to `path`, then renames it onto
+    `path`: a crash leaves either the old file or the new one, never half a file, and two writers
+    never share a temporary file. Leftover temporaries end in `.tmp` and are never read."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would create it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, data) -> None:
-    """Writes JSON atomically (temporary file + rename), so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)
+    """Writes JSON atomically, so a crash never leaves half a file."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def write_lines(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r, sort_keys=True, default=float) + "\n" for r in rows))
 
 
-def scrub(obj):
-    """A copy of a config without anything that looks like a secret."""
-    if isinstance(obj, dict):
-        return {k: ("<redacted>" if SECRET.search(str(k)) else scrub(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub(v) for v in obj]
-    return obj
+def read_json(path: Path):
+    """The JSON in `path`, or None when it is missing, truncated or corrupt."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clean_temporaries(folder: Path) -> None:
+    """Removes temporary files a killed run left behind (call only while holding the folder's lock)."""
+    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
 
 
 class WandbSink:
@@ -41,7 +66,10 @@ class WandbSink:
         self.wandb = wandb
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(project=project, mode=os.environ.get("WANDB_MODE", mode), group=group, name=name,
-                              config=scrub(config), dir=str(directory), reinit="finish_previous")
+                              config=scrub(config), dir=str(directory), reinit="finish_previous",
+                              # no command line, code or host metadata: overrides may hold secrets
+                              settings=wandb.Settings(x_disable_meta=True, save_code=False, disable_code=True,
+                                                      console="off"))
 
     def log(self, metrics: dict, images: dict[str, Path] | None = None) -> None:
         data = dict(metrics)

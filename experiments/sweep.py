@@ -12,10 +12,11 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 
+from .identity import scrub_override
+from .sinks import read_json, write_text
+
 
 def collect(sweep_dir: Path) -> pd.DataFrame:
-    import json
-
     rows = []
     for status_file in sorted(sweep_dir.glob("*/status.json")):
         cell = status_file.parent
@@ -23,14 +24,16 @@ def collect(sweep_dir: Path) -> pd.DataFrame:
         overrides = cell / ".hydra" / "overrides.yaml"
         if overrides.exists():
             for item in yaml.safe_load(overrides.read_text()) or []:
-                key, _, value = item.partition("=")
+                key, _, value = scrub_override(item).partition("=")
                 if key.lstrip("+~") not in ("sweep", "group", "output_root", "logger", "debug"):
                     row[key.lstrip("+~")] = value
-        status = json.loads(status_file.read_text())
+        status = read_json(status_file) or {"status": "failed", "error": "status.json is corrupt"}
         row["status"] = status.get("status")
         row["error"] = " ".join((status.get("error") or "").split())[:300]
-        if (cell / "metrics.json").exists():
-            row.update(json.loads((cell / "metrics.json").read_text()))
+        metrics = read_json(cell / "metrics.json") if row["status"] == "done" else None
+        if row["status"] == "done" and not isinstance(metrics, dict):
+            row["status"], row["error"] = "failed", "metrics.json is missing or corrupt"
+        row.update(metrics or {})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -67,18 +70,57 @@ def write_summary(sweep_dir: Path) -> pd.DataFrame:
     frame = collect(sweep_dir)
     if frame.empty:
         return frame
-    frame.to_csv(sweep_dir / "summary.csv", index=False)
-    (sweep_dir / "summary.md").write_text(frame.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_text(sweep_dir / "summary.csv", frame.to_csv(index=False))
+    write_text(sweep_dir / "summary.md", frame.to_markdown(index=False, floatfmt=".4g") + "\n")
     text = trends(frame)
     if text:
-        (sweep_dir / "trends.md").write_text(text)
+        write_text(sweep_dir / "trends.md", text)
+    from .stats import paired_against
+
+    paired = paired_against(frame, sweep_dir, reference="cat")
+    if not paired.empty:
+        write_text(sweep_dir / "paired.csv", paired.to_csv(index=False))
+        write_text(sweep_dir / "paired.md", "Paired per-prompt differences against `cat` on the same prompts and "
+                   "seeds (method - cat), 95% bootstrap intervals; a verdict of 'no difference' means the interval "
+                   "contains 0.\n\n" + paired.drop(columns=["cell", "reference"]).to_markdown(index=False, floatfmt=".3g")
+                   + "\n")
+    from . import peers
+
+    if peers.is_peers_sweep(frame):
+        peers.write_report(frame, sweep_dir)
     return frame
 
 
 class SweepSummary(Callback):
+    """Writes the sweep's tables when the multirun ends; exits non-zero when a cell failed or the
+    summary cannot be written (Hydra turns exceptions in callbacks into warnings, so this raises
+    SystemExit, which it does not catch)."""
+
     def on_multirun_end(self, config, **kwargs) -> None:
+        import sys
+
+        from omegaconf import OmegaConf
+
+        from .identity import override_secrets, scrub_tree, secret_values
+
         sweep_dir = Path(config.hydra.sweep.dir)
-        frame = write_summary(sweep_dir)
+        plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
+        scrub_tree(sweep_dir, secret_values(plain) + override_secrets(list(config.hydra.overrides.task)))
+        try:
+            frame = write_summary(sweep_dir)
+            self._report(config, sweep_dir, frame)
+        except Exception as err:
+            print(f"error: the sweep summary of {sweep_dir} could not be written: {type(err).__name__}: {err}",
+                  file=sys.stderr)
+            raise SystemExit(1) from err
+        failed = 0 if frame.empty else int((frame.status != "done").sum())
+        if frame.empty or failed:
+            print(f"error: {failed if not frame.empty else 'all'} sweep cell(s) failed; see their status.json "
+                  f"and {sweep_dir / 'summary.csv'}", file=sys.stderr)
+            raise SystemExit(1)
+
+    @staticmethod
+    def _report(config, sweep_dir: Path, frame: pd.DataFrame) -> None:
         if frame.empty:
             return
         cols = [c for c in frame.columns if c in ("status", "adherence", "adherence_full", "psnr", "ssim",

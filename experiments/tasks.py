@@ -18,28 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 import cat
 
 from . import data as datasets
+from . import checks, identity
+from .checks import validate
 from .config_files import transformer_config
-from .sinks import make_sink, write_json, write_lines
+from .sinks import clean_temporaries, make_sink, read_json, write_json, write_lines, write_text
 
 log = logging.getLogger(__name__)
 
 
-def method_config(cfg: DictConfig) -> cat.CATConfig | None:
-    """The method's CATConfig (None for the full model), validated against the model's step count."""
-    if cfg.method.get("config") is None:
-        return None
-    try:
-        config = instantiate(cfg.method.config)
-    except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
-        cause = err.__cause__ or err
-        raise ValueError(f"method={cfg.method.name}: {cause}") from err
-    steps = cfg.model.steps
-    if config.warmup_steps >= steps:
-        raise ValueError(
-            f"method.config.warmup_steps={config.warmup_steps} must be smaller than model.steps={steps}: "
-            "with no pruned step CAT would change nothing (lower the warm-up or raise the steps)"
-        )
-    return config
+def method_config(cfg: DictConfig):
+    """The method's config (None for the full model), validated against the model's steps and tokens."""
+    validate(cfg)
+    return checks.method_config(cfg)
 
 
 def call_kwargs(cfg: DictConfig) -> dict:
@@ -56,32 +46,73 @@ def prompts_for(cfg: DictConfig, process: int = 0, num_processes: int = 1) -> li
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict:
-    """Runs cfg.task in run_dir, recording status.json; reruns of a finished run return its metrics."""
+    """Runs cfg.task in run_dir, recording status.json; reruns of a finished run return its metrics.
+
+    The run directory is locked for the whole run, so a second process on the same directory waits
+    and then finds the results instead of redoing or corrupting them.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     status_file, metrics_file = run_dir / "status.json", run_dir / "metrics.json"
-    if not cfg.overwrite and status_file.exists() and metrics_file.exists():
-        import json
-
-        if json.loads(status_file.read_text()).get("status") == "done":
-            log.info("%s is already done; skipping (overwrite=true to redo)", run_dir)
-            return json.loads(metrics_file.read_text())
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        if cfg.task == "generate":
-            metrics = generate_and_evaluate(cfg, run_dir)
-        elif cfg.task == "macs":
-            metrics = count_macs(cfg)
-        else:
-            raise ValueError(f"task={cfg.task!r} is invalid; allowed: generate, macs")
-    except Exception as err:
-        write_json(status_file, {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                 "traceback": traceback.format_exc()})
+        validate(cfg)
+    except checks.ConfigError as err:
+        write_json(status_file, {"status": "failed", "error": f"ConfigError: {err}"})
         raise
-    if metrics is None:
-        return {}
-    write_json(metrics_file, metrics)
-    write_json(status_file, {"status": "done"})
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    material = identity.key_material(plain)
+    key = identity.digest(material)
+    with _lock(run_dir / ".lock"):
+        clean_temporaries(run_dir)
+        if not cfg.overwrite:
+            status, metrics, recorded = read_json(status_file), read_json(metrics_file), read_json(run_dir / "run_key.json")
+            if (status or {}).get("status") == "done" and isinstance(metrics, dict):
+                if (recorded or {}).get("key") == key:
+                    log.info("%s is already done; skipping (overwrite=true to redo)", run_dir)
+                    return metrics
+                log.warning("%s holds the results of a different configuration; redoing it", run_dir)
+            elif status is not None:
+                log.info("%s is incomplete or corrupt; redoing it", run_dir)
+        status_file.unlink(missing_ok=True)
+        metrics_file.unlink(missing_ok=True)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(identity.scrub(plain))))
+        record = identity.provenance(str(cfg.device))
+        write_json(run_dir / "run_key.json", {"key": key, "material": material, "provenance": record})
+        log.info("run %s: task=%s model=%s method=%s key=%s", run_dir, cfg.task, cfg.model.name, cfg.method.name, key)
+        log.info("code %s%s; torch %s, diffusers %s, transformers %s", record["git_sha"],
+                 " (dirty tree)" if record["git_dirty"] else "", record["torch"], record["diffusers"],
+                 record["transformers"])
+        try:
+            if cfg.task == "generate":
+                metrics = generate_and_evaluate(cfg, run_dir)
+            elif cfg.task == "macs":
+                metrics = count_macs(cfg)
+            else:
+                raise ValueError(f"task={cfg.task!r} is not implemented here")
+        except Exception as err:
+            write_json(status_file, {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                                     "traceback": traceback.format_exc()})
+            raise
+        if metrics is None:
+            return {}
+        write_json(metrics_file, metrics)
+        write_json(status_file, {"status": "done"})
+        log.info("done: %s", ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in sorted(metrics.items())))
     return metrics
+
+
+def _lock(path: Path, num_processes: int | None = None):
+    """An inter-process file lock. The processes of one distributed launch (torchrun, accelerate)
+    cooperate on the same folders, so among them only rank 0 takes it."""
+    import contextlib
+    import os
+
+    from filelock import FileLock
+
+    world = num_processes if num_processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return FileLock(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    return FileLock(path)
 
 
 def count_macs(cfg: DictConfig) -> dict:
@@ -99,8 +130,7 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
 
     method = method_config(cfg)  # fails here, before any model load, on bad method values
     prompts = prompts_for(cfg)
-    if not prompts:
-        raise ValueError("the prompt set is empty: check data.limit, data.categories and data.shard")
+    checks.check_prompts(cfg, prompts)
     state = PartialState()
     device = pick_device(cfg.device) if state.num_processes == 1 else state.device
     dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
@@ -109,23 +139,31 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     variant = cfg.method.name
     folders = {"full": run_dir / "images" / "full", variant: run_dir / "images" / variant}
 
-    shared_full = full_image_cache(cfg, kwargs, dtype)
+    shared_full = full_image_cache(cfg, kwargs, dtype, device)
     with state.split_between_processes(prompts) as mine:
-        # The full model's images depend only on model, prompt, seed and call: shared by every run and sweep cell.
-        generate(pipe, list(mine), shared_full, cfg.seed, cfg.batch_size, kwargs, cfg.overwrite, desc="full model")
+        # The full model's images depend only on model, prompts, seed, call, dtype, device and batch size:
+        # shared by every run and sweep cell with the same ones. Locked: concurrent cells wait, then reuse.
+        shared_full.mkdir(parents=True, exist_ok=True)
+        with _lock(shared_full / ".lock", state.num_processes):
+            if state.num_processes == 1:  # another rank may be writing its share
+                clean_temporaries(shared_full)
+            generate(pipe, list(mine), shared_full, cfg.seed, cfg.batch_size, kwargs, cfg.overwrite,
+                     desc="full model")
         link_images(shared_full, folders["full"], [p.index for p in mine])
         if method is not None:
             with cat.apply(pipe, method) as handle:
                 first = {}
+                method_kwargs = {**kwargs, **handle.call_overrides()}
+                selection = isinstance(handle, cat.CATHandle)  # methods on CAT's token machinery
 
                 def keep_stats(batch, images):
-                    if not first and batch and batch[0].index == prompts[0].index:
+                    if selection and not first and batch and batch[0].index == prompts[0].index:
                         first["stats"] = handle.stats
 
-                generate(pipe, list(mine), folders[variant], cfg.seed, cfg.batch_size, kwargs, cfg.overwrite,
+                generate(pipe, list(mine), folders[variant], cfg.seed, cfg.batch_size, method_kwargs, cfg.overwrite,
                          on_batch=keep_stats, desc=variant)
-                if state.is_main_process and not (run_dir / "selection.npz").exists():
-                    _save_selection(pipe, handle, prompts[0], cfg, kwargs, run_dir, first.get("stats"))
+                if selection and state.is_main_process and not (run_dir / "selection.npz").exists():
+                    _save_selection(pipe, handle, prompts[0], cfg, method_kwargs, run_dir, first.get("stats"))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None  # the main process evaluates and writes the merged results
@@ -136,14 +174,14 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     metrics = {"num_images": len(prompts)}
     metrics.update(_image_metrics(cfg, run_dir, prompts, folders, variant, method, records))
     if cfg.metrics.macs:
-        metrics.update(count_macs_for_pipe(pipe, cfg, method))
+        metrics.update(realised_macs(pipe, cfg, method, prompts, kwargs))
     if cfg.metrics.latency.enabled:
         from .latency import compare
 
         sample = prompts[: cfg.metrics.latency.num_prompts]
         gen = lambda: [torch.Generator().manual_seed(_seed(cfg, p)) for p in sample]  # noqa: E731
-        metrics.update(compare(pipe, lambda: pipe([p.text for p in sample], generator=gen(), **kwargs), method,
-                               device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats,
+        metrics.update(compare(pipe, lambda **o: pipe([p.text for p in sample], generator=gen(), **{**kwargs, **o}),
+                               method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats,
                                cfg.metrics.latency.compile))
     write_lines(run_dir / "records.jsonl", records)
     _figures(run_dir, prompts, folders, variant)
@@ -151,18 +189,23 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     return metrics
 
 
-def full_image_cache(cfg: DictConfig, kwargs: dict, dtype) -> Path:
-    import hashlib
-    import json
-
-    key = json.dumps({"model": OmegaConf.to_container(cfg.model, resolve=True), "data": cfg.data.name,
-                      "path": cfg.data.get("path"), "seed": cfg.seed, "call": kwargs, "dtype": str(dtype)},
-                     sort_keys=True, default=str)
-    return Path(cfg.output_root) / "full_images" / f"{cfg.model.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+def full_image_cache(cfg: DictConfig, kwargs: dict, dtype, device) -> Path:
+    """The shared folder of the full model's images, keyed by everything they depend on (the prompt
+    list by content; batch size too, since batched and single generation differ in the last bits)."""
+    plain = identity.without_secrets(OmegaConf.to_container(cfg, resolve=True))
+    material = {"model": plain["model"], "call": kwargs, "dtype": str(dtype), "device": torch.device(device).type,
+                "seed": cfg.seed, "batch_size": cfg.batch_size,
+                "prompts_sha256": identity.key_material(plain)["data"]["prompts_sha256"]}
+    folder = Path(cfg.output_root) / "full_images" / f"{cfg.model.name}-{identity.digest(material)[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "key.json").exists():
+        write_json(folder / "key.json", material)
+    return folder
 
 
 def link_images(source: Path, folder: Path, indices: list[int]) -> None:
-    """Links (or copies, where links are not possible) cached images into a run's folder."""
+    """Hard-links (or copies, across file systems) cached images into a run's folder, so a copied
+    run folder is complete on its own."""
     import os
     import shutil
 
@@ -171,10 +214,14 @@ def link_images(source: Path, folder: Path, indices: list[int]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i in indices:
         src, dst = image_path(source, i), image_path(folder, i)
-        if dst.exists() or dst.is_symlink():
-            continue
+        if dst.is_symlink():
+            dst.unlink()  # from an older layout
+        if dst.exists():
+            if os.path.samefile(src, dst):
+                continue
+            dst.unlink()
         try:
-            os.symlink(os.path.relpath(src.resolve(), folder.resolve()), dst)
+            os.link(src, dst)
         except OSError:
             shutil.copyfile(src, dst)
 
@@ -193,6 +240,29 @@ def _save_selection(pipe, handle, prompt, cfg, kwargs, run_dir: Path, stats) -> 
         stats = handle.stats
     if stats.labels is not None or any(s.active is not None for s in stats.steps):
         save_selection(stats, run_dir / "selection.npz")
+
+
+def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
+    """Executed transformer MACs per image of the full model and of the method, counted while they run
+    on the first `metrics.macs_prompts` prompts (one batch, the run's seeds)."""
+    from .macs import realised_transformer_macs
+
+    sample = prompts[: max(1, int(cfg.metrics.get("macs_prompts", 4)))]
+
+    def call(**overrides):
+        gens = [torch.Generator().manual_seed(_seed(cfg, p)) for p in sample]
+        pipe([p.text for p in sample], generator=gens, **{**kwargs, **overrides})
+
+    full = realised_transformer_macs(pipe, call) / len(sample)
+    out = {"transformer_macs_full": full, "transformer_macs_per_step_full": full / cfg.model.steps,
+           "macs_prompts": len(sample)}
+    if method is None:
+        return out
+    with cat.apply(pipe, method) as handle:
+        overrides = handle.call_overrides()
+        done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
+    out.update({"transformer_macs": done, "macs_reduction": 1.0 - done / full})
+    return out
 
 
 def count_macs_for_pipe(pipe, cfg: DictConfig, method) -> dict:
@@ -255,6 +325,18 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
                 out["fid_num_reference"] = res["num_reference"]
         if method is not None and m.fid.vs_full:
             out["fid_vs_full"] = fid(images[variant], images["full"], weights_path=m.fid.weights)["fid"]
+    from .stats import mean_ci
+
+    # 95% bootstrap intervals over prompts of every per-image metric
+    for name in names:
+        suffix = "_full" if name == "full" else ""
+        keys = {k for p in prompts for k in per_image.get((name, p.index), {})}
+        for key in sorted(keys):
+            values = [per_image.get((name, p.index), {}).get(key) for p in prompts]
+            if None in values:
+                continue
+            mean, lo, hi = mean_ci(values)
+            out[f"{key}{suffix}_lo"], out[f"{key}{suffix}_hi"] = lo, hi
     for rec in records:
         rec.update(per_image.get((rec["variant"], rec["index"]), {}))
     return out

@@ -18,7 +18,8 @@ def to_tensor(images) -> torch.Tensor:
 
 def load_folder(folder: str | Path) -> tuple[list[int], list[Image.Image]]:
     """Images named <index>.png in a folder, sorted by index."""
-    files = sorted(Path(folder).glob("*.png"), key=lambda p: int(p.stem))
+    # only <index>.png: temporary files a killed run may have left are never read
+    files = sorted((p for p in Path(folder).glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
     if not files:
         raise FileNotFoundError(f"no <index>.png images in {folder}")
     return [int(p.stem) for p in files], [Image.open(p).convert("RGB") for p in files]

@@ -29,7 +29,11 @@ def test_every_config_file_composes(group):
         cfg = _compose([f"{group}={name}"])
         OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
         if group in ("method", "experiment") and cfg.method.config is not None:
-            assert method_config(cfg).keep_ratio == cfg.method.config.keep_ratio
+            import cat
+
+            config = method_config(cfg)
+            assert cat.METHODS[type(config).name] is type(config)
+            assert getattr(config, cfg.method.knob) == cfg.method.config[cfg.method.knob]
 
 
 def test_defaults_are_the_embedded_model_and_cat():
@@ -55,7 +59,7 @@ def test_ablation_sweep_is_a_multirun_over_every_axis():
 
 @pytest.mark.parametrize("overrides, message", [
     (["method.config.keep_ratio=1.5"], r"keep_ratio=1\.5 is invalid: keep_ratio must be a float in \(0, 1\]"),
-    (["model.steps=6", "method.config.warmup_steps=8"], r"warmup_steps=8 must be smaller than model\.steps=6"),
+    (["model.steps=6", "method.config.warmup_steps=8"], r"warmup_steps=8 is invalid: warmup_steps must be smaller than the number of steps \(6\)"),
     (["method.config.policy=magic"], r"policy must be one of cat, no_cluster"),
     (["method.config.warmup_steps=1"], r"warmup_steps=1 is invalid"),
 ])

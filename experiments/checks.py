@@ -1,0 +1,146 @@
+"""Checks of a composed config that run before any model or prompt set is loaded.
+
+Each failure is a `ConfigError` with one line that names the setting, its value and what is
+allowed; `run.py` prints it without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+TASKS = ("generate", "macs")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message says which, and what is allowed."""
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def token_geometry(model: dict) -> tuple[int, int, int]:
+    """(patch in pixels, token rows, token columns) of a model config at its resolution."""
+    from .config_files import transformer_config
+
+    arch = transformer_config(model)["transformer"]["config"]
+    vae_scale = int(((model.get("macs") or {}).get("vae_scale")) or 8)
+    patch = int(arch.get("patch_size") or 1)
+    if model.get("family") == "flux":
+        patch = 2  # the FLUX pipeline packs 2x2 latent patches into one token
+    pixels = vae_scale * patch
+    return pixels, int(model["height"]) // pixels, int(model["width"]) // pixels
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises ConfigError for the first invalid setting of a run."""
+    task = cfg.get("task")
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r} is invalid; allowed: {', '.join(TASKS)}")
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    steps = model.get("steps")
+    if not _is_int(steps) or steps <= 0:
+        raise ConfigError(f"model.steps={steps!r} is invalid; allowed: an integer >= 1")
+    if not _is_num(model.get("guidance_scale")):
+        raise ConfigError(f"model.guidance_scale={model.get('guidance_scale')!r} is invalid; allowed: a number "
+                          "(1 or less disables classifier-free guidance)")
+    for side in ("height", "width"):
+        if not _is_int(model.get(side)) or model[side] <= 0:
+            raise ConfigError(f"model.{side}={model.get(side)!r} is invalid; allowed: a positive integer")
+    try:
+        pixels, rows, cols = token_geometry(model)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    for side in ("height", "width"):
+        if model[side] % pixels:
+            raise ConfigError(f"model.{side}={model[side]} is invalid for {model['name']}: it must be a multiple of "
+                              f"{pixels} (VAE scale x patch size)")
+    method = method_config(cfg)
+    if method is not None:
+        _check_method(cfg, method, steps, rows * cols)
+    if task == "macs":
+        return
+    batch = cfg.get("batch_size")
+    if not _is_int(batch) or batch <= 0:
+        raise ConfigError(f"batch_size={batch!r} is invalid; allowed: an integer >= 1")
+    if not _is_int(cfg.get("seed")):
+        raise ConfigError(f"seed={cfg.get('seed')!r} is invalid; allowed: an integer")
+    from .pipelines import DTYPES, check_device, resolved_device_type
+
+    try:
+        check_device(str(cfg.device))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    dtype = cfg.dtype
+    if dtype != "auto" and dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is invalid; allowed: auto, {', '.join(DTYPES)}")
+    if dtype == "float16" and resolved_device_type(str(cfg.device)) == "cpu":
+        log.warning("dtype=float16 on the CPU: supported by torch but slow and less accurate than float32; "
+                    "use dtype=auto (float32) or bfloat16 unless you are testing half precision")
+    data = cfg.data
+    limit = data.get("limit")
+    if limit is not None and (not _is_int(limit) or limit < -1):
+        raise ConfigError(f"data.limit={limit!r} is invalid; allowed: -1 or null (all prompts), 0 or a positive count")
+    if not _is_int(data.get("num_shards", 1)) or data.get("num_shards", 1) < 1:
+        raise ConfigError(f"data.num_shards={data.get('num_shards')!r} is invalid; allowed: an integer >= 1")
+    if not _is_int(data.get("shard", 0)) or not 0 <= data.get("shard", 0) < data.get("num_shards", 1):
+        raise ConfigError(f"data.shard={data.get('shard')!r} is invalid; allowed: 0 .. data.num_shards-1")
+    if data.get("path"):
+        from .config_files import resolve
+
+        if not resolve(data.path).is_file():
+            raise ConfigError(f"data.path={data.path!r} is not a file; give a text file with one prompt per line")
+
+
+def method_config(cfg: DictConfig):
+    """The method's config object (None for the full model), validated; ConfigError names the bad field."""
+    if cfg.method.get("config") is None:
+        return None
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.method.config)
+    except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
+        cause = err.__cause__ or err
+        raise ConfigError(f"method={cfg.method.name}: {cause}") from err
+
+
+def _check_method(cfg: DictConfig, method, steps: int, num_tokens: int) -> None:
+    name = cfg.method.name
+    if getattr(method, "name", None) == "magcache" and method.mag_ratios is None and cfg.model.get("family") != "flux":
+        raise ConfigError(
+            f"method=magcache needs magnitude ratios calibrated for model={cfg.model.name} at {steps} steps: run "
+            f"`python scripts/calibrate_magcache.py model={cfg.model.name} model.steps={steps}` once "
+            "(or give method.config.mag_ratios=[...])")
+    try:
+        if hasattr(method, "check_steps"):
+            method.check_steps(steps)
+        if hasattr(method, "check_tokens"):
+            method.check_tokens(num_tokens)
+    except ValueError as err:
+        raise ConfigError(f"method={name} with model={cfg.model.name} at {steps} steps and {num_tokens} image "
+                          f"tokens: {err}") from err
+
+
+def check_prompts(cfg: DictConfig, prompts) -> None:
+    """Checks that need the prompt list (loaded, but before any model): the adherence judge's grammar."""
+    if not prompts:
+        raise ConfigError("the prompt set is empty: check data.limit, data.categories and data.shard")
+    if cfg.get("task") == "generate" and cfg.metrics.get("adherence") and cfg.data.name == "shapes":
+        from .shapes.grammar import parse
+
+        for p in prompts:
+            try:
+                parse(p.text)
+            except ValueError as err:
+                raise ConfigError(f"prompt {p.index} is outside the shapes judge's grammar ({err}); fix the prompt "
+                                  "file or set metrics.adherence=false") from err

@@ -1,0 +1,223 @@
+"""Run identity, secrets and provenance.
+
+A run's folder is `<readable prefix>-<key>`, where the key is a SHA-256 of everything that changes
+the run's output: the task, the resolved model and method configs, the call (steps, resolution,
+guidance), seed, dtype, device type, batch size, the metrics and the *content* of the prompt list.
+Two runs that differ in any of these never share a folder; identical runs find and reuse theirs.
+The full material is written to `run_key.json` in the run folder.
+
+Secrets (hub tokens, W&B keys) are matched by exact key name and never enter the key, folder
+names, config files, logs or W&B.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+
+# Config keys (leaf names, case-insensitive) whose values are credentials. Matched exactly, so that
+# e.g. `text_tokens` or `tokenizer_3` are never mistaken for secrets.
+SECRET_KEYS = frozenset({
+    "token", "hf_token", "use_auth_token", "access_token", "auth_token", "api_key", "apikey", "wandb_key",
+    "wandb_api_key", "password", "secret", "secret_key", "private_key",
+})
+REDACTED = "<redacted>"
+# Top-level keys that never change a run's output (where it goes, how it is logged, what is redone).
+NOT_OUTPUT = ("overwrite", "output_root", "logger", "group", "name", "hydra", "sweep", "experiment", "debug")
+
+
+def is_secret(key) -> bool:
+    return str(key).lower().lstrip("+~") in SECRET_KEYS
+
+
+def scrub(obj):
+    """A copy of a config (dicts and lists) with every secret value replaced by `<redacted>`."""
+    if isinstance(obj, dict):
+        return {k: (REDACTED if is_secret(k) else scrub(v)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v) for v in obj]
+    return obj
+
+
+def without_secrets(obj):
+    """A copy of a config with the secret keys removed (credentials never change an output)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if is_secret(k):
+                continue
+            clean = without_secrets(v)
+            if isinstance(v, dict) and v and not clean:
+                continue  # held only secrets (e.g. load_kwargs created by `+model.load_kwargs.token=...`)
+            out[k] = clean
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [without_secrets(v) for v in obj]
+    return obj
+
+
+def scrub_override(item: str) -> str:
+    """`+model.load_kwargs.token=hf_x` -> `+model.load_kwargs.token=<redacted>`; other overrides unchanged."""
+    key, sep, _ = item.partition("=")
+    return f"{key}={REDACTED}" if sep and is_secret(key.rsplit(".", 1)[-1]) else item
+
+
+def override_secrets(overrides: list[str]) -> list[str]:
+    """Secret values given on the command line (`+model.load_kwargs.token=...`)."""
+    found = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and value and is_secret(key.rsplit(".", 1)[-1]):
+            found.append(value)
+    return found
+
+
+def secret_values(obj) -> list[str]:
+    """Every secret value in a config (to scrub files that hold them in other forms)."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if is_secret(k) and isinstance(v, (str, int)) and str(v):
+                found.append(str(v))
+            else:
+                found.extend(secret_values(v))
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            found.extend(secret_values(v))
+    return found
+
+
+def scrub_file(path: Path, secrets: list[str]) -> None:
+    """Replaces every occurrence of the secret values in a text file (atomically)."""
+    from .sinks import write_text
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return
+    clean = text
+    for value in sorted(set(secrets), key=len, reverse=True):
+        clean = clean.replace(value, REDACTED)
+    if clean != text:
+        write_text(path, clean)
+
+
+def scrub_tree(root: Path, secrets: list[str]) -> None:
+    """Scrubs every small text file under root (configs, logs, W&B files)."""
+    if not secrets or not root.exists():
+        return
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.suffix not in (".png", ".npz", ".safetensors", ".wandb") \
+                and path.stat().st_size < 50_000_000:
+            scrub_file(path, secrets)
+
+
+def prompts_digest(data: dict) -> str:
+    """SHA-256 of the prompt list a data config yields (indices, texts and metadata), not of its path."""
+    from . import data as datasets
+
+    prompts = datasets.load_prompts(data["name"], data.get("path"), data.get("limit"), data.get("categories"),
+                                    data.get("shard", 0), data.get("num_shards", 1), data.get("source", "hub"))
+    payload = json.dumps([[p.index, p.text, p.meta] for p in prompts], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _prompts_digest_cached(data_json: str, mtime: float | None) -> str:
+    return prompts_digest(json.loads(data_json))
+
+
+def _file_mtime(path) -> float | None:
+    from .config_files import resolve
+
+    try:
+        return resolve(path).stat().st_mtime_ns if path else None
+    except OSError:
+        return None
+
+
+def key_material(cfg: dict) -> dict:
+    """What a run's output depends on, from a resolved config (a plain dict), secrets removed."""
+    from .pipelines import resolved_device_type
+
+    cfg = without_secrets(cfg)
+    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": cfg.get("method")}
+    if cfg.get("task") == "macs":  # counted from the configs alone
+        return material
+    data = dict(cfg.get("data") or {})
+    try:
+        digest = _prompts_digest_cached(json.dumps(data, sort_keys=True, default=str), _file_mtime(data.get("path")))
+    except Exception as err:  # reported with its own message by validation; keyed so it cannot collide
+        digest = f"unavailable: {type(err).__name__}: {err}"
+    material.update({
+        "data": {"name": data.get("name"), "prompts_sha256": digest},
+        "seed": cfg.get("seed"), "dtype": cfg.get("dtype"), "device": resolved_device_type(cfg.get("device", "auto")),
+        "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"), "compile": cfg.get("compile"),
+    })
+    return material
+
+
+def digest(material: dict) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+
+
+def readable_prefix(overrides: list[str], exclude: list[str], max_len: int = 80) -> str:
+    """A short human-readable label from the command-line overrides: no secrets, no path separators."""
+    parts = []
+    for item in sorted(overrides):
+        key, sep, value = item.partition("=")
+        bare = key.lstrip("+~")
+        if not sep or bare in exclude or is_secret(bare.rsplit(".", 1)[-1]):
+            continue
+        if "/" in value or "\\" in value:
+            value = Path(value).name  # a path: its file name is enough for a label, the key holds the content
+        parts.append(f"{bare.rsplit('.', 1)[-1]}={value}")
+    label = _UNSAFE.sub("_", ",".join(parts))[:max_len].strip("_,")
+    return label or "default"
+
+
+def run_id(root) -> str:
+    """`<prefix>-<key[:12]>` for the run directory (Hydra resolver `${run_id:}`)."""
+    from omegaconf import OmegaConf
+
+    cfg = {k: OmegaConf.to_container(root[k], resolve=True) if OmegaConf.is_config(root[k]) else root[k]
+           for k in root if k != "hydra"}
+    hydra = root.get("hydra")
+    overrides = list(OmegaConf.select(hydra, "overrides.task", default=None) or []) if hydra is not None else []
+    exclude = list(OmegaConf.select(hydra, "job.config.override_dirname.exclude_keys", default=None) or []) \
+        if hydra is not None else []
+    return f"{readable_prefix(overrides, exclude)}-{digest(key_material(cfg))[:12]}"
+
+
+def provenance(device: str | None = None) -> dict:
+    """The code and library versions a result came from."""
+    import platform
+    import subprocess
+
+    import diffusers
+    import torch
+    import transformers
+
+    from .config_files import ROOT
+
+    def git(*args) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_sha": sha, "git_dirty": None if status is None else bool(status),
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "device": device,
+        "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }

@@ -1,0 +1,274 @@
+"""Results you can trust: run identity from content, crash safety, early validation, secrets, provenance."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments import identity, resolvers  # noqa: F401
+from experiments.checks import ConfigError, check_prompts, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "hf_TopSecretValue123"
+
+
+def run(*args, check=True, env=None):
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+def cfg_of(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def key_of(*overrides):
+    return identity.digest(identity.key_material(OmegaConf.to_container(cfg_of(*overrides), resolve=True)))
+
+
+def runs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in (root / "runs").glob("*/*/run_key.json"))
+
+
+# 1. identity ---------------------------------------------------------------------------------------------
+
+def test_the_shipped_28_and_50_step_experiments_never_share_results(tmp_path):
+    for exp in ("sd3_parti_28", "sd3_parti_50"):
+        proc = run(f"experiment={exp}", "task=macs", "logger=none", f"output_root={tmp_path}")
+        assert "already done" not in proc.stdout + proc.stderr
+    dirs = runs(tmp_path)
+    assert len(dirs) == 2
+    values = [json.loads((d / "metrics.json").read_text())["transformer_macs_full"] for d in dirs]
+    assert values[0] != values[1]
+    assert sorted(values)[1] / sorted(values)[0] == pytest.approx(50 / 28, rel=1e-6)
+
+
+@pytest.mark.parametrize("change", ["model.steps=12", "seed=1", "batch_size=2", "model.guidance_scale=3.0",
+                                    "model.height=64", "dtype=bfloat16", "method=cat_random",
+                                    "method.config.keep_ratio=0.5", "data.limit=3", "metrics.fidelity=false"])
+def test_anything_that_changes_the_output_changes_the_key(change):
+    base = ["debug=tiny"]
+    assert key_of(*base) != key_of(*base, change)
+
+
+def test_what_does_not_change_the_output_keeps_the_key():
+    base = key_of("debug=tiny")
+    for change in ("overwrite=true", "output_root=/elsewhere", "logger=wandb", "group=g",
+                   f"+model.load_kwargs.token={SECRET}"):
+        assert key_of("debug=tiny", change) == base, change
+
+
+def test_the_key_follows_the_prompt_file_content_not_its_path(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle on the left\na small blue square on the right\n")
+    first = key_of("debug=tiny", f"data.path={prompts}")
+    copy = tmp_path / "copy.txt"
+    copy.write_text(prompts.read_text())
+    assert key_of("debug=tiny", f"data.path={copy}") == first
+    prompts.write_text("a large green circle on the left\na small blue square on the right\n")
+    os.utime(prompts, ns=(1, 1))  # even with an old timestamp
+    assert key_of("debug=tiny", f"data.path={prompts}") != first
+
+
+def test_an_edited_prompt_file_gets_a_new_run_and_new_full_model_images(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle on the left\na small blue square on the right\n")
+    args = ["debug=tiny", f"output_root={tmp_path / 'out'}", "metrics.latency.enabled=false", f"data.path={prompts}"]
+    run(*args)
+    prompts.write_text("a large green circle on the left\na small blue square on the right\n")
+    proc = run(*args)
+    assert "already done" not in proc.stdout + proc.stderr
+    assert len(runs(tmp_path / "out")) == 2
+    assert len(list((tmp_path / "out" / "full_images").iterdir())) == 2
+    records = [json.loads(line) for d in runs(tmp_path / "out") for line in (d / "records.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in records if r["index"] == 0} == {"a large red circle on the left",
+                                                                 "a large green circle on the left"}
+
+
+# 2. crash safety -----------------------------------------------------------------------------------------
+
+def test_leftover_temporaries_and_a_corrupt_metrics_file_are_survived(tmp_path):
+    args = ["debug=tiny", f"output_root={tmp_path}", "data.limit=2", "metrics.latency.enabled=false"]
+    run(*args)
+    (run_dir,) = runs(tmp_path)
+    (run_dir / ".metrics.json.abc.tmp").write_text("{half")
+    (run_dir / "images" / "cat" / ".00000.png.xyz.tmp").write_bytes(b"\x89PNG trunc")
+    (run_dir / "images" / "cat" / "00001.tmp.png").write_bytes(b"\x89PNG trunc")  # an older naming
+    (run_dir / "metrics.json").write_text('{"psnr": 3')  # truncated by a crash
+    proc = run(*args)
+    assert "already done" not in proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_images"] == 2
+    assert not (run_dir / ".metrics.json.abc.tmp").exists()
+    assert "already done" in (lambda p: p.stdout + p.stderr)(run(*args))
+
+
+def test_two_processes_on_one_run_directory_do_the_work_once(tmp_path):
+    args = [sys.executable, "run.py", "debug=tiny", f"output_root={tmp_path}", "data.limit=2",
+            "metrics.latency.enabled=false"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("already done" in o for o in outs) == 1, outs
+    (run_dir,) = runs(tmp_path)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_a_summary_that_cannot_be_written_fails_loudly(tmp_path, monkeypatch, capsys):
+    from experiments import sweep
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "status.json").write_text('{"status": "done"}')
+    (cell / "metrics.json").write_text('{"psnr": 30}')
+    monkeypatch.setattr(sweep, "write_text", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": []}}, "logger": None})
+    with pytest.raises(SystemExit) as exit_:
+        sweep.SweepSummary().on_multirun_end(config)
+    assert exit_.value.code == 1
+    assert "could not be written" in capsys.readouterr().err
+
+
+def test_a_sweep_over_prompt_file_paths_stays_flat(tmp_path):
+    files = []
+    for name, text in (("a.txt", "a large red circle on the left"), ("b.txt", "a small blue square on the right")):
+        (tmp_path / name).write_text(text + "\n")
+        files.append(str(tmp_path / name))
+    run("-m", "debug=tiny", f"output_root={tmp_path / 'out'}", "group=paths", "metrics=fast",
+        "metrics.latency.enabled=false", f"data.path={files[0]},{files[1]}")
+    sweep = tmp_path / "out" / "sweeps" / "paths"
+    cells = [p for p in sweep.iterdir() if p.is_dir()]
+    assert len(cells) == 2 and all((c / "metrics.json").exists() for c in cells)
+    table = pd.read_csv(sweep / "summary.csv")
+    assert len(table) == 2 and set(table.status) == {"done"}
+
+
+# 3. validation before any model loads --------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size=0 is invalid"),
+    ("batch_size=-3", "batch_size=-3 is invalid"),
+    ("model.steps=0", "model.steps=0 is invalid"),
+    ("model.guidance_scale=abc", "model.guidance_scale='abc' is invalid"),
+    ("model.height=31", "model.height=31 is invalid"),
+    ("method.config.num_clusters=300", "num_clusters=300 is invalid"),
+    ("data.limit=-2", "data.limit=-2 is invalid"),
+    ("dtype=float8", "dtype='float8' is invalid"),
+    ("method=cat_random model.steps=2", "warmup_steps"),
+])
+def test_bad_settings_are_named_before_anything_loads(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(cfg_of("debug=tiny", *override.split()))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path):
+    proc = run("debug=tiny", f"output_root={tmp_path}", "device=cuda", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: device='cuda' but this torch has no CUDA")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "full_images").exists()
+
+
+def test_every_method_rejects_zero_steps():
+    for method in ("none", "cat", "cat_random", "cat_no_cluster"):
+        with pytest.raises(ConfigError, match="model.steps=0"):
+            validate(cfg_of("debug=tiny", f"method={method}", "model.steps=0"))
+
+
+def test_limit_minus_one_means_every_prompt():
+    from experiments.data import load_prompts
+
+    assert len(load_prompts("shapes", limit=-1)) == len(load_prompts("shapes", limit=None))
+
+
+def test_prompts_outside_the_judge_grammar_fail_at_load_time(tmp_path):
+    from experiments.data import Prompt
+
+    cfg = cfg_of("debug=tiny")
+    with pytest.raises(ConfigError, match="outside the shapes judge's grammar"):
+        check_prompts(cfg, [Prompt(0, "a large red circle on the left"), Prompt(1, "a photo of a cat")])
+    check_prompts(cfg_of("debug=tiny", "metrics.adherence=false"), [Prompt(1, "a photo of a cat")])
+
+
+def test_float16_on_cpu_warns(caplog):
+    validate(cfg_of("debug=tiny", "dtype=float16", "device=cpu"))
+    assert "dtype=float16 on the CPU" in caplog.text
+
+
+# 4. secrets ----------------------------------------------------------------------------------------------
+
+def test_the_scrubber_matches_secret_keys_exactly():
+    cfg = {"model": {"load_kwargs": {"token": "x", "tokenizer_3": None}, "macs": {"text_tokens": 77}},
+           "logger": {"api_key": "y"}, "max_tokens": 5}
+    clean = identity.scrub(cfg)
+    assert clean["model"]["load_kwargs"] == {"token": "<redacted>", "tokenizer_3": None}
+    assert clean["model"]["macs"] == {"text_tokens": 77} and clean["max_tokens"] == 5
+    assert clean["logger"]["api_key"] == "<redacted>"
+
+
+def test_a_token_override_never_reaches_files_names_or_logs(tmp_path):
+    proc = run("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "metrics.latency.enabled=false",
+               "logger=wandb", f"+model.load_kwargs.token={SECRET}", env={"WANDB_MODE": "offline"})
+    assert SECRET not in proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*"):
+        assert SECRET not in str(path)
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert any(tmp_path.rglob("*.wandb")) or any(tmp_path.rglob("wandb"))
+
+
+# 5. batches ----------------------------------------------------------------------------------------------
+
+def test_batch_size_is_in_the_key_and_batches_agree_within_one_grey_level():
+    from cat.testing import tiny_sd3_pipeline
+    import torch
+
+    pipe = tiny_sd3_pipeline()
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    kwargs = dict(num_inference_steps=4, guidance_scale=5.0, height=32, width=32, output_type="np",
+                  max_sequence_length=8)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    together = pipe(prompts, generator=gens(), **kwargs).images
+    alone = np.concatenate([pipe([p], generator=[g], **kwargs).images for p, g in zip(prompts, gens())])
+    diff = np.abs(np.round(together * 255) - np.round(alone * 255))
+    assert diff.max() <= 1  # the tolerance the README states
+    assert key_of("debug=tiny", "batch_size=1") != key_of("debug=tiny", "batch_size=4")
+
+
+# 6. provenance -------------------------------------------------------------------------------------------
+
+def test_the_run_folder_records_code_versions_log_and_real_images(tmp_path):
+    run("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "metrics.latency.enabled=false")
+    (run_dir,) = runs(tmp_path)
+    record = json.loads((run_dir / "run_key.json").read_text())
+    prov = record["provenance"]
+    assert len(prov["git_sha"]) == 40 and prov["git_dirty"] in (True, False)
+    for key in ("torch", "diffusers", "transformers", "device"):
+        assert prov[key], key
+    assert record["key"].startswith(run_dir.name.rsplit("-", 1)[1])
+    assert "done:" in (run_dir / "run.log").read_text()
+    for image in (run_dir / "images" / "full").iterdir():
+        assert not image.is_symlink() and image.stat().st_size > 0
+
+
+# 7. help -------------------------------------------------------------------------------------------------
+
+def test_help_describes_the_groups_and_main_options():
+    proc = run("--help")
+    for text in ("Configuration groups", "method: ", "model: ", "batch_size=16", "data.limit", "sweep=peers"):
+        assert text in proc.stdout, text
