@@ -10,28 +10,24 @@ import torch
 from .adapters import Runtime, spec_for
 from .adapters.base import FeedForwardHook, TransformerHook, attach_hook, has_hook
 from .config import CATConfig
+from .methods.base import METHODS, MethodHandle, register
+from .methods.base import apply as _dispatch
 from .state import GenerationStats
 
 
-class CATHandle:
-    """An applied CAT patch. Use `remove()` (or a `with` block) to restore the model exactly."""
+class CATHandle(MethodHandle):
+    """An applied CAT patch (or any method that runs on CAT's token machinery: a config whose
+    `timeline()` drives the same hooks). `remove()` (or a `with` block) restores the model exactly."""
 
     def __init__(self, target, config: CATConfig):
-        self.config = config
-        self._pipe = None if isinstance(target, torch.nn.Module) else target
-        self.transformer = target if self._pipe is None else target.transformer
+        super().__init__(target, config)
         self.spec = spec_for(self.transformer)
         self._runtime = Runtime(config)
-        self._undo: list = []
 
     @property
     def stats(self) -> GenerationStats:
         """Per-step statistics of the current or last generation (CPU tensors)."""
         return self._runtime.last_state().stats()
-
-    @property
-    def active(self) -> bool:
-        return bool(self._undo)
 
     def reset(self, cfg_pairs: bool | None = None) -> None:
         """Starts a new generation. Pipelines do this by themselves; for a bare transformer, say whether
@@ -44,22 +40,18 @@ class CATHandle:
             self._undo.pop()()
         self._runtime.new_generation(False)  # drop the caches
 
-    def __enter__(self) -> "CATHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
     def _install(self) -> None:
         transformer, config, run = self.transformer, self.config, self._runtime
+        if has_hook(transformer):
+            raise RuntimeError("CAT is already applied to this transformer; call handle.remove() first.")
         self.spec.check(transformer)
         try:
-            if config.prune_attention:
+            if getattr(config, "prune_attention", True):
                 for name, attn in self.spec.attention_modules(transformer):
                     original = attn.processor
                     attn.set_processor(self.spec.make_processor(original, run, name))
                     self._undo.append(functools.partial(attn.set_processor, original))
-            if config.prune_ff:
+            if getattr(config, "prune_ff", True):
                 for name, ff in self.spec.feed_forward_modules(transformer):
                     attach_hook(ff, FeedForwardHook(run, name), self._undo)
                 for name, module in self.spec.joint_modules(transformer):
@@ -83,6 +75,7 @@ class CATHandle:
         def encode_prompt(*args, **kwargs):
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
+            run.guidance_scale = getattr(pipe, "_guidance_scale", None)
             run.new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
             return encode(*args, **kwargs)
 
@@ -98,22 +91,20 @@ class CATHandle:
         self._undo.append(restore)
 
 
-def apply(pipe_or_transformer, config: CATConfig | None = None) -> CATHandle:
-    """Patches a diffusers pipeline (anything with a `.transformer`) or its transformer in place.
+CATConfig.handle = CATHandle
+register(CATConfig)
 
-    Returns the handle; `handle.remove()` or leaving `with cat.apply(...)` restores the model exactly.
-    Raises if CAT is already applied to this transformer, or if its class is not supported.
+
+def apply(pipe_or_transformer, config=None) -> MethodHandle:
+    """Applies a method to a diffusers pipeline (anything with a `.transformer`) or its transformer, in place.
+
+    `config` is any method's config (`cat.CATConfig()` by default; `cat.METHODS` lists them all); the
+    call dispatches on its type. Returns the handle: `handle.remove()` or leaving
+    `with cat.apply(...)` restores the model exactly. Raises if a method that conflicts is already
+    applied, or if the transformer's class is not supported.
     """
     config = CATConfig() if config is None else config
-    if not isinstance(config, CATConfig):
-        raise TypeError(f"config must be a cat.CATConfig, got {type(config).__name__}")
-    if not isinstance(pipe_or_transformer, torch.nn.Module) and not hasattr(pipe_or_transformer, "transformer"):
-        raise TypeError(
-            f"cat.apply expects a diffusers pipeline with a `transformer` or a transformer module, "
-            f"got {type(pipe_or_transformer).__name__}"
-        )
-    handle = CATHandle(pipe_or_transformer, config)
-    if has_hook(handle.transformer):
-        raise RuntimeError("CAT is already applied to this transformer; call handle.remove() first.")
-    handle._install()
-    return handle
+    return _dispatch(pipe_or_transformer, config)
+
+
+__all__ = ["CATHandle", "METHODS", "apply"]

@@ -8,12 +8,15 @@ paper is also tabulated in the README.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from .methods.base import MethodConfig
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 
 
 @dataclass(frozen=True)
-class CATConfig:
+class CATConfig(MethodConfig):
     """Validated, immutable CAT settings.
 
     Attributes:
@@ -47,6 +50,8 @@ class CATConfig:
             from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K
             noisiest tokens; ``"random"`` takes K uniformly random tokens (seeded).
     """
+
+    name: ClassVar[str] = "cat"
 
     keep_ratio: float = 0.3
     warmup_steps: int = 8
@@ -94,6 +99,17 @@ class CATConfig:
     def prunes(self, num_tokens: int) -> bool:
         """Whether pruned steps would recompute fewer than all tokens."""
         return self.num_kept(num_tokens) < num_tokens
+
+    def timeline(self):
+        """The step timeline the hooks follow (full -> reference -> cluster -> pruned)."""
+        from . import timeline
+
+        return timeline
+
+    def check_steps(self, num_steps: int) -> None:
+        """With no pruned step CAT would change nothing: the warm-up must be shorter than the schedule."""
+        _check(self.warmup_steps < num_steps, "warmup_steps", self.warmup_steps,
+               f"smaller than the number of steps ({num_steps}), or CAT changes nothing")
 
     def check_tokens(self, num_tokens: int) -> None:
         """Checks the settings that depend on the image size, once it is known."""

@@ -58,6 +58,8 @@ class GenerationState:
     """Mutable state of one generation. `step` is the only step counter: advanced once per transformer call."""
 
     cfg_pairs: bool = False
+    guidance_scale: float | None = None  # the pipeline's CFG scale, when known
+    channels: tuple[int | None, int | None] = (None, None)  # (latent in, model out) channels of the transformer
     num_steps: int | None = None  # length of the schedule when the pipeline tells us
     step: int = -1
     grid: tuple[int, int] | None = None

@@ -18,7 +18,8 @@ from .state import GenerationState, StepRecord
 def phase_of(step: int, config: CATConfig) -> str:
     t0 = config.warmup_steps
     if step >= t0:
-        return "pruned"
+        interval = getattr(config, "reuse_interval", 1)
+        return "pruned" if (step - t0) % interval == 0 else "reuse"
     if step == t0 - 1:
         return "cluster"
     if step == t0 - 1 - config.reference_offset:
@@ -38,6 +39,10 @@ def begin_step(state: GenerationState, config: CATConfig, grid: tuple[int, int])
     state.record = pruning and phase == "cluster"
     if pruning and phase == "pruned":
         state.plan = torch.cat([state.active, state.active]) if state.cfg_pairs else state.active  # [B, K]
+    elif pruning and phase == "reuse":
+        # step-level reuse (cat_fora): no image token is recomputed; every module returns its cache
+        b = state.active.shape[0] * (2 if state.cfg_pairs else 1)
+        state.plan = state.active.new_empty(b, 0)
     else:
         state.plan = None
 
@@ -48,6 +53,13 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
     phase = phase_of(state.step, config)
     if not _pruning(state, config, n):
         state.records.append(StepRecord(state.step, phase, n))
+        return out
+    if phase == "reuse":
+        # FORA's reuse: the blocks ran on cached attention / feed-forward outputs with this step's
+        # gates and residuals; that output is kept as is, and the selection waits for the next
+        # computed step.
+        state.prev_out = out
+        state.records.append(StepRecord(state.step, phase, 0))
         return out
     if state.plan is not None:
         # Unselected tokens keep the previous step's output, so the scheduler moves them with it.

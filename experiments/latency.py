@@ -68,9 +68,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def compare(pipe, call, method: cat.CATConfig | None, device: torch.device, warmup: int = 1, repeats: int = 3,
+def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, warmup: int = 1, repeats: int = 3,
             compile: bool = False) -> dict:
-    """Full model and method timed in the same run; returns flat metrics with their ratios."""
+    """Full model and method timed in the same run; returns flat metrics with their ratios.
+
+    `call(**overrides)` runs the pipeline; the method's call overrides (e.g. fewer steps) are passed.
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if compile:
@@ -83,8 +86,9 @@ def compare(pipe, call, method: cat.CATConfig | None, device: torch.device, warm
         return out
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with cat.apply(pipe, method):
-        timed = time_pipeline(call, pipe, device, warmup, repeats)
+    with cat.apply(pipe, method) as handle:
+        overrides = handle.call_overrides()
+        timed = time_pipeline(lambda: call(**overrides), pipe, device, warmup, repeats)
     mem = peak_memory_mb(device)
     out.update({"latency_s": timed["median_s"], "latency_spread_s": timed["spread_s"],
                 "denoise_s": timed["denoise_median_s"], "peak_memory_mb": mem,

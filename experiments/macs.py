@@ -22,7 +22,8 @@ import cat
 
 
 def _cpu_flash_flop(query, key, value, *args, out_val=None, **kwargs) -> int:
-    return sdpa_flop_count(query.shape, key.shape, value.shape)
+    shape = lambda t: getattr(t, "shape", t)  # noqa: E731  (tensors or, as FlopCounterMode passes them, shapes)
+    return sdpa_flop_count(shape(query), shape(key), shape(value))
 
 
 _CUSTOM = {}
@@ -35,6 +36,29 @@ def count_macs(fn, *args, **kwargs) -> int:
     with FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
         fn(*args, **kwargs)
     return counter.get_total_flops() // 2
+
+
+def realised_transformer_macs(pipe, call) -> int:
+    """Transformer MACs that actually ran during `call()`: a flop counter is active inside every
+    transformer call (whatever a method skipped, forecast or pruned is simply not counted), so
+    dynamic methods report what they realised, counted by the same tool as everyone else."""
+    total = [0]
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
+
+    def pre(module, args):
+        counter.__enter__()
+
+    def post(module, args, output):
+        counter.__exit__(None, None, None)
+        total[0] += counter.get_total_flops()
+
+    handles = [pipe.transformer.register_forward_pre_hook(pre), pipe.transformer.register_forward_hook(post)]
+    try:
+        call()
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] // 2
 
 
 @dataclass

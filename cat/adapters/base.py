@@ -15,7 +15,6 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from ..state import GenerationState
-from ..timeline import begin_step, end_step
 
 HOOK_NAME = "cat_pruning"
 
@@ -112,7 +111,10 @@ def spec_for(transformer: torch.nn.Module) -> FamilySpec:
 
 
 class Runtime:
-    """What every hook of one applied handle shares: the config and the generation state.
+    """What every hook of one applied handle shares: the config, its timeline and the generation state.
+
+    The timeline (`config.timeline()`: CAT's `cat.timeline`, or a peer's) decides per step which tokens
+    run (`state.plan`) and whether the caches are filled (`state.record`); the hooks only apply that.
 
     Pipelines that call the transformer more than once per step (FLUX's true CFG) name each call
     with diffusers' `cache_context`; every named call then has a state of its own.
@@ -120,7 +122,9 @@ class Runtime:
 
     def __init__(self, config):
         self.config = config
+        self.timeline = config.timeline()
         self.cfg_pairs = False
+        self.guidance_scale: float | None = None  # the pipeline's, when it tells us (read by peers' timelines)
         self.context: str | None = None
         self.states: dict[str | None, GenerationState] = {}
         self.last_timestep: float | None = None
@@ -128,7 +132,7 @@ class Runtime:
     @property
     def state(self) -> GenerationState:
         if self.context not in self.states:
-            self.states[self.context] = GenerationState(cfg_pairs=self.cfg_pairs)
+            self.states[self.context] = GenerationState(cfg_pairs=self.cfg_pairs, guidance_scale=self.guidance_scale)
         return self.states[self.context]
 
     def last_state(self) -> GenerationState:
@@ -158,7 +162,8 @@ class _ContextReceiver(StateManager):
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows of the selected tokens.  [B, N, *row], [B, K] -> [B, K, *row]"""
     b, n = x.shape[:2]
-    rows = x.reshape(b * n, -1).index_select(0, _flat(index, n))  # [B*K, row]
+    flat = x.reshape(b * n, -1) if n else x.reshape(0, int(torch.tensor(x.shape[2:]).prod()))
+    rows = flat.index_select(0, _flat(index, n))  # [B*K, row]
     return rows.view(b, index.shape[1], *x.shape[2:])
 
 
@@ -177,7 +182,8 @@ def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tenso
     b, n = target.shape[:2]
     if not target.is_contiguous():
         raise ValueError("CAT caches must be contiguous")
-    target.view(b * n, -1).index_copy_(0, _flat(index, n), rows.reshape(b * index.shape[1], -1))
+    flat = target.view(b * n, -1)
+    flat.index_copy_(0, _flat(index, n), rows.reshape(b * index.shape[1], flat.shape[1]))
     return target
 
 
@@ -224,9 +230,11 @@ class TransformerHook(ModelHook):
         state = run.state
         if state.step < 0:
             state.grid = self.spec.grid(module, args, kwargs)
+            config = getattr(module, "config", None)
+            state.channels = (getattr(config, "in_channels", None), getattr(config, "out_channels", None))
             if self.scheduler is not None:
                 state.num_steps = len(self.scheduler.timesteps)
-        begin_step(state, run.config, state.grid)
+        run.timeline.begin_step(state, run.config, state.grid)
         return args, kwargs
 
     def reset_state(self, module):
@@ -240,7 +248,7 @@ class TransformerHook(ModelHook):
             return output
         sample = output[0] if isinstance(output, tuple) else output.sample
         tokens = self.spec.to_tokens(module, sample)  # [B, N, D]
-        new_tokens = end_step(self.runtime.state, self.runtime.config, tokens)
+        new_tokens = self.runtime.timeline.end_step(self.runtime.state, self.runtime.config, tokens)
         if new_tokens is tokens:
             return output
         sample = self.spec.from_tokens(module, new_tokens, sample)

@@ -1,0 +1,125 @@
+"""The method interface shared by CAT and its peers.
+
+A method is a frozen config dataclass (validated in `__post_init__`, defaults = its authors'
+recommended setting) plus a handle class that patches a pipeline or transformer in place.
+`cat.apply(target, config)` dispatches on the config's type, as diffusers' `enable_cache(config)`
+does, and returns the handle; `handle.remove()` restores the model exactly.
+
+    @register
+    @dataclass(frozen=True)
+    class MyConfig(MethodConfig):
+        name: ClassVar[str] = "mine"
+        interval: int = 2
+        def __post_init__(self): check(is_int(self.interval) and self.interval >= 1, self, "interval", "an integer >= 1")
+
+    class MyHandle(MethodHandle):
+        def _install(self): ...  # append an exact inverse of every change to self._undo
+    MyConfig.handle = MyHandle
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+METHODS: dict[str, type["MethodConfig"]] = {}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method config. Subclasses set `name` and `handle` and validate their fields."""
+
+    name: ClassVar[str] = ""
+    handle: ClassVar[type["MethodHandle"] | None] = None
+
+    def check_steps(self, num_steps: int) -> None:
+        """Checks the settings that depend on the step count (called before any model loads)."""
+
+    def check_tokens(self, num_tokens: int) -> None:
+        """Checks the settings that depend on the number of image tokens (called before any model loads)."""
+
+    def call_overrides(self) -> dict:
+        """Pipeline call arguments the method changes (e.g. fewer steps); most methods change none."""
+        return {}
+
+
+def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:
+    """Class decorator: makes `config_cls.name` known to `cat.METHODS` and to `cat.apply`."""
+    if not config_cls.name:
+        raise ValueError(f"{config_cls.__name__} needs a `name`")
+    METHODS[config_cls.name] = config_cls
+    return config_cls
+
+
+class MethodHandle:
+    """An applied method. `remove()` (or leaving a `with` block) restores the model exactly."""
+
+    def __init__(self, target, config: MethodConfig):
+        self.config = config
+        self._pipe = None if isinstance(target, torch.nn.Module) else target
+        self.transformer = target if self._pipe is None else target.transformer
+        self._undo: list = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def stats(self) -> Any:
+        """Per-generation statistics of the current or last generation (method-specific)."""
+        return None
+
+    def call_overrides(self) -> dict:
+        return self.config.call_overrides()
+
+    def remove(self) -> None:
+        """Undoes every change, newest first."""
+        while self._undo:
+            self._undo.pop()()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def _install(self) -> None:
+        raise NotImplementedError
+
+    def install(self) -> "MethodHandle":
+        try:
+            self._install()
+        except Exception:
+            self.remove()
+            raise
+        return self
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_num(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check(ok: bool, config, field: str, allowed: str) -> None:
+    """Raises `ValueError("<Config>.<field>=<value> is invalid: <field> must be <allowed>.")` unless ok."""
+    if not ok:
+        value = getattr(config, field, None)
+        raise ValueError(f"{type(config).__name__}.{field}={value!r} is invalid: {field} must be {allowed}.")
+
+
+def apply(target, config: MethodConfig) -> MethodHandle:
+    """Applies `config`'s method to a diffusers pipeline (anything with `.transformer`) or a transformer."""
+    if not isinstance(config, MethodConfig) or type(config).handle is None:
+        known = ", ".join(f"{n} ({c.__name__})" for n, c in sorted(METHODS.items()))
+        raise TypeError(f"cat.apply needs a method config; got {type(config).__name__}. Known: {known}")
+    if not isinstance(target, torch.nn.Module) and not hasattr(target, "transformer"):
+        raise TypeError(
+            f"cat.apply expects a diffusers pipeline with a `transformer` or a transformer module, "
+            f"got {type(target).__name__}"
+        )
+    return type(config).handle(target, config).install()

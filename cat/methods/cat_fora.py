@@ -1,0 +1,36 @@
+"""`cat_fora`: CAT composed with FORA's step-level reuse.
+
+The CAT paper argues token pruning is orthogonal to step-level caching (FORA: Selvaraju et al. 2024,
+arXiv 2407.01425). Here, after CAT's warm-up, only every `reuse_interval`-th step is a CAT pruned
+step (selected tokens recomputed, selection updated); the steps in between are FORA reuse steps:
+no image token is recomputed, every attention and feed-forward module returns its cached output
+(the text stream and the attention of text queries over all keys still run, as in CAT), and the
+blocks' gates and residuals follow the current step, as in FORA. `reuse_interval=1` is plain CAT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..api import CATHandle
+from ..config import CATConfig
+from .base import check, is_int, register
+
+
+@dataclass(frozen=True)
+class CATFORAConfig(CATConfig):
+    """CAT's settings plus `reuse_interval`: after the warm-up, steps t0, t0+N, t0+2N, ... are CAT
+    pruned steps and the others reuse every module's cached output (N=1: plain CAT)."""
+
+    name: ClassVar[str] = "cat_fora"
+
+    reuse_interval: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(is_int(self.reuse_interval) and self.reuse_interval >= 1, self, "reuse_interval", "an integer >= 1")
+
+
+CATFORAConfig.handle = CATHandle
+register(CATFORAConfig)

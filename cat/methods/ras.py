@@ -1,0 +1,157 @@
+"""RAS: region-adaptive sampling, the closest token-level peer of CAT on SD3.
+
+Liu et al. 2025, "Region-Adaptive Sampling for Diffusion Transformers", arXiv 2502.10389 (code:
+github.com/microsoft/RAS, `ras_manager` and its flow-matching scheduler's `ras_selection`).
+
+After `warmup_steps` dense steps, each step recomputes only the tokens in the model's focus; the
+others keep their previous output ("cached noise"), and attention reads their cached keys/values.
+Selection, at the end of every step for the next one, as in the authors' scheduler:
+- metric: per token, the standard deviation over channels of the predicted noise (mean over the
+  token's p x p latent pixels), or its L2 norm (`metric="l2norm"`); computed from the guided noise
+  when the pipeline tells us the guidance scale, else from the conditional half;
+- starvation: metric x exp(starvation_scale x drop count), where a token's drop count grows each
+  time it is not recomputed;
+- of the S = int((1 - sample_ratio) x N) tokens to skip, int(S x (1 - high_ratio)) come from the low
+  end of the sorted metric and int(S x high_ratio) from the high end; the middle is recomputed.
+Dense steps at `error_reset_steps` (and every step outside [warmup_steps, end_step)) recompute every
+token and refill the caches, resetting the accumulated error.
+
+It runs on the same hooks as CAT (keys/values and module outputs of the skipped tokens are cached),
+so only the timeline below differs. Deviations: PixArt's learned-sigma channels are left out of the
+metric (only the noise half counts); with PixArt's pipeline, which does not expose its guidance
+scale, the metric comes from the conditional half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..api import CATHandle
+from ..state import GenerationState, StepRecord
+from .base import MethodConfig, check, is_int, is_num, register
+
+METRICS = ("std", "l2norm")
+
+
+@dataclass(frozen=True)
+class RASConfig(MethodConfig):
+    """Defaults: the authors' SD3 script (28 steps): sample ratio 0.5, dense until step 4, dense
+    error-reset steps 12 and 20, starvation scale 1, high ratio 0.3, metric std.
+
+    Attributes:
+        sample_ratio: fraction of image tokens recomputed in a sparse step (1.0: every token).
+        warmup_steps: dense steps before sampling starts (authors' `scheduler_start_step`).
+        end_step: first step after which all steps are dense again (None: the end of the schedule).
+        error_reset_steps: dense steps in the middle of the schedule (0-based).
+        starvation_scale: weight of the drop count in the selection metric.
+        high_ratio: share of the skipped tokens taken from the high end of the metric.
+        metric: "std" or "l2norm" of each token's predicted noise.
+    """
+
+    name: ClassVar[str] = "ras"
+
+    sample_ratio: float = 0.5
+    warmup_steps: int = 4
+    end_step: int | None = None
+    error_reset_steps: tuple[int, ...] = (12, 20)
+    starvation_scale: float = 1.0
+    high_ratio: float = 0.3
+    metric: str = "std"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error_reset_steps", tuple(self.error_reset_steps or ()))
+        check(is_num(self.sample_ratio) and 0.0 < self.sample_ratio <= 1.0, self, "sample_ratio", "a float in (0, 1]")
+        check(is_int(self.warmup_steps) and self.warmup_steps >= 1, self, "warmup_steps", "an integer >= 1")
+        check(self.end_step is None or (is_int(self.end_step) and self.end_step > self.warmup_steps), self,
+              "end_step", "null or an integer > warmup_steps")
+        check(all(is_int(s) and s >= 0 for s in self.error_reset_steps), self, "error_reset_steps",
+              "a list of step indices >= 0")
+        check(is_num(self.starvation_scale) and self.starvation_scale >= 0, self, "starvation_scale", "a float >= 0")
+        check(is_num(self.high_ratio) and 0.0 <= self.high_ratio <= 1.0, self, "high_ratio", "a float in [0, 1]")
+        check(self.metric in METRICS, self, "metric", f"one of {', '.join(METRICS)}")
+
+    def check_steps(self, num_steps: int) -> None:
+        check(self.warmup_steps < num_steps, self, "warmup_steps",
+              f"smaller than the number of steps ({num_steps}), or RAS changes nothing")
+
+    def timeline(self):
+        import sys
+
+        return sys.modules[__name__]
+
+    def num_recomputed(self, num_tokens: int) -> int:
+        skip = int((1.0 - self.sample_ratio) * num_tokens)
+        low, high = int(skip * (1.0 - self.high_ratio)), int(skip * self.high_ratio)
+        return num_tokens - low - high
+
+    def sparse(self, step: int, num_steps: int | None) -> bool:
+        end = self.end_step if self.end_step is not None else num_steps
+        return (self.warmup_steps <= step and (end is None or step < end)
+                and step not in self.error_reset_steps)
+
+
+def _active(config: RASConfig, n: int) -> bool:
+    return config.num_recomputed(n) < n
+
+
+def begin_step(state: GenerationState, config: RASConfig, grid: tuple[int, int]) -> None:
+    state.step += 1
+    state.grid = grid
+    n = grid[0] * grid[1]
+    sparse = _active(config, n) and config.sparse(state.step, state.num_steps) and state.active is not None
+    next_sparse = _active(config, n) and config.sparse(state.step + 1, state.num_steps)
+    state.record = not sparse and next_sparse  # a dense step before a sparse one fills the caches
+    state.plan = (torch.cat([state.active, state.active]) if state.cfg_pairs else state.active) if sparse else None
+
+
+def end_step(state: GenerationState, config: RASConfig, out: torch.Tensor) -> torch.Tensor:
+    """Output caching for the skipped tokens, then the selection for the next step.  [B, N, D] -> [B, N, D]"""
+    n = out.shape[1]
+    phase = "pruned" if state.plan is not None else "full"
+    record = StepRecord(state.step, phase, n if state.plan is None else state.plan.shape[1])
+    if not _active(config, n):
+        state.records.append(record)
+        return out
+    if state.plan is not None:
+        index = state.plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
+        out = state.prev_out.scatter(1, index, out.gather(1, index))
+        record.active = torch.zeros(state.active.shape[0], n, dtype=torch.bool, device=out.device).scatter_(
+            1, state.active, True)
+    state.prev_out = out
+    if config.sparse(state.step + 1, state.num_steps):
+        score = _metric(state, config, out)  # [P, N]
+        if state.freq is None:
+            state.freq = torch.zeros_like(score)  # drop counts
+        score = score * torch.exp(config.starvation_scale * state.freq)
+        order = score.argsort(dim=-1, stable=True)  # ascending
+        skip = int((1.0 - config.sample_ratio) * n)
+        low, high = int(skip * (1.0 - config.high_ratio)), int(skip * config.high_ratio)
+        state.active = order[:, low:n - high]  # [P, K]
+        dropped = torch.ones_like(state.freq, dtype=torch.bool).scatter_(1, state.active, False)
+        state.freq = state.freq + dropped.to(state.freq.dtype)
+        record.noise_magnitude = score
+        record.staleness = state.freq
+    state.records.append(record)
+    return out
+
+
+def _metric(state: GenerationState, config: RASConfig, out: torch.Tensor) -> torch.Tensor:
+    """Per-token std (or L2 norm) over channels of the predicted noise, averaged over the token's pixels."""
+    noise = out.float()
+    if state.cfg_pairs:
+        uncond, cond = noise.chunk(2)
+        g = state.guidance_scale
+        noise = uncond + g * (cond - uncond) if g is not None else cond
+    b, n, d = noise.shape
+    c_in, c_out = state.channels
+    c_out = c_out or c_in or d
+    pixels = noise.reshape(b, n, d // c_out, c_out)[..., : (c_in or c_out)]  # the noise half only
+    per_pixel = pixels.std(dim=-1) if config.metric == "std" else torch.linalg.vector_norm(pixels, dim=-1)
+    return per_pixel.mean(dim=-1)  # [P, N]
+
+
+RASConfig.handle = CATHandle
+register(RASConfig)

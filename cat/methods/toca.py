@@ -1,0 +1,353 @@
+"""ToCa: token-wise feature caching.
+
+Zou et al. 2024, "Accelerating Diffusion Transformers with Token-wise Feature Caching",
+arXiv 2410.05317, ICLR 2025 (code: github.com/Shenyi-Z/ToCa). This follows their PixArt-alpha
+implementation (`PixArt-alpha-ToCa/diffusion/model/nets/PixArt.py`, `PixArtBlock.forward`, and
+`diffusion/model/cache_functions/`), the text-to-image setting closest to SD3 and PixArt here, and
+their FLUX implementation (`flux-ToCa/src/flux/modules/layers.py`, `DoubleStreamBlock`) for the
+MMDiT text stream.
+
+Steps are either full or partial:
+  * Full steps ("force activation"): every module runs on every token and its output is cached.
+    Step 0 is full, then step s is full when `s % threshold == 0`, where `threshold` is re-derived at
+    every full step s as `round(interval / (1 - w + 2 w s / T))` (`force_scheduler`, w =
+    `interval_step_weight`, 0.2 in their PixArt code; T = number of steps): refreshes are a bit
+    sparser early and denser late. For 8 steps and interval 3 the full steps are 0, 4 and 6.
+  * Partial steps: self-attention is not run at all; its cached output is reused whole (their code
+    computes no attention tokens on partial steps in the final version, in all of DiT, PixArt and
+    FLUX). Cross-attention and feed-forward modules run on a few "fresh" tokens only; the other
+    tokens' outputs come from the cache, and the fresh tokens' new outputs are written into it.
+
+Per module type:
+    PixArt  attn1 (self-attention): reused whole on partial steps.
+            attn2 (cross-attention): token-wise on image-token queries ("cross-attn" ratio factor).
+            ff: token-wise on image tokens ("mlp" ratio factor).
+    SD3     attn (joint attention; image and text outputs), attn2 (SD3.5 dual image self-attention):
+            reused whole on partial steps, as FLUX-ToCa does for its double-stream joint attention.
+            ff: token-wise on image tokens ("mlp" factor).
+            ff_context: token-wise on text tokens (as FLUX-ToCa's `txt_mlp`), "mlp" factor, no
+            spatial bonus (text tokens have no grid).
+
+Fresh tokens per module (`cache_cutfresh`): `int(r * N)` of the module's N tokens, with the ratio
+r (`fresh_ratio_scheduler`, schedule 'ToCa' of their PixArt code, clamped to [0, 1]):
+    r = fresh_ratio * (1.9 - 1.8 s/T) * (1.6 - 1.2 l/(L-1)) * (0.6 for cross-attention, 1.6 for MLPs)
+i.e. more tokens early in sampling and in shallow layers, fewer for cross-attention (the most
+temporally redundant) and more for MLPs. Their code divides by 27 (PixArt's 28 layers); here the
+layer term uses the model's own depth L. The tokens with the highest score are recomputed:
+    score = s_base + soft_fresh_weight * staleness / interval, then the spatial bonus.
+`staleness` counts, per token and module, the partial steps since the token was last recomputed
+(their cache-frequency score s3, reset at full steps); the bonus (s4, uniform spatial distribution)
+adds 0.4 x its score to the best token of every 4x4 cell of the image grid.
+
+The score their PixArt results use as s_base ('attention': entropy of the cross-attention map of
+the layer) needs attention probabilities, which PyTorch's fused SDPA kernel does not return. Their
+non-attention options are offered instead (`score`):
+    "straight"   a constant, so staleness and the spatial bonus alone decide (default; no deviation
+                 from their code for this option);
+    "norm"       L2 norm of the module's input tokens, L2-normalised over the tokens;
+    "similarity" 1 - cosine similarity between a token's input and its cached output, normalised;
+    "random"     uniform noise, shared by the two halves of a CFG batch (as in their PixArt code),
+                 from a generator seeded with 0 at every generation so that runs repeat exactly.
+For "norm" and "similarity" their code scores the block's residual stream before the module; a hook
+on the module sees the module's input instead (the same tensor for PixArt's cross-attention, the
+normalised and modulated residual for the MLPs).
+
+`fresh_ratio=1.0` is the full model (bit-exact: every step is full), as is `interval=1`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from diffusers.hooks import ModelHook
+
+from ..adapters.base import gather_tokens, scatter_tokens_
+from .base import MethodConfig, check, is_int, is_num, register
+from .fora import CachingHandle, StepClock
+
+HOOK_NAME = "toca"
+
+SCORES = ("straight", "norm", "similarity", "random")
+RATIO_SCHEDULES = ("toca", "constant")
+
+# Constants of the authors' PixArt code ('ToCa' ratio schedule and the spatial bonus).
+STEP_WEIGHT = -0.9  # step factor 1 - w + 2 w s/T: 1.9 at the first step, 0.1 at the end
+LAYER_WEIGHT = 0.6  # layer factor 1 + w - 2 w l/(L-1): 1.6 at the first layer, 0.4 at the last
+MODULE_WEIGHT = 1.0
+MODULE_TIME_WEIGHT = 0.6  # cross-attention factor 1 - (1 - 0.6) * 1.0 = 0.6, MLP factor 1 + 0.6 * 1.0 = 1.6
+BONUS_RATIO = 0.4
+BONUS_CELL = 4
+
+# Module kinds: "attn" is reused whole on partial steps; the others are token-wise.
+SELF_ATTN, CROSS_ATTN, MLP = "attn", "cross-attn", "mlp"
+
+
+@register
+@dataclass(frozen=True)
+class ToCaConfig(MethodConfig):
+    """ToCa (Zou et al. 2024, arXiv 2410.05317, ICLR 2025). Defaults: the authors' PixArt-alpha
+    command in their README (`--fresh_threshold 3 --fresh_ratio 0.30 --soft_fresh_weight 0.25
+    --ratio_scheduler ToCa --force_fresh global`) and their PixArt `force_scheduler` (0.2).
+
+    Attributes:
+        interval: base number of steps between full refreshes (`fresh_threshold`); 1 is the full model.
+        fresh_ratio: base share of tokens recomputed per token-wise module on partial steps, before
+            the ratio schedule; 1.0 is the full model, 0.0 reuses every cached token (FORA-like).
+        ratio_schedule: "toca" (their step x layer x module schedule) or "constant" (`fresh_ratio`
+            everywhere).
+        score: base token score, one of "straight", "norm", "similarity", "random" (see the module
+            docstring; their attention-map score is not available with SDPA).
+        soft_fresh_weight: weight of the staleness (cache-frequency) score.
+        interval_step_weight: how much the refresh interval shrinks over sampling (their
+            `linear_step_weight`); 0 keeps it at `interval`.
+    """
+
+    name: ClassVar[str] = "toca"
+    interval: int = 3
+    fresh_ratio: float = 0.30
+    ratio_schedule: str = "toca"
+    score: str = "straight"
+    soft_fresh_weight: float = 0.25
+    interval_step_weight: float = 0.2
+
+    def __post_init__(self) -> None:
+        check(is_int(self.interval) and self.interval >= 1, self, "interval", "an integer >= 1")
+        check(is_num(self.fresh_ratio) and 0.0 <= self.fresh_ratio <= 1.0, self, "fresh_ratio",
+              "a float in [0, 1]")
+        check(self.ratio_schedule in RATIO_SCHEDULES, self, "ratio_schedule", f"one of {', '.join(RATIO_SCHEDULES)}")
+        check(self.score in SCORES, self, "score", f"one of {', '.join(SCORES)}")
+        check(is_num(self.soft_fresh_weight) and self.soft_fresh_weight >= 0.0, self, "soft_fresh_weight",
+              "a float >= 0")
+        check(is_num(self.interval_step_weight) and 0.0 <= self.interval_step_weight < 1.0, self,
+              "interval_step_weight", "a float in [0, 1)")
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether every step is full (the method then changes nothing)."""
+        return self.interval == 1 or self.fresh_ratio >= 1.0
+
+
+def refresh_threshold(config: ToCaConfig, step: int, num_steps: int) -> int:
+    """Steps until the next refresh, as set at full step `step` (their `force_scheduler`, in float32)."""
+    w = config.interval_step_weight
+    if w == 0:
+        return config.interval
+    factor = torch.tensor(1 - w + 2 * w * step / num_steps)
+    return max(1, int(torch.round(config.interval / factor)))
+
+
+def fresh_count(config: ToCaConfig, num_tokens: int, step: int, num_steps: int | None, layer: int,
+                num_layers: int, kind: str) -> int:
+    """Tokens a token-wise module recomputes at a partial step (their `fresh_ratio_scheduler` and
+    `cache_cutfresh`: the ratio is clamped to [0, 1] in float32, then `int(ratio * N)`)."""
+    ratio = config.fresh_ratio
+    if config.ratio_schedule == "toca":
+        step_factor = 1 - STEP_WEIGHT + 2 * STEP_WEIGHT * step / num_steps
+        layer_factor = 1 + LAYER_WEIGHT - 2 * LAYER_WEIGHT * layer / max(num_layers - 1, 1)
+        if kind == CROSS_ATTN:
+            module_factor = 1 - (1 - MODULE_TIME_WEIGHT) * MODULE_WEIGHT
+        else:
+            module_factor = 1 + MODULE_TIME_WEIGHT * MODULE_WEIGHT
+        ratio = ratio * layer_factor * step_factor * module_factor
+    return int(torch.clamp(torch.tensor(ratio), min=0, max=1) * num_tokens)
+
+
+def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], cell: int = BONUS_CELL,
+                  bonus: float = BONUS_RATIO) -> torch.Tensor:
+    """Adds `bonus` x its score to the highest-scoring token of every `cell` x `cell` cell of the grid.
+    [B, h*w] -> [B, h*w]. A grid that is not a multiple of `cell` gets smaller cells at its edges."""
+    b, n = score.shape
+    h, w = grid
+    s = score.view(b, h, w)
+    ph, pw = -h % cell, -w % cell
+    if ph or pw:
+        s = F.pad(s, (0, pw, 0, ph), value=float("-inf"))
+    hh, ww = s.shape[1:]
+    cells = s.reshape(b, hh // cell, cell, ww // cell, cell).permute(0, 1, 3, 2, 4).reshape(b, -1, cell * cell)
+    best, where = cells.max(dim=-1, keepdim=True)  # the first maximum of each cell
+    cells = cells.scatter_add(-1, where, best * bonus)
+    s = cells.reshape(b, hh // cell, ww // cell, cell, cell).permute(0, 1, 3, 2, 4).reshape(b, hh, ww)
+    return s[:, :h, :w].reshape(b, n)
+
+
+@dataclass(frozen=True)
+class ToCaStats:
+    """Full and partial steps of the current or last generation, and per token-wise module the number
+    of tokens per sample it recomputed at each step."""
+
+    full_steps: tuple[int, ...]
+    partial_steps: tuple[int, ...]
+    fresh_tokens: dict[str, tuple[int, ...]]
+    total_tokens: dict[str, int]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.full_steps) + len(self.partial_steps)
+
+    @property
+    def fresh_fraction(self) -> float:
+        """Share of token rows the token-wise modules recomputed over the generation (1.0: all)."""
+        done = sum(sum(v) for v in self.fresh_tokens.values())
+        total = sum(self.total_tokens[k] * len(v) for k, v in self.fresh_tokens.items())
+        return done / total if total else 1.0
+
+
+class _Entry:
+    """Cached output of a token-wise module and how stale each of its tokens is."""
+
+    def __init__(self, out: torch.Tensor):
+        self.out = out.contiguous()
+        self.staleness = torch.zeros(out.shape[:2], dtype=torch.int32, device=out.device)  # [B, N]
+
+
+class _ToCaClock(StepClock):
+    def _on_new_generation(self) -> None:
+        self.full = True
+        self.threshold = self.config.interval
+        self.full_steps: list[int] = []
+        self.partial_steps: list[int] = []
+        self.fresh: dict[str, list[int]] = {}
+        self.total: dict[str, int] = {}
+        self.generator: torch.Generator | None = None
+
+    def _plan(self) -> None:
+        config, step = self.config, self.step
+        self.full = config.is_identity or step == 0 or step % self.threshold == 0
+        if not config.is_identity and (config.interval_step_weight or config.ratio_schedule == "toca"):
+            if self.num_steps is None:
+                raise RuntimeError(
+                    "ToCa's schedules need the number of denoising steps: apply ToCa to the pipeline, or call "
+                    "handle.reset(num_steps=...) before using a bare transformer."
+                )
+        if self.full:
+            self.full_steps.append(step)
+            if not config.is_identity:
+                self.threshold = refresh_threshold(config, step, self.num_steps)
+        else:
+            self.partial_steps.append(step)
+
+    def record(self, name: str, fresh: int, total: int) -> None:
+        self.fresh.setdefault(name, []).append(fresh)
+        self.total[name] = total
+
+    def random_score(self, b: int, n: int, device) -> torch.Tensor:
+        if self.generator is None or self.generator.device != torch.device(device):
+            self.generator = torch.Generator(device=device).manual_seed(0)
+        if self.cfg_pairs and b % 2 == 0:
+            half = torch.rand(b // 2, n, generator=self.generator, device=device)
+            return torch.cat([half, half], dim=0)
+        return torch.rand(b, n, generator=self.generator, device=device)
+
+
+class _WholeHook(ModelHook):
+    """Self-attention: runs (and is cached) on full steps; on partial steps its cached output is returned."""
+
+    def __init__(self, clock: _ToCaClock, name: str):
+        super().__init__()
+        self.clock = clock
+        self.name = name
+
+    def new_forward(self, module, *args, **kwargs):
+        clock = self.clock
+        forward = self.fn_ref.original_forward
+        if clock.bypass or clock.step < 0:
+            return forward(*args, **kwargs)
+        if not clock.full and self.name in clock.cache:
+            return clock.cache[self.name]
+        out = forward(*args, **kwargs)
+        if not clock.config.is_identity:
+            clock.cache[self.name] = out
+        return out
+
+
+class _TokenHook(ModelHook):
+    """Cross-attention / MLP: on partial steps runs on the fresh tokens only and updates their cached rows."""
+
+    def __init__(self, clock: _ToCaClock, name: str, layer: int, num_layers: int, kind: str, spatial: bool):
+        super().__init__()
+        self.clock = clock
+        self.name = name
+        self.layer = layer
+        self.num_layers = num_layers
+        self.kind = kind
+        self.spatial = spatial
+
+    def new_forward(self, module, *args, **kwargs):
+        clock = self.clock
+        forward = self.fn_ref.original_forward
+        if clock.bypass or clock.step < 0:
+            return forward(*args, **kwargs)
+        if "hidden_states" in kwargs:
+            kwargs = dict(kwargs)
+            hidden_states = kwargs.pop("hidden_states")
+        else:
+            hidden_states, args = args[0], args[1:]
+        b, n = hidden_states.shape[:2]
+        entry = clock.cache.get(self.name)
+        if clock.full or entry is None or entry.out.shape[:2] != (b, n):
+            out = forward(hidden_states, *args, **kwargs)
+            if not clock.config.is_identity:
+                clock.cache[self.name] = _Entry(out)
+                clock.record(self.name, n, n)
+            return out
+        k = fresh_count(clock.config, n, clock.step, clock.num_steps, self.layer, self.num_layers, self.kind)
+        index = self._select(hidden_states, entry, k)  # [B, k]
+        entry.staleness += 1
+        entry.staleness.scatter_(1, index, 0)
+        if k > 0:
+            rows = forward(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, k, C]
+            scatter_tokens_(entry.out, index, rows.to(entry.out.dtype))
+        clock.record(self.name, k, n)
+        return entry.out
+
+    def _select(self, tokens: torch.Tensor, entry: _Entry, k: int) -> torch.Tensor:
+        """The k tokens with the highest score (their `score_evaluate` + `local_selection_with_bonus`)."""
+        clock, config = self.clock, self.clock.config
+        b, n = tokens.shape[:2]
+        if config.score == "straight":
+            score = torch.ones(b, n, device=tokens.device)
+        elif config.score == "norm":
+            score = F.normalize(tokens.float().norm(dim=-1), dim=-1)
+        elif config.score == "similarity":
+            if tokens.shape[-1] != entry.out.shape[-1]:
+                raise ValueError(f"ToCa's similarity score needs equal input and output widths at {self.name}")
+            score = F.normalize(1 - F.cosine_similarity(tokens.float(), entry.out.float(), dim=-1), dim=-1)
+        else:
+            score = clock.random_score(b, n, tokens.device)
+        score = score + config.soft_fresh_weight * entry.staleness.float() / config.interval
+        if self.spatial and clock.grid is not None and clock.grid[0] * clock.grid[1] == n:
+            score = spatial_bonus(score, clock.grid)
+        return score.argsort(dim=-1, descending=True, stable=True)[:, :k]
+
+
+class ToCaHandle(CachingHandle):
+    hook_name = HOOK_NAME
+    method_name = "ToCa"
+
+    def _make_clock(self) -> StepClock:
+        return _ToCaClock(self.config)
+
+    def _module_hook(self, name, layer, attr, module) -> ModelHook:
+        if attr in ("ff", "ff_context"):
+            kind = MLP
+        elif getattr(module, "is_cross_attention", False):
+            kind = CROSS_ATTN  # PixArt's attn2
+        else:
+            return _WholeHook(self._clock, name)  # self-attention: SD3's joint attn and dual attn2, PixArt's attn1
+        num_layers = len(self.transformer.transformer_blocks)
+        return _TokenHook(self._clock, name, layer, num_layers, kind, spatial=attr != "ff_context")
+
+    @property
+    def stats(self) -> ToCaStats:
+        """Full/partial steps and fresh tokens per module of the current or last generation."""
+        clock = self._clock
+        return ToCaStats(
+            tuple(clock.full_steps), tuple(clock.partial_steps),
+            {k: tuple(v) for k, v in clock.fresh.items()}, dict(clock.total),
+        )
+
+
+ToCaConfig.handle = ToCaHandle

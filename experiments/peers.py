@@ -1,0 +1,172 @@
+"""The peers sweep's report: quality against compute, one line per method along its own knob.
+
+- `pareto_<metric>.png`: quality (mean over prompts, 95% bootstrap band) against % of the full
+  model's executed MACs and against the measured speedup, the full model marked.
+- `at_50.md` / `at_50.csv`: every method interpolated to 50% MACs reduction (linearly between the
+  two cells that bracket it, the interval bounds likewise), the best marked only where its interval
+  separates from every other method's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+LABELS = {
+    "psnr": "PSNR to full model (dB)",
+    "ssim": "SSIM to full model",
+    "lpips": "LPIPS to full model (lower is better)",
+    "adherence": "prompt adherence (shapes judge)",
+    "clip_score": "CLIP score",
+}
+LOWER_IS_BETTER = {"lpips", "fid", "fid_vs_full"}
+
+
+def add_knobs(frame: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
+    """Adds `knob` (the field the method's sweep varies) and `knob_value` from each cell's config."""
+    knobs, values = [], []
+    for cell in frame["cell"]:
+        path = Path(sweep_dir) / cell / "config.yaml"
+        cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
+        method = cfg.get("method") or {}
+        knob = method.get("knob")
+        knobs.append(knob)
+        values.append((method.get("config") or {}).get(knob) if knob else None)
+    frame = frame.copy()
+    frame["knob"], frame["knob_value"] = knobs, values
+    return frame
+
+
+def is_peers_sweep(frame: pd.DataFrame) -> bool:
+    """A sweep over methods and their knob levels only (other axes would be joined by the lines)."""
+    if "method" not in frame or "macs_reduction" not in frame:
+        return False
+    axes = [c for c in frame.columns if c not in ("cell", "error", "status") and frame[c].dtype == object
+            and frame[c].nunique() > 1 and c not in ("knob", "knob_value")]
+    return frame["method"].nunique() > 1 and set(axes) <= {"method", "level"}
+
+
+def _lines(done: pd.DataFrame, x: str):
+    for method, cells in done.groupby("method"):
+        yield method, cells.sort_values(x)
+
+
+def pareto_figure(frame: pd.DataFrame, metric: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = frame[(frame.status == "done") & frame[metric].notna()] if metric in frame else frame.iloc[:0]
+    if done.empty:
+        return None
+    done = done.assign(pct_macs=100.0 * (1.0 - done["macs_reduction"]))
+    axes_x = [("pct_macs", "executed transformer MACs (% of full model)")]
+    if "speedup" in done and done["speedup"].notna().any():
+        axes_x.append(("speedup", "measured speedup over the full model (x)"))
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(6.2 * len(axes_x), 4.6), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (x, xlabel) in zip(axes[0], axes_x):
+        for i, (method, cells) in enumerate(_lines(done, x)):
+            c = colors(i % 10)
+            ax.plot(cells[x], cells[metric], "o-", color=c, label=method, lw=1.6, ms=4)
+            if f"{metric}_lo" in cells:
+                ax.fill_between(cells[x], cells[f"{metric}_lo"], cells[f"{metric}_hi"], color=c, alpha=0.15, lw=0)
+        full_x = 100.0 if x == "pct_macs" else 1.0
+        if f"{metric}_full" in done and done[f"{metric}_full"].notna().any():
+            ax.axhline(done[f"{metric}_full"].mean(), color="k", ls="--", lw=1)
+            ax.plot([full_x], [done[f"{metric}_full"].mean()], "k*", ms=12, label="full model")
+        else:  # fidelity metrics: the full model is the reference itself
+            ax.axvline(full_x, color="k", ls="--", lw=1, label="full model (reference)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle(f"{LABELS.get(metric, metric)} against compute; bands: 95% bootstrap intervals over prompts",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def interpolate_at(frame: pd.DataFrame, target: float = 0.5,
+                   metrics=("psnr", "ssim", "lpips", "adherence", "clip_score")) -> pd.DataFrame:
+    """Each method's metrics (and intervals, knob, speedup) linearly interpolated to `macs_reduction = target`."""
+    done = frame[frame.status == "done"]
+    rows = []
+    for method, cells in _lines(done, "macs_reduction"):
+        xs = cells["macs_reduction"].to_numpy(float)
+        row = {"method": method, "macs_reduction": target}
+        inside = xs.min() <= target <= xs.max()
+        row["in_range"] = bool(inside)
+        cols = [c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi") if c in cells and cells[c].notna().all()]
+        cols += [c for c in ("speedup", "knob_value") if c in cells]
+        for c in cols:
+            ys = pd.to_numeric(cells[c], errors="coerce").to_numpy(float)
+            row[c] = float(np.interp(target, xs, ys)) if inside and np.isfinite(ys).all() else float("nan")
+        row["knob"] = cells["knob"].iloc[0] if "knob" in cells else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def best_marks(table: pd.DataFrame, metric: str) -> dict[str, str]:
+    """'best' for the method whose interval separates from every other method's, else nothing."""
+    if metric not in table or table[metric].isna().all():
+        return {}
+    valid = table[table[metric].notna()]
+    lower = metric in LOWER_IS_BETTER
+    best = valid.loc[valid[metric].idxmin() if lower else valid[metric].idxmax()]
+    others = valid[valid.method != best.method]
+    if others.empty:
+        return {}
+    if lower:
+        separated = (best[f"{metric}_hi"] < others[f"{metric}_lo"]).all()
+    else:
+        separated = (best[f"{metric}_lo"] > others[f"{metric}_hi"]).all()
+    return {best.method: "best"} if separated else {}
+
+
+def table_markdown(table: pd.DataFrame, metrics=("psnr", "ssim", "lpips", "adherence", "clip_score")) -> str:
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    marks = {m: best_marks(table, m) for m in metrics}
+    header = ["method", "knob at 50%"] + [LABELS.get(m, m) for m in metrics] + ["speedup"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        knob = f"{r.get('knob')}={r.get('knob_value'):.3g}" if r.get("in_range") and pd.notna(r.get("knob_value")) \
+            else "outside its range"
+        cells = [str(r.method), knob]
+        for m in metrics:
+            if pd.isna(r[m]):
+                cells.append("n/a")
+                continue
+            text = f"{r[m]:.3f} [{r[f'{m}_lo']:.3f}, {r[f'{m}_hi']:.3f}]"
+            cells.append(f"**{text}** (best)" if marks[m].get(r.method) else text)
+        cells.append(f"{r['speedup']:.2f}x" if "speedup" in r and pd.notna(r["speedup"]) else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ("\nEach method interpolated linearly to 50% executed-MACs reduction between its two bracketing "
+            "cells (interval bounds likewise). **best** only where that method's 95% interval separates "
+            "from every other method's; otherwise the differences are within the noise.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def write_report(frame: pd.DataFrame, sweep_dir: Path) -> list[Path]:
+    """Pareto figures and the 50% table of a peers sweep; returns the files written."""
+    from .sinks import write_text
+
+    sweep_dir = Path(sweep_dir)
+    frame = add_knobs(frame, sweep_dir)
+    written = []
+    for metric in ("psnr", "adherence", "ssim", "lpips"):
+        path = pareto_figure(frame, metric, sweep_dir / "figures" / f"pareto_{metric}.png")
+        if path:
+            written.append(path)
+    table = interpolate_at(frame, 0.5)
+    write_text(sweep_dir / "at_50.csv", table.to_csv(index=False))
+    write_text(sweep_dir / "at_50.md", table_markdown(table))
+    written += [sweep_dir / "at_50.csv", sweep_dir / "at_50.md"]
+    return written

@@ -1,0 +1,133 @@
+"""One method interface: every method in cat.METHODS has a conf file, validates before any model loads,
+is bit-exact at its do-nothing setting, changes the output at its default, and `remove()` restores the
+model exactly, on tiny SD3 and PixArt with CFG and a batch of two prompts."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import cat
+from cat import testing
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["a red circle", "a blue square"]
+STEPS = 10
+CALL = {
+    "sd3": (testing.tiny_sd3_pipeline, {"max_sequence_length": 8}),
+    "pixart": (testing.tiny_pixart_pipeline, {"use_resolution_binning": False, "max_sequence_length": 16,
+                                              "clean_caption": False}),
+}
+RATIOS = tuple(1.0 - 0.01 * i for i in range(STEPS))  # magnitude ratios as a calibration would give them
+# The setting at which each method changes nothing, and an accelerating one (the default where it fits 10 steps).
+DO_NOTHING = {
+    "cat": cat.CATConfig(keep_ratio=1.0, warmup_steps=4, num_clusters=4),
+    "cat_fora": cat.CATFORAConfig(keep_ratio=1.0, warmup_steps=4, num_clusters=4, reuse_interval=1),
+    "ras": cat.RASConfig(sample_ratio=1.0),
+    "steps": cat.StepsConfig(num_steps=STEPS),
+    "fora": cat.FORAConfig(interval=1),
+    "toca": cat.ToCaConfig(interval=1),
+    "taylorseer": cat.TaylorSeerConfig(cache_interval=1),
+    "fbcache": cat.FBCacheConfig(threshold=0.0),
+    "magcache": cat.MagCacheConfig(threshold=0.0, mag_ratios=RATIOS),
+}
+ACCELERATING = {
+    "cat": cat.CATConfig(warmup_steps=4, num_clusters=4),
+    "cat_fora": cat.CATFORAConfig(warmup_steps=4, num_clusters=4),
+    "ras": cat.RASConfig(warmup_steps=3, error_reset_steps=(6,)),
+    "steps": cat.StepsConfig(num_steps=5),
+    "fora": cat.FORAConfig(),
+    "toca": cat.ToCaConfig(),
+    "taylorseer": cat.TaylorSeerConfig(),
+    "fbcache": cat.FBCacheConfig(threshold=10.0),
+    "magcache": cat.MagCacheConfig(threshold=1.0, mag_ratios=RATIOS),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=list(CALL))
+def family(request):
+    make, kwargs = CALL[request.param]
+    pipe = make()
+
+    def generate(overrides=None):
+        return pipe(PROMPTS, guidance_scale=5.0, height=32, width=32, output_type="latent",
+                    generator=[torch.Generator().manual_seed(i) for i in range(2)],
+                    **{"num_inference_steps": STEPS, **kwargs, **(overrides or {})}).images
+
+    return pipe, generate, generate()
+
+
+def test_every_method_has_a_config_class_a_conf_file_and_both_settings():
+    assert set(cat.METHODS) == set(DO_NOTHING) == set(ACCELERATING)
+    for name, cls in cat.METHODS.items():
+        assert cls.name == name and dataclasses.is_dataclass(cls) and cls.handle is not None
+        assert (ROOT / "conf" / "method" / f"{name}.yaml").exists(), name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(cls(**({"mag_ratios": RATIOS} if name == "magcache" else {})), "name_", 1)
+
+
+def _attrs(pipe):
+    return {n: (dict(vars(m)), getattr(m, "processor", None)) for n, m in pipe.transformer.named_modules()}
+
+
+@pytest.mark.parametrize("name", sorted(DO_NOTHING))
+def test_do_nothing_is_bit_exact_and_remove_restores_exactly(family, name):
+    pipe, generate, base = family
+    keys = {n: set(a) for n, (a, _) in _attrs(pipe).items()}
+    with cat.apply(pipe, DO_NOTHING[name]) as handle:
+        assert torch.equal(generate(handle.call_overrides()), base), name
+    with cat.apply(pipe, ACCELERATING[name]) as handle:
+        fast = generate(handle.call_overrides())
+    assert torch.isfinite(fast).all() and not torch.equal(fast, base), name
+    assert torch.equal(generate(), base), name
+    after = _attrs(pipe)
+    assert {n: set(a) for n, (a, _) in after.items()} == keys, name
+    assert not hasattr(pipe.transformer, "_diffusers_hook") and "encode_prompt" not in vars(pipe)
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("cat", "keep_ratio", 0.0), ("cat_fora", "reuse_interval", 0), ("ras", "sample_ratio", 1.5),
+    ("ras", "metric", "mean"), ("steps", "num_steps", 0), ("fora", "interval", 0), ("toca", "fresh_ratio", -0.1),
+    ("taylorseer", "cache_interval", 0), ("fbcache", "threshold", -1.0), ("magcache", "max_skip_steps", -1),
+])
+def test_bad_fields_are_named_with_their_range(name, field, value):
+    with pytest.raises(ValueError, match=rf"{field}={value!r} is invalid: {field} must be"):
+        cat.METHODS[name](**{field: value})
+
+
+def test_apply_dispatches_on_the_config_type_and_refuses_strangers():
+    pipe = testing.tiny_sd3_pipeline()
+    for name in ("cat", "fora", "steps"):
+        with cat.apply(pipe, ACCELERATING[name]) as handle:
+            assert isinstance(handle, cat.MethodHandle) and handle.config is ACCELERATING[name]
+    with pytest.raises(TypeError, match="method config"):
+        cat.apply(pipe, {"keep_ratio": 0.3})
+    with cat.apply(pipe) as handle:  # CAT with its defaults, as before
+        assert isinstance(handle.config, cat.CATConfig)
+
+
+def test_realised_macs_of_cat_match_the_meta_device_count():
+    """The executed-MACs counter (run with the real tensors) agrees with the meta-device count of CAT's schedule."""
+    from experiments.macs import realised_transformer_macs, report_from_config
+
+    pipe = testing.tiny_sd3_pipeline()
+    config = cat.CATConfig(keep_ratio=0.3, warmup_steps=4, num_clusters=4)
+    call = lambda: pipe(PROMPTS[:1], num_inference_steps=STEPS, guidance_scale=5.0, height=32, width=32,  # noqa: E731
+                        output_type="latent", max_sequence_length=8)
+    full = realised_transformer_macs(pipe, call)
+    with cat.apply(pipe, config):
+        pruned = realised_transformer_macs(pipe, call)
+    tcfg = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
+    meta = report_from_config("SD3Transformer2DModel", tcfg, height=32, width=32, text_tokens=85, steps=STEPS,
+                              guidance=True, method=config, vae_scale=1)
+    assert full == pytest.approx(meta.transformer_macs_full, rel=1e-3)
+    assert pruned == pytest.approx(meta.transformer_macs, rel=2e-2)
