@@ -29,6 +29,10 @@ class CATHandle(MethodHandle):
         """Per-step statistics of the current or last generation (CPU tensors)."""
         return self._runtime.last_state().stats()
 
+    def cache_bytes(self) -> int:
+        """Bytes held by the caches of the current or last generation (every cache context)."""
+        return sum(state.cache_bytes() for state in self._runtime.states.values())
+
     def reset(self, cfg_pairs: bool | None = None) -> None:
         """Starts a new generation. Pipelines do this by themselves; for a bare transformer, say whether
         its batch is [uncond..., cond...] CFG pairs (which then share one selection per prompt)."""
@@ -45,6 +49,7 @@ class CATHandle(MethodHandle):
         if has_hook(transformer):
             raise RuntimeError("CAT is already applied to this transformer; call handle.remove() first.")
         self.spec.check(transformer)
+        check_cache_dtype(getattr(config, "cache_dtype", None), transformer, self.spec.name)
         try:
             if getattr(config, "prune_attention", True):
                 for name, attn in self.spec.attention_modules(transformer):
@@ -91,20 +96,36 @@ class CATHandle(MethodHandle):
         self._undo.append(restore)
 
 
+def check_cache_dtype(name: str | None, transformer=None, family: str | None = None, device=None) -> None:
+    """Raises a named error for a cache dtype the family or device cannot store."""
+    if name is None:
+        return
+    if family == "flux":
+        raise NotImplementedError("cache_dtype is not supported on FLUX yet; leave it null")
+    if name == "float8_e4m3fn":
+        device = torch.device(device) if device is not None else next(transformer.parameters()).device
+        ok = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+        if not ok:
+            raise ValueError(f"cache_dtype=float8_e4m3fn needs a CUDA device with fp8 support (compute capability "
+                             f">= 8.9, e.g. L4, H100); this run is on {device}. Use bfloat16 or float16.")
+
+
 CATConfig.handle = CATHandle
 register(CATConfig)
 
 
-def apply(pipe_or_transformer, config=None) -> MethodHandle:
+def apply(pipe_or_transformer, config=None, compile: bool = False, compile_mode: str = "default") -> MethodHandle:
     """Applies a method to a diffusers pipeline (anything with a `.transformer`) or its transformer, in place.
 
     `config` is any method's config (`cat.CATConfig()` by default; `cat.METHODS` lists them all); the
     call dispatches on its type. Returns the handle: `handle.remove()` or leaving
     `with cat.apply(...)` restores the model exactly. Raises if a method that conflicts is already
-    applied, or if the transformer's class is not supported.
+    applied, or if the transformer's class is not supported. `compile=True` compiles the transformer's
+    blocks after the method is applied (`compile_mode`: default, max-autotune, or reduce-overhead for
+    CUDA graphs); `remove()` undoes that too.
     """
     config = CATConfig() if config is None else config
-    return _dispatch(pipe_or_transformer, config)
+    return _dispatch(pipe_or_transformer, config, compile=compile, compile_mode=compile_mode)
 
 
 __all__ = ["CATHandle", "METHODS", "apply"]

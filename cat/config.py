@@ -13,6 +13,7 @@ from typing import ClassVar
 from .methods.base import MethodConfig
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
+CACHE_DTYPES = (None, "bfloat16", "float16", "float8_e4m3fn")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class CATConfig(MethodConfig):
             (2 * mean + max over the cluster and its neighbours).
         prune_attention: recompute only the selected tokens in the attention projections.
         prune_ff: recompute only the selected tokens in the image feed-forward.
+        cache_dtype: storage dtype of the caches (None: the model's). "bfloat16"/"float16" halve an fp32
+            model's cache memory; "float8_e4m3fn" stores keys and values in fp8 (outputs in bfloat16).
         policy: the selection rule. ``"cat"`` is the full method; ``"no_cluster"`` replaces the
             cluster walk by the globally noisiest tokens; ``"no_staleness"`` fills the whole budget
             from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K
@@ -69,6 +72,7 @@ class CATConfig(MethodConfig):
     prune_attention: bool = True
     prune_ff: bool = True
     policy: str = "cat"
+    cache_dtype: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cluster_quotas", tuple(self.cluster_quotas))
@@ -91,6 +95,8 @@ class CATConfig(MethodConfig):
                "cluster_quotas", self.cluster_quotas, "a non-empty tuple of integers >= 0")
         _check(_is_num(self.first_cluster_cap) and 0.0 < self.first_cluster_cap <= 1.0, "first_cluster_cap", self.first_cluster_cap, "a float in (0, 1]")
         _check(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
+        _check(self.cache_dtype in CACHE_DTYPES, "cache_dtype", self.cache_dtype,
+               "null (the model's dtype), bfloat16, float16 or float8_e4m3fn (keys/values; outputs then bfloat16)")
 
     def num_kept(self, num_tokens: int) -> int:
         """K, the number of image tokens recomputed per sample in a pruned step (at least 1)."""

@@ -73,6 +73,12 @@ class GenerationState:
     caches: dict[str, LayerCache] = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
 
+    def cache_bytes(self) -> int:
+        """Bytes held by this generation's caches (per-layer K/V and outputs, previous output, reference)."""
+        tensors = [t for c in self.caches.values() for t in (c.key, c.value, c.out) if t is not None]
+        tensors += [t for t in (self.prev_out, self.ref) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def cache(self, name: str) -> LayerCache:
         if name not in self.caches:
             self.caches[name] = LayerCache()

@@ -68,14 +68,28 @@ def validate(cfg: DictConfig) -> None:
     if method is not None:
         _check_method(cfg, method, steps, rows * cols)
     if task == "macs":
+        import cat
+
+        if method is not None and type(method) is not cat.CATConfig:
+            raise ConfigError(f"task=macs counts CAT's schedule offline; method={cfg.method.name} is counted while "
+                              "it runs: use task=generate (its metrics.json holds the executed MACs)")
         return
+    from .pipelines import DTYPES, check_device, resolved_device_type
+
     batch = cfg.get("batch_size")
     if not _is_int(batch) or batch <= 0:
         raise ConfigError(f"batch_size={batch!r} is invalid; allowed: an integer >= 1")
+    if cfg.get("compile") not in (True, False):
+        raise ConfigError(f"compile={cfg.get('compile')!r} is invalid; allowed: true, false")
+    if cfg.get("compile"):
+        from cat.methods.base import check_compile
+
+        try:
+            check_compile(cfg.get("compile_mode", "default"), resolved_device_type(str(cfg.device)))
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(str(err)) from err
     if not _is_int(cfg.get("seed")):
         raise ConfigError(f"seed={cfg.get('seed')!r} is invalid; allowed: an integer")
-    from .pipelines import DTYPES, check_device, resolved_device_type
-
     try:
         check_device(str(cfg.device))
     except ValueError as err:
@@ -121,6 +135,17 @@ def _check_method(cfg: DictConfig, method, steps: int, num_tokens: int) -> None:
             f"method=magcache needs magnitude ratios calibrated for model={cfg.model.name} at {steps} steps: run "
             f"`python scripts/calibrate_magcache.py model={cfg.model.name} model.steps={steps}` once "
             "(or give method.config.mag_ratios=[...])")
+    if getattr(method, "cache_dtype", None) is not None and cfg.get("task") == "generate":
+        from cat.api import check_cache_dtype
+
+        from .pipelines import resolved_device_type
+
+        try:
+            device = resolved_device_type(str(cfg.device))
+            check_cache_dtype(method.cache_dtype, family=cfg.model.get("family"),
+                              device=cfg.device if device == "cuda" and cfg.device != "auto" else device)
+        except (ValueError, NotImplementedError) as err:
+            raise ConfigError(f"method={name}: {err}") from err
     try:
         if hasattr(method, "check_steps"):
             method.check_steps(steps)

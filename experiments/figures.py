@@ -21,28 +21,46 @@ def save(fig, path: Path, pdf: bool = False) -> Path:
     return path
 
 
-def image_grid(rows: dict[str, list[Path]], titles: list[str] | None, path: Path, pdf: bool = False) -> Path:
-    """One row per variant (e.g. full, cat), one column per prompt."""
+def image_grid(rows: dict[str, list[Path]], titles: list[str] | None, path: Path, pdf: bool = False,
+               diff_amplify: float = 8.0) -> Path:
+    """One row per variant, one column per prompt (full prompt as the column title), and, when there is a
+    `full` row and one other, a last row with |method - full| amplified `diff_amplify` times.
+
+    Row keys are the row labels: say the settings (e.g. "cat keep_ratio=0.3, 28 steps")."""
+    import textwrap
+
     names = list(rows)
+    diff = len(names) == 2 and any(n.startswith("full") for n in names)
     cols = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(names), cols, figsize=(1.6 * cols, 1.7 * len(names)), squeeze=False)
-    for r, name in enumerate(names):
+    n_rows = len(names) + int(diff)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(1.7 * cols, 1.75 * n_rows + 0.5), squeeze=False)
+    loaded = {n: [np.asarray(Image.open(p).convert("RGB")) for p in rows[n]] for n in names}
+    full_name = next((n for n in names if n.startswith("full")), None)
+    other = next((n for n in names if n != full_name), None)
+    for r in range(n_rows):
         for c in range(cols):
             ax = axes[r][c]
-            ax.axis("off")
-            if c < len(rows[name]):
-                ax.imshow(Image.open(rows[name][c]))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r < len(names):
+                if c < len(loaded[names[r]]):
+                    ax.imshow(loaded[names[r]][c])
+            elif c < min(len(loaded[full_name]), len(loaded[other])):
+                d = np.abs(loaded[other][c].astype(float) - loaded[full_name][c].astype(float)).mean(-1)
+                ax.imshow(np.clip(d * diff_amplify, 0, 255), cmap="magma", vmin=0, vmax=255)
             if c == 0:
-                ax.set_title(name, fontsize=8, loc="left")
-            elif r == 0 and titles:
-                ax.set_title(titles[c][:28], fontsize=6)
-        if r == 0 and titles:
-            axes[0][0].set_title(f"{name}: {titles[0][:20]}", fontsize=6, loc="left")
+                label = names[r] if r < len(names) else f"|{other} - full| x{diff_amplify:g}"
+                ax.set_ylabel("\n".join(textwrap.wrap(label, 22)), fontsize=6)
+            if r == 0 and titles and c < len(titles):
+                ax.set_title("\n".join(textwrap.wrap(titles[c], 24)), fontsize=5)
     return save(fig, path, pdf)
 
 
 def selection_figure(npz: Path, path: Path, num_columns: int = 6, pdf: bool = False) -> Path:
-    """Like the paper's overview: per selected step, relative noise, clusters, recomputed tokens, staleness."""
+    """Like the paper's overview: per selected step, relative noise, clusters, recomputed tokens and
+    staleness (high = not recomputed lately), each row on one colour scale with its colour bar."""
+    import textwrap
+
     data = np.load(npz, allow_pickle=False)
     h, w = (int(v) for v in data["grid"])
     steps, phases = data["steps"], [str(p) for p in data["phases"]]
@@ -50,26 +68,42 @@ def selection_figure(npz: Path, path: Path, num_columns: int = 6, pdf: bool = Fa
     if not usable:
         raise ValueError(f"{npz} holds no pruned step")
     picks = [usable[round(j * (len(usable) - 1) / max(1, num_columns - 1))] for j in range(min(num_columns, len(usable)))]
-    rows = ["relative noise", "clusters", "recomputed", "staleness"]
-    fig, axes = plt.subplots(len(rows), len(picks), figsize=(1.5 * len(picks), 1.6 * len(rows)), squeeze=False)
-    for c, i in enumerate(picks):
-        maps = [data["noise_magnitude"][i], data["labels"], data["active"][min(i + 1, len(phases) - 1)],
-                data["staleness"][i]]
-        for r, (name, m) in enumerate(zip(rows, maps)):
+    freq = np.asarray(data["staleness"], dtype=float)  # selection frequency f: high = recomputed lately
+    stale = freq.max() - freq  # shown the right way round: high = stale
+    rows = {
+        "relative noise r": [np.asarray(data["noise_magnitude"][i], float) for i in picks],
+        "clusters": [np.asarray(data["labels"], float)] * len(picks),
+        "recomputed next step": [np.asarray(data["active"][min(i + 1, len(phases) - 1)], float) for i in picks],
+        "staleness (high = stale)": [stale[i] for i in picks],
+    }
+    fig, axes = plt.subplots(len(rows), len(picks), figsize=(1.5 * len(picks) + 0.9, 1.6 * len(rows) + 0.6),
+                             squeeze=False)
+    for r, (name, maps) in enumerate(rows.items()):
+        vmin, vmax = min(float(m.min()) for m in maps), max(float(m.max()) for m in maps)
+        cmap = "tab20" if name == "clusters" else ("gray" if name.startswith("recomputed") else "viridis")
+        for c, (i, m) in enumerate(zip(picks, maps)):
             ax = axes[r][c]
-            ax.imshow(np.asarray(m, dtype=float).reshape(h, w), cmap="tab20" if name == "clusters" else "viridis")
+            im = ax.imshow(m.reshape(h, w), cmap=cmap, vmin=vmin, vmax=vmax)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(name, fontsize=7)
             if r == 0:
                 ax.set_title(f"step {int(steps[i])}", fontsize=7)
-    fig.suptitle("CAT selection (recomputed row: tokens chosen for the next step)", fontsize=8)
+        fig.colorbar(im, ax=list(axes[r]), fraction=0.025, pad=0.01).ax.tick_params(labelsize=5)
+    prompt = str(data["prompt"]) if "prompt" in data else ""
+    kept = int(data["kept"]) if "kept" in data else None
+    k = int(data["num_clusters"]) if "num_clusters" in data else int(np.asarray(data["labels"]).max()) + 1
+    info = f"{h}x{w} token grid, k={k} clusters" + (f", K={kept} of {h * w} tokens recomputed per pruned step"
+                                                     if kept else "")
+    title = "CAT selection: " + info + ("\n" + "\n".join(textwrap.wrap(f'prompt: "{prompt}"', 90)) if prompt else "")
+    fig.suptitle(title, fontsize=7)
     return save(fig, path, pdf)
 
 
-def save_selection(stats, path: Path, row: int = 0) -> None:
+def save_selection(stats, path: Path, row: int = 0, prompt: str = "") -> None:
     """Writes one prompt's per-step selection statistics (a cat.GenerationStats) to `selection.npz`."""
+    pruned = [s.num_recomputed for s in stats.steps if s.phase == "pruned"]
     n = stats.num_image_tokens
     zeros = np.zeros(n, dtype=np.float32)
     pick = lambda t, dtype=np.float32: zeros.astype(dtype) if t is None else t[row].numpy().astype(dtype)  # noqa: E731
@@ -82,4 +116,7 @@ def save_selection(stats, path: Path, row: int = 0) -> None:
         grid=np.array(stats.grid),
         steps=np.array([s.step for s in stats.steps]),
         phases=np.array([s.phase for s in stats.steps]),
+        prompt=np.array(prompt),
+        kept=np.array(min(pruned) if pruned else 0),
+        num_clusters=np.array(int(stats.labels[row].max()) + 1 if stats.labels is not None else 0),
     )

@@ -155,8 +155,10 @@ def key_material(cfg: dict) -> dict:
     material.update({
         "data": {"name": data.get("name"), "prompts_sha256": digest},
         "seed": cfg.get("seed"), "dtype": cfg.get("dtype"), "device": resolved_device_type(cfg.get("device", "auto")),
-        "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"), "compile": cfg.get("compile"),
+        "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"),
     })
+    if cfg.get("compile"):  # compiled kernels round differently
+        material["compile"] = [cfg.get("compile"), cfg.get("compile_mode")]
     return material
 
 

@@ -2,7 +2,9 @@
 
 End to end (a whole pipeline call) and the denoising loop only (the sum of transformer calls), each
 after warm-up runs, over repeated timed runs with device synchronisation; median and spread.
-`compile=True` compiles the transformer in place (`nn.Module.compile`) after CAT is applied.
+`compile=True` compiles the transformer's blocks (`torch.compile`, `compile_mode`): the full model's
+blocks for its timing, then, after that compilation is undone, the method's (applied first, then
+compiled, so its hooks and processors are inside the graphs).
 """
 
 from __future__ import annotations
@@ -68,17 +70,40 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def compiled_blocks(transformer, enabled: bool, mode: str = "default"):
+    """A context in which the transformer's blocks are compiled (nothing when not enabled)."""
+    import contextlib
+
+    from cat.methods.base import check_compile, repeated_blocks
+
+    @contextlib.contextmanager
+    def ctx():
+        if not enabled:
+            yield
+            return
+        check_compile(mode, next(transformer.parameters()).device)
+        blocks = repeated_blocks(transformer)
+        for block in blocks:
+            block.compile(mode=mode, dynamic=False)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block._compiled_call_impl = None
+
+    return ctx()
+
+
 def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, warmup: int = 1, repeats: int = 3,
-            compile: bool = False) -> dict:
+            compile: bool = False, compile_mode: str = "default") -> dict:
     """Full model and method timed in the same run; returns flat metrics with their ratios.
 
     `call(**overrides)` runs the pipeline; the method's call overrides (e.g. fewer steps) are passed.
     """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if compile:
-        pipe.transformer.compile()
-    full = time_pipeline(call, pipe, device, warmup, repeats)
+    with compiled_blocks(pipe.transformer, compile, compile_mode):
+        full = time_pipeline(call, pipe, device, warmup, repeats)
     full_mem = peak_memory_mb(device)
     out = {"latency_full_s": full["median_s"], "latency_full_spread_s": full["spread_s"],
            "denoise_full_s": full["denoise_median_s"], "peak_memory_full_mb": full_mem}
@@ -86,7 +111,7 @@ def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, w
         return out
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with cat.apply(pipe, method) as handle:
+    with cat.apply(pipe, method, compile=compile, compile_mode=compile_mode) as handle:
         overrides = handle.call_overrides()
         timed = time_pipeline(lambda: call(**overrides), pipe, device, warmup, repeats)
     mem = peak_memory_mb(device)

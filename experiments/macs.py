@@ -69,6 +69,7 @@ class MacsReport:
     transformer_macs_full: int
     macs_reduction: float
     step_macs: list[int] = field(default_factory=list)
+    cache_bytes: int = 0  # CAT's caches during pruned steps (whole batch: both CFG halves)
     text_encoder_macs: int | None = None
     vae_decode_macs: int | None = None
 
@@ -117,19 +118,21 @@ def transformer_inputs(transformer: torch.nn.Module, batch: int, height: int, wi
 
 
 def transformer_macs(transformer: torch.nn.Module, inputs: dict, steps: int, method: cat.CATConfig | None,
-                     cfg_pairs: bool) -> tuple[list[int], list[int]]:
-    """Per-step MACs of the method and of the full model over a schedule of `steps` steps."""
+                     cfg_pairs: bool) -> tuple[list[int], list[int], int]:
+    """Per-step MACs of the method and of the full model over a schedule of `steps` steps, and the bytes
+    CAT's caches hold during the pruned steps (one generation of this batch; shapes on `meta`)."""
     n = _num_tokens(transformer, inputs)
     full = count_macs(transformer, **inputs)
     if method is None or not method.prunes(n) or steps <= method.warmup_steps:
-        return [full] * steps, [full] * steps
+        return [full] * steps, [full] * steps, 0
     with cat.apply(transformer, method) as handle:
         handle.reset(cfg_pairs=cfg_pairs)
         for _ in range(method.warmup_steps):  # the full steps, up to the first selection
             transformer(**inputs)
         pruned = count_macs(transformer, **inputs)
+        cache = handle.cache_bytes()
     per_tokens = {n: full, method.num_kept(n): pruned}
-    return [per_tokens[t] for t in cat.token_schedule(method, steps, n)], [full] * steps
+    return [per_tokens[t] for t in cat.token_schedule(method, steps, n)], [full] * steps, cache
 
 
 def _num_tokens(transformer, inputs) -> int:
@@ -170,7 +173,7 @@ def _cached(fn):
 
 @_cached
 def _transformer_report(class_name: str, config_json: str, height: int, width: int, text_tokens: int, steps: int,
-                        guidance: bool, method: cat.CATConfig | None, vae_scale: int) -> tuple[list[int], list[int]]:
+                        guidance: bool, method: cat.CATConfig | None, vae_scale: int) -> tuple[list[int], list[int], int]:
     import json
 
     transformer = build_on_meta(class_name, json.loads(config_json))
@@ -184,16 +187,17 @@ def report_from_config(class_name: str, config: dict, **kwargs) -> "MacsReport":
     import json
 
     text_encoders, vae_config = kwargs.pop("text_encoders", None), kwargs.pop("vae_config", None)
-    method_steps, full_steps = _transformer_report(class_name, json.dumps(config, sort_keys=True, default=list),
+    method_steps, full_steps, cache = _transformer_report(class_name, json.dumps(config, sort_keys=True, default=list),
                                                    kwargs["height"], kwargs["width"], kwargs["text_tokens"],
                                                    kwargs["steps"], kwargs["guidance"], kwargs["method"],
                                                    kwargs.get("vae_scale", 8))
-    return _make_report(method_steps, full_steps, text_encoders, vae_config, kwargs["height"], kwargs["width"])
+    return _make_report(method_steps, full_steps, text_encoders, vae_config, kwargs["height"], kwargs["width"], cache)
 
 
-def _make_report(method_steps, full_steps, text_encoders, vae_config, height, width) -> "MacsReport":
+def _make_report(method_steps, full_steps, text_encoders, vae_config, height, width, cache=0) -> "MacsReport":
     total, total_full = sum(method_steps), sum(full_steps)
     return MacsReport(
+        cache_bytes=cache,
         transformer_macs=total,
         transformer_macs_full=total_full,
         macs_reduction=1.0 - total / total_full,

@@ -44,14 +44,16 @@ def is_peers_sweep(frame: pd.DataFrame) -> bool:
     """A sweep over methods and their knob levels only (other axes would be joined by the lines)."""
     if "method" not in frame or "macs_reduction" not in frame:
         return False
-    axes = [c for c in frame.columns if c not in ("cell", "error", "status") and frame[c].dtype == object
+    axes = [c for c in frame.columns if c not in ("cell", "error", "status") and not pd.api.types.is_numeric_dtype(frame[c])
             and frame[c].nunique() > 1 and c not in ("knob", "knob_value")]
     return frame["method"].nunique() > 1 and set(axes) <= {"method", "level"}
 
 
-def _lines(done: pd.DataFrame, x: str):
+def _lines(done: pd.DataFrame, x: str = "macs_reduction"):
+    """Each method's cells in knob order (by MACs), so a line follows the knob also where the measured
+    speedup is noisy and not monotonic."""
     for method, cells in done.groupby("method"):
-        yield method, cells.sort_values(x)
+        yield method, cells.sort_values("macs_reduction")
 
 
 def pareto_figure(frame: pd.DataFrame, metric: str, path: Path) -> Path | None:
@@ -104,11 +106,16 @@ def interpolate_at(frame: pd.DataFrame, target: float = 0.5,
         row = {"method": method, "macs_reduction": target}
         inside = xs.min() <= target <= xs.max()
         row["in_range"] = bool(inside)
-        cols = [c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi") if c in cells and cells[c].notna().all()]
+        cols = [c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi") if c in cells]
         cols += [c for c in ("speedup", "knob_value") if c in cells]
         for c in cols:
+            # between the two cells that bracket the target, among those where the value is finite
+            # (a cell identical to the full model has an infinite PSNR and no interval)
             ys = pd.to_numeric(cells[c], errors="coerce").to_numpy(float)
-            row[c] = float(np.interp(target, xs, ys)) if inside and np.isfinite(ys).all() else float("nan")
+            ok = np.isfinite(ys)
+            below, above = ok & (xs <= target), ok & (xs >= target)
+            row[c] = (float(np.interp(target, xs[ok], ys[ok])) if inside and below.any() and above.any()
+                      else float("nan"))
         row["knob"] = cells["knob"].iloc[0] if "knob" in cells else None
         rows.append(row)
     return pd.DataFrame(rows)

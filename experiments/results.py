@@ -19,12 +19,16 @@ def load_run(run_dir: Path) -> dict:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     method = (cfg.get("method") or {})
     params = method.get("config") or {}
+    knob = method.get("knob")
     row = {
         "run": str(run_dir),
         "model": (cfg.get("model") or {}).get("name"),
         "data": (cfg.get("data") or {}).get("name"),
         "steps": (cfg.get("model") or {}).get("steps"),
         "method": method.get("name"),
+        # method-neutral: the field the method's sweep varies and its value; CAT's own fields follow
+        "knob": knob,
+        "knob_value": params.get(knob) if knob else None,
         "policy": params.get("policy"),
         "keep_ratio": params.get("keep_ratio"),
         "num_clusters": params.get("num_clusters"),
@@ -35,7 +39,9 @@ def load_run(run_dir: Path) -> dict:
     }
     status = run_dir / "status.json"
     row["status"] = json.loads(status.read_text()).get("status") if status.exists() else None
-    row.update(json.loads((run_dir / "metrics.json").read_text()))
+    from .sinks import read_json
+
+    row.update(read_json(run_dir / "metrics.json") or {})
     return row
 
 

@@ -69,7 +69,7 @@ def paired_against(frame, sweep_dir, reference: str = "cat", metrics=("psnr", "s
     if "method" not in frame or "status" not in frame:
         return pd.DataFrame()
     done = frame[frame.status == "done"]
-    axes = [c for c in frame.columns if c not in ("cell", "error", "status", "method") and frame[c].dtype == object
+    axes = [c for c in frame.columns if c not in ("cell", "error", "status", "method") and not pd.api.types.is_numeric_dtype(frame[c])
             and frame[c].nunique() > 1]
     refs = done[done.method == reference]
     rows = []

@@ -16,10 +16,17 @@ from .identity import scrub_override
 from .sinks import read_json, write_text
 
 
-def collect(sweep_dir: Path) -> pd.DataFrame:
+MANIFEST = ".cells"  # the cells of the sweep's latest multirun, one directory name per line
+
+
+def collect(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
+    """One row per cell of the sweep directory (only `cells` when given: a directory keeps the cells of
+    earlier runs with other configurations, which must not mix into this run's table)."""
     rows = []
     for status_file in sorted(sweep_dir.glob("*/status.json")):
         cell = status_file.parent
+        if cells is not None and cell.name not in cells:
+            continue
         row = {"cell": cell.name}
         overrides = cell / ".hydra" / "overrides.yaml"
         if overrides.exists():
@@ -66,8 +73,15 @@ def trends(frame: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def write_summary(sweep_dir: Path) -> pd.DataFrame:
-    frame = collect(sweep_dir)
+def current_cells(sweep_dir: Path) -> list[str] | None:
+    path = Path(sweep_dir) / MANIFEST
+    if not path.exists():
+        return None
+    return sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
+
+
+def write_summary(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
+    frame = collect(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
     if frame.empty:
         return frame
     write_text(sweep_dir / "summary.csv", frame.to_csv(index=False))
@@ -95,6 +109,29 @@ class SweepSummary(Callback):
     """Writes the sweep's tables when the multirun ends; exits non-zero when a cell failed or the
     summary cannot be written (Hydra turns exceptions in callbacks into warnings, so this raises
     SystemExit, which it does not catch)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        """Starts this run's list of cells (cells of earlier runs in the same directory are left out)."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_text(sweep_dir / MANIFEST, "")
+
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        """Each cell adds itself (launchers may run cells in other processes: appended under a lock)."""
+        from filelock import FileLock
+
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            hydra = HydraConfig.get()
+            if hydra.mode is None or str(hydra.mode) != "RunMode.MULTIRUN":
+                return
+            out = Path(hydra.runtime.output_dir)
+        except Exception:  # not a Hydra job
+            return
+        with FileLock(str(out.parent / (MANIFEST + ".lock"))):
+            with open(out.parent / MANIFEST, "a") as f:
+                f.write(out.name + "\n")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         import sys

@@ -140,18 +140,22 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     folders = {"full": run_dir / "images" / "full", variant: run_dir / "images" / variant}
 
     shared_full = full_image_cache(cfg, kwargs, dtype, device)
+    cache: dict = {}  # the method's cache memory after a batch (methods that report it)
     with state.split_between_processes(prompts) as mine:
         # The full model's images depend only on model, prompts, seed, call, dtype, device and batch size:
         # shared by every run and sweep cell with the same ones. Locked: concurrent cells wait, then reuse.
         shared_full.mkdir(parents=True, exist_ok=True)
-        with _lock(shared_full / ".lock", state.num_processes):
+        from .latency import compiled_blocks
+
+        with _lock(shared_full / ".lock", state.num_processes), compiled_blocks(pipe.transformer, cfg.compile,
+                                                                                cfg.compile_mode):
             if state.num_processes == 1:  # another rank may be writing its share
                 clean_temporaries(shared_full)
             generate(pipe, list(mine), shared_full, cfg.seed, cfg.batch_size, kwargs, cfg.overwrite,
                      desc="full model")
         link_images(shared_full, folders["full"], [p.index for p in mine])
         if method is not None:
-            with cat.apply(pipe, method) as handle:
+            with cat.apply(pipe, method, compile=cfg.compile, compile_mode=cfg.compile_mode) as handle:
                 first = {}
                 method_kwargs = {**kwargs, **handle.call_overrides()}
                 selection = isinstance(handle, cat.CATHandle)  # methods on CAT's token machinery
@@ -159,6 +163,8 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
                 def keep_stats(batch, images):
                     if selection and not first and batch and batch[0].index == prompts[0].index:
                         first["stats"] = handle.stats
+                    if hasattr(handle, "cache_bytes"):
+                        cache.update(bytes=handle.cache_bytes(), batch=len(batch))
 
                 generate(pipe, list(mine), folders[variant], cfg.seed, cfg.batch_size, method_kwargs, cfg.overwrite,
                          on_batch=keep_stats, desc=variant)
@@ -172,6 +178,8 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
                 "path": str(image_path(folder, p.index).relative_to(run_dir)), **p.meta}
                for name, folder in folders.items() if name == "full" or method is not None for p in prompts]
     metrics = {"num_images": len(prompts)}
+    if cache:
+        metrics.update(cache_bytes=cache["bytes"], cache_batch=cache["batch"])
     metrics.update(_image_metrics(cfg, run_dir, prompts, folders, variant, method, records))
     if cfg.metrics.macs:
         metrics.update(realised_macs(pipe, cfg, method, prompts, kwargs))
@@ -182,9 +190,9 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
         gen = lambda: [torch.Generator().manual_seed(_seed(cfg, p)) for p in sample]  # noqa: E731
         metrics.update(compare(pipe, lambda **o: pipe([p.text for p in sample], generator=gen(), **{**kwargs, **o}),
                                method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats,
-                               cfg.metrics.latency.compile))
+                               cfg.metrics.latency.compile, cfg.compile_mode))
     write_lines(run_dir / "records.jsonl", records)
-    _figures(run_dir, prompts, folders, variant)
+    _figures(cfg, run_dir, prompts, folders, variant)
     _log(cfg, run_dir, metrics)
     return metrics
 
@@ -196,6 +204,8 @@ def full_image_cache(cfg: DictConfig, kwargs: dict, dtype, device) -> Path:
     material = {"model": plain["model"], "call": kwargs, "dtype": str(dtype), "device": torch.device(device).type,
                 "seed": cfg.seed, "batch_size": cfg.batch_size,
                 "prompts_sha256": identity.key_material(plain)["data"]["prompts_sha256"]}
+    if cfg.compile:
+        material["compile"] = [cfg.compile, cfg.compile_mode]
     folder = Path(cfg.output_root) / "full_images" / f"{cfg.model.name}-{identity.digest(material)[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "key.json").exists():
@@ -239,7 +249,7 @@ def _save_selection(pipe, handle, prompt, cfg, kwargs, run_dir: Path, stats) -> 
         pipe([prompt.text], generator=[torch.Generator().manual_seed(_seed(cfg, prompt))], **kwargs)
         stats = handle.stats
     if stats.labels is not None or any(s.active is not None for s in stats.steps):
-        save_selection(stats, run_dir / "selection.npz")
+        save_selection(stats, run_dir / "selection.npz", prompt=prompt.text)
 
 
 def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
@@ -342,12 +352,18 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     return out
 
 
-def _figures(run_dir: Path, prompts, folders, variant) -> None:
+def _figures(cfg, run_dir: Path, prompts, folders, variant) -> None:
     from .figures import image_grid, selection_figure
     from .generate import image_path
 
     shown = prompts[:8]
-    rows = {name: [image_path(folder, p.index) for p in shown] for name, folder in folders.items()
+    labels = {name: name for name in folders}
+    labels["full"] = f"full model ({cfg.model.steps} steps)"
+    if variant in folders:
+        knob = cfg.method.get("knob")
+        setting = f" {knob}={cfg.method.config[knob]}" if knob and cfg.method.get("config") else ""
+        labels[variant] = f"{variant}{setting}"
+    rows = {labels[name]: [image_path(folder, p.index) for p in shown] for name, folder in folders.items()
             if image_path(folder, shown[0].index).exists()}
     image_grid(rows, [p.text for p in shown], run_dir / "grid.png")
     if (run_dir / "selection.npz").exists():

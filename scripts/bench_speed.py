@@ -69,6 +69,18 @@ def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int
     return statistics.median(times)
 
 
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cache_bytes(handle) -> int:
     state = handle._runtime.last_state()
     tensors = [t for c in state.caches.values() for t in (c.key, c.value, c.out) if t is not None]
@@ -76,8 +88,31 @@ def cache_bytes(handle) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> dict:
+    """CAT with its blocks compiled: wall-clock of a whole schedule (after a warm-up schedule that
+    compiles), and dynamo's counts of graphs, recompiles and graph breaks over two schedules."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
+        def schedule():
+            handle.reset(cfg_pairs=True)
+            for _ in range(steps):
+                model(**x)
+
+        schedule()  # compiles
+        graphs_first = counters["stats"]["unique_graphs"]
+        t = median_time(schedule, 1)
+        schedule()
+        recompiles = counters["stats"]["unique_graphs"] - graphs_first
+    return {"time_schedule_compiled_s": t, "graphs": graphs_first, "recompiles": recompiles,
+            "graph_breaks": sum(counters["graph_break"].values())}
+
+
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
-        threads: int | None = None, method: cat.CATConfig | None = None) -> dict:
+        threads: int | None = None, method: cat.CATConfig | None = None, compile: bool = False,
+        peer: cat.MethodConfig | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     method = method or cat.CATConfig(warmup_steps=max(2, round(8 * steps / 28)))
@@ -116,10 +151,39 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
 
             cat_schedule_time = median_time(cat_schedule, 1)
             extra = cache_bytes(handle)
+        lean = dataclasses_replace(method, cache_dtype="bfloat16")
+        with cat.apply(model, lean) as handle:
+            handle.reset(cfg_pairs=True)
+            for _ in range(steps):
+                model(**x)
+            extra_lean = cache_bytes(handle)
+        peer_time = peer_macs = None
+        if peer is not None:
+            from experiments.macs import count_macs as _count
+
+            with cat.apply(model, peer) as handle:
+                def peer_schedule():
+                    handle.reset(num_steps=steps) if hasattr(handle, "reset") else None
+                    total = 0
+                    for _ in range(steps):
+                        total += _count(model, **x)
+                    return total
+
+                peer_macs = peer_schedule()
+                peer_time = median_time(lambda: [handle.reset(num_steps=steps)] + [model(**x) for _ in range(steps)], 1)
+        compiled = compiled_schedule(model, x, method, steps) if compile else {}
     select = selection_time(method, grid, 64)
     macs_speedup = macs_full * steps / macs_cat
     wall_speedup = full_schedule / cat_schedule_time
-    return {
+    out = {}
+    if compiled:
+        out.update(compiled, speedup_compiled=full_schedule / compiled["time_schedule_compiled_s"])
+    if peer is not None:
+        out.update(peer_name=peer.name, peer_speedup=full_schedule / peer_time,
+                   peer_macs_speedup=macs_full * steps / peer_macs)
+    return {**out,
+        "speedup_eager": wall_speedup, "cache_mb_lean": extra_lean / 2**20,
+        "peak_mb": peak_rss_mb(),
         "macs_full_step": macs_full, "macs_pruned_step": macs_pruned,
         "macs_ratio_step": macs_pruned / macs_full, "macs_speedup_schedule": macs_speedup,
         "time_full_step_s": full_step, "time_pruned_step_s": pruned_step,
@@ -141,8 +205,11 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="also time CAT with torch.compile'd blocks")
+    p.add_argument("--no-peer", action="store_true", help="skip the FORA comparison")
     args = p.parse_args(argv)
-    r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads)
+    r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads,
+            compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2))
     print(f"SD3-architecture transformer: {args.layers} layers, hidden {64 * args.heads}, {args.grid ** 2} image "
           f"tokens, {args.text} text tokens, CFG batch 2, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
     rows = [
@@ -159,7 +226,13 @@ def main(argv=None) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    print(f"speedup_efficiency={r['speedup_efficiency']:.3f}")
+    keys = ["speedup_eager", "speedup_efficiency", "speedup_compiled", "recompiles", "graph_breaks",
+            "selection_overhead", "cache_mb", "cache_mb_lean", "peak_mb", "peer_name", "peer_speedup",
+            "peer_macs_speedup"]
+    for key in keys:
+        if key in r:
+            value = r[key]
+            print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
 
 
 if __name__ == "__main__":

@@ -13,25 +13,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.figures import image_grid, plt, save, selection_figure  # noqa: E402
+from experiments.metrics.images import load_prompts  # noqa: E402
 from experiments.results import load_runs  # noqa: E402
 
 
+def _label(run: Path, method: str) -> str:
+    """A grid row label that states the method's settings (its knob, steps)."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    m = cfg.get("method") or {}
+    knob = m.get("knob")
+    value = (m.get("config") or {}).get(knob) if knob else None
+    steps = (cfg.get("model") or {}).get("steps")
+    return f"{method}" + (f" {knob}={value}" if value is not None else "") + (f", {steps} steps" if steps else "")
+
+
+# Axes a line may run along (the knob), and the axes that must be equal within one line.
+LINE_KEYS = ["model", "data", "method", "steps", "policy", "num_clusters", "warmup_steps"]
+
+
 def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:
+    """Quality against executed MACs: one line per configuration that differs only in its knob (keep
+    ratio or the method's own), so cells that differ on any other axis are never joined."""
     runs = runs[(runs.get("status") == "done")] if "status" in runs else runs
     if quality not in runs or "transformer_macs" not in runs or runs[quality].isna().all():
         return None
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for (method, steps), group in runs.dropna(subset=[quality]).groupby(["method", "steps"]):
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    data = runs.dropna(subset=[quality, "transformer_macs"])
+    keys = [k for k in LINE_KEYS if k in data]
+    varying = [k for k in keys if data[k].astype(str).nunique() > 1]
+    for values, group in data.groupby(keys, dropna=False):
         group = group.sort_values("transformer_macs")
-        ax.plot(group.transformer_macs / 1e12, group[quality], marker="o", label=f"{method} ({steps} steps)")
-    full = runs.dropna(subset=[quality + "_full"]) if quality + "_full" in runs else None
-    if full is not None and not full.empty:
-        for steps, group in full.groupby("steps"):
-            ax.scatter(group.transformer_macs_full.iloc[0] / 1e12, group[quality + "_full"].mean(), marker="*", s=120,
-                       label=f"full model ({steps} steps)")
-    ax.set_xlabel("transformer TMACs per image")
-    ax.set_ylabel(quality)
-    ax.legend(fontsize=6)
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys, values if isinstance(values, tuple) else (values,))
+                          if k in varying or k == "method")
+        x = 100 * group.transformer_macs / group.transformer_macs_full
+        line, = ax.plot(x, group[quality], marker="o", ms=3, lw=1.2, label=label)
+        if f"{quality}_lo" in group and group[f"{quality}_lo"].notna().all():
+            ax.fill_between(x, group[f"{quality}_lo"], group[f"{quality}_hi"], color=line.get_color(), alpha=0.15, lw=0)
+    if quality + "_full" in data and data[quality + "_full"].notna().any():
+        ax.scatter([100], [data[quality + "_full"].mean()], marker="*", s=120, color="k", label="full model", zorder=3)
+    else:
+        ax.axvline(100, color="k", ls="--", lw=1, label="full model (reference)")
+    ax.set_xlabel("executed transformer MACs (% of full model)")
+    ax.set_ylabel({"psnr": "PSNR to full model (dB)", "ssim": "SSIM to full model",
+                   "adherence": "prompt adherence (shapes judge)"}.get(quality, quality))
+    ax.legend(fontsize=5)
     ax.grid(alpha=0.3)
     return save(fig, out / f"quality_vs_macs_{quality}.png", pdf=True)
 
@@ -58,8 +85,10 @@ def main(argv=None) -> None:
         tag = run.relative_to(args.root).as_posix().replace("/", "_").replace("=", "-").replace(",", "_")
         if method_dirs:
             files = sorted((run / "images" / "full").glob("*.png"))[: args.grid_prompts]
-            rows = {"full": files, method_dirs[0].name: [method_dirs[0] / f.name for f in files]}
-            made.append(image_grid(rows, None, args.out / f"grid_{tag}.png", pdf=True))
+            prompts = load_prompts(run / "records.jsonl", [int(f.stem) for f in files]) \
+                if (run / "records.jsonl").exists() else None
+            rows = {"full model": files, _label(run, method_dirs[0].name): [method_dirs[0] / f.name for f in files]}
+            made.append(image_grid(rows, prompts, args.out / f"grid_{tag}.png", pdf=True))
         if (run / "selection.npz").exists():
             made.append(selection_figure(run / "selection.npz", args.out / f"selection_{tag}.png", pdf=True))
     for path in filter(None, made):

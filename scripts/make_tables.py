@@ -23,14 +23,18 @@ from experiments.results import load_runs  # noqa: E402
 QUALITY = ["clip_score", "clip_score_full", "fid", "fid_full", "fid_vs_full", "adherence", "adherence_full",
            "psnr", "ssim", "lpips"]
 COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", "latency_s", "latency_full_s"]
-KEYS = ["model", "data", "steps", "method", "policy", "keep_ratio", "num_clusters", "warmup_steps"]
+KEYS = ["model", "data", "steps", "method", "knob", "knob_value", "policy", "keep_ratio", "num_clusters",
+        "warmup_steps"]
+INTERVALS = [f"{m}_{b}" for m in ("adherence", "psnr", "ssim", "lpips", "clip_score") for b in ("lo", "hi")]
 
 
 def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
     runs = runs[(runs.task != "macs") & (runs.status == "done")] if "task" in runs else runs
     if "sweep" in runs:
         runs = runs[runs.sweep.isna() | runs.sweep.map(lambda name: fnmatch.fnmatch(str(name), sweeps))]
-    cols = [c for c in KEYS + QUALITY + COST + ["num_images"] if c in runs.columns]
+    cols = [c for c in KEYS + QUALITY + INTERVALS + COST + ["num_images"] if c in runs.columns]
+    cols = [c for c in cols if c not in ("policy", "keep_ratio", "num_clusters", "warmup_steps")
+            or runs[c].notna().any()]  # CAT's fields only where CAT-family runs are present
     table = runs[cols].sort_values([c for c in ("model", "data", "steps", "method") if c in cols])
     for col in ("transformer_macs", "transformer_macs_full"):
         if col in table:
@@ -61,8 +65,9 @@ def main(argv=None) -> None:
     for summary in sorted(args.root.rglob("summary.csv")):
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
-        if (summary.parent / "trends.md").exists():
-            (args.out / f"sweep_{summary.parent.name}_trends.md").write_text((summary.parent / "trends.md").read_text())
+        for extra in ("trends.md", "paired.md", "at_50.md"):
+            if (summary.parent / extra).exists():
+                (args.out / f"sweep_{summary.parent.name}_{extra}").write_text((summary.parent / extra).read_text())
         print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")
 
 

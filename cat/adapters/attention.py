@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..state import GenerationState
-from .base import Runtime, gather_tokens, scatter_heads_, scatter_tokens_
+from .base import Runtime, cache_dtype, gather_tokens, store, update_heads, update_tokens
 
 
 class CATAttnProcessor:
@@ -41,7 +41,7 @@ class CATAttnProcessor:
         query = attn.to_q(x)
         head_dim = query.shape[-1] // attn.heads
         if cross and plan is not None:
-            key, value = cache.key, cache.value  # text keys/values [B, H, T, d]
+            key, value = cache.key.to(query.dtype), cache.value.to(query.dtype)  # text keys/values [B, H, T, d]
         else:
             context = x
             if cross:
@@ -57,10 +57,11 @@ class CATAttnProcessor:
             query = attn.norm_q(query)
 
         if plan is None:
-            cache.key, cache.value = key.contiguous(), value.contiguous()
+            kv = cache_dtype(self.runtime, "kv")
+            cache.key, cache.value = store(key, kv), store(value, kv)
         elif not cross:
-            key = scatter_heads_(cache.key, plan, key)  # [B, H, N, d]
-            value = scatter_heads_(cache.value, plan, value)
+            key = update_heads(cache.key, plan, key)  # [B, H, N, d]
+            value = update_heads(cache.value, plan, value)
 
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K, C]
@@ -69,6 +70,6 @@ class CATAttnProcessor:
         out = attn.to_out[1](out)
         out = out / attn.rescale_output_factor
         if plan is None:
-            cache.out = out
+            cache.out = store(out, cache_dtype(self.runtime, "out"))
             return out
-        return scatter_tokens_(cache.out, plan, out)  # [B, N, C]
+        return update_tokens(cache.out, plan, out)  # [B, N, C]

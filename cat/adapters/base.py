@@ -195,6 +195,38 @@ def scatter_heads_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor
     return target
 
 
+CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e4m3fn": torch.float8_e4m3fn}
+
+
+def cache_dtype(runtime: "Runtime", kind: str) -> torch.dtype | None:
+    """The dtype caches of `kind` ("kv" or "out") are stored in (None: the compute dtype). fp8 applies to
+    keys and values only; module outputs then use bfloat16."""
+    name = getattr(runtime.config, "cache_dtype", None)
+    if name is None:
+        return None
+    if name == "float8_e4m3fn" and kind == "out":
+        return torch.bfloat16
+    return CACHE_DTYPES[name]
+
+
+def store(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A contiguous cache copy of `t` in `dtype` (the tensor itself when no conversion is needed)."""
+    return t.contiguous() if dtype is None or dtype == t.dtype else t.to(dtype).contiguous()
+
+
+def update_heads(cache_t: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Writes fresh per-head rows into a cache (converting to its dtype) and returns the full tensor in
+    the rows' dtype (the cache itself when the dtypes agree)."""
+    scatter_heads_(cache_t, index, rows.to(cache_t.dtype))
+    return cache_t if cache_t.dtype == rows.dtype else cache_t.to(rows.dtype)
+
+
+def update_tokens(cache_t: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The same for [B, N, *row] caches."""
+    scatter_tokens_(cache_t, index, rows.to(cache_t.dtype))
+    return cache_t if cache_t.dtype == rows.dtype else cache_t.to(rows.dtype)
+
+
 def _flat(index: torch.Tensor, n: int) -> torch.Tensor:
     """Row numbers in a flattened [B*N] batch.  [B, K] -> [B*K]"""
     return (index + torch.arange(index.shape[0], device=index.device)[:, None] * n).reshape(-1)
@@ -287,14 +319,14 @@ class FeedForwardHook(ModelHook):
         if state.plan is None:
             out = forward(hidden_states, *args, **kwargs)
             if state.record:
-                state.cache(self.name).out = out
+                state.cache(self.name).out = store(out, cache_dtype(self.runtime, "out"))
             return out
         cache = state.cache(self.name)
         index = state.plan
         if self.joint:
             index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
         rows = forward(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, K, C]
-        return scatter_tokens_(cache.out, index, rows)  # [B, N, C]
+        return update_tokens(cache.out, index, rows)  # [B, N, C]
 
 
 def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:

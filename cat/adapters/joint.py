@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..state import GenerationState
-from .base import Runtime, gather_tokens, scatter_heads_, scatter_tokens_
+from .base import Runtime, cache_dtype, gather_tokens, store, update_heads, update_tokens
 
 
 class CATJointAttnProcessor:
@@ -65,14 +65,15 @@ class CATJointAttnProcessor:
             if encoder_hidden_states is not None:
                 key = torch.cat([key, context_key], dim=2)  # [B, H, N+T, d]
                 value = torch.cat([value, context_value], dim=2)
-            cache.key, cache.value = key.contiguous(), value.contiguous()
+            kv = cache_dtype(self.runtime, "kv")
+            cache.key, cache.value = store(key, kv), store(value, kv)
         else:
-            key = scatter_heads_(cache.key, plan, key)  # [B, H, N(+T), d]
-            value = scatter_heads_(cache.value, plan, value)
             if encoder_hidden_states is not None:
                 num_image = hidden_states.shape[1]
-                key[:, :, num_image:] = context_key
-                value[:, :, num_image:] = context_value
+                cache.key[:, :, num_image:] = context_key
+                cache.value[:, :, num_image:] = context_value
+            key = update_heads(cache.key, plan, key)  # [B, H, N(+T), d]
+            value = update_heads(cache.value, plan, value)
 
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, K+T, d]
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K+T, C]
@@ -86,9 +87,9 @@ class CATJointAttnProcessor:
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)  # [B, K, C]
         if plan is None:
-            cache.out = out
+            cache.out = store(out, cache_dtype(self.runtime, "out"))
         else:
-            out = scatter_tokens_(cache.out, plan, out)  # [B, N, C]
+            out = update_tokens(cache.out, plan, out)  # [B, N, C]
 
         if encoder_hidden_states is not None:
             return out, context_out

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 METHODS: dict[str, type["MethodConfig"]] = {}
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,25 @@ class MethodHandle:
     def _install(self) -> None:
         raise NotImplementedError
 
+    def compile(self, mode: str = "default", fullgraph: bool = False, backend="inductor") -> "MethodHandle":
+        """Compiles the transformer's repeated blocks in place with `torch.compile` (after the method is
+        applied, so its hooks and processors are traced into the blocks' graphs; the per-step timeline
+        on the transformer stays eager, outside the graphs). `remove()` undoes it too."""
+        if backend == "inductor":
+            check_compile(mode, _device_of(self.transformer))
+        blocks = repeated_blocks(self.transformer)
+        # Known limitation: the hooks give every block its own guarded objects, so dynamo compiles one
+        # graph per block and step kind (not one per step kind); raise the limits so that a 24- or
+        # 38-block model stays compiled instead of falling back to eager after 8 recompiles.
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, 4 * len(blocks))
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * len(blocks))
+        for block in blocks:
+            block.compile(backend=backend, fullgraph=fullgraph, dynamic=False,
+                          **({"mode": mode} if backend == "inductor" else {}))
+            self._undo.append(lambda b=block: setattr(b, "_compiled_call_impl", None))
+        return self
+
     def install(self) -> "MethodHandle":
         try:
             self._install()
@@ -95,6 +115,37 @@ class MethodHandle:
             self.remove()
             raise
         return self
+
+
+def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer's stacked blocks (what `torch.compile` compiles once and reuses)."""
+    blocks = []
+    for name in ("transformer_blocks", "single_transformer_blocks"):
+        blocks.extend(getattr(transformer, name, None) or [])
+    if not blocks:
+        raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")
+    return blocks
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def check_compile(mode: str, device: torch.device | str | None = None) -> None:
+    """Raises a named error for a compile mode this torch or device cannot run (before any model loads)."""
+    import shutil
+
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode={mode!r} is invalid; allowed: {', '.join(COMPILE_MODES)}")
+    if not torch._dynamo.is_dynamo_supported():
+        raise RuntimeError("compile=true needs torch.compile, which this Python/torch build does not support")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise RuntimeError("compile=true on the CPU needs a C++ compiler (g++ or clang++) for torch.compile's "
+                           "inductor backend; install one or set compile=false")
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise ValueError("compile_mode='reduce-overhead' captures CUDA graphs and needs device=cuda; use "
+                         "compile_mode=default on this device")
 
 
 def is_int(value) -> bool:
@@ -112,8 +163,9 @@ def check(ok: bool, config, field: str, allowed: str) -> None:
         raise ValueError(f"{type(config).__name__}.{field}={value!r} is invalid: {field} must be {allowed}.")
 
 
-def apply(target, config: MethodConfig) -> MethodHandle:
-    """Applies `config`'s method to a diffusers pipeline (anything with `.transformer`) or a transformer."""
+def apply(target, config: MethodConfig, compile: bool = False, compile_mode: str = "default") -> MethodHandle:
+    """Applies `config`'s method to a diffusers pipeline (anything with `.transformer`) or a transformer;
+    with `compile=True` the transformer's blocks are then compiled (`handle.compile`)."""
     if not isinstance(config, MethodConfig) or type(config).handle is None:
         known = ", ".join(f"{n} ({c.__name__})" for n, c in sorted(METHODS.items()))
         raise TypeError(f"cat.apply needs a method config; got {type(config).__name__}. Known: {known}")
@@ -122,4 +174,13 @@ def apply(target, config: MethodConfig) -> MethodHandle:
             f"cat.apply expects a diffusers pipeline with a `transformer` or a transformer module, "
             f"got {type(target).__name__}"
         )
-    return type(config).handle(target, config).install()
+    if compile:
+        check_compile(compile_mode)
+    handle = type(config).handle(target, config).install()
+    if compile:
+        try:
+            handle.compile(compile_mode)
+        except Exception:
+            handle.remove()
+            raise
+    return handle

@@ -47,14 +47,26 @@ def test_warmup_scales_with_the_step_count():
     assert method_config(_compose(["model=sd3_medium", "model.steps=50"])).warmup_steps == 14
 
 
-def test_ablation_sweep_is_a_multirun_over_every_axis():
+def test_ablation_sweep_is_a_multirun_over_policy_keep_and_clusters_with_enough_prompts():
     cfg = _compose(["sweep=ablation"], hydra=True)
     assert cfg.hydra.mode.name == "MULTIRUN"
     params = cfg.hydra.sweeper.params
-    for axis in ("method", "method.config.keep_ratio", "method.config.num_clusters", "model.steps",
-                 "method.config.warmup_steps"):
+    for axis in ("method", "method.config.keep_ratio", "method.config.num_clusters"):
         assert axis in params
-    assert "cat_random" in params["method"] and "28" in str(params["model.steps"])
+    assert cfg.data.limit >= 32  # paired intervals need prompts
+
+
+def test_peers_sweep_covers_every_method_over_its_levels():
+    import cat
+
+    cfg = _compose(["sweep=peers"], hydra=True)
+    params = cfg.hydra.sweeper.params
+    methods = params["method"].split(",")
+    assert set(methods) == set(cat.METHODS) | {"random"}
+    assert params["level"] == "0,1,2,3" and cfg.data.limit >= 32
+    for name in methods:
+        method = _compose([f"method={name}", "level=3"]).method
+        assert len(method.levels) == 4 and method.knob in method.config
 
 
 @pytest.mark.parametrize("overrides, message", [

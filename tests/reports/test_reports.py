@@ -46,6 +46,7 @@ def test_notebook_is_valid_and_uses_the_result_reader():
     assert "from experiments.results import load_runs" in code
     compile(code.replace("display(", "print("), "results.ipynb", "exec")
     assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+    assert "'results'" not in code and '"results"' not in code  # it reads results; it never writes into results/
 
 
 def test_main_table_keeps_runs_and_paper_sweep_cells_only():

@@ -1,0 +1,100 @@
+"""Lean caches and the compiled path: cache_dtype halves the caches, compile traces the blocks once per
+step kind and matches eager."""
+
+import pytest
+import torch
+
+import cat
+from cat import testing
+
+PROMPTS = ["a red circle", "a blue square"]
+CALLS = {
+    "sd3": (testing.tiny_sd3_pipeline, {"max_sequence_length": 8}),
+    "pixart": (testing.tiny_pixart_pipeline, {"use_resolution_binning": False, "max_sequence_length": 16,
+                                              "clean_caption": False}),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _generate(pipe, kwargs, steps=8):
+    return pipe(PROMPTS, num_inference_steps=steps, guidance_scale=5.0, height=32, width=32, output_type="latent",
+                generator=[torch.Generator().manual_seed(i) for i in range(2)], **kwargs).images
+
+
+@pytest.mark.parametrize("family", list(CALLS))
+def test_bfloat16_caches_take_half_the_bytes_and_stay_close(family):
+    make, kwargs = CALLS[family]
+    pipe = make()
+    base = _generate(pipe, kwargs)
+    config = cat.CATConfig(warmup_steps=4, num_clusters=4)
+    with cat.apply(pipe, config) as handle:
+        exact = _generate(pipe, kwargs)
+        full_bytes = handle.cache_bytes()
+    with cat.apply(pipe, cat.CATConfig(warmup_steps=4, num_clusters=4, cache_dtype="bfloat16")) as handle:
+        lean = _generate(pipe, kwargs)
+        lean_bytes = handle.cache_bytes()
+    assert lean_bytes < 0.6 * full_bytes  # the previous output and the reference stay in the model's dtype
+    assert torch.isfinite(lean).all()
+    assert (lean - exact).abs().max() < 0.05 * exact.abs().max()
+    with cat.apply(pipe, cat.CATConfig(keep_ratio=1.0, warmup_steps=4, num_clusters=4, cache_dtype="bfloat16")):
+        assert torch.equal(_generate(pipe, kwargs), base)  # no pruning: no cache, bit-exact
+
+
+def test_fp8_caches_and_bad_compile_modes_are_named_errors():
+    pipe = testing.tiny_sd3_pipeline()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="float8_e4m3fn needs a CUDA device"):
+            cat.apply(pipe, cat.CATConfig(cache_dtype="float8_e4m3fn"))
+    with pytest.raises(ValueError, match="cache_dtype='int8' is invalid"):
+        cat.CATConfig(cache_dtype="int8")
+    with pytest.raises(ValueError, match="compile_mode='fastest' is invalid"):
+        cat.apply(pipe, cat.CATConfig(), compile=True, compile_mode="fastest")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="reduce-overhead"):
+            cat.apply(pipe, cat.CATConfig(), compile=True, compile_mode="reduce-overhead")
+    assert not hasattr(pipe.transformer, "_diffusers_hook")  # nothing left patched
+
+
+def _compiled_run(family, layers=2):
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    make, kwargs = CALLS[family]
+    pipe = make(num_layers=layers) if family == "sd3" else make()
+    torch._dynamo.reset()
+    counters.clear()
+    backend = CompileCounter()
+    with cat.apply(pipe, cat.CATConfig(warmup_steps=4, num_clusters=4)) as handle:
+        eager = _generate(pipe, kwargs)
+        handle.compile(backend=backend)
+        first = _generate(pipe, kwargs)
+        frames = backend.frame_count
+        second = _generate(pipe, kwargs)  # a second generation: nothing new is compiled
+        again = backend.frame_count
+    restored = all(getattr(b, "_compiled_call_impl", None) is None for b in pipe.transformer.transformer_blocks)
+    return eager, first, second, frames, again, restored, len(pipe.transformer.transformer_blocks)
+
+
+@pytest.mark.parametrize("family", list(CALLS))
+def test_compiled_blocks_match_eager_and_never_recompile_across_generations(family):
+    eager, first, second, frames, again, restored, blocks = _compiled_run(family)
+    torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-4)
+    assert torch.equal(first, second)
+    assert again == frames  # no recompiles across steps of a kind, generations or prompts of the same shape
+    assert frames <= 3 * blocks  # full, cache-filling and pruned steps, per block (see the xfail below)
+    assert restored
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation (open issue 'speed'): diffusers' hooks give each block's "
+                   "feed-forward its own forward object, which dynamo guards by identity, so it compiles one graph "
+                   "per block and step kind instead of one per step kind")
+def test_compiled_blocks_compile_one_graph_per_step_kind():
+    *_, frames, _, _, blocks = _compiled_run("sd3", layers=4)
+    assert frames <= 3

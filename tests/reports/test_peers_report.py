@@ -1,0 +1,86 @@
+"""Intervals, paired comparisons and the peers report on small synthetic sweeps."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import peers
+from experiments.stats import mean_ci, paired_against, paired_ci, verdict
+
+
+def test_mean_ci_covers_the_mean_and_shrinks_with_more_prompts():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(30, 2, 8), rng.normal(30, 2, 128)
+    m, lo, hi = mean_ci(small)
+    assert lo < m < hi
+    m2, lo2, hi2 = mean_ci(large)
+    assert (hi2 - lo2) < (hi - lo)
+    assert mean_ci([5.0]) == (5.0, 5.0, 5.0)
+    assert mean_ci([1.0, float("inf"), 3.0])[0] == 2.0  # identical images (infinite PSNR) are left out
+
+
+def test_paired_intervals_see_a_small_consistent_difference_that_unpaired_ones_miss():
+    rng = np.random.default_rng(1)
+    base = rng.normal(35, 4, 32)  # prompts differ a lot
+    better = base + 0.3 + rng.normal(0, 0.1, 32)  # the method is consistently 0.3 dB better
+    d, lo, hi = paired_ci(better, base)
+    assert verdict(lo, hi) == "higher" and lo > 0
+    _, lo_a, hi_a = mean_ci(better)
+    _, lo_b, hi_b = mean_ci(base)
+    assert lo_a < hi_b  # unpaired intervals overlap
+    assert verdict(*paired_ci(base + rng.normal(0, 0.1, 32), base)[1:]) == "no difference"
+
+
+def _cell(root, name, method, values, **axes):
+    d = root / name
+    d.mkdir()
+    lines = [json.dumps({"index": i, "variant": "full"}) for i in range(len(values))]
+    lines += [json.dumps({"index": i, "variant": method, "psnr": v}) for i, v in enumerate(values)]
+    (d / "records.jsonl").write_text("\n".join(lines) + "\n")
+    return {"cell": name, "method": method, "status": "done", **axes}
+
+
+def test_paired_against_matches_cells_on_every_other_axis(tmp_path):
+    rng = np.random.default_rng(2)
+    base = rng.normal(35, 3, 32)
+    rows = [
+        _cell(tmp_path, "a", "cat", base, keep="0.2"),
+        _cell(tmp_path, "b", "cat_random", base - 2 + rng.normal(0, 0.2, 32), keep="0.2"),
+        _cell(tmp_path, "c", "cat", base + 5, keep="0.4"),
+        _cell(tmp_path, "d", "cat_random", base + 5 + rng.normal(0, 0.2, 32), keep="0.4"),
+    ]
+    table = paired_against(pd.DataFrame(rows), tmp_path, metrics=("psnr",)).set_index("keep")
+    assert table.loc["0.2", "reference"] == "a" and table.loc["0.4", "reference"] == "c"
+    assert table.loc["0.2", "psnr_verdict"] == "lower" and table.loc["0.2", "d_psnr"] == pytest.approx(-2, abs=0.2)
+    assert table.loc["0.4", "psnr_verdict"] == "no difference"
+
+
+def _peers_frame():
+    rows = []
+    for method, offset in (("cat", 2.0), ("fora", 0.0), ("steps", -1.0)):
+        for level, red in enumerate((0.3, 0.45, 0.6, 0.75)):
+            psnr = 45 - 20 * red + offset
+            rows.append({"cell": f"{method}{level}", "method": method, "level": str(level), "status": "done",
+                         "macs_reduction": red, "speedup": 1 / (1 - red), "psnr": psnr, "psnr_lo": psnr - 0.5,
+                         "psnr_hi": psnr + 0.5, "knob": "k", "knob_value": level})
+    return pd.DataFrame(rows)
+
+
+def test_the_50_percent_table_interpolates_and_marks_only_a_separated_best():
+    frame = _peers_frame()
+    assert peers.is_peers_sweep(frame.drop(columns=["knob", "knob_value"]))
+    table = peers.interpolate_at(frame, 0.5)
+    cat_row = table.set_index("method").loc["cat"]
+    assert cat_row.psnr == pytest.approx(45 - 10 + 2) and cat_row.knob_value == pytest.approx(4 / 3)
+    assert peers.best_marks(table, "psnr") == {"cat": "best"}
+    close = frame.assign(psnr_lo=frame.psnr - 3, psnr_hi=frame.psnr + 3)
+    assert peers.best_marks(peers.interpolate_at(close, 0.5), "psnr") == {}  # overlapping: no winner
+    text = peers.table_markdown(table)
+    assert "**" in text and "(best)" in text
+
+
+def test_the_pareto_figure_draws_one_line_per_method(tmp_path):
+    path = peers.pareto_figure(_peers_frame(), "psnr", tmp_path / "pareto_psnr.png")
+    assert path.exists() and path.stat().st_size > 10_000
