@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import inspect
 
 import torch
 
 from .adapters import Runtime, spec_for
-from .adapters.base import FeedForwardHook, TransformerHook, attach_hook, has_hook
+from .adapters.base import FeedForwardHook, TransformerHook, attach_hook, has_hook, observe_encode_prompt
 from .config import CATConfig
 from .methods.base import METHODS, MethodHandle, register
 from .methods.base import apply as _dispatch
@@ -71,29 +70,14 @@ class CATHandle(MethodHandle):
 
     def _observe_encode_prompt(self) -> None:
         """A pipeline call starts by encoding its prompt: start a new generation there, and learn from
-        the pipeline's own argument whether the batch holds CFG pairs."""
+        the pipeline's own argument whether the batch holds CFG pairs (and its guidance scale)."""
         pipe, run = self._pipe, self._runtime
-        encode = pipe.encode_prompt
-        signature = inspect.signature(encode)
 
-        @functools.wraps(encode)
-        def encode_prompt(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
+        def new_generation(cfg_pairs: bool) -> None:
             run.guidance_scale = getattr(pipe, "_guidance_scale", None)
-            run.new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
-            return encode(*args, **kwargs)
+            run.new_generation(cfg_pairs)
 
-        had_attr = "encode_prompt" in pipe.__dict__
-        pipe.encode_prompt = encode_prompt
-
-        def restore():
-            if had_attr:
-                pipe.encode_prompt = encode
-            else:
-                del pipe.encode_prompt
-
-        self._undo.append(restore)
+        observe_encode_prompt(pipe, new_generation, self._undo)
 
 
 def check_cache_dtype(name: str | None, transformer=None, family: str | None = None, device=None) -> None:

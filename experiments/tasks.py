@@ -12,7 +12,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import cat

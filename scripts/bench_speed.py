@@ -232,7 +232,7 @@ def main(argv=None) -> None:
     for key in keys:
         if key in r:
             value = r[key]
-            print(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+            print(f"{key}={value:.5g}" if isinstance(value, float) else f"{key}={value}")
 
 
 if __name__ == "__main__":

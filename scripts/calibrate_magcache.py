@@ -10,7 +10,6 @@ Takes the same overrides as run.py (model, data, device, dtype, seed).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

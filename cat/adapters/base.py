@@ -329,15 +329,15 @@ class FeedForwardHook(ModelHook):
         return update_tokens(cache.out, index, rows)  # [B, N, C]
 
 
-def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
-    """Registers `hook` and appends its exact inverse to `undo` (the module's attributes as before)."""
+def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list, name: str = HOOK_NAME) -> None:
+    """Registers `hook` under `name` and appends its exact inverse to `undo` (the module's attributes as before)."""
     had_registry = hasattr(module, "_diffusers_hook")
     had_forward = "forward" in module.__dict__
     registry = HookRegistry.check_if_exists_or_initialize(module)
-    registry.register_hook(hook, HOOK_NAME)
+    registry.register_hook(hook, name)
 
     def detach():
-        registry.remove_hook(HOOK_NAME, recurse=False)
+        registry.remove_hook(name, recurse=False)
         if not registry.hooks:
             if not had_forward:
                 module.__dict__.pop("forward", None)
@@ -347,6 +347,35 @@ def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list) -> None:
     undo.append(detach)
 
 
-def has_hook(module: torch.nn.Module) -> bool:
+def has_hook(module: torch.nn.Module, name: str = HOOK_NAME) -> bool:
     registry = getattr(module, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(HOOK_NAME) is not None
+    return registry is not None and registry.get_hook(name) is not None
+
+
+def observe_encode_prompt(pipe, on_new_generation: Callable[[bool], None], undo: list) -> None:
+    """A pipeline call starts by encoding its prompt: call `on_new_generation(cfg)` there, with the
+    pipeline's own `do_classifier_free_guidance` argument (whether the batch is [uncond..., cond...]).
+    Appends the exact inverse to `undo`."""
+    import functools
+    import inspect
+
+    encode = pipe.encode_prompt
+    signature = inspect.signature(encode)
+
+    @functools.wraps(encode)
+    def encode_prompt(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        on_new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
+        return encode(*args, **kwargs)
+
+    had_attr = "encode_prompt" in pipe.__dict__
+    pipe.encode_prompt = encode_prompt
+
+    def restore():
+        if had_attr:
+            pipe.encode_prompt = encode
+        else:
+            del pipe.encode_prompt
+
+    undo.append(restore)

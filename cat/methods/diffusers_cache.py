@@ -244,24 +244,9 @@ class _CacheHandle(MethodHandle):
 
     def _observe_encode_prompt(self) -> None:
         """A pipeline call starts by encoding its prompt: start a new cache state there."""
-        pipe = self._pipe
-        encode = pipe.encode_prompt
+        from ..adapters.base import observe_encode_prompt
 
-        @functools.wraps(encode)
-        def encode_prompt(*args, **kwargs):
-            self._new_generation()
-            return encode(*args, **kwargs)
-
-        had_attr = "encode_prompt" in vars(pipe)
-        pipe.encode_prompt = encode_prompt
-
-        def restore():
-            if had_attr:
-                pipe.encode_prompt = encode
-            else:
-                del pipe.encode_prompt
-
-        self._undo.append(restore)
+        observe_encode_prompt(self._pipe, lambda cfg_pairs: self._new_generation(), self._undo)
 
     # --- exact removal
     def _unhook(self) -> None:

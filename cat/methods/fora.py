@@ -28,19 +28,18 @@ runs, including any attention processor another method installed. Applied after 
 hooks are the outermost ones on these modules.
 
 This module also holds the plumbing FORA shares with ToCa (`cat/methods/toca.py`): the step clock on
-the transformer, the per-generation reset, and exact attach/detach of named hooks.
+the transformer and its per-generation reset (hooks attach and detach with `cat.adapters.base`).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
+from ..adapters.base import attach_hook, has_hook, observe_encode_prompt
 from ..adapters.sd3 import patchified_grid
 from .base import MethodConfig, MethodHandle, check, is_int, register
 
@@ -85,55 +84,6 @@ def block_modules(transformer: torch.nn.Module, method: str) -> list[tuple[str, 
             if module is not None:
                 found.append((f"{blocks_attr}.{i}.{name}", i, name, module))
     return found
-
-
-def attach_named_hook(module: torch.nn.Module, hook: ModelHook, name: str, undo: list) -> None:
-    """Registers `hook` under `name` and appends its exact inverse to `undo` (same logic as
-    `cat.adapters.base.attach_hook`, with a hook name of the caller's choosing)."""
-    had_registry = hasattr(module, "_diffusers_hook")
-    had_forward = "forward" in module.__dict__
-    registry = HookRegistry.check_if_exists_or_initialize(module)
-    registry.register_hook(hook, name)
-
-    def detach():
-        registry.remove_hook(name, recurse=False)
-        if not registry.hooks:
-            if not had_forward:
-                module.__dict__.pop("forward", None)
-            if not had_registry:
-                del module._diffusers_hook
-
-    undo.append(detach)
-
-
-def has_named_hook(module: torch.nn.Module, name: str) -> bool:
-    registry = getattr(module, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(name) is not None
-
-
-def observe_encode_prompt(pipe, on_new_generation: Callable[[bool], None], undo: list) -> None:
-    """A pipeline call starts by encoding its prompt: call `on_new_generation(cfg)` there, with the
-    pipeline's own `do_classifier_free_guidance` argument (whether the batch is [uncond..., cond...])."""
-    encode = pipe.encode_prompt
-    signature = inspect.signature(encode)
-
-    @functools.wraps(encode)
-    def encode_prompt(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        on_new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
-        return encode(*args, **kwargs)
-
-    had_attr = "encode_prompt" in pipe.__dict__
-    pipe.encode_prompt = encode_prompt
-
-    def restore():
-        if had_attr:
-            pipe.encode_prompt = encode
-        else:
-            del pipe.encode_prompt
-
-    undo.append(restore)
 
 
 class StepClock:
@@ -240,15 +190,15 @@ class CachingHandle(MethodHandle):
 
     def _install(self) -> None:
         transformer = self.transformer
-        if has_named_hook(transformer, self.hook_name):
+        if has_hook(transformer, self.hook_name):
             raise RuntimeError(
                 f"{self.method_name} is already applied to this transformer; call handle.remove() first."
             )
         modules = block_modules(transformer, self.method_name)
         for name, layer, attr, module in modules:
-            attach_named_hook(module, self._module_hook(name, layer, attr, module), self.hook_name, self._undo)
+            attach_hook(module, self._module_hook(name, layer, attr, module), self._undo, self.hook_name)
         scheduler = getattr(self._pipe, "scheduler", None)
-        attach_named_hook(transformer, ClockHook(self._clock, scheduler), self.hook_name, self._undo)
+        attach_hook(transformer, ClockHook(self._clock, scheduler), self._undo, self.hook_name)
         if self._pipe is not None:
             observe_encode_prompt(self._pipe, self._clock.new_generation, self._undo)
 
