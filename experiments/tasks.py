@@ -274,18 +274,6 @@ def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
     return out
 
 
-def count_macs_for_pipe(pipe, cfg: DictConfig, method) -> dict:
-    from .macs import report_from_config
-
-    config = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
-    macs_cfg = OmegaConf.to_container(cfg.model.get("macs") or {}, resolve=True)
-    rep = report_from_config(type(pipe.transformer).__name__, config, height=cfg.model.height, width=cfg.model.width,
-                 text_tokens=macs_cfg.get("text_tokens", 77), steps=cfg.model.steps,
-                 guidance=cfg.model.guidance_scale > 1 and cfg.model.cfg_batch, method=method,
-                 vae_scale=macs_cfg.get("vae_scale", 8))
-    return rep.as_metrics()
-
-
 def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> dict:
     from .metrics.images import load_folder
 
