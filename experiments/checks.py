@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-TASKS = ("generate", "macs")
+TASKS = ("generate", "macs", "latency")
 
 
 class ConfigError(ValueError):

@@ -85,6 +85,8 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
                 metrics = generate_and_evaluate(cfg, run_dir)
             elif cfg.task == "macs":
                 metrics = count_macs(cfg)
+            elif cfg.task == "latency":
+                metrics = measure_latency(cfg)
             else:
                 raise ValueError(f"task={cfg.task!r} is not implemented here")
         except Exception as err:
@@ -112,6 +114,30 @@ def _lock(path: Path, num_processes: int | None = None):
     if world > 1:
         return FileLock(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     return FileLock(path)
+
+
+def measure_latency(cfg: DictConfig) -> dict:
+    """`task=latency`: the full model and the method timed in the same run (eager, or compiled with
+    `compile=true`): warm-ups, `metrics.latency.repeats` timed runs with device synchronisation, median
+    and spread, peak memory; no images are saved and no quality metric is computed."""
+    from .latency import compare
+    from .pipelines import load_pipeline, pick_device, pick_dtype
+
+    method = method_config(cfg)
+    prompts = prompts_for(cfg)[: cfg.metrics.latency.num_prompts]
+    if not prompts:
+        raise checks.ConfigError("the prompt set is empty: check data.limit, data.categories and data.shard")
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
+    pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
+    kwargs = call_kwargs(cfg)
+    gen = lambda: [torch.Generator().manual_seed(_seed(cfg, p)) for p in prompts]  # noqa: E731
+    log.info("timing %d prompt(s) on %s (%s): %d warm-up and %d timed runs per variant, compile=%s",
+             len(prompts), device, dtype, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile)
+    out = compare(pipe, lambda **o: pipe([p.text for p in prompts], generator=gen(), **{**kwargs, **o}), method,
+                  device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile, cfg.compile_mode)
+    out.update(latency_prompts=len(prompts), latency_warmup=cfg.metrics.latency.warmup)
+    return out
 
 
 def count_macs(cfg: DictConfig) -> dict:

@@ -42,6 +42,19 @@ def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def macs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The offline MACs runs (`task=macs`): per model, steps, keep ratio and warm-up, e.g. the paper-
+    comparable rows `experiment=sd3_parti_28 task=macs method.config.keep_ratio=0.24
+    method.config.warmup_steps=8` (and sd3_parti_50)."""
+    if "task" not in runs:
+        return runs.iloc[:0]
+    runs = runs[(runs.task == "macs") & (runs.status == "done")]
+    cols = [c for c in ["model", "steps", "method", "keep_ratio", "warmup_steps", "transformer_macs_full",
+                        "transformer_macs", "macs_reduction", "cache_bytes"] if c in runs.columns]
+    return runs[cols].sort_values([c for c in ("model", "steps", "keep_ratio", "warmup_steps") if c in cols]) \
+        .drop_duplicates().reset_index(drop=True)
+
+
 def write(table: pd.DataFrame, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"{name}.csv", index=False)
@@ -62,6 +75,10 @@ def main(argv=None) -> None:
     if len(table):
         write(table, args.out, "main")
         print(table.to_markdown(index=False, floatfmt=".4g", missingval="-"))
+    macs = macs_table(runs)
+    if len(macs):
+        write(macs, args.out, "macs")
+        print("\n" + macs.to_markdown(index=False, floatfmt=".4g", missingval="-"))
     for summary in sorted(args.root.rglob("summary.csv")):
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")

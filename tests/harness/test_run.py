@@ -71,3 +71,13 @@ def test_sweep_records_failures_keeps_the_others_and_resumes(tmp_path):
     stamp = (done / "metrics.json").stat().st_mtime_ns
     run(*args, check=False)
     assert (done / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_latency_task_times_full_model_and_method_in_one_run(tmp_path):
+    proc = run("debug=tiny", "task=latency", f"output_root={tmp_path}", "metrics.latency.repeats=2")
+    metrics = json.loads(next((tmp_path / "runs").glob("*/*/metrics.json")).read_text())
+    for key in ("latency_full_s", "latency_s", "speedup", "latency_spread_s", "peak_memory_mb", "latency_repeats"):
+        assert key in metrics, key
+    assert metrics["latency_repeats"] == 2 and metrics["latency_compiled"] == 0
+    assert not list(tmp_path.rglob("*.png"))  # timing only: no images are written
+    assert "speedup" in proc.stdout

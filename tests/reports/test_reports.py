@@ -61,3 +61,17 @@ def test_main_table_keeps_runs_and_paper_sweep_cells_only():
     })
     assert sorted(main_table(runs).psnr) == [30.0, 31.0]
     assert sorted(main_table(runs, "*").psnr) == [25.0, 30.0, 31.0]
+
+
+def test_macs_table_lists_offline_counts_per_setting():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_tables import macs_table
+    import pandas as pd
+
+    runs = pd.DataFrame({
+        "model": ["sd3_medium"] * 3, "steps": [28, 50, 28], "method": ["cat"] * 3, "keep_ratio": [0.24, 0.24, 0.3],
+        "warmup_steps": [8, 8, 8], "task": ["macs", "macs", "generate"], "status": ["done"] * 3,
+        "macs_reduction": [0.5024, 0.5909, 0.46], "cache_bytes": [5.03e9, 5.03e9, None],
+    })
+    table = macs_table(runs)
+    assert list(table.steps) == [28, 50] and list(table.macs_reduction) == [0.5024, 0.5909]
