@@ -1,6 +1,7 @@
 """Does CAT's MAC reduction turn into wall-clock speed? Full model against CAT in the same run.
 
-    python scripts/bench_speed.py            # CPU defaults: about 4-6 minutes on 2 cores
+    python scripts/bench_speed.py            # CPU defaults: about 7 minutes on 2 cores
+    python scripts/bench_speed.py --device cuda --model sd3_medium --repeats 10 --compile   # a real checkpoint
 
 A mid-size SD3-architecture transformer with random weights (12 layers, hidden 768, 1024 image tokens,
 77 text tokens, CFG batch of 2) runs a 28-step schedule with and without CAT (paper defaults). Printed:
@@ -196,6 +197,41 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
     }
 
 
+def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 10, compile: bool = False,
+              compile_mode: str = "default") -> dict:
+    """A shipped model config (conf/model/<name>.yaml; real checkpoints need their weights): one prompt at
+    the model's resolution, steps and guidance, full model against CAT (paper defaults) in the same run,
+    eager and, with `compile`, compiled; `warmup` untimed and `repeats` timed pipeline calls each, with
+    device synchronisation; medians, spreads and peak memory."""
+    from experiments.config_files import load_model_config
+    from experiments.latency import compare
+    from experiments.pipelines import load_pipeline, pick_device, pick_dtype
+    from experiments.resolvers import cat_warmup
+
+    model = load_model_config(name)
+    dev = pick_device(device)
+    pipe = load_pipeline(model, dev, pick_dtype("auto", model["dtype"], dev))
+    method = cat.CATConfig(warmup_steps=cat_warmup(model["steps"]), num_clusters=model.get("num_clusters", 20))
+    kwargs = {"num_inference_steps": model["steps"], "guidance_scale": model["guidance_scale"],
+              "height": model["height"], "width": model["width"], **(model.get("call_kwargs") or {})}
+
+    def call(**overrides):
+        pipe(["a photo of a red fox in the snow"], generator=[torch.Generator().manual_seed(0)],
+             **{**kwargs, **overrides})
+
+    out = {"model": name, "device": str(dev)}
+    eager = compare(pipe, call, method, dev, warmup, repeats)
+    out.update(speedup_eager=eager["speedup"], latency_full_s=eager["latency_full_s"], latency_s=eager["latency_s"],
+               latency_full_spread_s=eager["latency_full_spread_s"], latency_spread_s=eager["latency_spread_s"],
+               peak_mb=eager["peak_memory_mb"], peak_full_mb=eager["peak_memory_full_mb"], repeats=repeats)
+    if compile:
+        compiled = compare(pipe, call, method, dev, warmup, repeats, compile=True, compile_mode=compile_mode)
+        out.update(speedup_compiled=compiled["speedup"], latency_compiled_s=compiled["latency_s"],
+                   latency_full_compiled_s=compiled["latency_full_s"],
+                   speedup_compiled_vs_eager_full=eager["latency_full_s"] / compiled["latency_s"])
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=12)
@@ -207,7 +243,16 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="also time CAT with torch.compile'd blocks")
     p.add_argument("--no-peer", action="store_true", help="skip the FORA comparison")
+    p.add_argument("--model", default=None, help="time a model of conf/model/ end to end instead (e.g. sd3_medium)")
+    p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda, ...")
+    p.add_argument("--warmup", type=int, default=2, help="with --model: untimed calls per variant")
+    p.add_argument("--compile-mode", default="default", help="default, max-autotune, reduce-overhead (CUDA graphs)")
     args = p.parse_args(argv)
+    if args.model:
+        r = run_model(args.model, args.device, args.warmup, max(args.repeats, 1), args.compile, args.compile_mode)
+        for key, value in r.items():
+            print(f"{key}={value:.5g}" if isinstance(value, float) else f"{key}={value}")
+        return
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads,
             compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2))
     print(f"SD3-architecture transformer: {args.layers} layers, hidden {64 * args.heads}, {args.grid ** 2} image "

@@ -16,3 +16,10 @@ def test_bench_runs_and_reports_ratios():
     assert 0 < r["macs_ratio_step"] < 1
     assert r["macs_speedup_schedule"] > 1
     assert r["speedup_efficiency"] > 0 and r["selection_overhead"] > 0 and r["cache_mb"] > 0
+
+
+def test_bench_times_a_shipped_model_end_to_end(capsys):
+    bench.main(["--model", "tiny_sd3_shapes", "--device", "cpu", "--warmup", "0", "--repeats", "1"])
+    out = capsys.readouterr().out
+    for key in ("speedup_eager=", "latency_full_s=", "peak_mb=", "repeats=1"):
+        assert key in out, key
