@@ -94,6 +94,8 @@ class StepClock:
     call the method must leave alone (SD3.5 skip-layer guidance's extra call).
     """
 
+    keep_cache = True  # whether ReuseHook stores module outputs (a method that changes nothing need not)
+
     def __init__(self, config):
         self.config = config
         self.num_steps_hint: int | None = None  # given by the user for a bare transformer
@@ -264,11 +266,17 @@ class _FORAClock(StepClock):
         self.compute = fora_computes(self.step, self.num_steps, self.config.interval)
         (self.computed if self.compute else self.reused).append(self.step)
 
+    @property
+    def recompute(self) -> bool:
+        return self.compute
 
-class _FORAModuleHook(ModelHook):
-    """Runs the module on compute steps and caches its whole output; returns the cache otherwise."""
 
-    def __init__(self, clock: _FORAClock, name: str):
+class ReuseHook(ModelHook):
+    """A module whose whole output is reused: it runs (and its output is cached) on the steps where the
+    clock's `recompute` is set; on the others the cached output is returned without running it. Used by
+    FORA for every module and by ToCa for self-attention."""
+
+    def __init__(self, clock: StepClock, name: str):
         super().__init__()
         self.clock = clock
         self.name = name
@@ -278,10 +286,11 @@ class _FORAModuleHook(ModelHook):
         forward = self.fn_ref.original_forward
         if clock.bypass or clock.step < 0:
             return forward(*args, **kwargs)
-        if not clock.compute and self.name in clock.cache:
+        if not clock.recompute and self.name in clock.cache:
             return clock.cache[self.name]
         out = forward(*args, **kwargs)
-        clock.cache[self.name] = out
+        if clock.keep_cache:
+            clock.cache[self.name] = out
         return out
 
 
@@ -293,7 +302,7 @@ class FORAHandle(CachingHandle):
         return _FORAClock(self.config)
 
     def _module_hook(self, name, layer, attr, module) -> ModelHook:
-        return _FORAModuleHook(self._clock, name)
+        return ReuseHook(self._clock, name)
 
     @property
     def stats(self) -> FORAStats:

@@ -66,7 +66,7 @@ from diffusers.hooks import ModelHook
 
 from ..adapters.base import gather_tokens, scatter_tokens_
 from .base import MethodConfig, check, is_int, is_num, register
-from .fora import CachingHandle, StepClock
+from .fora import CachingHandle, ReuseHook, StepClock
 
 HOOK_NAME = "toca"
 
@@ -204,6 +204,14 @@ class _Entry:
 
 
 class _ToCaClock(StepClock):
+    @property
+    def recompute(self) -> bool:  # self-attention runs on full steps only
+        return self.full
+
+    @property
+    def keep_cache(self) -> bool:
+        return not self.config.is_identity
+
     def _on_new_generation(self) -> None:
         self.full = True
         self.threshold = self.config.interval
@@ -240,27 +248,6 @@ class _ToCaClock(StepClock):
             half = torch.rand(b // 2, n, generator=self.generator, device=device)
             return torch.cat([half, half], dim=0)
         return torch.rand(b, n, generator=self.generator, device=device)
-
-
-class _WholeHook(ModelHook):
-    """Self-attention: runs (and is cached) on full steps; on partial steps its cached output is returned."""
-
-    def __init__(self, clock: _ToCaClock, name: str):
-        super().__init__()
-        self.clock = clock
-        self.name = name
-
-    def new_forward(self, module, *args, **kwargs):
-        clock = self.clock
-        forward = self.fn_ref.original_forward
-        if clock.bypass or clock.step < 0:
-            return forward(*args, **kwargs)
-        if not clock.full and self.name in clock.cache:
-            return clock.cache[self.name]
-        out = forward(*args, **kwargs)
-        if not clock.config.is_identity:
-            clock.cache[self.name] = out
-        return out
 
 
 class _TokenHook(ModelHook):
@@ -336,7 +323,7 @@ class ToCaHandle(CachingHandle):
         elif getattr(module, "is_cross_attention", False):
             kind = CROSS_ATTN  # PixArt's attn2
         else:
-            return _WholeHook(self._clock, name)  # self-attention: SD3's joint attn and dual attn2, PixArt's attn1
+            return ReuseHook(self._clock, name)  # self-attention: SD3's joint attn and dual attn2, PixArt's attn1
         num_layers = len(self.transformer.transformer_blocks)
         return _TokenHook(self._clock, name, layer, num_layers, kind, spatial=attr != "ff_context")
 
