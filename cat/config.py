@@ -14,6 +14,15 @@ from .methods.base import MethodConfig
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 CACHE_DTYPES = (None, "bfloat16", "float16", "float8_e4m3fn")
+# Selection behaviours of this project's first version, each replaced by the authors' rule; naming one
+# in `legacy` restores it (to measure what each fix changes).
+LEGACY = (
+    "scored_after_caching",  # r and saliency from the output after output caching (stale rows included)
+    "uncapped_cluster_picks",  # stale picks of ranks >= 1 on top of the cluster share (up to ~30% of K)
+    "first_shortfall_to_noise",  # first selection: a cluster's shortfall filled by global noise
+    "all_output_channels",  # learned-sigma models: the variance channels enter r and the clustering
+    "random_kmeans_init",  # k-means from k random tokens instead of k-means++
+)
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,8 @@ class CATConfig(MethodConfig):
         num_clusters: number of k-means clusters over the image tokens (authors: 20).
         cluster_feature_weight: weight of the noise in the clustering features; the rest of the
             feature is the token's (row/H, col/W) position, so clusters are compact regions (0.05).
-        kmeans_iters: Lloyd iterations of the k-means (fixed count, no convergence test, so it runs
-            without host synchronisation).
+        kmeans_iters: maximum Lloyd iterations of the k-means (k-means++ seeding; it stops when no
+            label changes, as scikit-learn's KMeans, the authors' choice, with max_iter 300).
         seed: seeds the k-means initialisation and the `random` policy.
         staleness_decay: decay of the selection frequency f <- decay * f + 1[selected] (0.5).
         cluster_share: share of the budget K filled from salient clusters in pruned steps (0.25);
@@ -40,14 +49,17 @@ class CATConfig(MethodConfig):
         quota_unit: one quota unit as a fraction of K (0.05).
         cluster_quotas: quota units per saliency rank of a cluster, the last value repeating for the
             remaining ranks (rank 0 gets 3 units, rank 1 two, others one).
-        first_cluster_cap: at the first selection the whole budget comes from clusters, at most this
-            fraction of K per cluster (0.10).
+        first_cluster_cap: at the first selection the whole budget comes from clusters, walking them
+            by saliency: each takes its noisiest tokens, up to this fraction of K plus the shortfall of
+            the clusters before it (0.10); raised to 1/k when k clusters of this size cannot fill K.
         smooth_first: at the first selection, smooth cluster saliency over grid-adjacent clusters
             (2 * mean + max over the cluster and its neighbours).
         prune_attention: recompute only the selected tokens in the attention projections.
         prune_ff: recompute only the selected tokens in the image feed-forward.
         cache_dtype: storage dtype of the caches (None: the model's). "bfloat16"/"float16" halve an fp32
             model's cache memory; "float8_e4m3fn" stores keys and values in fp8 (outputs in bfloat16).
+        legacy: selection behaviours of this project's first version to restore, from
+            `cat.config.LEGACY` (default none: the authors' rules). For measuring the fixes only.
         policy: the selection rule. ``"cat"`` is the full method; ``"no_cluster"`` replaces the
             cluster walk by the globally noisiest tokens; ``"no_staleness"`` fills the whole budget
             from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K
@@ -61,7 +73,7 @@ class CATConfig(MethodConfig):
     reference_offset: int = 1
     num_clusters: int = 20
     cluster_feature_weight: float = 0.05
-    kmeans_iters: int = 10
+    kmeans_iters: int = 300
     seed: int = 0
     staleness_decay: float = 0.5
     cluster_share: float = 0.25
@@ -73,9 +85,12 @@ class CATConfig(MethodConfig):
     prune_ff: bool = True
     policy: str = "cat"
     cache_dtype: str | None = None
+    legacy: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cluster_quotas", tuple(self.cluster_quotas))
+        object.__setattr__(self, "legacy", tuple(self.legacy))
+        _check(all(x in LEGACY for x in self.legacy), "legacy", self.legacy, f"a list of {', '.join(LEGACY)}")
         _check(_is_num(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "keep_ratio", self.keep_ratio, "a float in (0, 1]")
         _check(_is_int(self.reference_offset) and self.reference_offset >= 1,
                "reference_offset", self.reference_offset, "an integer >= 1")

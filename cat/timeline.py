@@ -61,12 +61,17 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
         state.prev_out = out
         state.records.append(StepRecord(state.step, phase, 0))
         return out
+    raw = out  # the model's output for every token (unselected ones from cached features)
     if state.plan is not None:
         # Unselected tokens keep the previous step's output, so the scheduler moves them with it.
         index = state.plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
         out = state.prev_out.scatter(1, index, out.gather(1, index))
     state.prev_out = out
-    cond = out[out.shape[0] // 2 :] if state.cfg_pairs else out  # [P, N, D]
+    # r, saliency and clusters come from the raw output, as in the authors' code (before output caching)
+    scored = out if "scored_after_caching" in config.legacy else raw
+    cond = scored[scored.shape[0] // 2 :] if state.cfg_pairs else scored  # [P, N, D]
+    if "all_output_channels" not in config.legacy:
+        cond = noise_channels(cond, state.channels)
     record = StepRecord(state.step, phase, n if state.plan is None else state.plan.shape[1])
     if state.plan is not None:
         record.active = core.mask_of(state.active, n)
@@ -79,7 +84,8 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
         if phase == "cluster":
             if config.policy in ("cat", "no_staleness"):
                 feats = core.cluster_features(cond, state.grid, config.cluster_feature_weight)
-                state.labels = core.kmeans(feats, config.num_clusters, config.kmeans_iters, config.seed)
+                init = "random" if "random_kmeans_init" in config.legacy else "k-means++"
+                state.labels = core.kmeans(feats, config.num_clusters, config.kmeans_iters, config.seed, init)
             state.freq = torch.zeros_like(r)
         else:
             state.freq = core.update_staleness(state.freq, state.active, config.staleness_decay)
@@ -109,13 +115,28 @@ def select(config: CATConfig, state: GenerationState, r: torch.Tensor, delta: to
         adj = core.cluster_adjacency(state.labels, state.grid, k) if config.smooth_first else None
         saliency = core.cluster_saliency(delta, state.labels, k, adj)
         cap = max(1, round(config.first_cluster_cap * budget))
-        return core.select_first(r, saliency, state.labels, budget, cap)
+        return core.select_first(r, saliency, state.labels, budget, cap,
+                                 carry="first_shortfall_to_noise" not in config.legacy)
     saliency = core.cluster_saliency(delta, state.labels, k)
     unit = max(1, round(config.quota_unit * budget))
     per_rank = core.quota_per_rank(k, config.cluster_quotas, unit, r.device)
     if config.policy == "no_staleness":
         return core.select_pruned(r, saliency, state.labels, state.freq, budget, budget, per_rank, use_staleness=False)
-    return core.select_pruned(r, saliency, state.labels, state.freq, budget, cluster_budget, per_rank)
+    return core.select_pruned(r, saliency, state.labels, state.freq, budget, cluster_budget, per_rank,
+                              cap_clusters="uncapped_cluster_picks" not in config.legacy)
+
+
+def noise_channels(out: torch.Tensor, channels: tuple[int | None, int | None]) -> torch.Tensor:
+    """The noise prediction of each token's output, without a learned-sigma model's variance channels.
+
+    Tokens hold (patch pixels x output channels); PixArt predicts [epsilon, variance] per pixel
+    (output channels = 2 x latent channels), and the authors' score is the noise. [B, N, D] -> [B, N, D']
+    """
+    c_in, c_out = channels
+    if not c_in or not c_out or c_out == c_in or out.shape[-1] % c_out:
+        return out
+    b, n, d = out.shape
+    return out.reshape(b, n, d // c_out, c_out)[..., :c_in].reshape(b, n, -1)
 
 
 def _pruning(state: GenerationState, config: CATConfig, num_tokens: int) -> bool:

@@ -1,6 +1,6 @@
 """CAT's algorithm as pure, batched tensor functions (torch only; no modules, no diffusers)."""
 
-from .kmeans import kmeans
+from .kmeans import kmeans, kmeans_plus_plus
 from .scoring import (
     cluster_adjacency,
     cluster_features,
@@ -11,6 +11,9 @@ from .scoring import (
     smooth_over_neighbours,
 )
 from .select import (
+    carry_quotas,
+    cluster_picks,
+    cluster_sizes,
     mask_of,
     order_by,
     quota_per_rank,
@@ -25,6 +28,10 @@ from .select import (
 )
 
 __all__ = [
+    "carry_quotas",
+    "cluster_picks",
+    "cluster_sizes",
+    "kmeans_plus_plus",
     "cluster_adjacency",
     "cluster_features",
     "cluster_max",

@@ -1,35 +1,81 @@
-"""Seeded, batched k-means in torch on the input's device.
+"""Seeded, batched k-means in torch on the input's device: greedy k-means++ seeding and Lloyd
+iterations until the assignment stops changing, as scikit-learn's `KMeans` (the authors' choice).
 
-A fixed number of Lloyd iterations and no data-dependent control flow: no host synchronisation, and
-it runs on the `meta` device for shape-only MAC counting.
+Random draws come from a CPU generator (uniform numbers, turned into draws on the device by inverse
+CDF), so the result does not depend on the device's random number generator. The only host
+synchronisation is the convergence test, once per iteration; k-means runs once per generation, at
+the clustering step, never in a pruned step. On the `meta` device (shape-only MAC counting) the full
+iteration count runs.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+INITS = ("k-means++", "random")
 
-def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
+
+def kmeans(x: torch.Tensor, k: int, iters: int, seed: int, init: str = "k-means++") -> torch.Tensor:
     """Cluster labels of every token.  [B, N, D] -> [B, N] int64
 
-    The initial centroids are k distinct tokens drawn with a CPU generator, so the result does not
-    depend on the device's random number generator. A cluster that loses all its tokens keeps its
-    previous centroid.
+    `iters` is the maximum number of Lloyd iterations; iteration stops early once no label changes.
+    `init="random"` starts from k distinct random tokens instead of k-means++. A cluster that loses
+    all its tokens keeps its previous centroid.
     """
     b, n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"kmeans needs 1 <= k <= number of tokens, got k={k} for {n} tokens")
+    if init not in INITS:
+        raise ValueError(f"unknown k-means init {init!r}; allowed: {', '.join(INITS)}")
     gen = torch.Generator().manual_seed(seed)
-    init = torch.randperm(n, generator=gen)[:k].to(x.device)  # [k]
     x = x.float()
-    centroids = x[:, init]  # [B, k, D]
+    if init == "random":
+        centroids = x[:, torch.randperm(n, generator=gen)[:k].to(x.device)]  # [B, k, D]
+    else:
+        centroids = kmeans_plus_plus(x, k, gen)
     labels = _assign(x, centroids)
+    check = x.device.type != "meta"
     for _ in range(iters):
         sums = torch.zeros(b, k, d, device=x.device).scatter_add_(1, labels[..., None].expand(-1, -1, d), x)  # [B, k, D]
         counts = torch.zeros(b, k, device=x.device).scatter_add_(1, labels, torch.ones_like(labels, dtype=x.dtype))  # [B, k]
         centroids = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], centroids)
-        labels = _assign(x, centroids)
+        new = _assign(x, centroids)
+        if check and torch.equal(new, labels):
+            break
+        labels = new
     return labels
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; scikit-learn's variant): the first
+    centre is a uniformly drawn token; each next one is the best, by total squared distance, of
+    2 + log(k) candidates drawn with probability proportional to the squared distance to the
+    nearest centre so far.  [B, N, D] -> centroids [B, k, D]
+    """
+    b, n, d = x.shape
+    trials = 2 + int(math.log(k))
+    uniforms = torch.rand(k, b, trials, generator=gen, dtype=torch.float64).to(x.device)  # [k, B, T]
+    batch = torch.arange(b, device=x.device)
+    first = (uniforms[0, :, 0] * n).long().clamp(max=n - 1)  # [B]
+    centroids = [x[batch, first]]  # [B, D] each
+    closest = _sq_dist(x, centroids[0][:, None])[..., 0]  # [B, N]
+    for i in range(1, k):
+        cdf = closest.double().cumsum(dim=1)  # [B, N]
+        target = uniforms[i] * cdf[:, -1:]  # [B, T]
+        cand = torch.searchsorted(cdf, target).clamp(max=n - 1)  # [B, T]
+        cand_x = x.gather(1, cand[..., None].expand(-1, -1, d))  # [B, T, D]
+        dist = torch.minimum(closest[:, None, :], _sq_dist(x, cand_x).transpose(1, 2))  # [B, T, N]
+        best = dist.sum(-1).argmin(dim=1)  # [B]
+        centroids.append(cand_x[batch, best])
+        closest = dist[batch, best]
+    return torch.stack(centroids, dim=1)
+
+
+def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Squared distances of every token to every centre.  [B, N, D], [B, m, D] -> [B, N, m]"""
+    return ((x * x).sum(-1)[..., None] - 2 * x @ c.transpose(1, 2) + (c * c).sum(-1)[:, None, :]).clamp(min=0)
 
 
 def _assign(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

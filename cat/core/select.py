@@ -70,15 +70,47 @@ def select_random(shape: tuple[int, int], budget: int, seed: int, device: torch.
     return torch.rand(shape, generator=gen).argsort(dim=1)[:, :budget].sort(dim=1).values.to(device)
 
 
+def cluster_sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Tokens per cluster.  [B, N] -> [B, k]"""
+    return torch.zeros(labels.shape[0], k, device=labels.device, dtype=torch.long).scatter_add_(
+        1, labels, torch.ones_like(labels))
+
+
+def carry_quotas(saliency: torch.Tensor, sizes: torch.Tensor, cap: int, budget: int) -> torch.Tensor:
+    """First-selection quotas: walking clusters by saliency, each takes up to `cap` tokens plus the
+    shortfall of the clusters before it (a cluster smaller than its share passes the rest on), until
+    `budget` tokens are assigned.  [B, k] x2 -> quota [B, k]
+    """
+    b, k = saliency.shape
+    by_rank = torch.argsort(saliency, dim=1, descending=True, stable=True)  # [B, k] cluster ids
+    size = sizes.gather(1, by_rank)  # [B, k] in rank order
+    taken, used = [], torch.zeros(b, device=saliency.device, dtype=torch.long)
+    for i in range(k):  # k is small (tens): a loop of tensor ops, no host synchronisation
+        room = torch.minimum(cap * (i + 1) - used, budget - used).clamp(min=0)
+        take_i = torch.minimum(size[:, i], room)
+        taken.append(take_i)
+        used = used + take_i
+    return torch.empty_like(by_rank).scatter_(1, by_rank, torch.stack(taken, dim=1))
+
+
 def select_first(
-    r: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, budget: int, cap: int
+    r: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, budget: int, cap: int, carry: bool = True
 ) -> torch.Tensor:
-    """First selection: walk clusters by saliency, taking each one's noisiest tokens (at most `cap`),
-    until the budget is filled; any shortfall is filled by noise.  -> [B, K]
+    """First selection: walk clusters by saliency, taking each one's noisiest tokens, until the budget
+    is filled.  -> [B, K]
+
+    With `carry` (the authors' walk) a cluster takes up to `cap` tokens plus the shortfall of the
+    clusters before it, and `cap` is raised to ceil(K / k) when k clusters of `cap` could not fill K,
+    so the whole budget comes from clusters; only a shortfall of the last clusters falls to the
+    noisiest remaining tokens. Without it each cluster gets at most `cap` and every shortfall is
+    filled by global noise (this project's first version).
     """
     k = saliency.shape[1]
-    per_rank = torch.full((k,), cap, device=r.device, dtype=torch.long)
-    quota, _ = walk_clusters(saliency, per_rank, budget)
+    if carry:
+        quota = carry_quotas(saliency, cluster_sizes(labels, k), max(cap, -(-budget // k)), budget)
+    else:
+        per_rank = torch.full((k,), cap, device=r.device, dtype=torch.long)
+        quota, _ = walk_clusters(saliency, per_rank, budget)
     noisy = order_by(-r)
     picked = rank_within_cluster(noisy, labels, k) < quota.gather(1, labels)  # [B, N]
     return take((~picked).long(), noisy, budget)
@@ -93,26 +125,60 @@ def select_pruned(
     cluster_budget: int,
     per_rank: torch.Tensor,
     use_staleness: bool = True,
+    cap_clusters: bool = True,
 ) -> torch.Tensor:
     """Selection for a pruned step.  r, freq, labels [B, N]; saliency [B, k] -> [B, K]
 
-    With staleness: `cluster_budget` tokens from salient clusters (top tokens by noise within each,
-    plus half the quota of its stalest tokens for clusters of rank >= 1), then the stalest tokens
-    overall; the union is cut or filled to exactly K by staleness. Without: the whole budget from the
-    cluster walk, filled by noise.
+    With staleness (the authors' rule): walking clusters by saliency, each contributes its noisiest
+    tokens (its quota: `per_rank` of its rank, at most its size) and, for ranks >= 1, half that many
+    of its stalest tokens; the walk's picks are cut to `cluster_budget` in walk order (rank, then
+    noise picks before stale picks); then the `budget - cluster_budget` stalest tokens overall join;
+    the union is filled to exactly K by staleness. `cap_clusters=False` restores this project's
+    first version (quotas cut by the budget before adding the stale picks, so the cluster picks could
+    exceed `cluster_budget`). Without staleness: the whole budget from the cluster walk, filled by noise.
     """
-    k = saliency.shape[1]
     noisy = order_by(-r)
-    quota, rank = walk_clusters(saliency, per_rank, cluster_budget)
-    picked = rank_within_cluster(noisy, labels, k) < quota.gather(1, labels)  # [B, N]
     if not use_staleness:
+        quota, _ = walk_clusters(saliency, per_rank, cluster_budget)
+        picked = rank_within_cluster(noisy, labels, saliency.shape[1]) < quota.gather(1, labels)
         return take((~picked).long(), noisy, budget)
     stale = order_by(freq, -r)  # least recently refreshed first, noisiest among equals
-    stale_quota = torch.where(rank >= 1, quota // 2, torch.zeros_like(quota))  # [B, k]
-    picked |= rank_within_cluster(stale, labels, k) < stale_quota.gather(1, labels)
+    picked = cluster_picks(r, saliency, labels, freq, cluster_budget, per_rank, cap=cap_clusters)
     stalest = positions(stale) < budget - cluster_budget  # [B, N]
     priority = torch.where(picked, 0, torch.where(stalest, 1, 2))  # [B, N]
     return take(priority, stale, budget)
+
+
+def cluster_picks(
+    r: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, freq: torch.Tensor,
+    cluster_budget: int, per_rank: torch.Tensor, cap: bool = True,
+) -> torch.Tensor:
+    """The cluster part of a pruned-step selection, as a mask.  -> [B, N] bool
+
+    Walking clusters by saliency, each contributes its `quota` noisiest tokens (`per_rank` of its
+    rank, at most its size) and, for ranks >= 1, its quota // 2 stalest tokens. With `cap` (the
+    authors' rule) the picks are cut to `cluster_budget` in walk order (rank, then noise picks by
+    noise, then stale picks by staleness). Without it (this project's first version) the noise quotas
+    are cut by the budget and the stale picks come on top, so the part can exceed `cluster_budget`.
+    """
+    k = saliency.shape[1]
+    noisy, stale = order_by(-r), order_by(freq, -r)
+    noise_rank = rank_within_cluster(noisy, labels, k)  # [B, N]
+    stale_rank = rank_within_cluster(stale, labels, k)
+    if not cap:
+        quota, rank = walk_clusters(saliency, per_rank, cluster_budget)
+    else:
+        rank = positions(torch.argsort(saliency, dim=1, descending=True, stable=True))  # [B, k]
+        quota = torch.minimum(per_rank.gather(0, rank.flatten()).view_as(rank), cluster_sizes(labels, k))
+    noise_pick = noise_rank < quota.gather(1, labels)
+    stale_quota = torch.where(rank >= 1, quota // 2, torch.zeros_like(quota))  # [B, k]
+    stale_pick = stale_rank < stale_quota.gather(1, labels)
+    picked = noise_pick | stale_pick
+    if not cap:
+        return picked
+    within = torch.where(noise_pick, noise_rank, r.shape[1] + stale_rank)  # noise picks first, then stale ones
+    walk = order_by((~picked).long(), rank.gather(1, labels), within)  # [B, N]
+    return picked & (positions(walk) < cluster_budget)
 
 
 def update_staleness(freq: torch.Tensor, active: torch.Tensor, decay: float) -> torch.Tensor:
