@@ -156,16 +156,20 @@ def _check_method(cfg: DictConfig, method, steps: int, num_tokens: int) -> None:
                           f"tokens: {err}") from err
 
 
+JUDGED = ("shapes", "scenes")  # prompt sets with a weight-free adherence judge (experiments/<name>)
+
+
 def check_prompts(cfg: DictConfig, prompts) -> None:
     """Checks that need the prompt list (loaded, but before any model): the adherence judge's grammar."""
     if not prompts:
         raise ConfigError("the prompt set is empty: check data.limit, data.categories and data.shard")
-    if cfg.get("task") == "generate" and cfg.metrics.get("adherence") and cfg.data.name == "shapes":
-        from .shapes.grammar import parse
+    if cfg.get("task") == "generate" and cfg.metrics.get("adherence") and cfg.data.name in JUDGED:
+        import importlib
 
+        parse = importlib.import_module(f"experiments.{cfg.data.name}.grammar").parse
         for p in prompts:
             try:
                 parse(p.text)
             except ValueError as err:
-                raise ConfigError(f"prompt {p.index} is outside the shapes judge's grammar ({err}); fix the prompt "
-                                  "file or set metrics.adherence=false") from err
+                raise ConfigError(f"prompt {p.index} is outside the {cfg.data.name} judge's grammar ({err}); fix "
+                                  "the prompt file or set metrics.adherence=false") from err

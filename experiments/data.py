@@ -1,4 +1,4 @@
-"""Prompt sets: PartiPrompts, COCO2017 val captions and the bundled shapes prompts.
+"""Prompt sets: PartiPrompts, COCO2017 val captions and the bundled shapes and scenes prompts.
 
 Each loader reads a local file when one is given (`data.path`); otherwise it downloads the set once
 and reads the cached copy, from the Hugging Face hub (`data.source=hub`, the default: the dataset repos
@@ -128,7 +128,15 @@ def shapes_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]
     return [Prompt(i, t) for i, t in enumerate(texts)]
 
 
-LOADERS = {"parti": parti_prompts, "coco2017": coco_captions, "shapes": shapes_prompts}
+def scenes_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]:
+    """The bundled held-out prompts of the 1024-token scene model (`source` is unused)."""
+    from .scenes import load_prompts
+
+    texts = [t.strip() for t in Path(path).read_text().splitlines() if t.strip()] if path else load_prompts()
+    return [Prompt(i, t) for i, t in enumerate(texts)]
+
+
+LOADERS = {"parti": parti_prompts, "coco2017": coco_captions, "shapes": shapes_prompts, "scenes": scenes_prompts}
 
 
 def load_prompts(name: str, path: str | None = None, limit: int | None = None, categories=None,

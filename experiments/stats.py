@@ -60,27 +60,30 @@ def per_image(cell_dir, metric: str) -> dict[int, float]:
 
 def paired_against(frame, sweep_dir, reference: str = "cat", metrics=("psnr", "ssim", "lpips", "adherence")):
     """Paired per-prompt differences (cell - reference cell) with 95% intervals, for every finished
-    cell whose `method` differs from `reference` and that has a reference cell equal on every other
-    swept axis. Returns a DataFrame (empty when there is nothing to pair)."""
+    cell that differs from the reference on one column and has a reference cell equal on every other
+    swept axis. `reference` is a method name, or "column=value" (e.g. "method.config.legacy=[]").
+    Returns a DataFrame (empty when there is nothing to pair)."""
     from pathlib import Path
 
     import pandas as pd
 
-    if "method" not in frame or "status" not in frame:
+    column, _, value = reference.rpartition("=") if "=" in reference else ("method", "", reference)
+    if column not in frame or "status" not in frame:
         return pd.DataFrame()
     done = frame[frame.status == "done"]
-    axes = [c for c in frame.columns if c not in ("cell", "error", "status", "method") and not pd.api.types.is_numeric_dtype(frame[c])
-            and frame[c].nunique() > 1]
-    refs = done[done.method == reference]
+    axes = [c for c in frame.columns if c not in ("cell", "error", "status", column)
+            and not pd.api.types.is_numeric_dtype(frame[c]) and frame[c].nunique() > 1]
+    is_ref = done[column].astype(str) == value
+    refs = done[is_ref]
     rows = []
-    for _, cell in done[done.method != reference].iterrows():
+    for _, cell in done[~is_ref].iterrows():
         match = refs
         for axis in axes:
             match = match[match[axis].astype(str) == str(cell[axis])]
         if len(match) != 1:
             continue
         ref = match.iloc[0]
-        row = {"method": cell.method, **{a: cell[a] for a in axes}, "cell": cell.cell, "reference": ref.cell}
+        row = {column: cell[column], **{a: cell[a] for a in axes}, "cell": cell.cell, "reference": ref.cell}
         for metric in metrics:
             a, b = per_image(Path(sweep_dir) / cell.cell, metric), per_image(Path(sweep_dir) / ref.cell, metric)
             common = sorted(set(a) & set(b))

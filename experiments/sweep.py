@@ -80,7 +80,9 @@ def current_cells(sweep_dir: Path) -> list[str] | None:
     return sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
 
 
-def write_summary(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
+def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: str = "cat") -> pd.DataFrame:
+    """summary.csv/md, trends.md and paired.csv/md (each cell against `reference`: a method name or
+    "column=value"), and the peers report for a peers sweep."""
     frame = collect(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
     if frame.empty:
         return frame
@@ -91,13 +93,14 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFra
         write_text(sweep_dir / "trends.md", text)
     from .stats import paired_against
 
-    paired = paired_against(frame, sweep_dir, reference="cat")
+    paired = paired_against(frame, sweep_dir, reference=reference)
     if not paired.empty:
+        ref = reference if "=" in reference else f"method={reference}"
         write_text(sweep_dir / "paired.csv", paired.to_csv(index=False))
-        write_text(sweep_dir / "paired.md", "Paired per-prompt differences against `cat` on the same prompts and "
-                   "seeds (method - cat), 95% bootstrap intervals; a verdict of 'no difference' means the interval "
-                   "contains 0.\n\n" + paired.drop(columns=["cell", "reference"]).to_markdown(index=False, floatfmt=".3g")
-                   + "\n")
+        write_text(sweep_dir / "paired.md", f"Paired per-prompt differences against the cells with `{ref}` on the "
+                   "same prompts and seeds (cell - reference), 95% bootstrap intervals; a verdict of 'no difference' "
+                   "means the interval contains 0.\n\n"
+                   + paired.drop(columns=["cell", "reference"]).to_markdown(index=False, floatfmt=".3g") + "\n")
     from . import peers
 
     if peers.is_peers_sweep(frame):
@@ -144,7 +147,7 @@ class SweepSummary(Callback):
         plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
         scrub_tree(sweep_dir, secret_values(plain) + override_secrets(list(config.hydra.overrides.task)))
         try:
-            frame = write_summary(sweep_dir)
+            frame = write_summary(sweep_dir, reference=str(config.get("paired_reference") or "cat"))
             self._report(config, sweep_dir, frame)
         except Exception as err:
             print(f"error: the sweep summary of {sweep_dir} could not be written: {type(err).__name__}: {err}",

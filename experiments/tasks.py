@@ -7,6 +7,7 @@ any model is loaded.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import traceback
 from pathlib import Path
@@ -18,7 +19,7 @@ import cat
 
 from . import data as datasets
 from . import checks, identity
-from .checks import validate
+from .checks import JUDGED, validate
 from .config_files import transformer_config
 from .sinks import clean_temporaries, make_sink, read_json, write_json, write_lines, write_text
 
@@ -315,8 +316,8 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
         for p, v in zip(prompts, values):
             per_image.setdefault((name, p.index), {})[key] = float(v)
 
-    if m.adherence and cfg.data.name == "shapes":
-        from .shapes import judge
+    if m.adherence and cfg.data.name in JUDGED:
+        judge = importlib.import_module(f"experiments.{cfg.data.name}").judge
 
         for name in names:
             scores = [judge(img, p.text)["score"] for img, p in zip(images[name], prompts)]

@@ -1,12 +1,19 @@
-"""Train the embedded default model from scratch on the CPU: a small SD3-architecture text-to-image
-model for the procedural shapes grammar (experiments/shapes).
+"""Train an embedded model from scratch on the CPU: a small SD3-architecture text-to-image model
+for one of the procedural grammars.
 
-    python scripts/train_tiny.py --out assets/tiny-sd3-shapes --minutes 45
+    python scripts/train_tiny.py --data shapes --out assets/tiny-sd3-shapes --minutes 45
+    python scripts/train_tiny.py --data scenes --out assets/tiny-sd3-scenes --minutes 120 --threads 2
+    python scripts/train_tiny.py --data scenes --out assets/tiny-sd3-scenes --resume --minutes 60
 
-Stages: render a captioned data set; train a small AutoencoderKL (64x64 RGB -> 4x32x32 latents);
-train two tiny CLIP text encoders and an SD3Transformer2DModel (16x16 image tokens) jointly with
+`shapes` (the default model): 64x64 pixels, 1-2 objects, 16x16 = 256 image tokens.
+`scenes`: 128x128 pixels, 2-4 objects on textured backgrounds, 32x32 = 1024 image tokens.
+
+Stages: render a captioned data set; train a small AutoencoderKL (RGB -> 4 latent channels at half
+the side); train two tiny CLIP text encoders and an SD3Transformer2DModel (patch 2) jointly with
 rectified flow matching, the SD3 objective; keep an EMA of the weights; save a diffusers
-StableDiffusion3Pipeline folder (safetensors) every few minutes and at the end.
+StableDiffusion3Pipeline folder (safetensors) every few minutes and at the end. Training resumes
+from the last save with `--resume` (the VAE, tokenizer and EMA weights of --out), so an interrupted
+run loses at most --save-every minutes; every stage is appended to training.json and the log.
 """
 
 from __future__ import annotations
@@ -18,7 +25,9 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,18 +35,61 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.shapes import grammar  # noqa: E402
-from experiments.shapes.render import render  # noqa: E402
-
-IMAGE_SIZE = 64
-MAX_TOKENS = 16
 
 
-def build_tokenizer():
+@dataclass(frozen=True)
+class Data:
+    """A grammar to train on: captions of a split, how to draw one, and how to judge images."""
+
+    name: str
+    image_size: int
+    max_tokens: int
+    words: Callable[[], list[str]]
+    captions: Callable[[str, int, int], list[str]]  # (split, n, seed)
+    render: Callable[[str, int, int], np.ndarray]  # (caption, size, seed)
+    adherence: Callable
+    prompts: Callable[[], list[str]]  # the bundled held-out prompts
+    about: str  # one paragraph for the model card
+
+
+def shapes_data() -> Data:
+    from experiments.shapes import adherence, grammar, load_prompts
+    from experiments.shapes.render import render
+
+    return Data(
+        "shapes", 64, 16,
+        words=lambda: sorted({w for s in grammar.all_scenes() for w in grammar.caption(s).split()}),
+        captions=lambda split, n, seed: [grammar.caption(s) for s in grammar.sample_scenes(grammar.split(split), n, seed)],
+        render=lambda text, size, seed: render(grammar.parse(text), size, seed=seed),
+        adherence=adherence, prompts=load_prompts,
+        about='captions of one or two coloured shapes (`experiments/shapes`: "a large red circle on the left", '
+              '"a small blue square above a large green triangle", "three yellow circles")',
+    )
+
+
+def scenes_data() -> Data:
+    from experiments.scenes import adherence, grammar, load_prompts
+    from experiments.scenes.render import render
+
+    return Data(
+        "scenes", 128, 48, words=grammar.vocabulary,
+        captions=lambda split, n, seed: [grammar.caption(s) for s in grammar.sample_scenes(split, n, seed)],
+        render=lambda text, size, seed: render(grammar.parse(text), size, seed=seed),
+        adherence=adherence, prompts=load_prompts,
+        about="captions of two to four coloured shapes, each at a named cell of a 3x3 grid, on a plain, striped "
+              'or checkered background (`experiments/scenes`: "a large red circle at the top left, a small blue '
+              'square in the center and a large green triangle at the bottom right, on a striped background")',
+    )
+
+
+DATASETS = {"shapes": shapes_data, "scenes": scenes_data}
+
+
+def build_tokenizer(data: Data):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for s in grammar.all_scenes() for w in grammar.caption(s).split()})
+    words = data.words()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<unk>": 2}
     for word in words:
         vocab[word] = len(vocab)
@@ -50,46 +102,50 @@ def build_tokenizer():
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=MAX_TOKENS,
+        pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=data.max_tokens,
     )
 
 
-def build_models(vocab_size: int, args):
+def build_models(vocab_size: int, data: Data, args):
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     def text_encoder():
         return CLIPTextModelWithProjection(CLIPTextConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-            num_attention_heads=4, max_position_embeddings=MAX_TOKENS, projection_dim=64,
+            num_attention_heads=4, max_position_embeddings=data.max_tokens, projection_dim=64,
             bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="gelu",
         ))
 
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=IMAGE_SIZE, mid_block_add_attention=False,
+        latent_channels=4, norm_num_groups=8, sample_size=data.image_size, mid_block_add_attention=False,
     )
     transformer = SD3Transformer2DModel(
-        sample_size=IMAGE_SIZE // 2, patch_size=2, in_channels=4, num_layers=args.layers, attention_head_dim=32,
+        sample_size=data.image_size // 2, patch_size=2, in_channels=4, num_layers=args.layers, attention_head_dim=32,
         num_attention_heads=args.heads, joint_attention_dim=128, caption_projection_dim=32 * args.heads,
-        pooled_projection_dim=128, out_channels=4, pos_embed_max_size=IMAGE_SIZE // 2,
+        pooled_projection_dim=128, out_channels=4, pos_embed_max_size=data.image_size // 2,
     )
     return text_encoder(), text_encoder(), vae, transformer
 
 
-def render_dataset(n: int, seed: int):
-    scenes = grammar.sample_scenes(grammar.split("train"), n, seed)
-    images = np.stack([render(s, IMAGE_SIZE, seed=seed * 1_000_003 + i) for i, s in enumerate(scenes)])
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [n, 3, 64, 64]
-    return pixels, [grammar.caption(s) for s in scenes]
+def render_dataset(data: Data, n: int, seed: int):
+    """uint8 pixels [n, 3, side, side] (kept as bytes: 20k scenes at 128x128 are 1 GB) and captions."""
+    captions = data.captions("train", n, seed)
+    images = np.stack([data.render(c, data.image_size, seed * 1_000_003 + i) for i, c in enumerate(captions)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions
+
+
+def as_float(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float() / 127.5 - 1.0
 
 
 def train_vae(vae, pixels, steps: int, log):
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     vae.train()
     for step in range(steps):
-        batch = pixels[torch.randint(len(pixels), (16,))]
+        batch = as_float(pixels[torch.randint(len(pixels), (16,))])
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
@@ -103,7 +159,7 @@ def train_vae(vae, pixels, steps: int, log):
 
 @torch.no_grad()
 def encode_latents(vae, pixels):
-    return torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)])
+    return torch.cat([vae.encode(as_float(pixels[i:i + 128])).latent_dist.mean for i in range(0, len(pixels), 128)])
 
 
 def make_pipeline(tokenizer, te1, te2, vae, transformer):
@@ -118,16 +174,14 @@ def make_pipeline(tokenizer, te1, te2, vae, transformer):
     return pipe
 
 
-def evaluate(pipe, prompts, steps: int, guidance: float, seed: int = 0) -> float:
-    from experiments.shapes import adherence
-
+def evaluate(pipe, data: Data, prompts, steps: int, guidance: float, seed: int = 0) -> float:
     images = []
     for i in range(0, len(prompts), 16):
         chunk = prompts[i:i + 16]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
         images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                       height=IMAGE_SIZE, width=IMAGE_SIZE, max_sequence_length=0).images
-    return adherence(images, prompts)
+                       height=data.image_size, width=data.image_size, max_sequence_length=0).images
+    return data.adherence(images, prompts)
 
 
 def recorded_stages(info: dict) -> list[dict]:
@@ -137,18 +191,19 @@ def recorded_stages(info: dict) -> list[dict]:
     return [{"steps": info["steps"], "minutes": info["minutes"]}] if "steps" in info else []
 
 
-def write_card(out: Path, steps: int = 28, guidance: float = 5.0) -> dict:
+def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) -> dict:
     """Scores the saved model on the bundled held-out prompts and writes its model card (README.md)."""
     import cat
-    from experiments.shapes import adherence, load_pipeline, load_prompts
-    from experiments.shapes.grammar import parse
+    from experiments.shapes import load_pipeline
 
     pipe = load_pipeline(out)
-    prompts = load_prompts()
+    prompts = data.prompts()
+    side, tokens = data.image_size, (data.image_size // 4) ** 2
+    clusters = 8 if tokens <= 256 else 16
 
     def images(handle_config=None):
         gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        call = dict(num_inference_steps=steps, guidance_scale=guidance, height=IMAGE_SIZE, width=IMAGE_SIZE,
+        call = dict(num_inference_steps=steps, guidance_scale=guidance, height=side, width=side,
                     max_sequence_length=0, generator=gens)
         if handle_config is None:
             return pipe(prompts, **call).images
@@ -156,68 +211,112 @@ def write_card(out: Path, steps: int = 28, guidance: float = 5.0) -> dict:
             return pipe(prompts, **call).images
 
     full = images()
-    cat_images = images(cat.CATConfig(num_clusters=8))
-    truth = [render(parse(p), IMAGE_SIZE, seed=i) for i, p in enumerate(prompts)]
+    cat_images = images(cat.CATConfig(num_clusters=clusters))
+    truth = [data.render(p, side, i) for i, p in enumerate(prompts)]
     scores = {
-        "full_model": adherence(full, prompts),
-        "cat_paper_defaults_8_clusters": adherence(cat_images, prompts),
-        "chance_shuffled_prompts": adherence(full, prompts[1:] + prompts[:1]),
-        "ground_truth_renders": adherence(truth, prompts),
+        "full_model": data.adherence(full, prompts),
+        f"cat_paper_defaults_{clusters}_clusters": data.adherence(cat_images, prompts),
+        "chance_shuffled_prompts": data.adherence(full, prompts[1:] + prompts[:1]),
+        "ground_truth_renders": data.adherence(truth, prompts),
     }
     info = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     size_mb = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
+    base = f"python scripts/train_tiny.py --data {data.name} --out assets/{out.name}"
     commands = []
     for i, st in enumerate(recorded_stages(info)):
         lr = f" --lr {st['lr']:g}" if i and "lr" in st else ""
         flag = " --resume" if i else ""
-        commands.append(f"`python scripts/train_tiny.py --out assets/tiny-sd3-shapes{flag}{lr}` "
-                        f"({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
-    stages_text = ", then ".join(commands) or "`python scripts/train_tiny.py --out assets/tiny-sd3-shapes`"
+        commands.append(f"`{base}{flag}{lr}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
+    stages_text = ", then ".join(commands) or f"`{base}`"
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
+    grid = data.image_size // 4
     (out / "README.md").write_text(f"""---
 library_name: diffusers
 pipeline_tag: text-to-image
 ---
-# tiny-sd3-shapes
+# {out.name}
 
-The embedded default model of cat-pruning: a small text-to-image diffusion transformer of the Stable
-Diffusion 3 architecture, trained from scratch on the CPU on a procedural data set of coloured shapes
-(`experiments/shapes`), so that CAT's token dynamics can be seen on a machine with no GPU and no network.
+A small text-to-image diffusion transformer of the Stable Diffusion 3 architecture, trained from
+scratch on the CPU on a procedural data set (`experiments/{data.name}`), so that CAT's token dynamics
+can be seen on a machine with no GPU and no network.
 
 - Pipeline: `StableDiffusion3Pipeline` (load with `text_encoder_3=None, tokenizer_3=None`; call with
-  `max_sequence_length=0`, 64x64 pixels). Weights: safetensors, {size_mb:.1f} MB in all.
-- Transformer: `SD3Transformer2DModel`, {info.get('layers', '?')} joint blocks, hidden {32 * int(info.get('heads', 3))}, patch 2 on 32x32
-  latents (16x16 = 256 image tokens), 16 text tokens.
+  `max_sequence_length=0`, {side}x{side} pixels). Weights: safetensors, {size_mb:.1f} MB in all.
+- Transformer: `SD3Transformer2DModel`, {info.get('layers', '?')} joint blocks, hidden {32 * int(info.get('heads', 3))}, patch 2 on \
+{side // 2}x{side // 2} latents ({grid}x{grid} = {grid * grid} image tokens), {data.max_tokens} text tokens.
 - Text encoders: two word-level CLIP text models (3 layers, hidden 64), trained jointly.
 - VAE: `AutoencoderKL`, 2 levels (16, 32 channels), 4 latent channels, trained first (MSE + small KL).
 - Objective: rectified flow matching as in SD3 (logit-normal timesteps, velocity target), 10% caption
   dropout for classifier-free guidance, EMA of the weights; scheduler `FlowMatchEulerDiscreteScheduler(shift=1)`.
-- Data: {info.get('images', '?')} renders of captions from the training split of the grammar ("a large red circle
-  on the left", "a small blue square above a large green triangle", "three yellow circles"); the
-  bundled prompts (`experiments/shapes/heldout_prompts.txt`, 64 captions) were never seen in training.
+- Data: {info.get('images', '?')} renders of {data.about}; the bundled prompts
+  (`experiments/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
 - Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
   {info.get('minutes', '?')} minutes in all on 2 shared CPU cores, seed {info.get('seed', 0)}. Log: `training_log.txt`.
 
 ## Scores
 
-Prompt adherence from the weight-free judge (`experiments.shapes.judge`: colour, shape, count and
-position checks by colour segmentation and geometry; 1.0 = every check passes), on the 64 held-out
-prompts, {steps} steps, guidance {guidance}, seed i for prompt i:
+Prompt adherence from the weight-free judge of `experiments.{data.name}` (colour segmentation and
+geometry; 1.0 = every check passes), on the {len(prompts)} held-out prompts, {steps} steps, guidance
+{guidance}, seed i for prompt i:
 
 | images | adherence |
 |---|---|
 {rows}
 
-`chance` scores the full model's images against the next prompt's caption. Small shapes are hard at
-64x64 pixels; colour and position are learned first, shape and count later.
+`chance` scores the full model's images against the next prompt's caption (the level a model that
+ignores its prompt would reach); `ground truth` scores renders of the captions themselves.
 """)
     return scores
 
 
+def state_dir(args) -> Path:
+    """Where the unfinished stage's raw weights and optimizer moments live (not shipped)."""
+    return args.state or Path("outputs") / "train_state" / args.out.name
+
+
+def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"param.{i}": p.detach().contiguous() for i, p in enumerate(params)}
+    for i, p in enumerate(params):
+        for key, value in opt.state.get(p, {}).items():
+            tensors[f"opt.{i}.{key}"] = value.detach().reshape(value.shape).contiguous()
+    folder = state_dir(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / "state.safetensors.tmp")
+    (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
+    meta = {"step": step, "stage_seconds": stage_seconds, "budget_minutes": args.minutes, "lr": args.lr, "final": final}
+    (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_state(args, params, opt) -> dict | None:
+    """The unfinished stage to continue, restoring raw weights and optimizer moments; None if the
+    last stage finished (or no state was kept)."""
+    from safetensors.torch import load_file
+
+    folder = state_dir(args)
+    if not (folder / "state.json").exists():
+        return None
+    meta = json.loads((folder / "state.json").read_text())
+    if meta["final"]:
+        return None
+    tensors = load_file(folder / "state.safetensors")
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(tensors[f"param.{i}"])
+            moments = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+            if moments:
+                opt.state[p] = moments
+    return meta
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=sorted(DATASETS), default="shapes", help="the grammar to train on")
     p.add_argument("--card-only", action="store_true", help="only score the model in --out and write its card")
-    p.add_argument("--out", type=Path, default=Path("assets/tiny-sd3-shapes"))
+    p.add_argument("--out", type=Path, default=None, help="default: assets/tiny-sd3-<data>")
+    p.add_argument("--state", type=Path, default=None,
+                   help="folder for the resumable training state (default outputs/train_state/<out name>)")
     p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget of the transformer stage")
     p.add_argument("--images", type=int, default=12000)
     p.add_argument("--vae-steps", type=int, default=800)
@@ -226,17 +325,21 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out captions scored at every save")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
-                   help="continue training the model saved in --out (its VAE, tokenizer and EMA weights)")
+                   help="continue from --out: an interrupted stage goes on where its last save left it (raw "
+                        "weights, optimizer, step, schedule); after a finished stage a new one starts from the "
+                        "EMA weights with --minutes and --lr")
     args = p.parse_args(argv)
+    data = DATASETS[args.data]()
+    args.out = args.out or Path("assets") / f"tiny-sd3-{args.data}"
+    torch.set_num_threads(args.threads)
     if args.card_only:
-        torch.set_num_threads(args.threads)
-        print(json.dumps(write_card(args.out), indent=2))
+        print(json.dumps(write_card(args.out, data), indent=2))
         return
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     start = time.time()
@@ -256,20 +359,19 @@ def main(argv=None) -> None:
             saved.tokenizer, saved.text_encoder, saved.text_encoder_2, saved.vae, saved.transformer)
         previous = json.loads((args.out / "training.json").read_text())
         args.layers, args.heads = previous["layers"], previous["heads"]
-        log(f"resuming {args.out} after {previous['steps']} steps")
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "training_log.txt").write_text("")
-        tokenizer = build_tokenizer()
-        te1, te2, vae, transformer = build_models(len(tokenizer), args)
-    pixels, captions = render_dataset(args.images, args.seed)
-    log(f"rendered {len(pixels)} training images")
+        tokenizer = build_tokenizer(data)
+        te1, te2, vae, transformer = build_models(len(tokenizer), data, args)
+    pixels, captions = render_dataset(data, args.images, args.seed)
+    log(f"rendered {len(pixels)} training images ({data.name}, {data.image_size}x{data.image_size})")
     if args.resume:
         latents = encode_latents(vae, pixels)
         shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     else:
         train_vae(vae, pixels, args.vae_steps, log)
-        latents = encode_latents(vae, pixels)  # [n, 4, 32, 32]
+        latents = encode_latents(vae, pixels)  # [n, 4, side / 2, side / 2]
         shift, scale = latents.mean().item(), 1.0 / latents.std().item()
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     latents = (latents - shift) * scale
@@ -278,16 +380,26 @@ def main(argv=None) -> None:
     log(f"latents {tuple(latents.shape)}, shift {shift:.4f}, scale {scale:.4f}")
 
     pipe = make_pipeline(tokenizer, te1, te2, vae, transformer)
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in (transformer, te1, te2)]
     params = [*transformer.parameters(), *te1.parameters(), *te2.parameters()]
     log(f"trainable parameters: {sum(p.numel() for p in params) / 1e6:.2f} M")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    ema = [copy.deepcopy(m).requires_grad_(False) for m in (transformer, te1, te2)]
+    step, done_seconds = 0, 0.0
+    if args.resume:
+        unfinished = load_state(args, params, opt)
+        if unfinished:  # the interrupted stage goes on: same schedule, budget and learning rate
+            step, done_seconds = unfinished["step"], unfinished["stage_seconds"]
+            args.minutes, args.lr = unfinished["budget_minutes"], unfinished["lr"]
+            previous = {**previous, "stages": recorded_stages(previous)[:-1]}
+            log(f"continuing the interrupted stage at step {step} ({done_seconds / 60:.1f} of {args.minutes:g} min)")
+        else:
+            log(f"new stage after {previous['steps']} steps, from the EMA weights")
     for m in (transformer, te1, te2):
         m.train()
 
-    heldout = [grammar.caption(s) for s in grammar.sample_scenes(grammar.split("heldout"), 32, 1)]
-    budget, step, last_save = args.minutes * 60, 0, time.time()
-    stage_start = time.time()
+    heldout = data.captions("heldout", args.eval_prompts, 1)
+    budget, last_save = args.minutes * 60, time.time()
+    stage_start = time.time() - done_seconds
     while True:
         elapsed = time.time() - stage_start
         lr = args.lr * min(1.0, (step + 1) / 300) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
@@ -319,14 +431,18 @@ def main(argv=None) -> None:
         step += 1
         done = time.time() - stage_start > budget
         if done or time.time() - last_save > args.save_every * 60:
-            save(args, tokenizer, vae, ema, heldout, step, time.time() - start, log, log_lines, final=done,
+            stage_seconds = time.time() - stage_start
+            save(args, data, tokenizer, vae, ema, heldout, step, stage_seconds, log, log_lines, final=done,
                  previous=previous)
+            save_state(args, params, opt, step, stage_seconds, final=done)
+            for m in (transformer, te1, te2):
+                m.train()
             last_save = time.time()
         if done:
             break
 
 
-def save(args, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, final: bool, previous: dict) -> None:
+def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, final: bool, previous: dict) -> None:
     transformer, te1, te2 = (m.eval() for m in ema)
     pipe = make_pipeline(tokenizer, te1, te2, vae, transformer)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -335,10 +451,11 @@ def save(args, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, fina
         fields = json.loads(config.read_text())
         if fields.pop("_name_or_path", None) is not None:
             config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-    score = evaluate(pipe, heldout, steps=20, guidance=5.0)
+    score = evaluate(pipe, data, heldout, steps=20, guidance=5.0)
     stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
     stages = recorded_stages(previous) + [stage]
-    info = {"steps": sum(s["steps"] for s in stages), "minutes": round(sum(s["minutes"] for s in stages), 1),
+    info = {"data": data.name, "steps": sum(s["steps"] for s in stages),
+            "minutes": round(sum(s["minutes"] for s in stages), 1),
             "stages": stages, "threads": args.threads, "seed": args.seed,
             "layers": args.layers, "heads": args.heads, "batch": args.batch, "images": args.images,
             "heldout_adherence_20_steps_guidance_5": round(score, 4), "final": final}

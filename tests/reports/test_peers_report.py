@@ -57,6 +57,20 @@ def test_paired_against_matches_cells_on_every_other_axis(tmp_path):
     assert table.loc["0.4", "psnr_verdict"] == "no difference"
 
 
+def test_paired_against_a_column_value_reference(tmp_path):
+    rng = np.random.default_rng(3)
+    base = rng.normal(35, 3, 32)
+    rows = [
+        {**_cell(tmp_path, "a", "cat", base), "legacy": "[]"},
+        {**_cell(tmp_path, "b", "cat", base - 1 + rng.normal(0, 0.1, 32)), "legacy": "[random_kmeans_init]"},
+        {**_cell(tmp_path, "c", "cat", base + rng.normal(0, 0.1, 32)), "legacy": "[scored_after_caching]"},
+    ]
+    table = paired_against(pd.DataFrame(rows), tmp_path, reference="legacy=[]", metrics=("psnr",)).set_index("legacy")
+    assert set(table.reference) == {"a"}
+    assert table.loc["[random_kmeans_init]", "psnr_verdict"] == "lower"
+    assert table.loc["[scored_after_caching]", "psnr_verdict"] == "no difference"
+
+
 def _peers_frame():
     rows = []
     for method, offset in (("cat", 2.0), ("fora", 0.0), ("steps", -1.0)):

@@ -1,0 +1,114 @@
+"""The scenes grammar (2-4 objects at named places), its renderer and per-object judge, the scene
+model's configs, and the resumable training script."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import scenes
+from experiments.scenes import grammar
+from experiments.scenes.judge import judge_scene
+from experiments.scenes.render import render
+
+
+def test_captions_round_trip_and_bad_captions_are_refused():
+    for scene in grammar.sample_scenes("train", 60, seed=3):
+        assert grammar.parse(grammar.caption(scene)) == scene
+        assert 2 <= len(scene.items) <= 4
+    for bad, message in [
+        ("a photo of a cat", "outside the scenes grammar"),
+        ("a large red circle at the top left, on a plain background", "objects; allowed: 2 to 4"),
+        ("a large red circle at the top left and a small red square in the center, on a plain background",
+         "different colours"),
+        ("a large pink circle at the top left and a small red square in the center, on a plain background",
+         "unknown colour"),
+        ("a large red circle at the top left and a small blue square in the center, on a wavy background",
+         "unknown background"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            grammar.parse(bad)
+
+
+def test_heldout_prompts_are_balanced_and_never_in_training():
+    heldout = scenes.load_prompts()
+    train = {grammar.caption(s) for s in grammar.sample_scenes("train", 4000, seed=0)}
+    assert len(heldout) == 64 and not set(heldout) & train
+    counts = [len(grammar.parse(p).items) for p in heldout]
+    assert {2, 3, 4} <= set(counts)
+    assert all(grammar.is_heldout(grammar.parse(p)) for p in heldout)
+
+
+def test_judge_scores_renders_high_and_other_captions_low():
+    prompts = scenes.load_prompts()[:40]
+    images = [render(grammar.parse(p), 128, seed=i) for i, p in enumerate(prompts)]
+    assert scenes.adherence(images, prompts) > 0.97
+    assert scenes.adherence(images, prompts[1:] + prompts[:1]) < 0.35
+    noise = [np.random.default_rng(i).integers(0, 255, (128, 128, 3), dtype=np.uint8) for i in range(10)]
+    assert scenes.adherence(noise, prompts[:10]) < 0.15
+
+
+def test_judge_checks_every_object():
+    text = "a large red circle at the top left and a small blue square at the bottom right, on a striped background"
+    img = render(grammar.parse(text), 128, seed=0)
+    result = scenes.judge(img, text)
+    assert result["score"] == 1.0 and len(result["objects"]) == 2 and result["count"]
+    moved = judge_scene(img, grammar.parse(text.replace("bottom right", "bottom left")))
+    assert moved["objects"][1]["position"] is False and moved["objects"][0]["position"]
+    reshaped = judge_scene(img, grammar.parse(text.replace("small blue square", "small blue triangle")))
+    assert reshaped["objects"][1]["shape"] is False
+    resized = judge_scene(img, grammar.parse(text.replace("large red", "small red")))
+    assert resized["objects"][0]["size"] is False
+    missing = judge_scene(img, grammar.parse(text.replace(" and a small", ", a small green triangle in the center "
+                                                                          "and a small")))
+    assert missing["objects"][1]["color"] is False and missing["count"] is False
+
+
+def test_scene_model_configs_compose_with_their_prompts():
+    from tests.harness.test_configs import _compose
+
+    cfg = _compose(["model=tiny_sd3_scenes"])
+    assert cfg.data.name == "scenes" and cfg.model.height == 128 and cfg.model.num_clusters == 16
+    assert _compose(["model=tiny_sd3_scenes", "data=parti"]).data.name == "parti"  # the command line wins
+    assert _compose([]).data.name == "shapes"
+    from experiments.data import load_prompts
+
+    assert [p.text for p in load_prompts("scenes", limit=3)] == scenes.load_prompts()[:3]
+
+
+def test_clustering_and_fixes_sweeps_pair_against_the_right_cells():
+    from tests.harness.test_configs import _compose
+
+    cfg = _compose(["sweep=clustering"], hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert params.method == "cat,cat_no_cluster" and params["method.config.num_clusters"] == "4,8,16,20"
+    assert params["method.config.keep_ratio"] == "0.1,0.2,0.3,0.4" and cfg.data.limit >= 32
+    fixes = _compose(["sweep=fixes"], hydra=True)
+    assert fixes.paired_reference == "method.config.legacy=[]"
+    import cat
+
+    restored = fixes.hydra.sweeper.params["method.config.legacy"].split(",")
+    assert restored[0] == "[]" and {r.strip("[]") for r in restored[1:]} <= set(cat.config.LEGACY)
+
+
+def test_training_resumes_an_interrupted_stage(tmp_path):
+    """A few seconds of training on tiny settings: the saved model is a loadable pipeline, and
+    --resume continues the unfinished stage from the kept optimizer state."""
+    import scripts.train_tiny as train
+
+    out, state = tmp_path / "model", tmp_path / "state"
+    args = ["--data", "scenes", "--out", str(out), "--state", str(state), "--images", "24", "--vae-steps", "2",
+            "--layers", "1", "--heads", "1", "--batch", "2", "--minutes", "0.05", "--save-every", "10",
+            "--eval-prompts", "1", "--threads", "1"]
+    train.main(args)
+    info = json.loads((out / "training.json").read_text())
+    assert info["data"] == "scenes" and info["final"] and len(info["stages"]) == 1
+    assert not list(out.rglob("*.bin")) and list(out.rglob("*.safetensors"))
+    meta = json.loads((state / "state.json").read_text())
+    meta["final"] = False  # as if the run had been killed after its last save
+    (state / "state.json").write_text(json.dumps(meta))
+    train.main(args + ["--resume"])
+    again = json.loads((out / "training.json").read_text())
+    assert len(again["stages"]) == 1 and again["steps"] > info["steps"]  # the same stage, continued
+    train.main(args + ["--resume"])  # the stage finished: a new one starts
+    assert len(json.loads((out / "training.json").read_text())["stages"]) == 2
