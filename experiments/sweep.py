@@ -101,6 +101,11 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
                    "same prompts and seeds (cell - reference), 95% bootstrap intervals; a verdict of 'no difference' "
                    "means the interval contains 0.\n\n"
                    + paired.drop(columns=["cell", "reference"]).to_markdown(index=False, floatfmt=".3g") + "\n")
+        from . import clustering
+
+        if clustering.is_clustering_sweep(frame):
+            model = frame["model"].iloc[0] if "model" in frame else ""
+            clustering.write_report(paired, sweep_dir, title=f"{model} cat - no_cluster, paired (95% band)".strip())
     from . import peers
 
     if peers.is_peers_sweep(frame):
