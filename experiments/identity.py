@@ -144,7 +144,7 @@ def key_material(cfg: dict) -> dict:
     from .pipelines import resolved_device_type
 
     cfg = without_secrets(cfg)
-    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": cfg.get("method")}
+    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": _used_fields(cfg.get("method"))}
     if cfg.get("task") == "macs":  # counted from the configs alone
         return material
     data = dict(cfg.get("data") or {})
@@ -160,6 +160,19 @@ def key_material(cfg: dict) -> dict:
     if cfg.get("compile"):  # compiled kernels round differently
         material["compile"] = [cfg.get("compile"), cfg.get("compile_mode")]
     return material
+
+
+# CAT's clustering fields, which the policies without clusters never read: runs that differ only in
+# them are the same run (a clustering sweep's no_cluster cells at several cluster counts share one key).
+CLUSTER_FIELDS = ("num_clusters", "cluster_feature_weight", "kmeans_iters", "first_cluster_cap", "smooth_first")
+POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
+
+
+def _used_fields(method):
+    config = (method or {}).get("config") if isinstance(method, dict) else None
+    if not isinstance(config, dict) or config.get("policy") not in POLICIES_WITHOUT_CLUSTERS:
+        return method
+    return {**method, "config": {k: v for k, v in config.items() if k not in CLUSTER_FIELDS}}
 
 
 def digest(material: dict) -> str:

@@ -81,6 +81,10 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("code %s%s; torch %s, diffusers %s, transformers %s", record["git_sha"],
                  " (dirty tree)" if record["git_dirty"] else "", record["torch"], record["diffusers"],
                  record["transformers"])
+        if not cfg.overwrite:
+            reused = reuse_sibling(run_dir, key)
+            if reused is not None:
+                return reused
         try:
             if cfg.task == "generate":
                 metrics = generate_and_evaluate(cfg, run_dir)
@@ -101,6 +105,40 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("done: %s", ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in sorted(metrics.items())))
     return metrics
+
+
+SIBLING_SKIP = {".hydra", ".lock", "config.yaml", "run_key.json", "status.json", "metrics.json", "run.log"}
+
+
+def reuse_sibling(run_dir: Path, key: str) -> dict | None:
+    """A finished run with the same key in the same sweep (a cell whose overrides differ only in
+    fields its method never reads): copies its outputs here instead of recomputing, and says so in
+    run_key.json. Returns the metrics, or None when there is no such run."""
+    import shutil
+
+    for other in sorted(run_dir.parent.iterdir()):
+        if other == run_dir or not other.is_dir():
+            continue
+        recorded, status = read_json(other / "run_key.json"), read_json(other / "status.json")
+        metrics = read_json(other / "metrics.json")
+        if (recorded or {}).get("key") != key or (status or {}).get("status") != "done" or not isinstance(metrics, dict):
+            continue
+        for item in other.iterdir():
+            if item.name in SIBLING_SKIP or item.name.startswith("."):
+                continue
+            target = run_dir / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+        key_file = run_dir / "run_key.json"
+        write_json(key_file, {**(read_json(key_file) or {}), "reused_from": other.name})
+        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "status.json", {"status": "done", "reused_from": other.name})
+        log.info("%s has the same key as %s (the overrides differ only in fields the method never reads); "
+                 "its results are reused", run_dir, other)
+        return metrics
+    return None
 
 
 def _lock(path: Path, num_processes: int | None = None):

@@ -272,3 +272,38 @@ def test_help_describes_the_groups_and_main_options():
     proc = run("--help")
     for text in ("Configuration groups", "method: ", "model: ", "batch_size=16", "data.limit", "sweep=peers"):
         assert text in proc.stdout, text
+
+
+def test_policies_without_clusters_ignore_the_clustering_fields_in_their_key():
+    from experiments import identity
+
+    def material(policy, clusters):
+        return identity.key_material({"task": "macs", "model": {"name": "m"}, "method": {
+            "name": "x", "config": {"policy": policy, "num_clusters": clusters, "keep_ratio": 0.3}}})
+
+    assert identity.digest(material("no_cluster", 4)) == identity.digest(material("no_cluster", 16))
+    assert identity.digest(material("cat", 4)) != identity.digest(material("cat", 16))
+    assert identity.digest(material("no_cluster", 4)) != identity.digest(material("cat", 4))
+
+
+def test_a_cell_with_a_finished_sibling_of_the_same_key_reuses_its_results(tmp_path):
+    from experiments.sinks import read_json, write_json
+    from experiments.tasks import reuse_sibling
+
+    done, other, new = tmp_path / "a-1", tmp_path / "b-2", tmp_path / "c-3"
+    for d in (done, other, new):
+        (d / "images").mkdir(parents=True)
+    write_json(done / "run_key.json", {"key": "k1"})
+    write_json(done / "status.json", {"status": "done"})
+    write_json(done / "metrics.json", {"psnr": 40.0})
+    (done / "images" / "0.png").write_bytes(b"png")
+    (done / "records.jsonl").write_text("{}\n")
+    write_json(other / "run_key.json", {"key": "k2"})
+    write_json(other / "status.json", {"status": "done"})
+    write_json(other / "metrics.json", {"psnr": 1.0})
+    write_json(new / "run_key.json", {"key": "k1", "material": {}})
+    assert reuse_sibling(new, "k9") is None  # no sibling with this key
+    assert reuse_sibling(new, "k1") == {"psnr": 40.0}
+    assert (new / "images" / "0.png").read_bytes() == b"png" and (new / "records.jsonl").exists()
+    assert read_json(new / "status.json") == {"status": "done", "reused_from": "a-1"}
+    assert read_json(new / "run_key.json")["reused_from"] == "a-1"
