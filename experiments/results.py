@@ -34,7 +34,7 @@ def load_run(run_dir: Path) -> dict:
         "num_clusters": params.get("num_clusters"),
         "warmup_steps": params.get("warmup_steps"),
         "task": cfg.get("task"),
-        # sweep cells live in outputs/sweeps/<sweep>/<cell>/
+        # sweep cells live in outputs/sweeps/<sweep>-<model>/<cell>/
         "sweep": run_dir.parent.name if run_dir.parent.parent.name == "sweeps" else None,
     }
     status = run_dir / "status.json"

@@ -60,7 +60,7 @@ def test_sweep_records_failures_keeps_the_others_and_resumes(tmp_path):
             "method=cat,cat_random", "method.config.keep_ratio=0.3,1.5"]
     proc = run(*args, check=False)
     assert proc.returncode == 1 and "2 sweep cell(s) failed" in proc.stderr  # the others finish, then it fails
-    sweep = tmp_path / "sweeps" / "smoke"
+    sweep = tmp_path / "sweeps" / "smoke-tiny_random"  # one folder per sweep group and model
     table = pd.read_csv(sweep / "summary.csv")
     assert len(table) == 4
     assert sorted(table.status) == ["done", "done", "failed", "failed"]

@@ -150,7 +150,7 @@ def test_a_sweep_over_prompt_file_paths_stays_flat(tmp_path):
         files.append(str(tmp_path / name))
     run("-m", "debug=tiny", f"output_root={tmp_path / 'out'}", "group=paths", "metrics=fast",
         "metrics.latency.enabled=false", f"data.path={files[0]},{files[1]}")
-    sweep = tmp_path / "out" / "sweeps" / "paths"
+    sweep = tmp_path / "out" / "sweeps" / "paths-tiny_random"
     cells = [p for p in sweep.iterdir() if p.is_dir()]
     assert len(cells) == 2 and all((c / "metrics.json").exists() for c in cells)
     table = pd.read_csv(sweep / "summary.csv")

@@ -112,3 +112,29 @@ def test_training_resumes_an_interrupted_stage(tmp_path):
     assert len(again["stages"]) == 1 and again["steps"] > info["steps"]  # the same stage, continued
     train.main(args + ["--resume"])  # the stage finished: a new one starts
     assert len(json.loads((out / "training.json").read_text())["stages"]) == 2
+
+
+@pytest.mark.skipif(not (scenes.MODEL_DIR / "model_index.json").exists(), reason="the scene model is not in assets/")
+def test_shipped_scene_model_has_1024_tokens_and_beats_chance():
+    import torch
+
+    from experiments.shapes import PIPELINE_KWARGS, load_pipeline
+
+    pipe = load_pipeline(scenes.MODEL_DIR)
+    sizes = [f.stat().st_size for f in scenes.MODEL_DIR.rglob("*.safetensors")]
+    assert sum(sizes) <= 20 * 2**20 and not list(scenes.MODEL_DIR.rglob("*.bin"))
+    prompts = scenes.load_prompts()[:8]
+    latents = []
+
+    def grab(pipe_, step, t, kwargs):
+        latents.append(kwargs["latents"].shape)
+        return kwargs
+
+    images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0, height=128, width=128,
+                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],
+                  callback_on_step_end=grab, **PIPELINE_KWARGS).images
+    patch = pipe.transformer.config.patch_size
+    assert latents[0][-2] * latents[0][-1] // patch**2 == 1024  # image tokens
+    score = scenes.adherence(images, prompts)
+    chance = scenes.adherence(images, prompts[1:] + prompts[:1])
+    assert score > 0.5 and score > chance + 0.25, (score, chance)
