@@ -2,6 +2,10 @@
 
 Nothing lives on classes or module globals: `GenerationState` holds the step counter, the selection
 plan, the reference noise, the clusters, the staleness and the per-layer feature caches.
+
+The tensors a pruned step reads or writes are allocated once per generation and then updated in
+place (`plan`, `prev_out` and each layer's `LayerCache`), so their storage stays put across the
+pruned steps of a generation (what a captured CUDA graph needs).
 """
 
 from __future__ import annotations
@@ -64,12 +68,14 @@ class GenerationState:
     step: int = -1
     grid: tuple[int, int] | None = None
     plan: torch.Tensor | None = None  # [B, K] tokens recomputed in the current step, None = all
+    plan_buffer: torch.Tensor | None = None  # [B, K] the generation's plan storage (`plan` is it in pruned steps)
     record: bool = False  # the current step fills the caches for all tokens
     active: torch.Tensor | None = None  # [P, K] selection for the next step
     ref: torch.Tensor | None = None  # [P, N, D] reference noise n_ref
     labels: torch.Tensor | None = None  # [P, N]
     freq: torch.Tensor | None = None  # [P, N] selection frequency f
-    prev_out: torch.Tensor | None = None  # [B, N, D] output tokens of the previous step
+    prev_out: torch.Tensor | None = None  # [B, N, D] output tokens of the previous step (a buffer, updated in place)
+    quotas: torch.Tensor | None = None  # [k] per-rank cluster quotas (constant within a generation)
     caches: dict[str, LayerCache] = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
 

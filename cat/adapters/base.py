@@ -278,12 +278,17 @@ class TransformerHook(ModelHook):
             state.plan, state.record = self._suspended
             self._suspended = None
             return output
+        state = self.runtime.state
         sample = output[0] if isinstance(output, tuple) else output.sample
         tokens = self.spec.to_tokens(module, sample)  # [B, N, D]
-        new_tokens = self.runtime.timeline.end_step(self.runtime.state, self.runtime.config, tokens)
+        new_tokens = self.runtime.timeline.end_step(state, self.runtime.config, tokens)
         if new_tokens is tokens:
             return output
         sample = self.spec.from_tokens(module, new_tokens, sample)
+        if _shares_storage(sample, new_tokens):
+            # The timeline's output buffer is updated in place at the next step, while the pipeline may
+            # still hold this step's output (multistep schedulers keep earlier model outputs).
+            sample = sample.clone()
         if isinstance(output, tuple):
             return (sample, *output[1:])
         output.sample = sample
@@ -327,6 +332,13 @@ class FeedForwardHook(ModelHook):
             index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
         rows = forward(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, K, C]
         return update_tokens(cache.out, index, rows)  # [B, N, C]
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory (always assumed on `meta`, which has none to compare)."""
+    if a.device.type == "meta" or b.device.type == "meta":
+        return a.device == b.device
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list, name: str = HOOK_NAME) -> None:
