@@ -76,6 +76,8 @@ class GenerationState:
     freq: torch.Tensor | None = None  # [P, N] selection frequency f
     prev_out: torch.Tensor | None = None  # [B, N, D] output tokens of the previous step (a buffer, updated in place)
     quotas: torch.Tensor | None = None  # [k] per-rank cluster quotas (constant within a generation)
+    # Per-layer caches by module name. Each is also held by its module (processor or feed-forward
+    # wrapper), which reads it without a per-layer lookup; see `Runtime.layer_caches`.
     caches: dict[str, LayerCache] = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
 
@@ -84,11 +86,6 @@ class GenerationState:
         tensors = [t for c in self.caches.values() for t in (c.key, c.value, c.out) if t is not None]
         tensors += [t for t in (self.prev_out, self.ref) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-    def cache(self, name: str) -> LayerCache:
-        if name not in self.caches:
-            self.caches[name] = LayerCache()
-        return self.caches[name]
 
     def stats(self) -> GenerationStats:
         def cpu(t):
