@@ -7,7 +7,7 @@ import functools
 import torch
 
 from .adapters import Runtime, spec_for
-from .adapters.base import FeedForwardHook, TransformerHook, attach_hook, has_hook, observe_encode_prompt
+from .adapters.base import PrunedTokenwise, TransformerHook, attach_hook, has_hook, observe_encode_prompt, swap_in
 from .config import CATConfig
 from .methods.base import METHODS, MethodHandle, register
 from .methods.base import apply as _dispatch
@@ -57,9 +57,9 @@ class CATHandle(MethodHandle):
                     self._undo.append(functools.partial(attn.set_processor, original))
             if getattr(config, "prune_ff", True):
                 for name, ff in self.spec.feed_forward_modules(transformer):
-                    attach_hook(ff, FeedForwardHook(run, name), self._undo)
+                    swap_in(transformer, name, PrunedTokenwise(ff, run, name), self._undo)
                 for name, module in self.spec.joint_modules(transformer):
-                    attach_hook(module, FeedForwardHook(run, name, joint=True), self._undo)
+                    swap_in(transformer, name, PrunedTokenwise(module, run, name, joint=True), self._undo)
             scheduler = getattr(self._pipe, "scheduler", None)
             attach_hook(transformer, TransformerHook(run, self.spec, scheduler), self._undo)
             if self._pipe is not None:

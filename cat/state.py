@@ -2,6 +2,10 @@
 
 Nothing lives on classes or module globals: `GenerationState` holds the step counter, the selection
 plan, the reference noise, the clusters, the staleness and the per-layer feature caches.
+
+The tensors a pruned step reads or writes are allocated once per generation and then updated in
+place (`plan`, `prev_out` and each layer's `LayerCache`), so their storage stays put across the
+pruned steps of a generation (what a captured CUDA graph needs).
 """
 
 from __future__ import annotations
@@ -64,12 +68,16 @@ class GenerationState:
     step: int = -1
     grid: tuple[int, int] | None = None
     plan: torch.Tensor | None = None  # [B, K] tokens recomputed in the current step, None = all
+    plan_buffer: torch.Tensor | None = None  # [B, K] the generation's plan storage (`plan` is it in pruned steps)
     record: bool = False  # the current step fills the caches for all tokens
     active: torch.Tensor | None = None  # [P, K] selection for the next step
     ref: torch.Tensor | None = None  # [P, N, D] reference noise n_ref
     labels: torch.Tensor | None = None  # [P, N]
     freq: torch.Tensor | None = None  # [P, N] selection frequency f
-    prev_out: torch.Tensor | None = None  # [B, N, D] output tokens of the previous step
+    prev_out: torch.Tensor | None = None  # [B, N, D] output tokens of the previous step (a buffer, updated in place)
+    quotas: torch.Tensor | None = None  # [k] per-rank cluster quotas (constant within a generation)
+    # Per-layer caches by module name. Each is also held by its module (processor or feed-forward
+    # wrapper), which reads it without a per-layer lookup; see `Runtime.layer_caches`.
     caches: dict[str, LayerCache] = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
 
@@ -78,11 +86,6 @@ class GenerationState:
         tensors = [t for c in self.caches.values() for t in (c.key, c.value, c.out) if t is not None]
         tensors += [t for t in (self.prev_out, self.ref) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
-
-    def cache(self, name: str) -> LayerCache:
-        if name not in self.caches:
-            self.caches[name] = LayerCache()
-        return self.caches[name]
 
     def stats(self) -> GenerationStats:
         def cpu(t):

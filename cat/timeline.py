@@ -4,6 +4,11 @@ Steps are 0-based. Steps 0 .. t0-1 run in full; step t0-1-reference_offset keeps
 step t0-1 clusters the tokens, fills every layer's cache and makes the first selection; every later
 step recomputes only the selected tokens and selects for the next one. The hooks call `begin_step`
 before and `end_step` after each transformer call and apply the plan these return.
+
+A pruned step allocates nothing that the blocks read and synchronises nothing with the host: the
+plan is copied into a buffer allocated once per generation (`load_plan`), output caching writes the
+recomputed rows into the previous-output buffer in place (`keep_output`), and the selection runs on
+the device with quotas made at the clustering step.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def begin_step(state: GenerationState, config: CATConfig, grid: tuple[int, int])
     pruning = _pruning(state, config, n)
     state.record = pruning and phase == "cluster"
     if pruning and phase == "pruned":
-        state.plan = torch.cat([state.active, state.active]) if state.cfg_pairs else state.active  # [B, K]
+        state.plan = load_plan(state)  # [B, K]
     elif pruning and phase == "reuse":
         # step-level reuse (cat_fora): no image token is recomputed; every module returns its cache
         b = state.active.shape[0] * (2 if state.cfg_pairs else 1)
@@ -58,15 +63,14 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
         # FORA's reuse: the blocks ran on cached attention / feed-forward outputs with this step's
         # gates and residuals; that output is kept as is, and the selection waits for the next
         # computed step.
-        state.prev_out = out
+        keep_output(state, out)
         state.records.append(StepRecord(state.step, phase, 0))
         return out
     raw = out  # the model's output for every token (unselected ones from cached features)
-    if state.plan is not None:
-        # Unselected tokens keep the previous step's output, so the scheduler moves them with it.
-        index = state.plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
-        out = state.prev_out.scatter(1, index, out.gather(1, index))
-    state.prev_out = out
+    # Unselected tokens keep the previous step's output, so the scheduler moves them with it. A full
+    # step hands back its own output (the buffer holds a copy); a pruned step hands back the buffer.
+    kept = keep_output(state, out, state.plan)
+    out = raw if state.plan is None else kept
     # r, saliency and clusters come from the raw output, as in the authors' code (before output caching)
     scored = out if "scored_after_caching" in config.legacy else raw
     cond = scored[scored.shape[0] // 2 :] if state.cfg_pairs else scored  # [P, N, D]
@@ -87,6 +91,7 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
                 init = "random" if "random_kmeans_init" in config.legacy else "k-means++"
                 state.labels = core.kmeans(feats, config.num_clusters, config.kmeans_iters, config.seed, init)
             state.freq = torch.zeros_like(r)
+            state.quotas = quotas(config, n, r.device)
         else:
             state.freq = core.update_staleness(state.freq, state.active, config.staleness_decay)
         state.active = select(config, state, r, delta, first=phase == "cluster")
@@ -104,12 +109,13 @@ def select(config: CATConfig, state: GenerationState, r: torch.Tensor, delta: to
         return core.select_random((p, n), budget, config.seed * 100_003 + state.step, r.device)
     if config.policy == "noise_only" or (config.policy == "no_cluster" and first):
         return core.select_noise(r, budget)
+    if state.quotas is None:  # end_step makes them at the clustering step; this is for direct callers
+        state.quotas = quotas(config, n, r.device)
     cluster_budget = round(config.cluster_share * budget)
     if config.policy == "no_cluster":
         # One cluster covering the whole image: the cluster part becomes the globally noisiest tokens.
         one = torch.zeros_like(r, dtype=torch.long)
-        per_rank = torch.tensor([cluster_budget], device=r.device)
-        return core.select_pruned(r, r.new_zeros(p, 1), one, state.freq, budget, cluster_budget, per_rank)
+        return core.select_pruned(r, r.new_zeros(p, 1), one, state.freq, budget, cluster_budget, state.quotas)
     k = config.num_clusters
     if first:
         adj = core.cluster_adjacency(state.labels, state.grid, k) if config.smooth_first else None
@@ -118,12 +124,53 @@ def select(config: CATConfig, state: GenerationState, r: torch.Tensor, delta: to
         return core.select_first(r, saliency, state.labels, budget, cap,
                                  carry="first_shortfall_to_noise" not in config.legacy)
     saliency = core.cluster_saliency(delta, state.labels, k)
-    unit = max(1, round(config.quota_unit * budget))
-    per_rank = core.quota_per_rank(k, config.cluster_quotas, unit, r.device)
+    per_rank = state.quotas
     if config.policy == "no_staleness":
         return core.select_pruned(r, saliency, state.labels, state.freq, budget, budget, per_rank, use_staleness=False)
     return core.select_pruned(r, saliency, state.labels, state.freq, budget, cluster_budget, per_rank,
                               cap_clusters="uncapped_cluster_picks" not in config.legacy)
+
+
+def quotas(config: CATConfig, num_tokens: int, device: torch.device) -> torch.Tensor:
+    """Per-rank cluster quotas in tokens for the pruned steps' selection.  -> [k]
+
+    Constant within a generation; made once, at the clustering step, so that no pruned step copies a
+    tensor from the host. `no_cluster` has one cluster whose quota is the cluster share of the budget.
+    """
+    budget = config.num_kept(num_tokens)
+    if config.policy == "no_cluster":
+        return torch.tensor([round(config.cluster_share * budget)], device=device)
+    unit = max(1, round(config.quota_unit * budget))
+    return core.quota_per_rank(config.num_clusters, config.cluster_quotas, unit, device)
+
+
+def load_plan(state: GenerationState) -> torch.Tensor:
+    """The plan of a pruned step: the selection `state.active` copied, for both halves of a CFG batch,
+    into the generation's plan buffer, which is allocated once and returned.  [P, K] -> [B, K]"""
+    active = state.active
+    p, k = active.shape
+    b = 2 * p if state.cfg_pairs else p
+    buf = state.plan_buffer
+    if buf is None or buf.shape != (b, k) or buf.dtype != active.dtype or buf.device != active.device:
+        buf = state.plan_buffer = torch.empty(b, k, dtype=active.dtype, device=active.device)
+    buf.view(b // p, p, k).copy_(active)  # [uncond, cond] halves share one selection
+    return buf
+
+
+def keep_output(state: GenerationState, out: torch.Tensor, plan: torch.Tensor | None = None) -> torch.Tensor:
+    """Output caching into the generation's previous-output buffer, in place; returns the buffer.
+
+    Without a plan the buffer takes all of `out`; with one, only the planned tokens' rows, and every
+    other token keeps the previous step's output. The buffer is allocated once per generation and is
+    rewritten at the next step: whoever hands it out must copy it.  [B, N, D] -> [B, N, D]
+    """
+    buf = state.prev_out
+    if plan is None:
+        if buf is None or buf.shape != out.shape or buf.dtype != out.dtype or buf.device != out.device:
+            buf = state.prev_out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        return buf.copy_(out)
+    index = plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
+    return buf.scatter_(1, index, out.gather(1, index))
 
 
 def noise_channels(out: torch.Tensor, channels: tuple[int | None, int | None]) -> torch.Tensor:

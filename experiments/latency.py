@@ -74,7 +74,7 @@ def compiled_blocks(transformer, enabled: bool, mode: str = "default"):
     """A context in which the transformer's blocks are compiled (nothing when not enabled)."""
     import contextlib
 
-    from cat.methods.base import check_compile, repeated_blocks
+    from cat.methods.base import check_compile, compile_blocks
 
     @contextlib.contextmanager
     def ctx():
@@ -82,14 +82,12 @@ def compiled_blocks(transformer, enabled: bool, mode: str = "default"):
             yield
             return
         check_compile(mode, next(transformer.parameters()).device)
-        blocks = repeated_blocks(transformer)
-        for block in blocks:
-            block.compile(mode=mode, dynamic=False)
+        undo = compile_blocks(transformer, mode)  # the same blocks, compiled the same way, as the method's
         try:
             yield
         finally:
-            for block in blocks:
-                block._compiled_call_impl = None
+            for fn in reversed(undo):
+                fn()
 
     return ctx()
 

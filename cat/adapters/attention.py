@@ -21,12 +21,13 @@ class CATAttnProcessor:
         self.original = original
         self.runtime = runtime
         self.name = name
+        self.caches = runtime.layer_caches(name)  # per cache context; see Runtime.layer_caches
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         state: GenerationState = self.runtime.state
         if state.plan is None and not state.record:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        cache = state.cache(self.name)
+        cache = self.caches[self.runtime.context]
         plan = state.plan  # [B, K] or None (a full step that fills the cache)
         cross = encoder_hidden_states is not None
         batch_size = hidden_states.shape[0]

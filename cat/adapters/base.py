@@ -1,8 +1,14 @@
-"""Model-agnostic plumbing: the transformer hook, the feed-forward hook and the model-family registry.
+"""Model-agnostic plumbing: the transformer hook, the feed-forward wrapper and the model-family registry.
 
 A family adapter is data (`FamilySpec`): where the blocks, attentions and feed-forwards are, how to
-read the token grid from the input and how to turn the output into tokens and back. The hooks here
-only call the timeline and apply its plan.
+read the token grid from the input and how to turn the output into tokens and back. The hook and
+modules here only call the timeline and apply its plan.
+
+Compiled blocks: everything a block reaches while it runs is the same expression in every block
+(`processor.caches[runtime.context]`, a wrapper class's `forward`), so torch.compile traces one graph
+per step kind and reuses it for every block of the same structure. Per-layer Python values that
+dynamo guards on (a per-instance `forward` object as diffusers' `HookRegistry` installs, a cache
+looked up by layer name) would give each block graphs of its own.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
-from ..state import GenerationState
+from ..state import GenerationState, LayerCache
 
 HOOK_NAME = "cat_pruning"
 
@@ -128,12 +134,26 @@ class Runtime:
         self.context: str | None = None
         self.states: dict[str | None, GenerationState] = {}
         self.last_timestep: float | None = None
+        self.layers: dict[str, dict[str | None, LayerCache]] = {}
+
+    def layer_caches(self, name: str) -> dict[str | None, LayerCache]:
+        """The caches of module `name`, one `LayerCache` per cache context, for the module to hold.
+
+        The module reads its cache as `caches[runtime.context]`, the same expression in every block;
+        each generation state lists the same objects by name in `state.caches`. They are emptied when
+        a generation starts.
+        """
+        return self.layers.setdefault(name, {})
 
     @property
     def state(self) -> GenerationState:
-        if self.context not in self.states:
-            self.states[self.context] = GenerationState(cfg_pairs=self.cfg_pairs, guidance_scale=self.guidance_scale)
-        return self.states[self.context]
+        state = self.states.get(self.context)
+        if state is None:
+            state = GenerationState(cfg_pairs=self.cfg_pairs, guidance_scale=self.guidance_scale)
+            for name, per_context in self.layers.items():
+                state.caches[name] = per_context[self.context] = LayerCache()
+            self.states[self.context] = state
+        return state
 
     def last_state(self) -> GenerationState:
         """The state to report: the conditional call's when calls are named."""
@@ -145,6 +165,8 @@ class Runtime:
     def new_generation(self, cfg_pairs: bool) -> None:
         self.cfg_pairs = cfg_pairs
         self.states = {}
+        for per_context in self.layers.values():
+            per_context.clear()
         self.last_timestep = None
 
 
@@ -278,12 +300,17 @@ class TransformerHook(ModelHook):
             state.plan, state.record = self._suspended
             self._suspended = None
             return output
+        state = self.runtime.state
         sample = output[0] if isinstance(output, tuple) else output.sample
         tokens = self.spec.to_tokens(module, sample)  # [B, N, D]
-        new_tokens = self.runtime.timeline.end_step(self.runtime.state, self.runtime.config, tokens)
+        new_tokens = self.runtime.timeline.end_step(state, self.runtime.config, tokens)
         if new_tokens is tokens:
             return output
         sample = self.spec.from_tokens(module, new_tokens, sample)
+        if _shares_storage(sample, new_tokens):
+            # The timeline's output buffer is updated in place at the next step, while the pipeline may
+            # still hold this step's output (multistep schedulers keep earlier model outputs).
+            sample = sample.clone()
         if isinstance(output, tuple):
             return (sample, *output[1:])
         output.sample = sample
@@ -300,33 +327,60 @@ class TransformerHook(ModelHook):
         run.last_timestep = t
 
 
-class FeedForwardHook(ModelHook):
-    """Runs a token-wise module on the selected tokens only; the others reuse their cached output.
+class PrunedTokenwise(torch.nn.Module):
+    """Stands in for a token-wise module (a block's feed-forward, FLUX's single-stream projections) while
+    CAT is applied: runs it on the selected tokens only; the others reuse their cached output.
 
     With `joint=True` the module's input is a [text, image] sequence (FLUX single-stream blocks): the
     text rows always run, the image rows only where selected.
+
+    The wrapped module stays a registered child (`module`), so it moves with the model's `.to()`;
+    `swap_in` puts the wrapper in its place and records the exact inverse. A wrapper class rather than a
+    diffusers hook because the hook registry gives every hooked module a `forward` object of its own,
+    which torch.compile guards by identity: each block would then compile graphs of its own.
     """
 
-    def __init__(self, runtime: Runtime, name: str, joint: bool = False):
+    def __init__(self, module: torch.nn.Module, runtime: Runtime, name: str, joint: bool = False):
         super().__init__()
+        self.module = module
         self.runtime = runtime
         self.name = name
         self.joint = joint
+        self.caches = runtime.layer_caches(name)
 
-    def new_forward(self, module, hidden_states, *args, **kwargs):
-        state: GenerationState = self.runtime.state
-        forward = self.fn_ref.original_forward
+    def forward(self, hidden_states, *args, **kwargs):
+        run = self.runtime
+        state: GenerationState = run.state
         if state.plan is None:
-            out = forward(hidden_states, *args, **kwargs)
+            out = self.module(hidden_states, *args, **kwargs)
             if state.record:
-                state.cache(self.name).out = store(out, cache_dtype(self.runtime, "out"))
+                self.caches[run.context].out = store(out, cache_dtype(run, "out"))
             return out
-        cache = state.cache(self.name)
+        cache = self.caches[run.context]
         index = state.plan
         if self.joint:
             index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
-        rows = forward(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, K, C]
+        rows = self.module(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, K, C]
         return update_tokens(cache.out, index, rows)  # [B, N, C]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}" + (", joint=True" if self.joint else "")
+
+
+def swap_in(root: torch.nn.Module, name: str, wrapper: torch.nn.Module, undo: list) -> None:
+    """Replaces the submodule `name` of `root` by `wrapper` and appends the exact inverse to `undo`."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name)
+    original = parent._modules[attr]
+    setattr(parent, attr, wrapper)
+    undo.append(lambda: setattr(parent, attr, original))
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors may share memory (always assumed on `meta`, which has none to compare)."""
+    if a.device.type == "meta" or b.device.type == "meta":
+        return a.device == b.device
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def attach_hook(module: torch.nn.Module, hook: ModelHook, undo: list, name: str = HOOK_NAME) -> None:

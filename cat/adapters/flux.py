@@ -45,6 +45,7 @@ class CATFluxAttnProcessor:
         self.original = original
         self.runtime = runtime
         self.name = name
+        self.caches = runtime.layer_caches(name)  # per cache context; see Runtime.layer_caches
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         state: GenerationState = self.runtime.state
@@ -53,7 +54,7 @@ class CATFluxAttnProcessor:
         plan = state.plan  # [B, K] or None (a full step that fills the cache)
         if plan is not None and attention_mask is not None:
             raise NotImplementedError(f"CAT cannot prune {self.name} with an attention mask")
-        cache = state.cache(self.name)
+        cache = self.caches[self.runtime.context]
         double = encoder_hidden_states is not None
         num_image = state.grid[0] * state.grid[1]
         num_text = encoder_hidden_states.shape[1] if double else hidden_states.shape[1] - num_image

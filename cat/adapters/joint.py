@@ -23,12 +23,13 @@ class CATJointAttnProcessor:
         self.original = original
         self.runtime = runtime
         self.name = name
+        self.caches = runtime.layer_caches(name)  # per cache context; see Runtime.layer_caches
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         state: GenerationState = self.runtime.state
         if state.plan is None and not state.record:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        cache = state.cache(self.name)
+        cache = self.caches[self.runtime.context]
         plan = state.plan  # [B, K] or None (a full step that fills the cache)
         batch_size = hidden_states.shape[0]
         x = hidden_states if plan is None else gather_tokens(hidden_states, plan)  # [B, K, C]

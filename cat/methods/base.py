@@ -95,17 +95,7 @@ class MethodHandle:
         on the transformer stays eager, outside the graphs). `remove()` undoes it too."""
         if backend == "inductor":
             check_compile(mode, _device_of(self.transformer))
-        blocks = repeated_blocks(self.transformer)
-        # Known limitation: the hooks give every block its own guarded objects, so dynamo compiles one
-        # graph per block and step kind (not one per step kind); raise the limits so that a 24- or
-        # 38-block model stays compiled instead of falling back to eager after 8 recompiles.
-        config = torch._dynamo.config
-        config.recompile_limit = max(config.recompile_limit, 4 * len(blocks))
-        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * len(blocks))
-        for block in blocks:
-            block.compile(backend=backend, fullgraph=fullgraph, dynamic=False,
-                          **({"mode": mode} if backend == "inductor" else {}))
-            self._undo.append(lambda b=block: setattr(b, "_compiled_call_impl", None))
+        self._undo.extend(compile_blocks(self.transformer, mode, fullgraph, backend))
         return self
 
     def install(self) -> "MethodHandle":
@@ -118,13 +108,72 @@ class MethodHandle:
 
 
 def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer's stacked blocks (what `torch.compile` compiles once and reuses)."""
+    """The transformer's stacked blocks whose structure repeats (what `torch.compile` compiles once and
+    reuses for every block of that structure).
+
+    Blocks of the same class can differ: SD3's last block has no text output (`context_pre_only`, other
+    norms, no `ff_context`), SD3.5-medium's first blocks have a second attention. dynamo compiles one set
+    of graphs per structure; a structure only one block has (SD3's last block) would cost as many
+    graphs as all the others for one block, so that block stays eager. When no structure repeats
+    (a one- or two-block test model) every block is compiled.
+    """
     blocks = []
     for name in ("transformer_blocks", "single_transformer_blocks"):
         blocks.extend(getattr(transformer, name, None) or [])
     if not blocks:
         raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")
-    return blocks
+    shapes = [_structure(block) for block in blocks]
+    return [block for block, shape in zip(blocks, shapes) if shapes.count(shape) > 1] or blocks
+
+
+def _structure(block: torch.nn.Module) -> tuple:
+    return tuple((name, type(m)) for name, m in block.named_modules())
+
+
+def compile_blocks(transformer: torch.nn.Module, mode: str = "default", fullgraph: bool = False,
+                   backend="inductor") -> list:
+    """Compiles `repeated_blocks(transformer)` in place; returns the callables that undo it.
+
+    Every block call makes its tensor arguments contiguous first, outside the compiled code: dynamo
+    guards on strides, and PixArt's first block receives the patch embedding as a transposed view,
+    which would give that block graphs of its own.
+    """
+    blocks = repeated_blocks(transformer)
+    # Blocks of one structure share their graphs (one per step kind); the limits only matter for
+    # methods whose hooks still give each block guarded objects of its own (diffusers' hook registry:
+    # FORA, ToCa): keep a 24- or 38-block model compiled instead of falling back to eager.
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 4 * len(blocks))
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * len(blocks))
+    undo = []
+    for block in blocks:
+        before = vars(block).get("_compiled_call_impl", _ABSENT)
+        block.compile(backend=backend, fullgraph=fullgraph, dynamic=False,
+                      **({"mode": mode} if backend == "inductor" else {}))
+        block._compiled_call_impl = _contiguous_inputs(block._compiled_call_impl)
+        undo.append(lambda b=block, before=before: _restore_attr(b, "_compiled_call_impl", before))
+    return undo
+
+
+_ABSENT = object()
+
+
+def _restore_attr(obj, name: str, value) -> None:
+    if value is _ABSENT:
+        vars(obj).pop(name, None)
+    else:
+        setattr(obj, name, value)
+
+
+def _contiguous_inputs(fn):
+    """fn, called with its tensor arguments made contiguous (no copy when they already are)."""
+
+    def call(*args, **kwargs):
+        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+        kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:

@@ -31,6 +31,7 @@ import torch
 
 from ..api import CATHandle
 from ..state import GenerationState, StepRecord
+from ..timeline import keep_output, load_plan
 from .base import MethodConfig, check, is_int, is_num, register
 
 METRICS = ("std", "l2norm")
@@ -104,7 +105,7 @@ def begin_step(state: GenerationState, config: RASConfig, grid: tuple[int, int])
     sparse = _active(config, n) and config.sparse(state.step, state.num_steps) and state.active is not None
     next_sparse = _active(config, n) and config.sparse(state.step + 1, state.num_steps)
     state.record = not sparse and next_sparse  # a dense step before a sparse one fills the caches
-    state.plan = (torch.cat([state.active, state.active]) if state.cfg_pairs else state.active) if sparse else None
+    state.plan = load_plan(state) if sparse else None  # [B, K]
 
 
 def end_step(state: GenerationState, config: RASConfig, out: torch.Tensor) -> torch.Tensor:
@@ -115,12 +116,11 @@ def end_step(state: GenerationState, config: RASConfig, out: torch.Tensor) -> to
     if not _active(config, n):
         state.records.append(record)
         return out
+    kept = keep_output(state, out, state.plan)  # skipped tokens keep their previous output
     if state.plan is not None:
-        index = state.plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
-        out = state.prev_out.scatter(1, index, out.gather(1, index))
+        out = kept  # the previous-output buffer: TransformerHook copies what it hands to the pipeline
         record.active = torch.zeros(state.active.shape[0], n, dtype=torch.bool, device=out.device).scatter_(
             1, state.active, True)
-    state.prev_out = out
     if config.sparse(state.step + 1, state.num_steps):
         score = _metric(state, config, out)  # [P, N]
         if state.freq is None:
