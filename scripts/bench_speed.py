@@ -28,17 +28,18 @@ from cat.timeline import begin_step, end_step  # noqa: E402
 from experiments.macs import build_on_meta, count_macs  # noqa: E402
 
 
-def transformer_config(layers: int, heads: int, grid: int) -> dict:
-    return dict(sample_size=grid * 2, patch_size=2, in_channels=16, num_layers=layers, attention_head_dim=64,
-                num_attention_heads=heads, joint_attention_dim=heads * 64, caption_projection_dim=heads * 64,
-                pooled_projection_dim=heads * 64, out_channels=16, pos_embed_max_size=grid * 2)
+def transformer_config(layers: int, heads: int, grid: int, head_dim: int = 64, channels: int = 16) -> dict:
+    hidden = heads * head_dim
+    return dict(sample_size=grid * 2, patch_size=2, in_channels=channels, num_layers=layers, attention_head_dim=head_dim,
+                num_attention_heads=heads, joint_attention_dim=hidden, caption_projection_dim=hidden,
+                pooled_projection_dim=hidden, out_channels=channels, pos_embed_max_size=grid * 2)
 
 
 def inputs(config: dict, batch: int, text: int, device: str = "cpu") -> dict:
     gen = torch.Generator().manual_seed(0)
     side = config["sample_size"]
     dim = config["joint_attention_dim"]
-    return dict(hidden_states=torch.randn(batch, 16, side, side, generator=gen).to(device),
+    return dict(hidden_states=torch.randn(batch, config["in_channels"], side, side, generator=gen).to(device),
                 encoder_hidden_states=torch.randn(batch, text, dim, generator=gen).to(device),
                 pooled_projections=torch.randn(batch, config["pooled_projection_dim"], generator=gen).to(device),
                 timestep=torch.full((batch,), 500.0, device=device), return_dict=False)
@@ -90,10 +91,17 @@ def cache_bytes(handle) -> int:
 
 
 def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> dict:
-    """CAT with its blocks compiled: wall-clock of a whole schedule (after a warm-up schedule that
-    compiles), and dynamo's counts of graphs, recompiles and graph breaks over two schedules."""
+    """The full model and CAT with the same blocks compiled: wall-clock of a whole schedule each (after
+    a warm-up schedule that compiles), and dynamo's counts over CAT's two schedules: graphs compiled in
+    the first, recompiles in the second, graph breaks."""
     from torch._dynamo.utils import counters
 
+    from experiments.latency import compiled_blocks
+
+    torch._dynamo.reset()
+    with compiled_blocks(model, True, mode):
+        [model(**x) for _ in range(2)]  # compiles
+        t_full = median_time(lambda: [model(**x) for _ in range(steps)], 1)
     torch._dynamo.reset()
     counters.clear()
     with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
@@ -107,17 +115,17 @@ def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> di
         t = median_time(schedule, 1)
         schedule()
         recompiles = counters["stats"]["unique_graphs"] - graphs_first
-    return {"time_schedule_compiled_s": t, "graphs": graphs_first, "recompiles": recompiles,
-            "graph_breaks": sum(counters["graph_break"].values())}
+    return {"time_schedule_compiled_s": t, "time_full_schedule_compiled_s": t_full, "graphs": graphs_first,
+            "recompiles": recompiles, "graph_breaks": sum(counters["graph_break"].values())}
 
 
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
         threads: int | None = None, method: cat.CATConfig | None = None, compile: bool = False,
-        peer: cat.MethodConfig | None = None) -> dict:
+        peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16) -> dict:
     if threads:
         torch.set_num_threads(threads)
     method = method or cat.CATConfig(warmup_steps=max(2, round(8 * steps / 28)))
-    config = transformer_config(layers, heads, grid)
+    config = transformer_config(layers, heads, grid, head_dim, channels)
     torch.manual_seed(0)
     from diffusers import SD3Transformer2DModel
 
@@ -173,12 +181,14 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                 peer_macs = peer_schedule()
                 peer_time = median_time(lambda: [handle.reset(num_steps=steps)] + [model(**x) for _ in range(steps)], 1)
         compiled = compiled_schedule(model, x, method, steps) if compile else {}
-    select = selection_time(method, grid, 64)
+    select = selection_time(method, grid, 4 * channels)
     macs_speedup = macs_full * steps / macs_cat
     wall_speedup = full_schedule / cat_schedule_time
     out = {}
     if compiled:
-        out.update(compiled, speedup_compiled=full_schedule / compiled["time_schedule_compiled_s"])
+        # compiled CAT against the compiled full model (the same blocks compiled), and against eager
+        out.update(compiled, speedup_compiled=compiled["time_full_schedule_compiled_s"] / compiled["time_schedule_compiled_s"],
+                   speedup_compiled_vs_eager_full=full_schedule / compiled["time_schedule_compiled_s"])
     if peer is not None:
         out.update(peer_name=peer.name, peer_speedup=full_schedule / peer_time,
                    peer_macs_speedup=macs_full * steps / peer_macs)
@@ -238,6 +248,11 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=12, help="64 channels each: 12 -> hidden 768")
     p.add_argument("--grid", type=int, default=32, help="image tokens per side: 32 -> 1024 tokens")
     p.add_argument("--text", type=int, default=77)
+    p.add_argument("--head-dim", type=int, default=64, help="channels per head")
+    p.add_argument("--channels", type=int, default=16, help="latent channels (the embedded default: 4)")
+    p.add_argument("--default-geometry", action="store_true",
+                   help="the embedded default's transformer: 6 layers, 3 heads of 32, 256 image tokens, 16 text "
+                        "tokens, 4 latent channels (CAT with its 8 clusters)")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
@@ -253,9 +268,14 @@ def main(argv=None) -> None:
         for key, value in r.items():
             print(f"{key}={value:.5g}" if isinstance(value, float) else f"{key}={value}")
         return
-    r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads,
-            compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2))
-    print(f"SD3-architecture transformer: {args.layers} layers, hidden {64 * args.heads}, {args.grid ** 2} image "
+    method = None
+    if args.default_geometry:
+        args.layers, args.heads, args.head_dim, args.grid, args.text, args.channels = 6, 3, 32, 16, 16, 4
+        method = cat.CATConfig(warmup_steps=max(2, round(8 * args.steps / 28)), num_clusters=8)
+    r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
+            compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2),
+            head_dim=args.head_dim, channels=args.channels)
+    print(f"SD3-architecture transformer: {args.layers} layers, hidden {args.head_dim * args.heads}, {args.grid ** 2} image "
           f"tokens, {args.text} text tokens, CFG batch 2, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
     rows = [
         ("MACs per step, full / pruned", f"{r['macs_full_step'] / 1e9:.1f} G / {r['macs_pruned_step'] / 1e9:.1f} G"),
@@ -271,7 +291,8 @@ def main(argv=None) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    keys = ["speedup_eager", "speedup_efficiency", "speedup_compiled", "recompiles", "graph_breaks",
+    keys = ["speedup_eager", "speedup_efficiency", "speedup_compiled", "speedup_compiled_vs_eager_full", "graphs",
+            "recompiles", "graph_breaks",
             "selection_overhead", "cache_mb", "cache_mb_lean", "peak_mb", "peer_name", "peer_speedup",
             "peer_macs_speedup"]
     for key in keys:

@@ -23,3 +23,12 @@ def test_bench_times_a_shipped_model_end_to_end(capsys):
     out = capsys.readouterr().out
     for key in ("speedup_eager=", "latency_full_s=", "peak_mb=", "repeats=1"):
         assert key in out, key
+
+
+def test_bench_on_the_default_geometry_prints_the_keys(capsys):
+    bench.main(["--default-geometry", "--steps", "4", "--repeats", "1", "--no-peer"])
+    out = capsys.readouterr().out
+    assert "6 layers, hidden 96, 256 image tokens, 16 text tokens" in out
+    for key in ("speedup_eager=", "speedup_efficiency=", "selection_overhead=", "cache_mb=", "cache_mb_lean=",
+                "peak_mb="):
+        assert key in out, key
