@@ -269,6 +269,31 @@ ignores its prompt would reach); `ground truth` scores renders of the captions t
     return scores
 
 
+def cached_latents(args, vae, pixels, log, latents=None) -> torch.Tensor:
+    """The VAE's latents of the training set, kept in the state folder so a resumed run skips encoding
+    (keyed by the data set and a digest of the VAE weights); `latents` given: store them."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    key = f"{args.data}-{args.images}-{args.seed}-{digest.hexdigest()[:16]}"
+    path = state_dir(args) / f"latents-{key}.safetensors"
+    if latents is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob("latents-*.safetensors"):
+            old.unlink()
+        save_file({"latents": latents.contiguous()}, path)
+        return latents
+    if path.exists():
+        log(f"latents from {path}")
+        return load_file(path)["latents"]
+    latents = encode_latents(vae, pixels)
+    return cached_latents(args, vae, pixels, log, latents)
+
+
 def state_dir(args) -> Path:
     """Where the unfinished stage's raw weights and optimizer moments live (not shipped)."""
     return args.state or Path("outputs") / "train_state" / args.out.name
@@ -317,7 +342,9 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None, help="default: assets/tiny-sd3-<data>")
     p.add_argument("--state", type=Path, default=None,
                    help="folder for the resumable training state (default outputs/train_state/<out name>)")
-    p.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget of the transformer stage")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget of the transformer stage (default 45; on --resume of an interrupted "
+                        "stage, default: that stage's own budget, and a value given here replaces it)")
     p.add_argument("--images", type=int, default=12000)
     p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--layers", type=int, default=6)
@@ -334,6 +361,8 @@ def main(argv=None) -> None:
                         "EMA weights with --minutes and --lr")
     args = p.parse_args(argv)
     data = DATASETS[args.data]()
+    if not args.resume:
+        args.minutes = args.minutes or 45.0
     args.out = args.out or Path("assets") / f"tiny-sd3-{args.data}"
     torch.set_num_threads(args.threads)
     if args.card_only:
@@ -367,13 +396,14 @@ def main(argv=None) -> None:
     pixels, captions = render_dataset(data, args.images, args.seed)
     log(f"rendered {len(pixels)} training images ({data.name}, {data.image_size}x{data.image_size})")
     if args.resume:
-        latents = encode_latents(vae, pixels)
+        latents = cached_latents(args, vae, pixels, log)
         shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     else:
         train_vae(vae, pixels, args.vae_steps, log)
         latents = encode_latents(vae, pixels)  # [n, 4, side / 2, side / 2]
         shift, scale = latents.mean().item(), 1.0 / latents.std().item()
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        cached_latents(args, vae, pixels, log, latents)
     latents = (latents - shift) * scale
     vae.requires_grad_(False)
     del pixels
@@ -389,10 +419,12 @@ def main(argv=None) -> None:
         unfinished = load_state(args, params, opt)
         if unfinished:  # the interrupted stage goes on: same schedule, budget and learning rate
             step, done_seconds = unfinished["step"], unfinished["stage_seconds"]
-            args.minutes, args.lr = unfinished["budget_minutes"], unfinished["lr"]
+            args.minutes = args.minutes or unfinished["budget_minutes"]
+            args.lr = unfinished["lr"]
             previous = {**previous, "stages": recorded_stages(previous)[:-1]}
             log(f"continuing the interrupted stage at step {step} ({done_seconds / 60:.1f} of {args.minutes:g} min)")
         else:
+            args.minutes = args.minutes or 45.0
             log(f"new stage after {previous['steps']} steps, from the EMA weights")
     for m in (transformer, te1, te2):
         m.train()
