@@ -104,8 +104,11 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
         from . import clustering
 
         if clustering.is_clustering_sweep(frame):
-            model = frame["model"].iloc[0] if "model" in frame else ""
-            clustering.write_report(paired, sweep_dir, title=f"{model} cat - no_cluster, paired (95% band)".strip())
+            first = yaml.safe_load((sweep_dir / frame.cell.iloc[0] / "config.yaml").read_text()) or {}
+            model = (first.get("model") or {}).get("name", "")
+            tokens = (first.get("model") or {}).get("height", 0) * (first.get("model") or {}).get("width", 0) // 16
+            clustering.write_report(paired, sweep_dir, title=f"{model} ({tokens} image tokens): cat - no_cluster, "
+                                    f"paired over {int(paired['prompts'].max())} prompts (95% band)")
     from . import peers
 
     if peers.is_peers_sweep(frame):
