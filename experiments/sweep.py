@@ -106,7 +106,9 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
         if clustering.is_clustering_sweep(frame):
             first = yaml.safe_load((sweep_dir / frame.cell.iloc[0] / "config.yaml").read_text()) or {}
             model = (first.get("model") or {}).get("name", "")
-            tokens = (first.get("model") or {}).get("height", 0) * (first.get("model") or {}).get("width", 0) // 16
+            m = first.get("model") or {}
+            side = 2 * ((m.get("macs") or {}).get("vae_scale") or 8)  # pixels per token side: VAE scale x patch 2
+            tokens = (m.get("height", 0) // side) * (m.get("width", 0) // side)
             clustering.write_report(paired, sweep_dir, title=f"{model} ({tokens} image tokens): cat - no_cluster, "
                                     f"paired over {int(paired['prompts'].max())} prompts (95% band)")
     from . import peers
