@@ -56,6 +56,12 @@ def validate(cfg: DictConfig) -> None:
     for side in ("height", "width"):
         if not _is_int(model.get(side)) or model[side] <= 0:
             raise ConfigError(f"model.{side}={model.get(side)!r} is invalid; allowed: a positive integer")
+    from .config_files import resolve
+
+    if model.get("local_path") and not (resolve(model["local_path"]) / "model_index.json").exists():
+        how = model.get("train_command") or f"python scripts/train_tiny.py --out {model['local_path']}"
+        raise ConfigError(f"model={model['name']} is not at {model['local_path']}: train it with `{how}` "
+                          "(or point model.local_path at a copy)")
     try:
         pixels, rows, cols = token_geometry(model)
     except FileNotFoundError as err:

@@ -54,11 +54,11 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int = 20) -> float:
+def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int = 20, prompts: int = 1) -> float:
     """Per-step time of CAT's own work outside the transformer (output caching, staleness, selection)."""
     n = grid * grid
     state = GenerationState(cfg_pairs=True)
-    outs = [torch.randn(2, n, channels, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    outs = [torch.randn(2 * prompts, n, channels, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     for step in range(method.warmup_steps + 2):
         begin_step(state, method, (grid, grid))
         end_step(state, method, outs[step % 3])
@@ -121,7 +121,7 @@ def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> di
 
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
         threads: int | None = None, method: cat.CATConfig | None = None, compile: bool = False,
-        peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16) -> dict:
+        peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16, prompts: int = 1) -> dict:
     if threads:
         torch.set_num_threads(threads)
     method = method or cat.CATConfig(warmup_steps=max(2, round(8 * steps / 28)))
@@ -130,7 +130,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
     from diffusers import SD3Transformer2DModel
 
     model = SD3Transformer2DModel(**config).eval()
-    x = inputs(config, 2, text)
+    x = inputs(config, 2 * prompts, text)  # CFG: [uncond..., cond...]
 
     meta = build_on_meta("SD3Transformer2DModel", config)
     x_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in x.items()}
@@ -181,7 +181,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                 peer_macs = peer_schedule()
                 peer_time = median_time(lambda: [handle.reset(num_steps=steps)] + [model(**x) for _ in range(steps)], 1)
         compiled = compiled_schedule(model, x, method, steps) if compile else {}
-    select = selection_time(method, grid, 4 * channels)
+    select = selection_time(method, grid, 4 * channels, prompts=prompts)
     macs_speedup = macs_full * steps / macs_cat
     wall_speedup = full_schedule / cat_schedule_time
     out = {}
@@ -250,9 +250,11 @@ def main(argv=None) -> None:
     p.add_argument("--text", type=int, default=77)
     p.add_argument("--head-dim", type=int, default=64, help="channels per head")
     p.add_argument("--channels", type=int, default=16, help="latent channels (the embedded default: 4)")
+    p.add_argument("--prompts", type=int, default=1, help="prompts per call (the CFG batch is twice this)")
     p.add_argument("--default-geometry", action="store_true",
-                   help="the embedded default's transformer: 6 layers, 3 heads of 32, 256 image tokens, 16 text "
-                        "tokens, 4 latent channels (CAT with its 8 clusters)")
+                   help="the embedded default's transformer and batch: 6 layers, 3 heads of 32, 256 image tokens, "
+                        "16 text tokens, 4 latent channels, 16 prompts per call as the default run times them "
+                        "(CAT with its 8 clusters)")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
@@ -271,12 +273,13 @@ def main(argv=None) -> None:
     method = None
     if args.default_geometry:
         args.layers, args.heads, args.head_dim, args.grid, args.text, args.channels = 6, 3, 32, 16, 16, 4
+        args.prompts = 16 if args.prompts == 1 else args.prompts
         method = cat.CATConfig(warmup_steps=max(2, round(8 * args.steps / 28)), num_clusters=8)
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
             compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2),
-            head_dim=args.head_dim, channels=args.channels)
+            head_dim=args.head_dim, channels=args.channels, prompts=args.prompts)
     print(f"SD3-architecture transformer: {args.layers} layers, hidden {args.head_dim * args.heads}, {args.grid ** 2} image "
-          f"tokens, {args.text} text tokens, CFG batch 2, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
+          f"tokens, {args.text} text tokens, CFG batch {2 * args.prompts}, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
     rows = [
         ("MACs per step, full / pruned", f"{r['macs_full_step'] / 1e9:.1f} G / {r['macs_pruned_step'] / 1e9:.1f} G"),
         ("MACs ratio, pruned step", f"{r['macs_ratio_step']:.3f}"),

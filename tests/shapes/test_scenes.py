@@ -138,3 +138,11 @@ def test_shipped_scene_model_has_1024_tokens_and_beats_chance():
     score = scenes.adherence(images, prompts)
     chance = scenes.adherence(images, prompts[1:] + prompts[:1])
     assert score > 0.5 and score > chance + 0.25, (score, chance)
+
+
+def test_a_missing_embedded_model_is_a_config_error_with_the_training_command():
+    from experiments.checks import ConfigError, validate
+    from tests.harness.test_configs import _compose
+
+    with pytest.raises(ConfigError, match="train_tiny.py --data scenes"):
+        validate(_compose(["model=tiny_sd3_scenes", "model.local_path=assets/no-such-model"]))
