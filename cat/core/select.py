@@ -54,8 +54,12 @@ def quota_per_rank(k: int, units: tuple[int, ...], unit: int, device: torch.devi
 
 
 def take(priority: torch.Tensor, order: torch.Tensor, budget: int) -> torch.Tensor:
-    """The `budget` tokens of lowest priority value, ties broken by position in `order`.  -> [B, K]"""
-    chosen = order_by(priority, positions(order))[:, :budget]  # [B, K]
+    """The `budget` tokens of lowest priority value, ties broken by position in `order`.  -> [B, K]
+
+    `priority` holds small non-negative integers, so (priority, position) is one integer key and one sort.
+    """
+    n = order.shape[1]
+    chosen = order_by(priority.long() * n + positions(order))[:, :budget]  # [B, K]
     return chosen.sort(dim=1).values
 
 
@@ -143,7 +147,8 @@ def select_pruned(
         picked = rank_within_cluster(noisy, labels, saliency.shape[1]) < quota.gather(1, labels)
         return take((~picked).long(), noisy, budget)
     stale = order_by(freq, -r)  # least recently refreshed first, noisiest among equals
-    picked = cluster_picks(r, saliency, labels, freq, cluster_budget, per_rank, cap=cap_clusters)
+    picked = cluster_picks(r, saliency, labels, freq, cluster_budget, per_rank, cap=cap_clusters,
+                           orders=(noisy, stale))
     stalest = positions(stale) < budget - cluster_budget  # [B, N]
     priority = torch.where(picked, 0, torch.where(stalest, 1, 2))  # [B, N]
     return take(priority, stale, budget)
@@ -152,6 +157,7 @@ def select_pruned(
 def cluster_picks(
     r: torch.Tensor, saliency: torch.Tensor, labels: torch.Tensor, freq: torch.Tensor,
     cluster_budget: int, per_rank: torch.Tensor, cap: bool = True,
+    orders: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The cluster part of a pruned-step selection, as a mask.  -> [B, N] bool
 
@@ -162,7 +168,7 @@ def cluster_picks(
     are cut by the budget and the stale picks come on top, so the part can exceed `cluster_budget`.
     """
     k = saliency.shape[1]
-    noisy, stale = order_by(-r), order_by(freq, -r)
+    noisy, stale = orders if orders is not None else (order_by(-r), order_by(freq, -r))  # as the caller sorted them
     noise_rank = rank_within_cluster(noisy, labels, k)  # [B, N]
     stale_rank = rank_within_cluster(stale, labels, k)
     if not cap:
@@ -176,8 +182,10 @@ def cluster_picks(
     picked = noise_pick | stale_pick
     if not cap:
         return picked
-    within = torch.where(noise_pick, noise_rank, r.shape[1] + stale_rank)  # noise picks first, then stale ones
-    walk = order_by((~picked).long(), rank.gather(1, labels), within)  # [B, N]
+    n = r.shape[1]
+    within = torch.where(noise_pick, noise_rank, n + stale_rank)  # noise picks first, then stale ones: [0, 2N)
+    # walk order (picked first, then cluster rank, then `within`) as one integer key: one sort, not three
+    walk = order_by(((~picked).long() * k + rank.gather(1, labels)) * (2 * n) + within)  # [B, N]
     return picked & (positions(walk) < cluster_budget)
 
 
