@@ -90,7 +90,7 @@ def cache_bytes(handle) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> dict:
+def compiled_schedule(model, x, method, steps: int, mode: str = "default", repeats: int = 1) -> dict:
     """The full model and CAT with the same blocks compiled: wall-clock of a whole schedule each (after
     a warm-up schedule that compiles), and dynamo's counts over CAT's two schedules: graphs compiled in
     the first, recompiles in the second, graph breaks."""
@@ -101,7 +101,7 @@ def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> di
     torch._dynamo.reset()
     with compiled_blocks(model, True, mode):
         [model(**x) for _ in range(2)]  # compiles
-        t_full = median_time(lambda: [model(**x) for _ in range(steps)], 1)
+        t_full = median_time(lambda: [model(**x) for _ in range(steps)], repeats)
     torch._dynamo.reset()
     counters.clear()
     with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
@@ -112,7 +112,7 @@ def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> di
 
         schedule()  # compiles
         graphs_first = counters["stats"]["unique_graphs"]
-        t = median_time(schedule, 1)
+        t = median_time(schedule, repeats)
         schedule()
         recompiles = counters["stats"]["unique_graphs"] - graphs_first
     return {"time_schedule_compiled_s": t, "time_full_schedule_compiled_s": t_full, "graphs": graphs_first,
@@ -121,7 +121,8 @@ def compiled_schedule(model, x, method, steps: int, mode: str = "default") -> di
 
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
         threads: int | None = None, method: cat.CATConfig | None = None, compile: bool = False,
-        peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16, prompts: int = 1) -> dict:
+        peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16, prompts: int = 1,
+        schedule_repeats: int = 1) -> dict:
     if threads:
         torch.set_num_threads(threads)
     method = method or cat.CATConfig(warmup_steps=max(2, round(8 * steps / 28)))
@@ -146,7 +147,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
     with torch.inference_mode():
         model(**x)  # warm-up
         full_step = median_time(lambda: model(**x), repeats)
-        full_schedule = median_time(lambda: [model(**x) for _ in range(steps)], 1)
+        full_schedule = median_time(lambda: [model(**x) for _ in range(steps)], schedule_repeats)
         with cat.apply(model, method) as handle:
             handle.reset(cfg_pairs=True)
             for _ in range(method.warmup_steps):
@@ -158,7 +159,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                 for _ in range(steps):
                     model(**x)
 
-            cat_schedule_time = median_time(cat_schedule, 1)
+            cat_schedule_time = median_time(cat_schedule, schedule_repeats)
             extra = cache_bytes(handle)
         lean = dataclasses_replace(method, cache_dtype="bfloat16")
         with cat.apply(model, lean) as handle:
@@ -179,8 +180,9 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                     return total
 
                 peer_macs = peer_schedule()
-                peer_time = median_time(lambda: [handle.reset(num_steps=steps)] + [model(**x) for _ in range(steps)], 1)
-        compiled = compiled_schedule(model, x, method, steps) if compile else {}
+                peer_time = median_time(lambda: [handle.reset(num_steps=steps)] + [model(**x) for _ in range(steps)],
+                                        schedule_repeats)
+        compiled = compiled_schedule(model, x, method, steps, repeats=schedule_repeats) if compile else {}
     select = selection_time(method, grid, 4 * channels, prompts=prompts)
     macs_speedup = macs_full * steps / macs_cat
     wall_speedup = full_schedule / cat_schedule_time
@@ -251,6 +253,8 @@ def main(argv=None) -> None:
     p.add_argument("--head-dim", type=int, default=64, help="channels per head")
     p.add_argument("--channels", type=int, default=16, help="latent channels (the embedded default: 4)")
     p.add_argument("--prompts", type=int, default=1, help="prompts per call (the CFG batch is twice this)")
+    p.add_argument("--schedule-repeats", type=int, default=None,
+                   help="timed whole schedules per variant, median taken (default 1; 5 with --default-geometry)")
     p.add_argument("--default-geometry", action="store_true",
                    help="the embedded default's transformer and batch: 6 layers, 3 heads of 32, 256 image tokens, "
                         "16 text tokens, 4 latent channels, 16 prompts per call as the default run times them "
@@ -274,10 +278,12 @@ def main(argv=None) -> None:
     if args.default_geometry:
         args.layers, args.heads, args.head_dim, args.grid, args.text, args.channels = 6, 3, 32, 16, 16, 4
         args.prompts = 16 if args.prompts == 1 else args.prompts
+        args.schedule_repeats = args.schedule_repeats or 5
         method = cat.CATConfig(warmup_steps=max(2, round(8 * args.steps / 28)), num_clusters=8)
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
             compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2),
-            head_dim=args.head_dim, channels=args.channels, prompts=args.prompts)
+            head_dim=args.head_dim, channels=args.channels, prompts=args.prompts,
+            schedule_repeats=args.schedule_repeats or 1)
     print(f"SD3-architecture transformer: {args.layers} layers, hidden {args.head_dim * args.heads}, {args.grid ** 2} image "
           f"tokens, {args.text} text tokens, CFG batch {2 * args.prompts}, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
     rows = [
