@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..shapes.judge import regions
+from ..shapes.judge import mean_score, regions
 from .grammar import PLACES, Scene, parse
 from .render import SIZE_FRACTION
 
@@ -59,7 +59,4 @@ def judge(image, prompt: str) -> dict:
 
 def adherence(images, prompts) -> float:
     """Mean judge score over paired images and captions."""
-    images, prompts = list(images), list(prompts)
-    if len(images) != len(prompts) or not images:
-        raise ValueError(f"adherence needs as many images as prompts (got {len(images)} and {len(prompts)})")
-    return float(np.mean([judge(i, p)["score"] for i, p in zip(images, prompts)]))
+    return mean_score(judge, images, prompts)

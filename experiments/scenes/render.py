@@ -8,11 +8,10 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..shapes.grammar import COLORS
+from ..shapes.render import SUPERSAMPLE, draw_objects
 from .grammar import PLACES, Scene
 
 SIZE_FRACTION = {"small": 0.075, "large": 0.13}  # radius as a fraction of the image side
-_SUPERSAMPLE = 4
 
 
 def layout(scene: Scene, rng: random.Random) -> list[tuple[str, str, float, float, float]]:
@@ -49,18 +48,9 @@ def _background(pen: ImageDraw.ImageDraw, kind: str, big: int, rng: random.Rando
 def render(scene: Scene, size: int = 128, seed: int = 0) -> np.ndarray:
     """uint8 [size, size, 3]: a random rendering of a scene."""
     rng = random.Random(seed)
-    big = size * _SUPERSAMPLE
+    big = size * SUPERSAMPLE
     img = Image.new("RGB", (big, big))
     pen = ImageDraw.Draw(img)
     _background(pen, scene.background, big, rng)
-    for color, shape, radius, x, y in layout(scene, rng):
-        r, cx, cy = radius * big, x * big, y * big
-        fill = COLORS[color]
-        if shape == "circle":
-            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        elif shape == "square":
-            s = r * 0.9
-            pen.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
-        else:
-            pen.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+    draw_objects(pen, layout(scene, rng), big)
     return np.asarray(img.resize((size, size), Image.BOX), dtype=np.uint8)

@@ -110,9 +110,14 @@ def judge(image, prompt: str) -> dict:
     return judge_scene(image, parse(prompt))
 
 
-def adherence(images, prompts) -> float:
-    """Mean judge score over paired images and captions."""
+def mean_score(judge_fn, images, prompts) -> float:
+    """Mean of `judge_fn(image, prompt)["score"]` over paired images and captions."""
     images, prompts = list(images), list(prompts)
     if len(images) != len(prompts) or not images:
         raise ValueError(f"adherence needs as many images as prompts (got {len(images)} and {len(prompts)})")
-    return float(np.mean([judge(i, p)["score"] for i, p in zip(images, prompts)]))
+    return float(np.mean([judge_fn(i, p)["score"] for i, p in zip(images, prompts)]))
+
+
+def adherence(images, prompts) -> float:
+    """Mean judge score over paired images and captions."""
+    return mean_score(judge, images, prompts)

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from .grammar import COLORS, Scene
 
 SIZE_FRACTION = {"small": 0.11, "large": 0.2}  # radius as a fraction of the image side
-_SUPERSAMPLE = 4
+SUPERSAMPLE = 4
 
 
 def place_box(place: str, rng: random.Random) -> tuple[float, float]:
@@ -57,11 +57,8 @@ def scene_layout(scene: Scene, rng: random.Random) -> list[tuple[str, str, float
     return [(t.color, t.shape, r, x, y) for x, y in centres]
 
 
-def draw(layout, size: int, background: tuple[int, int, int], texture: float, rng: random.Random) -> np.ndarray:
-    """uint8 [size, size, 3] image of the layout."""
-    big = size * _SUPERSAMPLE
-    img = Image.new("RGB", (big, big), background)
-    pen = ImageDraw.Draw(img)
+def draw_objects(pen: ImageDraw.ImageDraw, layout, big: int) -> None:
+    """Draws (colour, shape, radius, x, y) objects, in fractions of the side, on a `big`-pixel canvas."""
     for color, shape, radius, x, y in layout:
         r, cx, cy = radius * big, x * big, y * big
         fill = COLORS[color]
@@ -72,6 +69,13 @@ def draw(layout, size: int, background: tuple[int, int, int], texture: float, rn
             pen.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
         else:
             pen.polygon([(cx, cy - r), (cx - r, cy + r * 0.8), (cx + r, cy + r * 0.8)], fill=fill)
+
+
+def draw(layout, size: int, background: tuple[int, int, int], texture: float, rng: random.Random) -> np.ndarray:
+    """uint8 [size, size, 3] image of the layout."""
+    big = size * SUPERSAMPLE
+    img = Image.new("RGB", (big, big), background)
+    draw_objects(ImageDraw.Draw(img), layout, big)
     out = np.asarray(img.resize((size, size), Image.BOX), dtype=np.float32)
     if texture > 0:
         out += np.random.default_rng(rng.getrandbits(32)).normal(0.0, texture, out.shape[:2])[..., None]
