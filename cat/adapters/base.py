@@ -423,13 +423,19 @@ def observe_encode_prompt(pipe, on_new_generation: Callable[[bool], None], undo:
         on_new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
         return encode(*args, **kwargs)
 
-    had_attr = "encode_prompt" in pipe.__dict__
-    pipe.encode_prompt = encode_prompt
+    set_instance_attr(pipe, "encode_prompt", encode_prompt, undo)
+
+
+def set_instance_attr(obj, name: str, value, undo: list) -> None:
+    """Sets `obj.<name>` on the instance and appends the exact inverse to `undo`: the instance's own
+    earlier value put back, or the attribute removed so the class's shows through again."""
+    had_attr, before = name in vars(obj), vars(obj).get(name)
+    setattr(obj, name, value)
 
     def restore():
         if had_attr:
-            pipe.encode_prompt = encode
+            setattr(obj, name, before)
         else:
-            del pipe.encode_prompt
+            delattr(obj, name)
 
     undo.append(restore)

@@ -197,7 +197,7 @@ class _CacheHandle(MethodHandle):
 
     def _wrap_forward(self) -> None:
         t = self.transformer
-        had_attr, original = "forward" in vars(t), t.forward
+        original = t.forward
         signature = inspect.signature(type(t).forward)
         observe_timestep = self._pipe is None or not hasattr(self._pipe, "encode_prompt")
 
@@ -222,15 +222,9 @@ class _CacheHandle(MethodHandle):
                     manager.set_context(None)
             return output
 
-        t.forward = forward
+        from ..adapters.base import set_instance_attr
 
-        def restore():
-            if had_attr:
-                t.forward = original
-            else:
-                del t.forward
-
-        self._undo.append(restore)
+        set_instance_attr(t, "forward", forward, self._undo)
 
     def _observe_timestep(self, signature, args, kwargs) -> None:
         """Without a pipeline, a timestep larger than the previous call's starts a new generation."""
