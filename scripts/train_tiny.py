@@ -294,6 +294,28 @@ def cached_latents(args, vae, pixels, log, latents=None) -> torch.Tensor:
     return cached_latents(args, vae, pixels, log, latents)
 
 
+class TrainingClock:
+    """Seconds spent training: wall-clock time between ticks, except a gap far longer than the
+    typical one (the job was paused, e.g. with SIGSTOP while something else was timed), which counts
+    as one typical interval."""
+
+    def __init__(self, seconds: float = 0.0, pause: float = 120.0):
+        self.seconds, self.pause, self.last, self.typical = seconds, pause, time.time(), None
+
+    def tick(self) -> float:
+        now = time.time()
+        gap, self.last = now - self.last, now
+        if gap > self.pause and self.typical is not None:
+            gap = self.typical
+        elif gap > 0.01:
+            self.typical = gap if self.typical is None else 0.9 * self.typical + 0.1 * gap
+        self.seconds += gap
+        return self.seconds
+
+    def skip(self) -> None:
+        self.last = time.time()
+
+
 def state_dir(args) -> Path:
     """Where the unfinished stage's raw weights and optimizer moments live (not shipped)."""
     return args.state or Path("outputs") / "train_state" / args.out.name
@@ -343,8 +365,9 @@ def main(argv=None) -> None:
     p.add_argument("--state", type=Path, default=None,
                    help="folder for the resumable training state (default outputs/train_state/<out name>)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock budget of the transformer stage (default 45; on --resume of an interrupted "
-                        "stage, default: that stage's own budget, and a value given here replaces it)")
+                   help="training-time budget of the transformer stage (default 45; time spent in training steps: "
+                        "a paused job (SIGSTOP) and the evaluations at saves do not spend it; on --resume of an "
+                        "interrupted stage, default: that stage's own budget, and a value given here replaces it)")
     p.add_argument("--images", type=int, default=12000)
     p.add_argument("--vae-steps", type=int, default=800)
     p.add_argument("--layers", type=int, default=6)
@@ -431,9 +454,9 @@ def main(argv=None) -> None:
 
     heldout = data.captions("heldout", args.eval_prompts, 1)
     budget, last_save = args.minutes * 60, time.time()
-    stage_start = time.time() - done_seconds
+    clock = TrainingClock(done_seconds)
     while True:
-        elapsed = time.time() - stage_start
+        elapsed = clock.tick()
         lr = args.lr * min(1.0, (step + 1) / 300) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -461,15 +484,16 @@ def main(argv=None) -> None:
         if step % 100 == 0:
             log(f"step {step} loss {loss.item():.4f} lr {lr:.2e}")
         step += 1
-        done = time.time() - stage_start > budget
+        done = clock.tick() > budget
         if done or time.time() - last_save > args.save_every * 60:
-            stage_seconds = time.time() - stage_start
+            stage_seconds = clock.tick()
             save(args, data, tokenizer, vae, ema, heldout, step, stage_seconds, log, log_lines, final=done,
                  previous=previous)
             save_state(args, params, opt, step, stage_seconds, final=done)
             for m in (transformer, te1, te2):
                 m.train()
             last_save = time.time()
+            clock.skip()  # the save and its evaluation are not training time
         if done:
             break
 

@@ -146,3 +146,21 @@ def test_a_missing_embedded_model_is_a_config_error_with_the_training_command():
 
     with pytest.raises(ConfigError, match="train_tiny.py --data scenes"):
         validate(_compose(["model=tiny_sd3_scenes", "model.local_path=assets/no-such-model"]))
+
+
+def test_the_training_budget_counts_training_time_not_pauses(monkeypatch):
+    import scripts.train_tiny as train
+
+    now = [1000.0]
+    monkeypatch.setattr(train.time, "time", lambda: now[0])
+    clock = train.TrainingClock(seconds=10.0)
+    for _ in range(5):  # five 2-second steps
+        now[0] += 2.0
+        clock.tick()
+    assert clock.seconds == 20.0
+    now[0] += 3600.0  # paused for an hour (SIGSTOP): one typical step is counted
+    assert clock.tick() == 22.0
+    now[0] += 90.0  # a save with its evaluation
+    clock.skip()
+    now[0] += 2.0
+    assert clock.tick() == 24.0
