@@ -104,12 +104,11 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
         from . import clustering
 
         if clustering.is_clustering_sweep(frame):
-            first = yaml.safe_load((sweep_dir / frame.cell.iloc[0] / "config.yaml").read_text()) or {}
-            model = (first.get("model") or {}).get("name", "")
-            m = first.get("model") or {}
-            side = 2 * ((m.get("macs") or {}).get("vae_scale") or 8)  # pixels per token side: VAE scale x patch 2
-            tokens = (m.get("height", 0) // side) * (m.get("width", 0) // side)
-            clustering.write_report(paired, sweep_dir, title=f"{model} ({tokens} image tokens): cat - no_cluster, "
+            from .checks import token_geometry
+
+            model = (yaml.safe_load((sweep_dir / frame.cell.iloc[0] / "config.yaml").read_text()) or {})["model"]
+            _, rows, cols = token_geometry(model)
+            clustering.write_report(paired, sweep_dir, title=f"{model['name']} ({rows * cols} image tokens): cat - no_cluster, "
                                     f"paired over {int(paired['prompts'].max())} prompts (95% band)")
     from . import peers
 

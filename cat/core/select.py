@@ -33,6 +33,11 @@ def rank_within_cluster(order: torch.Tensor, labels: torch.Tensor, k: int) -> to
     return torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)
 
 
+def by_saliency(saliency: torch.Tensor) -> torch.Tensor:
+    """Cluster ids from the most salient down, ties by id.  [B, k] -> [B, k]"""
+    return torch.argsort(saliency, dim=1, descending=True, stable=True)
+
+
 def walk_clusters(saliency: torch.Tensor, per_rank: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Quota of each cluster when walking clusters by saliency until `budget` tokens are assigned.
 
@@ -40,7 +45,7 @@ def walk_clusters(saliency: torch.Tensor, per_rank: torch.Tensor, budget: int) -
     is used, so later clusters get a partial or zero quota.  [B, k] -> quota [B, k], rank [B, k]
     """
     b, k = saliency.shape
-    by_rank = torch.argsort(saliency, dim=1, descending=True, stable=True)  # [B, k] cluster ids
+    by_rank = by_saliency(saliency)  # [B, k] cluster ids
     before = per_rank.cumsum(0) - per_rank  # [k] quota used by higher ranks
     capped = (budget - before).clamp(min=0).minimum(per_rank)  # [k]
     quota = torch.empty_like(by_rank).scatter_(1, by_rank, capped.expand(b, k))
@@ -86,7 +91,7 @@ def carry_quotas(saliency: torch.Tensor, sizes: torch.Tensor, cap: int, budget: 
     `budget` tokens are assigned.  [B, k] x2 -> quota [B, k]
     """
     b, k = saliency.shape
-    by_rank = torch.argsort(saliency, dim=1, descending=True, stable=True)  # [B, k] cluster ids
+    by_rank = by_saliency(saliency)  # [B, k] cluster ids
     size = sizes.gather(1, by_rank)  # [B, k] in rank order
     taken, used = [], torch.zeros(b, device=saliency.device, dtype=torch.long)
     for i in range(k):  # k is small (tens): a loop of tensor ops, no host synchronisation
@@ -174,7 +179,7 @@ def cluster_picks(
     if not cap:
         quota, rank = walk_clusters(saliency, per_rank, cluster_budget)
     else:
-        rank = positions(torch.argsort(saliency, dim=1, descending=True, stable=True))  # [B, k]
+        rank = positions(by_saliency(saliency))  # [B, k]
         quota = torch.minimum(per_rank.gather(0, rank.flatten()).view_as(rank), cluster_sizes(labels, k))
     noise_pick = noise_rank < quota.gather(1, labels)
     stale_quota = torch.where(rank >= 1, quota // 2, torch.zeros_like(quota))  # [B, k]
