@@ -120,20 +120,22 @@ def coco_captions(path: str | None = None, source: str = "hub") -> list[Prompt]:
             for i, image_id in enumerate(sorted(first))]
 
 
-def shapes_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]:
-    """The bundled held-out prompts of the default model (`source` is unused: they ship with the code)."""
-    from .shapes import load_prompts
+def bundled_prompts(package: str):
+    """The loader of a grammar package's bundled held-out prompts (`source` is unused: they ship with the
+    code); `path` points at another file with one prompt per line instead."""
 
-    texts = [t.strip() for t in Path(path).read_text().splitlines() if t.strip()] if path else load_prompts()
-    return [Prompt(i, t) for i, t in enumerate(texts)]
+    def load(path: str | None = None, source: str = "hub") -> list[Prompt]:
+        import importlib
+
+        texts = ([t.strip() for t in Path(path).read_text().splitlines() if t.strip()] if path
+                 else importlib.import_module(f"experiments.{package}").load_prompts())
+        return [Prompt(i, t) for i, t in enumerate(texts)]
+
+    return load
 
 
-def scenes_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]:
-    """The bundled held-out prompts of the 1024-token scene model (`source` is unused)."""
-    from .scenes import load_prompts
-
-    texts = [t.strip() for t in Path(path).read_text().splitlines() if t.strip()] if path else load_prompts()
-    return [Prompt(i, t) for i, t in enumerate(texts)]
+shapes_prompts = bundled_prompts("shapes")  # the default model's
+scenes_prompts = bundled_prompts("scenes")  # the 1024-token scene model's
 
 
 LOADERS = {"parti": parti_prompts, "coco2017": coco_captions, "shapes": shapes_prompts, "scenes": scenes_prompts}
