@@ -54,6 +54,28 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def in_turns(variants: dict, repeats: int) -> dict:
+    """Seconds of each variant per turn, timed in turns (A B A B ...): a machine that drifts (clock
+    frequency, caches, a neighbour) then weighs on every variant alike, not on whichever runs first.
+    `variants` maps a name to a function that sets its variant up, times it and returns seconds."""
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    return times
+
+
+def paired_speedup(times: dict, base: str, other: str) -> float:
+    """Median over turns of base / other, each ratio from two neighbouring timings."""
+    return statistics.median(b / o for b, o in zip(times[base], times[other]))
+
+
 def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int = 20, prompts: int = 1) -> float:
     """Per-step time of CAT's own work outside the transformer (output caching, staleness, selection)."""
     n = grid * grid
@@ -91,32 +113,40 @@ def cache_bytes(handle) -> int:
 
 
 def compiled_schedule(model, x, method, steps: int, mode: str = "default", repeats: int = 1) -> dict:
-    """The full model and CAT with the same blocks compiled: wall-clock of a whole schedule each (after
-    a warm-up schedule that compiles), and dynamo's counts over CAT's two schedules: graphs compiled in
-    the first, recompiles in the second, graph breaks."""
+    """The full model and CAT with the same blocks compiled: wall-clock of a whole schedule each, timed
+    in turns after a warm-up that compiles both, and dynamo's counts over CAT's first two schedules:
+    graphs compiled in the first, recompiles in the second, graph breaks."""
     from torch._dynamo.utils import counters
 
     from experiments.latency import compiled_blocks
 
-    torch._dynamo.reset()
-    with compiled_blocks(model, True, mode):
-        [model(**x) for _ in range(2)]  # compiles
-        t_full = median_time(lambda: [model(**x) for _ in range(steps)], repeats)
+    def full():
+        with compiled_blocks(model, True, mode):
+            return timed(lambda: [model(**x) for _ in range(steps)])
+
+    def pruned():
+        with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
+            return timed(lambda: schedule(handle))
+
+    def schedule(handle):
+        handle.reset(cfg_pairs=True)
+        for _ in range(steps):
+            model(**x)
+
     torch._dynamo.reset()
     counters.clear()
     with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
-        def schedule():
-            handle.reset(cfg_pairs=True)
-            for _ in range(steps):
-                model(**x)
-
-        schedule()  # compiles
+        schedule(handle)  # compiles
         graphs_first = counters["stats"]["unique_graphs"]
-        t = median_time(schedule, repeats)
-        schedule()
+        schedule(handle)
         recompiles = counters["stats"]["unique_graphs"] - graphs_first
-    return {"time_schedule_compiled_s": t, "time_full_schedule_compiled_s": t_full, "graphs": graphs_first,
-            "recompiles": recompiles, "graph_breaks": sum(counters["graph_break"].values())}
+    breaks = sum(counters["graph_break"].values())
+    full()  # compiles the full model's graph
+    t = in_turns({"full": full, "cat": pruned}, repeats)
+    return {"time_schedule_compiled_s": statistics.median(t["cat"]),
+            "time_full_schedule_compiled_s": statistics.median(t["full"]),
+            "speedup_compiled": paired_speedup(t, "full", "cat"), "graphs": graphs_first,
+            "recompiles": recompiles, "graph_breaks": breaks}
 
 
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
@@ -147,52 +177,56 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
     with torch.inference_mode():
         model(**x)  # warm-up
         full_step = median_time(lambda: model(**x), repeats)
-        full_schedule = median_time(lambda: [model(**x) for _ in range(steps)], schedule_repeats)
         with cat.apply(model, method) as handle:
             handle.reset(cfg_pairs=True)
             for _ in range(method.warmup_steps):
                 model(**x)
             pruned_step = median_time(lambda: model(**x), repeats)
-
-            def cat_schedule():
-                handle.reset(cfg_pairs=True)
-                for _ in range(steps):
-                    model(**x)
-
-            cat_schedule_time = median_time(cat_schedule, schedule_repeats)
+            for _ in range(steps - method.warmup_steps - 1):
+                model(**x)
             extra = cache_bytes(handle)
+
+        def cat_schedule():
+            with cat.apply(model, method) as handle:
+                handle.reset(cfg_pairs=True)
+                return timed(lambda: [model(**x) for _ in range(steps)])
+
+        def full_schedule_time():
+            return timed(lambda: [model(**x) for _ in range(steps)])
+
+        variants = {"full": full_schedule_time, "cat": cat_schedule}
         lean = dataclasses_replace(method, cache_dtype="bfloat16")
         with cat.apply(model, lean) as handle:
             handle.reset(cfg_pairs=True)
             for _ in range(steps):
                 model(**x)
             extra_lean = cache_bytes(handle)
-        peer_time = peer_macs = None
+        peer_macs = None
         if peer is not None:
             from experiments.macs import count_macs as _count
 
             with cat.apply(model, peer) as handle:
-                def peer_schedule():
-                    handle.reset(num_steps=steps) if hasattr(handle, "reset") else None
-                    total = 0
-                    for _ in range(steps):
-                        total += _count(model, **x)
-                    return total
+                handle.reset(num_steps=steps)
+                peer_macs = sum(_count(model, **x) for _ in range(steps))
 
-                peer_macs = peer_schedule()
-                peer_time = median_time(lambda: [handle.reset(num_steps=steps)] + [model(**x) for _ in range(steps)],
-                                        schedule_repeats)
+            def peer_schedule():
+                with cat.apply(model, peer) as handle:
+                    handle.reset(num_steps=steps)
+                    return timed(lambda: [model(**x) for _ in range(steps)])
+
+            variants["peer"] = peer_schedule
+        times = in_turns(variants, schedule_repeats)
+        full_schedule = statistics.median(times["full"])
         compiled = compiled_schedule(model, x, method, steps, repeats=schedule_repeats) if compile else {}
     select = selection_time(method, grid, 4 * channels, prompts=prompts)
     macs_speedup = macs_full * steps / macs_cat
-    wall_speedup = full_schedule / cat_schedule_time
+    wall_speedup = paired_speedup(times, "full", "cat")
     out = {}
     if compiled:
         # compiled CAT against the compiled full model (the same blocks compiled), and against eager
-        out.update(compiled, speedup_compiled=compiled["time_full_schedule_compiled_s"] / compiled["time_schedule_compiled_s"],
-                   speedup_compiled_vs_eager_full=full_schedule / compiled["time_schedule_compiled_s"])
+        out.update(compiled, speedup_compiled_vs_eager_full=full_schedule / compiled["time_schedule_compiled_s"])
     if peer is not None:
-        out.update(peer_name=peer.name, peer_speedup=full_schedule / peer_time,
+        out.update(peer_name=peer.name, peer_speedup=paired_speedup(times, "full", "peer"),
                    peer_macs_speedup=macs_full * steps / peer_macs)
     return {**out,
         "speedup_eager": wall_speedup, "cache_mb_lean": extra_lean / 2**20,
@@ -254,7 +288,7 @@ def main(argv=None) -> None:
     p.add_argument("--channels", type=int, default=16, help="latent channels (the embedded default: 4)")
     p.add_argument("--prompts", type=int, default=1, help="prompts per call (the CFG batch is twice this)")
     p.add_argument("--schedule-repeats", type=int, default=None,
-                   help="timed whole schedules per variant, median taken (default 1; 5 with --default-geometry)")
+                   help="whole schedules timed per variant, in turns with the full model; speedups are the median of the turns' ratios (default 1; 7 with --default-geometry)")
     p.add_argument("--default-geometry", action="store_true",
                    help="the embedded default's transformer and batch: 6 layers, 3 heads of 32, 256 image tokens, "
                         "16 text tokens, 4 latent channels, 16 prompts per call as the default run times them "
@@ -278,7 +312,7 @@ def main(argv=None) -> None:
     if args.default_geometry:
         args.layers, args.heads, args.head_dim, args.grid, args.text, args.channels = 6, 3, 32, 16, 16, 4
         args.prompts = 16 if args.prompts == 1 else args.prompts
-        args.schedule_repeats = args.schedule_repeats or 5
+        args.schedule_repeats = args.schedule_repeats or 7
         method = cat.CATConfig(warmup_steps=max(2, round(8 * args.steps / 28)), num_clusters=8)
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
             compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2),

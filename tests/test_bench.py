@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 import cat
 
 spec = importlib.util.spec_from_file_location("bench_speed", Path(__file__).resolve().parents[1] / "scripts" / "bench_speed.py")
@@ -32,3 +34,21 @@ def test_bench_on_the_default_geometry_prints_the_keys(capsys):
     for key in ("speedup_eager=", "speedup_efficiency=", "selection_overhead=", "cache_mb=", "cache_mb_lean=",
                 "peak_mb="):
         assert key in out, key
+
+
+def test_variants_are_timed_in_turns():
+    calls = []
+    clock = iter([2.0, 1.0, 4.0, 1.0, 2.2, 1.0])
+    times = bench.in_turns({"full": lambda: calls.append("full") or next(clock),
+                            "cat": lambda: calls.append("cat") or next(clock)}, 3)
+    assert calls == ["full", "cat"] * 3
+    assert times == {"full": [2.0, 4.0, 2.2], "cat": [1.0, 1.0, 1.0]}
+    assert bench.paired_speedup(times, "full", "cat") == 2.2  # the median of the turns' ratios
+
+
+@pytest.mark.slow
+def test_compiled_bench_reports_one_graph_per_step_kind():
+    r = bench.run(layers=3, heads=2, grid=8, text=8, steps=6, repeats=1, compile=True, schedule_repeats=2,
+                  method=cat.CATConfig(warmup_steps=3, num_clusters=4))
+    assert r["graphs"] <= 3 and r["recompiles"] == 0 and r["graph_breaks"] == 0
+    assert r["speedup_compiled"] > 0 and r["speedup_compiled_vs_eager_full"] > 0
