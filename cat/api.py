@@ -7,7 +7,7 @@ import functools
 import torch
 
 from .adapters import Runtime, spec_for
-from .adapters.base import PrunedTokenwise, TransformerHook, attach_hook, has_hook, observe_encode_prompt, swap_in
+from .adapters.base import PrunedTokenwise, RowsOnly, TransformerHook, attach_hook, has_hook, observe_encode_prompt, swap_in
 from .config import CATConfig
 from .methods.base import METHODS, MethodHandle, register
 from .methods.base import apply as _dispatch
@@ -50,6 +50,14 @@ class CATHandle(MethodHandle):
         self.spec.check(transformer)
         check_cache_dtype(getattr(config, "cache_dtype", None), transformer, self.spec.name)
         try:
+            pruned = {name for name, _ in self.spec.attention_modules(transformer)} if getattr(
+                config, "prune_attention", True) else set()
+            if getattr(config, "prune_ff", True):
+                pruned |= {name for name, _ in self.spec.feed_forward_modules(transformer)}
+            norms = [(n, m, c) for n, m, c in self.spec.row_norms(transformer) if set(c) <= pruned]
+            run.gathered_inputs = frozenset(c for _, _, consumers in norms for c in consumers)
+            for name, norm, _ in norms:
+                swap_in(transformer, name, RowsOnly(norm, run, name), self._undo)
             if getattr(config, "prune_attention", True):
                 for name, attn in self.spec.attention_modules(transformer):
                     original = attn.processor

@@ -22,6 +22,7 @@ class CATAttnProcessor:
         self.runtime = runtime
         self.name = name
         self.caches = runtime.layer_caches(name)  # per cache context; see Runtime.layer_caches
+        self.gathered = name in runtime.gathered_inputs  # a pruned step's input holds the selected rows only
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         state: GenerationState = self.runtime.state
@@ -32,12 +33,14 @@ class CATAttnProcessor:
         cross = encoder_hidden_states is not None
         batch_size = hidden_states.shape[0]
         sequence_length = (encoder_hidden_states if cross else hidden_states).shape[1]
+        if plan is not None and self.gathered and not cross:
+            sequence_length = cache.key.shape[2]  # every image token's key, not just the K rows given
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
             if plan is not None and attention_mask.shape[2] != 1:
                 raise NotImplementedError(f"CAT cannot prune {self.name} with a per-query attention mask")
-        x = hidden_states if plan is None else gather_tokens(hidden_states, plan)  # [B, K, C]
+        x = hidden_states if plan is None or self.gathered else gather_tokens(hidden_states, plan)  # [B, K, C]
 
         query = attn.to_q(x)
         head_dim = query.shape[-1] // attn.heads

@@ -41,6 +41,10 @@ class FamilySpec:
         check: (transformer) -> None, raises on a configuration CAT cannot handle.
         joint_modules: (transformer) -> [(qualified name, module)] of token-wise modules whose input is
             a [text, image] sequence (only the image rows are pruned).
+        row_norms: (transformer) -> [(qualified name, norm, consumers)]: token-wise norms of the image
+            stream whose output reaches only the pruned modules `consumers` (qualified names, through
+            per-sample modulation at most). While all of them are pruned, a pruned step normalises the
+            selected tokens only and the consumers take those rows as they are.
     """
 
     name: str
@@ -53,6 +57,9 @@ class FamilySpec:
     from_tokens: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     check: Callable[[torch.nn.Module], None] = lambda transformer: None
     joint_modules: Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]] = lambda transformer: []
+    row_norms: Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module, tuple[str, ...]]]] = (
+        lambda transformer: []
+    )
 
 
 _REGISTRY: dict[str, FamilySpec] = {}
@@ -135,6 +142,7 @@ class Runtime:
         self.states: dict[str | None, GenerationState] = {}
         self.last_timestep: float | None = None
         self.layers: dict[str, dict[str | None, LayerCache]] = {}
+        self.gathered_inputs: frozenset[str] = frozenset()  # modules fed the selected rows (see RowsOnly)
 
     def layer_caches(self, name: str) -> dict[str | None, LayerCache]:
         """The caches of module `name`, one `LayerCache` per cache context, for the module to hold.
@@ -346,6 +354,7 @@ class PrunedTokenwise(torch.nn.Module):
         self.runtime = runtime
         self.name = name
         self.joint = joint
+        self.gathered = name in runtime.gathered_inputs  # a pruned step's input holds the selected rows only
         self.caches = runtime.layer_caches(name)
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -360,11 +369,35 @@ class PrunedTokenwise(torch.nn.Module):
         index = state.plan
         if self.joint:
             index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
-        rows = self.module(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, K, C]
+        x = hidden_states if self.gathered else gather_tokens(hidden_states, index)  # [B, K, C]
+        rows = self.module(x, *args, **kwargs)  # [B, K, C]
         return update_tokens(cache.out, index, rows)  # [B, N, C]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}" + (", joint=True" if self.joint else "")
+
+
+class RowsOnly(torch.nn.Module):
+    """Stands in for a token-wise norm whose output only the pruned modules read (a `FamilySpec.row_norms`
+    entry): in a pruned step it normalises the selected image tokens only, instead of every token for
+    the consumers to pick rows from. Per-row norms give those rows bit-identical values either way;
+    the consumers know their input arrives gathered (`Runtime.gathered_inputs`). Full steps pass through.
+    """
+
+    def __init__(self, module: torch.nn.Module, runtime: Runtime, name: str):
+        super().__init__()
+        self.module = module
+        self.runtime = runtime
+        self.name = name
+
+    def forward(self, hidden_states, *args, **kwargs):
+        plan = self.runtime.state.plan
+        if plan is not None:
+            hidden_states = gather_tokens(hidden_states, plan)  # [B, K, C]
+        return self.module(hidden_states, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
 
 
 def swap_in(root: torch.nn.Module, name: str, wrapper: torch.nn.Module, undo: list) -> None:

@@ -24,6 +24,7 @@ class CATJointAttnProcessor:
         self.runtime = runtime
         self.name = name
         self.caches = runtime.layer_caches(name)  # per cache context; see Runtime.layer_caches
+        self.gathered = name in runtime.gathered_inputs  # a pruned step's input holds the selected rows only
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         state: GenerationState = self.runtime.state
@@ -32,7 +33,7 @@ class CATJointAttnProcessor:
         cache = self.caches[self.runtime.context]
         plan = state.plan  # [B, K] or None (a full step that fills the cache)
         batch_size = hidden_states.shape[0]
-        x = hidden_states if plan is None else gather_tokens(hidden_states, plan)  # [B, K, C]
+        x = hidden_states if plan is None or self.gathered else gather_tokens(hidden_states, plan)  # [B, K, C]
 
         query = attn.to_q(x)
         key = attn.to_k(x)
@@ -70,7 +71,7 @@ class CATJointAttnProcessor:
             cache.key, cache.value = store(key, kv), store(value, kv)
         else:
             if encoder_hidden_states is not None:
-                num_image = hidden_states.shape[1]
+                num_image = cache.key.shape[2] - context_key.shape[2]
                 cache.key[:, :, num_image:] = context_key
                 cache.value[:, :, num_image:] = context_value
             key = update_heads(cache.key, plan, key)  # [B, H, N(+T), d]

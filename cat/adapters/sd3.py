@@ -1,8 +1,9 @@
 """Stable Diffusion 3 / 3.5 (`SD3Transformer2DModel`, MMDiT `JointTransformerBlock`s).
 
 Pruned per block: the image stream's joint attention (and the extra image self-attention `attn2` of
-SD3.5-medium's dual-attention blocks) and the image feed-forward `ff`. The text stream, AdaLN
-modulation, norms, residuals and the final projection run on all tokens.
+SD3.5-medium's dual-attention blocks), the image feed-forward `ff`, and the norms and modulation in
+front of them (`row_norms`). The text stream, the gated residuals and the final projection run on
+all tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +38,22 @@ def tokens_to_latent(transformer, tokens: torch.Tensor, like: torch.Tensor) -> t
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, hh, ww)
 
 
+def row_norms(transformer) -> list[tuple[str, torch.nn.Module, tuple[str, ...]]]:
+    """Per block: the LayerNorm inside `norm1` (AdaLN-Zero; its output, modulated per sample, feeds `attn`
+    and SD3.5's `attn2`) and `norm2` (feeds `ff`)."""
+    from diffusers.models.normalization import AdaLayerNormZero, SD35AdaLayerNormZeroX
+
+    found = []
+    for i, block in enumerate(transformer.transformer_blocks):
+        prefix = f"transformer_blocks.{i}"
+        if type(block.norm1) in (AdaLayerNormZero, SD35AdaLayerNormZeroX) and isinstance(block.norm1.norm, torch.nn.LayerNorm):
+            attns = (f"{prefix}.attn",) + ((f"{prefix}.attn2",) if block.attn2 is not None else ())
+            found.append((f"{prefix}.norm1.norm", block.norm1.norm, attns))
+        if isinstance(block.norm2, torch.nn.LayerNorm) and block.ff is not None:
+            found.append((f"{prefix}.norm2", block.norm2, (f"{prefix}.ff",)))
+    return found
+
+
 SD3 = register(
     FamilySpec(
         name="sd3",
@@ -51,5 +68,6 @@ SD3 = register(
         to_tokens=latent_to_tokens,
         from_tokens=tokens_to_latent,
         check=check_no_chunking,
+        row_norms=row_norms,
     )
 )

@@ -226,3 +226,44 @@ def test_pruned_steps_do_not_synchronise_with_the_host(name, config):
                 transformer(**inputs)
         assert [r.phase for r in handle.stats.steps[-2:]] == ["pruned", "pruned"]
     assert watch.seen == []
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35_dual_attention", "pixart"])
+def test_norms_in_front_of_pruned_modules_run_on_the_selected_rows_only(family, monkeypatch):
+    """A pruned step normalises only the tokens it recomputes (`row_norms`): the norms see K rows, the
+    images are bit-identical to picking the rows after normalising every token, and a norm whose
+    consumer is not pruned keeps every row."""
+    import dataclasses
+
+    from cat.adapters import base
+
+    make, kwargs = CALLS["pixart" if family == "pixart" else "sd3"]
+    pipe = make(qk_norm="rms_norm", dual_attention_layers=(0,)) if family == "sd35_dual_attention" else make()
+    transformer = pipe.transformer
+    spec = base.spec_for(transformer)
+    norms = spec.row_norms(transformer)
+    assert len(norms) == 2 * len(transformer.transformer_blocks)
+    rows = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=n: rows.setdefault(name, []).append(a[0].shape[1]))
+             for n, m, _ in norms]
+    config = cat.CATConfig(warmup_steps=4, num_clusters=4)
+    with cat.apply(pipe, config):
+        gathered = _generate(pipe, kwargs)
+    for h in hooks:
+        h.remove()
+    tokens, k = rows[norms[0][0]][0], cat.token_schedule(config, 8, rows[norms[0][0]][0])[-1]
+    assert all(r == [tokens] * 4 + [k] * 4 for r in rows.values()), rows
+    for cls in spec.transformer_classes:
+        monkeypatch.setitem(base._REGISTRY, cls, dataclasses.replace(spec, row_norms=lambda t: []))
+    with cat.apply(pipe, config):
+        assert torch.equal(_generate(pipe, kwargs), gathered)
+    monkeypatch.undo()
+    rows.clear()
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=n: rows.setdefault(name, []).append(a[0].shape[1]))
+             for n, m, _ in norms]
+    with cat.apply(pipe, dataclasses.replace(config, prune_ff=False)):
+        _generate(pipe, kwargs)
+    for h in hooks:
+        h.remove()
+    for name, _, consumers in norms:
+        assert (min(rows[name]) < tokens) == all(c.endswith(("attn", "attn1", "attn2")) for c in consumers), name
