@@ -206,23 +206,20 @@ def joint_rows(plan: torch.Tensor, num_text: int) -> torch.Tensor:
 def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Writes the selected tokens' rows in place and returns `target`.  [B, N, *row] <- [B, K, *row]
 
-    Whole rows are copied with one `index_copy_` over the flattened batch, which is much cheaper
-    than an element-wise scatter.
+    One `index_put_` on the buffer itself (whole rows, no view of it): torch.compile then updates the
+    buffer in place, where an `index_copy_` into a flattened view made it copy the whole buffer out and
+    back at every pruned step.
     """
-    b, n = target.shape[:2]
-    if not target.is_contiguous():
-        raise ValueError("CAT caches must be contiguous")
-    flat = target.view(b * n, -1)
-    flat.index_copy_(0, _flat(index, n), rows.reshape(b * index.shape[1], flat.shape[1]))
-    return target
+    batch = torch.arange(target.shape[0], device=index.device)[:, None]  # [B, 1]
+    return target.index_put_((batch, index), rows)
 
 
 def scatter_heads_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """The same for per-head tensors.  [B, H, N, d] <- [B, H, K, d] at token indices [B, K]"""
-    b, h, n, d = target.shape
-    per_head = index.repeat_interleave(h, dim=0)  # [B*H, K]
-    scatter_tokens_(target.view(b * h, n, d), per_head, rows.reshape(b * h, -1, d))
-    return target
+    b, h = target.shape[:2]
+    batch = torch.arange(b, device=index.device)[:, None, None]  # [B, 1, 1]
+    heads = torch.arange(h, device=index.device)[None, :, None]  # [1, H, 1]
+    return target.index_put_((batch, heads, index[:, None, :]), rows)
 
 
 CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e4m3fn": torch.float8_e4m3fn}
