@@ -1,10 +1,11 @@
 """Latency and memory, always as ratios against the full model measured in the same run.
 
 End to end (a whole pipeline call) and the denoising loop only (the sum of transformer calls), each
-after warm-up runs, over repeated timed runs with device synchronisation; median and spread.
-`compile=True` compiles the transformer's blocks (`torch.compile`, `compile_mode`): the full model's
-blocks for its timing, then, after that compilation is undone, the method's (applied first, then
-compiled, so its hooks and processors are inside the graphs).
+after warm-up runs, over repeated timed runs with device synchronisation, full model and method in
+turns; median and spread, speedups as medians of paired ratios. `compile=True` compiles the
+transformer's blocks (`torch.compile`, `compile_mode`): the full model's blocks for its calls, the
+method's (applied first, then compiled, so its hooks and processors are inside the graphs) for its
+calls, each compilation undone after its call.
 """
 
 from __future__ import annotations
@@ -59,9 +60,14 @@ def time_pipeline(call, pipe, device: torch.device, warmup: int, repeats: int) -
         end_to_end.append(time.perf_counter() - start)
         denoise.append(timer.total)
         timer.remove()
+    return summarise(end_to_end, denoise) if repeats else {}
+
+
+def summarise(end_to_end: list[float], denoise: list[float]) -> dict:
     spread = lambda xs: (max(xs) - min(xs)) if len(xs) > 1 else 0.0  # noqa: E731
     return {"median_s": statistics.median(end_to_end), "spread_s": spread(end_to_end),
-            "denoise_median_s": statistics.median(denoise), "denoise_spread_s": spread(denoise)}
+            "denoise_median_s": statistics.median(denoise), "denoise_spread_s": spread(denoise),
+            "end_to_end_s": end_to_end, "denoise_s": denoise}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -97,25 +103,46 @@ def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, w
     """Full model and method timed in the same run; returns flat metrics with their ratios.
 
     `call(**overrides)` runs the pipeline; the method's call overrides (e.g. fewer steps) are passed.
+    After each one's warm-ups, the timed calls alternate (full, method, full, method, ...), so a machine
+    whose speed drifts weighs on both alike; speedups are the medians of the paired ratios of
+    neighbouring calls. Peak memory is each variant's highest over its calls (CUDA; on CPU the
+    process's peak resident size).
     """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with compiled_blocks(pipe.transformer, compile, compile_mode):
-        full = time_pipeline(call, pipe, device, warmup, repeats)
-    full_mem = peak_memory_mb(device)
+    names = ["full"] + (["method"] if method is not None else [])
+    peak = dict.fromkeys(names, 0.0)
+
+    def run(name: str, warm: int, timed: int) -> dict:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if name == "full":
+            with compiled_blocks(pipe.transformer, compile, compile_mode):
+                result = time_pipeline(call, pipe, device, warm, timed)
+        else:
+            with cat.apply(pipe, method, compile=compile, compile_mode=compile_mode) as handle:
+                overrides = handle.call_overrides()
+                result = time_pipeline(lambda: call(**overrides), pipe, device, warm, timed)
+        peak[name] = max(peak[name], peak_memory_mb(device))
+        return result
+
+    for name in names:
+        if warmup:
+            run(name, warmup, 0)
+    turns = {name: ([], []) for name in names}
+    for _ in range(repeats):
+        for name in names:
+            result = run(name, 0, 1)
+            turns[name][0].extend(result["end_to_end_s"])
+            turns[name][1].extend(result["denoise_s"])
+    full = summarise(*turns["full"])
     out = {"latency_full_s": full["median_s"], "latency_full_spread_s": full["spread_s"],
-           "denoise_full_s": full["denoise_median_s"], "peak_memory_full_mb": full_mem}
+           "denoise_full_s": full["denoise_median_s"], "peak_memory_full_mb": peak["full"]}
     if method is None:
         return out
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with cat.apply(pipe, method, compile=compile, compile_mode=compile_mode) as handle:
-        overrides = handle.call_overrides()
-        timed = time_pipeline(lambda: call(**overrides), pipe, device, warmup, repeats)
-    mem = peak_memory_mb(device)
+    timed = summarise(*turns["method"])
+    paired = lambda a, b: statistics.median(x / max(y, 1e-9) for x, y in zip(a, b))  # noqa: E731
     out.update({"latency_s": timed["median_s"], "latency_spread_s": timed["spread_s"],
-                "denoise_s": timed["denoise_median_s"], "peak_memory_mb": mem,
-                "speedup": full["median_s"] / timed["median_s"],
-                "denoise_speedup": full["denoise_median_s"] / max(timed["denoise_median_s"], 1e-9),
+                "denoise_s": timed["denoise_median_s"], "peak_memory_mb": peak["method"],
+                "speedup": paired(full["end_to_end_s"], timed["end_to_end_s"]),
+                "denoise_speedup": paired(full["denoise_s"], timed["denoise_s"]),
                 "latency_repeats": repeats, "latency_compiled": int(compile)})
     return out
