@@ -69,6 +69,14 @@ class CATJointAttnProcessor:
                 value = torch.cat([value, context_value], dim=2)
             kv = cache_dtype(self.runtime, "kv")
             cache.key, cache.value = store(key, kv), store(value, kv)
+        elif encoder_hidden_states is not None and torch.compiler.is_compiling():
+            # One write per cache (the image rows and the text rows together): a second write into
+            # the same buffer makes inductor copy the whole cache at every pruned step.
+            num_text = context_key.shape[2]
+            text = torch.arange(cache.key.shape[2] - num_text, cache.key.shape[2], device=plan.device)
+            rows = torch.cat([plan, text.expand(plan.shape[0], num_text)], dim=1)  # [B, K+T]
+            key = update_heads(cache.key, rows, torch.cat([key, context_key], dim=2))  # [B, H, N+T, d]
+            value = update_heads(cache.value, rows, torch.cat([value, context_value], dim=2))
         else:
             if encoder_hidden_states is not None:
                 num_image = cache.key.shape[2] - context_key.shape[2]
