@@ -112,9 +112,9 @@ def cache_bytes(handle) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def compiled_schedule(model, x, method, steps: int, mode: str = "default", repeats: int = 1) -> dict:
-    """The full model and CAT with the same blocks compiled: wall-clock of a whole schedule each, timed
-    in turns after a warm-up that compiles both, and dynamo's counts over CAT's first two schedules:
+def compiled_variants(model, x, method, steps: int, mode: str = "default") -> tuple[dict, dict]:
+    """The full model and CAT with the same blocks compiled, as variants to time in turns (each a whole
+    schedule), after warm-ups that compile both; and dynamo's counts over CAT's first two schedules:
     graphs compiled in the first, recompiles in the second, graph breaks."""
     from torch._dynamo.utils import counters
 
@@ -142,11 +142,13 @@ def compiled_schedule(model, x, method, steps: int, mode: str = "default", repea
         recompiles = counters["stats"]["unique_graphs"] - graphs_first
     breaks = sum(counters["graph_break"].values())
     full()  # compiles the full model's graph
-    t = in_turns({"full": full, "cat": pruned}, repeats)
-    return {"time_schedule_compiled_s": statistics.median(t["cat"]),
-            "time_full_schedule_compiled_s": statistics.median(t["full"]),
-            "speedup_compiled": paired_speedup(t, "full", "cat"), "graphs": graphs_first,
-            "recompiles": recompiles, "graph_breaks": breaks}
+    return ({"full_compiled": full, "cat_compiled": pruned},
+            {"graphs": graphs_first, "recompiles": recompiles, "graph_breaks": breaks})
+
+
+def ratio_range(times: dict, base: str, other: str) -> str:
+    turns = [b / o for b, o in zip(times[base], times[other])]
+    return f"{min(turns):.3f}-{max(turns):.3f}"
 
 
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
@@ -215,21 +217,33 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                     return timed(lambda: [model(**x) for _ in range(steps)])
 
             variants["peer"] = peer_schedule
-        times = in_turns(variants, schedule_repeats)
-        full_schedule = statistics.median(times["full"])
-        compiled = compiled_schedule(model, x, method, steps, repeats=schedule_repeats) if compile else {}
+        counts = {}
+        if compile:
+            compiled, counts = compiled_variants(model, x, method, steps)
+            variants.update(compiled)
+        times = in_turns(variants, schedule_repeats)  # eager and compiled alike, in the same turns
     select = selection_time(method, grid, 4 * channels, prompts=prompts)
     macs_speedup = macs_full * steps / macs_cat
     wall_speedup = paired_speedup(times, "full", "cat")
     out = {}
-    if compiled:
-        # compiled CAT against the compiled full model (the same blocks compiled), and against eager
-        out.update(compiled, speedup_compiled_vs_eager_full=full_schedule / compiled["time_schedule_compiled_s"])
+    if compile:
+        # compiled CAT against the compiled full model (the same blocks compiled), and against eager;
+        # compiled minus eager speedup per turn: both ratios from the same turn of timings
+        gain = [fc / cc - f / c for f, c, fc, cc in zip(times["full"], times["cat"], times["full_compiled"],
+                                                        times["cat_compiled"])]
+        out.update(counts, speedup_compiled=paired_speedup(times, "full_compiled", "cat_compiled"),
+                   speedup_compiled_range=ratio_range(times, "full_compiled", "cat_compiled"),
+                   speedup_compiled_vs_eager_full=paired_speedup(times, "full", "cat_compiled"),
+                   compiled_minus_eager=statistics.median(gain),
+                   compiled_minus_eager_range=f"{min(gain):+.3f} to {max(gain):+.3f}",
+                   time_schedule_compiled_s=statistics.median(times["cat_compiled"]),
+                   time_full_schedule_compiled_s=statistics.median(times["full_compiled"]))
     if peer is not None:
         out.update(peer_name=peer.name, peer_speedup=paired_speedup(times, "full", "peer"),
                    peer_macs_speedup=macs_full * steps / peer_macs)
     return {**out,
-        "speedup_eager": wall_speedup, "cache_mb_lean": extra_lean / 2**20,
+        "speedup_eager": wall_speedup, "speedup_eager_range": ratio_range(times, "full", "cat"),
+        "cache_mb_lean": extra_lean / 2**20,
         "peak_mb": peak_rss_mb(),
         "macs_full_step": macs_full, "macs_pruned_step": macs_pruned,
         "macs_ratio_step": macs_pruned / macs_full, "macs_speedup_schedule": macs_speedup,
@@ -334,7 +348,8 @@ def main(argv=None) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    keys = ["speedup_eager", "speedup_efficiency", "speedup_compiled", "speedup_compiled_vs_eager_full", "graphs",
+    keys = ["speedup_eager", "speedup_eager_range", "speedup_efficiency", "speedup_compiled", "speedup_compiled_range",
+            "speedup_compiled_vs_eager_full", "compiled_minus_eager", "compiled_minus_eager_range", "graphs",
             "recompiles", "graph_breaks",
             "selection_overhead", "cache_mb", "cache_mb_lean", "peak_mb", "peer_name", "peer_speedup",
             "peer_macs_speedup"]
