@@ -50,22 +50,20 @@ class CATHandle(MethodHandle):
         self.spec.check(transformer)
         check_cache_dtype(getattr(config, "cache_dtype", None), transformer, self.spec.name)
         try:
-            pruned = {name for name, _ in self.spec.attention_modules(transformer)} if getattr(
-                config, "prune_attention", True) else set()
-            if getattr(config, "prune_ff", True):
-                pruned |= {name for name, _ in self.spec.feed_forward_modules(transformer)}
+            attentions = self.spec.attention_modules(transformer) if getattr(config, "prune_attention", True) else []
+            tokenwise = self.spec.feed_forward_modules(transformer) if getattr(config, "prune_ff", True) else []
+            pruned = {name for name, _ in attentions + tokenwise}
             norms = [(n, m, c) for n, m, c in self.spec.row_norms(transformer) if set(c) <= pruned]
             run.gathered_inputs = frozenset(c for _, _, consumers in norms for c in consumers)
             for name, norm, _ in norms:
                 swap_in(transformer, name, RowsOnly(norm, run, name), self._undo)
-            if getattr(config, "prune_attention", True):
-                for name, attn in self.spec.attention_modules(transformer):
-                    original = attn.processor
-                    attn.set_processor(self.spec.make_processor(original, run, name))
-                    self._undo.append(functools.partial(attn.set_processor, original))
+            for name, attn in attentions:
+                original = attn.processor
+                attn.set_processor(self.spec.make_processor(original, run, name))
+                self._undo.append(functools.partial(attn.set_processor, original))
+            for name, ff in tokenwise:
+                swap_in(transformer, name, PrunedTokenwise(ff, run, name), self._undo)
             if getattr(config, "prune_ff", True):
-                for name, ff in self.spec.feed_forward_modules(transformer):
-                    swap_in(transformer, name, PrunedTokenwise(ff, run, name), self._undo)
                 for name, module in self.spec.joint_modules(transformer):
                     swap_in(transformer, name, PrunedTokenwise(module, run, name, joint=True), self._undo)
             scheduler = getattr(self._pipe, "scheduler", None)

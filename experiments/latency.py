@@ -70,6 +70,11 @@ def summarise(end_to_end: list[float], denoise: list[float]) -> dict:
             "end_to_end_s": end_to_end, "denoise_s": denoise}
 
 
+def paired_ratio(base: list[float], other: list[float]) -> float:
+    """Median over turns of base / other, each ratio from two neighbouring timings."""
+    return statistics.median(b / max(o, 1e-9) for b, o in zip(base, other))
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -139,10 +144,9 @@ def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, w
     if method is None:
         return out
     timed = summarise(*turns["method"])
-    paired = lambda a, b: statistics.median(x / max(y, 1e-9) for x, y in zip(a, b))  # noqa: E731
     out.update({"latency_s": timed["median_s"], "latency_spread_s": timed["spread_s"],
                 "denoise_s": timed["denoise_median_s"], "peak_memory_mb": peak["method"],
-                "speedup": paired(full["end_to_end_s"], timed["end_to_end_s"]),
-                "denoise_speedup": paired(full["denoise_s"], timed["denoise_s"]),
+                "speedup": paired_ratio(full["end_to_end_s"], timed["end_to_end_s"]),
+                "denoise_speedup": paired_ratio(full["denoise_s"], timed["denoise_s"]),
                 "latency_repeats": repeats, "latency_compiled": int(compile)})
     return out

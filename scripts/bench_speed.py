@@ -73,7 +73,9 @@ def in_turns(variants: dict, repeats: int) -> dict:
 
 def paired_speedup(times: dict, base: str, other: str) -> float:
     """Median over turns of base / other, each ratio from two neighbouring timings."""
-    return statistics.median(b / o for b, o in zip(times[base], times[other]))
+    from experiments.latency import paired_ratio
+
+    return paired_ratio(times[base], times[other])
 
 
 def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int = 20, prompts: int = 1) -> float:

@@ -243,27 +243,27 @@ def test_norms_in_front_of_pruned_modules_run_on_the_selected_rows_only(family, 
     spec = base.spec_for(transformer)
     norms = spec.row_norms(transformer)
     assert len(norms) == 2 * len(transformer.transformer_blocks)
-    rows = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=n: rows.setdefault(name, []).append(a[0].shape[1]))
-             for n, m, _ in norms]
+
+    def generate(config):
+        """Images, and the rows each norm saw per step."""
+        rows = {}
+        hooks = [m.register_forward_pre_hook(lambda m, a, name=n: rows.setdefault(name, []).append(a[0].shape[1]))
+                 for n, m, _ in norms]
+        with cat.apply(pipe, config):
+            images = _generate(pipe, kwargs)
+        for h in hooks:
+            h.remove()
+        return images, rows
+
     config = cat.CATConfig(warmup_steps=4, num_clusters=4)
-    with cat.apply(pipe, config):
-        gathered = _generate(pipe, kwargs)
-    for h in hooks:
-        h.remove()
-    tokens, k = rows[norms[0][0]][0], cat.token_schedule(config, 8, rows[norms[0][0]][0])[-1]
+    gathered, rows = generate(config)
+    tokens = rows[norms[0][0]][0]
+    k = cat.token_schedule(config, 8, tokens)[-1]
     assert all(r == [tokens] * 4 + [k] * 4 for r in rows.values()), rows
     for cls in spec.transformer_classes:
         monkeypatch.setitem(base._REGISTRY, cls, dataclasses.replace(spec, row_norms=lambda t: []))
-    with cat.apply(pipe, config):
-        assert torch.equal(_generate(pipe, kwargs), gathered)
+    assert torch.equal(generate(config)[0], gathered)
     monkeypatch.undo()
-    rows.clear()
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=n: rows.setdefault(name, []).append(a[0].shape[1]))
-             for n, m, _ in norms]
-    with cat.apply(pipe, dataclasses.replace(config, prune_ff=False)):
-        _generate(pipe, kwargs)
-    for h in hooks:
-        h.remove()
+    _, rows = generate(dataclasses.replace(config, prune_ff=False))
     for name, _, consumers in norms:
         assert (min(rows[name]) < tokens) == all(c.endswith(("attn", "attn1", "attn2")) for c in consumers), name
