@@ -45,19 +45,14 @@ def inputs(config: dict, batch: int, text: int, device: str = "cpu") -> dict:
                 timestep=torch.full((batch,), 500.0, device=device), return_dict=False)
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def median_time(fn, repeats: int) -> float:
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def in_turns(variants: dict, repeats: int) -> dict:
