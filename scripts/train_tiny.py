@@ -19,6 +19,7 @@ run loses at most --save-every minutes; every stage is appended to training.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -222,9 +223,13 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
     info = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     size_mb = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
     base = f"python scripts/train_tiny.py --data {data.name} --out assets/{out.name}"
+    base += "".join(f" --{key} {info[key]}" for key, default in (("images", 12000), ("batch", 32))
+                    if info.get(key, default) != default)
     commands = []
     for i, st in enumerate(recorded_stages(info)):
         lr = f" --lr {st['lr']:g}" if i and "lr" in st else ""
+        if st.get("low_res_share"):
+            lr += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
         flag = " --resume" if i else ""
         commands.append(f"`{base}{flag}{lr}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
     stages_text = ", then ".join(commands) or f"`{base}`"
@@ -294,6 +299,26 @@ def cached_latents(args, vae, pixels, log, latents=None) -> torch.Tensor:
     return cached_latents(args, vae, pixels, log, latents)
 
 
+@contextlib.contextmanager
+def pooled_positions(embed, factor: int):
+    """While active, the patch embedding takes latents pooled `factor` times: each token gets the mean of
+    the positional embeddings of the full-resolution patches it covers, so it keeps its place in the image
+    (without this SD3's embedding would crop the centre of its grid, and a low-resolution image would
+    learn the positions of a small central window)."""
+    full = embed.cropped_pos_embed
+
+    def cropped(height, width):
+        grid = full(height * factor, width * factor)
+        h, w, dim = height // embed.patch_size, width // embed.patch_size, grid.shape[-1]
+        return grid.reshape(1, h, factor, w, factor, dim).mean(dim=(2, 4)).reshape(1, h * w, dim)
+
+    embed.cropped_pos_embed = cropped
+    try:
+        yield
+    finally:
+        del embed.cropped_pos_embed
+
+
 class TrainingClock:
     """Seconds spent training: wall-clock time between ticks, except a gap far longer than the
     typical one (the job was paused, e.g. with SIGSTOP while something else was timed), which counts
@@ -332,7 +357,8 @@ def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) 
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "state.safetensors.tmp")
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
-    meta = {"step": step, "stage_seconds": stage_seconds, "budget_minutes": args.minutes, "lr": args.lr, "final": final}
+    meta = {"step": step, "stage_seconds": stage_seconds, "budget_minutes": args.minutes, "lr": args.lr,
+            "low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch, "final": final}
     (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -374,6 +400,11 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--low-res-share", type=float, default=0.0,
+                   help="fraction of steps trained on 2x average-pooled latents (a quarter of the tokens, their "
+                        "positions pooled alike): a resolution curriculum that learns layout and colour several "
+                        "times faster per image; the held-out score is always taken at full resolution")
+    p.add_argument("--low-res-batch", type=int, default=None, help="batch of the low-resolution steps (default 2 x --batch)")
     p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out captions scored at every save")
     p.add_argument("--threads", type=int, default=2)
@@ -444,6 +475,8 @@ def main(argv=None) -> None:
             step, done_seconds = unfinished["step"], unfinished["stage_seconds"]
             args.minutes = args.minutes or unfinished["budget_minutes"]
             args.lr = unfinished["lr"]
+            args.low_res_share = unfinished.get("low_res_share", 0.0)
+            args.low_res_batch = unfinished.get("low_res_batch")
             previous = {**previous, "stages": recorded_stages(previous)[:-1]}
             log(f"continuing the interrupted stage at step {step} ({done_seconds / 60:.1f} of {args.minutes:g} min)")
         else:
@@ -452,6 +485,10 @@ def main(argv=None) -> None:
     for m in (transformer, te1, te2):
         m.train()
 
+    if not 0.0 <= args.low_res_share <= 1.0:
+        raise SystemExit(f"--low-res-share must be in [0, 1], got {args.low_res_share}")
+    args.low_res_batch = args.low_res_batch or 2 * args.batch
+    low_latents = F.avg_pool2d(latents, 2) if args.low_res_share else None
     heldout = data.captions("heldout", args.eval_prompts, 1)
     budget, last_save = args.minutes * 60, time.time()
     clock = TrainingClock(done_seconds)
@@ -460,17 +497,19 @@ def main(argv=None) -> None:
         lr = args.lr * min(1.0, (step + 1) / 300) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(latents), (args.batch,))
-        x0 = latents[idx]
+        low_res = args.low_res_share > 0 and random.random() < args.low_res_share
+        idx = torch.randint(len(latents), (args.low_res_batch if low_res else args.batch,))
+        x0 = (low_latents if low_res else latents)[idx]
         texts = ["" if random.random() < 0.1 else captions[i] for i in idx.tolist()]
-        prompt_embeds, _, pooled, _ = pipe.encode_prompt(
+        prompt_embeds, _, pooled_text, _ = pipe.encode_prompt(
             texts, texts, None, device=torch.device("cpu"), do_classifier_free_guidance=False, max_sequence_length=0
         )
-        t = torch.sigmoid(torch.randn(args.batch))  # logit-normal timesteps, as SD3
+        t = torch.sigmoid(torch.randn(len(idx)))  # logit-normal timesteps, as SD3
         noise = torch.randn_like(x0)
         xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-        pred = transformer(hidden_states=xt, encoder_hidden_states=prompt_embeds, pooled_projections=pooled,
-                           timestep=t * 1000, return_dict=False)[0]
+        with pooled_positions(transformer.pos_embed, 2) if low_res else contextlib.nullcontext():
+            pred = transformer(hidden_states=xt, encoder_hidden_states=prompt_embeds, pooled_projections=pooled_text,
+                               timestep=t * 1000, return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -509,6 +548,8 @@ def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines
             config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
     score = evaluate(pipe, data, heldout, steps=20, guidance=5.0)
     stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
+    if args.low_res_share:
+        stage |= {"low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch}
     stages = recorded_stages(previous) + [stage]
     info = {"data": data.name, "steps": sum(s["steps"] for s in stages),
             "minutes": round(sum(s["minutes"] for s in stages), 1),

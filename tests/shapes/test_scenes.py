@@ -110,8 +110,33 @@ def test_training_resumes_an_interrupted_stage(tmp_path):
     train.main(args + ["--resume"])
     again = json.loads((out / "training.json").read_text())
     assert len(again["stages"]) == 1 and again["steps"] > info["steps"]  # the same stage, continued
-    train.main(args + ["--resume"])  # the stage finished: a new one starts
-    assert len(json.loads((out / "training.json").read_text())["stages"]) == 2
+    train.main(args + ["--resume", "--low-res-share", "0.5"])  # the stage finished: a new one starts
+    stages = json.loads((out / "training.json").read_text())["stages"]
+    assert len(stages) == 2 and stages[1]["low_res_share"] == 0.5 and stages[1]["low_res_batch"] == 4
+
+
+def test_low_resolution_steps_keep_each_token_at_its_place():
+    """The resolution curriculum's positions: a token of a 2x pooled latent gets the mean of the
+    embeddings of the four full-resolution patches it covers (not SD3's central crop), and the patch
+    embedding is itself again afterwards."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from scripts.train_tiny import pooled_positions
+
+    model = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                  num_attention_heads=1, joint_attention_dim=8, caption_projection_dim=8,
+                                  pooled_projection_dim=8, out_channels=4, pos_embed_max_size=16)
+    embed = model.pos_embed
+    full = embed.cropped_pos_embed(16, 16).reshape(8, 8, -1)  # the 8x8 grid of a 16x16 latent
+    with pooled_positions(embed, 2):
+        low = embed.cropped_pos_embed(8, 8).reshape(4, 4, -1)
+        out = model(hidden_states=torch.randn(1, 4, 8, 8), encoder_hidden_states=torch.randn(1, 3, 8),
+                    pooled_projections=torch.randn(1, 8), timestep=torch.tensor([500.0]), return_dict=False)[0]
+    assert out.shape == (1, 4, 8, 8)
+    torch.testing.assert_close(low[1, 2], full[2:4, 4:6].mean(dim=(0, 1)))
+    assert not torch.allclose(low, embed.cropped_pos_embed(8, 8).reshape(4, 4, -1))  # the crop is the centre
+    torch.testing.assert_close(embed.cropped_pos_embed(8, 8).reshape(4, 4, -1), full[2:6, 2:6])
 
 
 @pytest.mark.skipif(not (scenes.MODEL_DIR / "model_index.json").exists(), reason="the scene model is not in assets/")
