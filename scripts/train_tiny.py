@@ -346,6 +346,22 @@ def state_dir(args) -> Path:
     return args.state or Path("outputs") / "train_state" / args.out.name
 
 
+def claim_state(args):
+    """An exclusive lock on the state folder, held until the process ends, so that a second run on the
+    same model (say, a --resume started while the first is still going) stops at once instead of
+    overwriting the first one's checkpoints."""
+    import fcntl
+
+    folder = state_dir(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / "lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another training run holds {folder} (training {args.out}); wait for it or stop it") from None
+    return handle
+
+
 def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) -> None:
     from safetensors.torch import save_file
 
@@ -423,6 +439,7 @@ def main(argv=None) -> None:
         print(json.dumps(write_card(args.out, data), indent=2))
         return
 
+    args.state_lock = claim_state(args)  # held for the life of the process
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     start = time.time()

@@ -1,6 +1,7 @@
 """The scenes grammar (2-4 objects at named places), its renderer and per-object judge, the scene
 model's configs, and the resumable training script."""
 
+import argparse
 import json
 
 import numpy as np
@@ -113,6 +114,16 @@ def test_training_resumes_an_interrupted_stage(tmp_path):
     train.main(args + ["--resume", "--low-res-share", "0.5"])  # the stage finished: a new one starts
     stages = json.loads((out / "training.json").read_text())["stages"]
     assert len(stages) == 2 and stages[1]["low_res_share"] == 0.5 and stages[1]["low_res_batch"] == 4
+
+
+def test_a_second_run_on_the_same_state_stops_before_training(tmp_path):
+    import scripts.train_tiny as train
+
+    lock = train.claim_state(argparse.Namespace(state=tmp_path / "state", out=tmp_path / "model"))
+    with pytest.raises(SystemExit, match="another training run holds"):
+        train.main(["--data", "scenes", "--out", str(tmp_path / "model"), "--state", str(tmp_path / "state"),
+                    "--resume"])
+    lock.close()
 
 
 def test_low_resolution_steps_keep_each_token_at_its_place():
