@@ -227,11 +227,11 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
                     if info.get(key, default) != default)
     commands = []
     for i, st in enumerate(recorded_stages(info)):
-        lr = f" --lr {st['lr']:g}" if i and "lr" in st else ""
+        flags = " --resume" if i else ""
+        flags += f" --lr {st['lr']:g}" if i and "lr" in st else ""
         if st.get("low_res_share"):
-            lr += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
-        flag = " --resume" if i else ""
-        commands.append(f"`{base}{flag}{lr}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
+            flags += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
+        commands.append(f"`{base}{flags}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
     stages_text = ", then ".join(commands) or f"`{base}`"
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
     grid = data.image_size // 4
@@ -430,6 +430,8 @@ def main(argv=None) -> None:
                         "weights, optimizer, step, schedule); after a finished stage a new one starts from the "
                         "EMA weights with --minutes and --lr")
     args = p.parse_args(argv)
+    if not 0.0 <= args.low_res_share <= 1.0:
+        raise SystemExit(f"--low-res-share must be in [0, 1], got {args.low_res_share}")
     data = DATASETS[args.data]()
     if not args.resume:
         args.minutes = args.minutes or 45.0
@@ -502,8 +504,6 @@ def main(argv=None) -> None:
     for m in (transformer, te1, te2):
         m.train()
 
-    if not 0.0 <= args.low_res_share <= 1.0:
-        raise SystemExit(f"--low-res-share must be in [0, 1], got {args.low_res_share}")
     args.low_res_batch = args.low_res_batch or 2 * args.batch
     low_latents = F.avg_pool2d(latents, 2) if args.low_res_share else None
     heldout = data.captions("heldout", args.eval_prompts, 1)
