@@ -116,7 +116,7 @@ def test_training_resumes_an_interrupted_stage(tmp_path):
     assert len(stages) == 2 and stages[1]["low_res_share"] == 0.5 and stages[1]["low_res_batch"] == 4
 
 
-def test_a_second_run_on_the_same_state_stops_before_training(tmp_path):
+def test_a_second_run_on_the_same_state_or_a_bad_option_stops_before_training(tmp_path):
     import scripts.train_tiny as train
 
     lock = train.claim_state(argparse.Namespace(state=tmp_path / "state", out=tmp_path / "model"))
@@ -124,6 +124,8 @@ def test_a_second_run_on_the_same_state_stops_before_training(tmp_path):
         train.main(["--data", "scenes", "--out", str(tmp_path / "model"), "--state", str(tmp_path / "state"),
                     "--resume"])
     lock.close()
+    with pytest.raises(SystemExit, match=r"--low-res-share must be in \[0, 1\], got 1.5"):
+        train.main(["--data", "scenes", "--out", str(tmp_path / "model"), "--low-res-share", "1.5"])
 
 
 def test_low_resolution_steps_keep_each_token_at_its_place():
