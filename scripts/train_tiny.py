@@ -231,6 +231,7 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
         flags += f" --lr {st['lr']:g}" if i and "lr" in st else ""
         if st.get("low_res_share"):
             flags += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
+        flags += " --bf16" if st.get("bf16") else ""
         commands.append(f"`{base}{flags}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
     stages_text = ", then ".join(commands) or f"`{base}`"
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
@@ -374,7 +375,8 @@ def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) 
     save_file(tensors, folder / "state.safetensors.tmp")
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
     meta = {"step": step, "stage_seconds": stage_seconds, "budget_minutes": args.minutes, "lr": args.lr,
-            "low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch, "final": final}
+            "low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch, "bf16": args.bf16,
+            "final": final}
     (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -421,6 +423,9 @@ def main(argv=None) -> None:
                         "positions pooled alike): a resolution curriculum that learns layout and colour several "
                         "times faster per image; the held-out score is always taken at full resolution")
     p.add_argument("--low-res-batch", type=int, default=None, help="batch of the low-resolution steps (default 2 x --batch)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the training forward passes under bfloat16 autocast (weights, optimizer and EMA stay "
+                        "float32): about 1.3x more steps a minute on CPUs with AMX or AVX512-BF16")
     p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out captions scored at every save")
     p.add_argument("--threads", type=int, default=2)
@@ -496,6 +501,7 @@ def main(argv=None) -> None:
             args.lr = unfinished["lr"]
             args.low_res_share = unfinished.get("low_res_share", 0.0)
             args.low_res_batch = unfinished.get("low_res_batch")
+            args.bf16 = unfinished.get("bf16", False)
             previous = {**previous, "stages": recorded_stages(previous)[:-1]}
             log(f"continuing the interrupted stage at step {step} ({done_seconds / 60:.1f} of {args.minutes:g} min)")
         else:
@@ -518,16 +524,17 @@ def main(argv=None) -> None:
         idx = torch.randint(len(latents), (args.low_res_batch if low_res else args.batch,))
         x0 = (low_latents if low_res else latents)[idx]
         texts = ["" if random.random() < 0.1 else captions[i] for i in idx.tolist()]
-        prompt_embeds, _, pooled_text, _ = pipe.encode_prompt(
-            texts, texts, None, device=torch.device("cpu"), do_classifier_free_guidance=False, max_sequence_length=0
-        )
         t = torch.sigmoid(torch.randn(len(idx)))  # logit-normal timesteps, as SD3
         noise = torch.randn_like(x0)
         xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-        with pooled_positions(transformer.pos_embed, 2) if low_res else contextlib.nullcontext():
+        with (torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16),
+              pooled_positions(transformer.pos_embed, 2) if low_res else contextlib.nullcontext()):
+            prompt_embeds, _, pooled_text, _ = pipe.encode_prompt(
+                texts, texts, None, device=torch.device("cpu"), do_classifier_free_guidance=False, max_sequence_length=0
+            )
             pred = transformer(hidden_states=xt, encoder_hidden_states=prompt_embeds, pooled_projections=pooled_text,
                                timestep=t * 1000, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise - x0)
+        loss = F.mse_loss(pred.float(), noise - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -567,6 +574,8 @@ def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines
     stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
     if args.low_res_share:
         stage |= {"low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch}
+    if args.bf16:
+        stage["bf16"] = True
     stages = recorded_stages(previous) + [stage]
     info = {"data": data.name, "steps": sum(s["steps"] for s in stages),
             "minutes": round(sum(s["minutes"] for s in stages), 1),

@@ -111,9 +111,11 @@ def test_training_resumes_an_interrupted_stage(tmp_path):
     train.main(args + ["--resume"])
     again = json.loads((out / "training.json").read_text())
     assert len(again["stages"]) == 1 and again["steps"] > info["steps"]  # the same stage, continued
-    train.main(args + ["--resume", "--low-res-share", "0.5"])  # the stage finished: a new one starts
+    train.main(args + ["--resume", "--low-res-share", "0.5", "--bf16"])  # the stage finished: a new one starts
     stages = json.loads((out / "training.json").read_text())["stages"]
     assert len(stages) == 2 and stages[1]["low_res_share"] == 0.5 and stages[1]["low_res_batch"] == 4
+    assert stages[1]["bf16"] and "bf16" not in stages[0]
+    assert json.loads((state / "state.json").read_text())["bf16"]
 
 
 def test_a_second_run_on_the_same_state_or_a_bad_option_stops_before_training(tmp_path):
