@@ -163,11 +163,11 @@ def encode_latents(vae, pixels):
     return torch.cat([vae.encode(as_float(pixels[i:i + 128])).latent_dist.mean for i in range(0, len(pixels), 128)])
 
 
-def make_pipeline(tokenizer, te1, te2, vae, transformer):
+def make_pipeline(tokenizer, te1, te2, vae, transformer, shift: float = 1.0):
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=vae,
         text_encoder=te1, tokenizer=tokenizer, text_encoder_2=te2, tokenizer_2=copy.deepcopy(tokenizer),
         text_encoder_3=None, tokenizer_3=None,
     )
@@ -231,6 +231,7 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
         flags += f" --lr {st['lr']:g}" if i and "lr" in st else ""
         if st.get("low_res_share"):
             flags += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
+        flags += f" --timestep-shift {st['timestep_shift']:g}" if st.get("timestep_shift") else ""
         flags += " --bf16" if st.get("bf16") else ""
         commands.append(f"`{base}{flags}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
     stages_text = ", then ".join(commands) or f"`{base}`"
@@ -253,7 +254,8 @@ can be seen on a machine with no GPU and no network.
 - Text encoders: two word-level CLIP text models (3 layers, hidden 64), trained jointly.
 - VAE: `AutoencoderKL`, 2 levels (16, 32 channels), 4 latent channels, trained first (MSE + small KL).
 - Objective: rectified flow matching as in SD3 (logit-normal timesteps, velocity target), 10% caption
-  dropout for classifier-free guidance, EMA of the weights; scheduler `FlowMatchEulerDiscreteScheduler(shift=1)`.
+  dropout for classifier-free guidance, EMA of the weights; scheduler
+  `FlowMatchEulerDiscreteScheduler(shift={pipe.scheduler.config.shift:g})` (each stage's timestep shift is in its command).
 - Data: {info.get('images', '?')} renders of {data.about}; the bundled prompts
   (`experiments/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
 - Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
@@ -376,7 +378,7 @@ def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) 
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
     meta = {"step": step, "stage_seconds": stage_seconds, "budget_minutes": args.minutes, "lr": args.lr,
             "low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch, "bf16": args.bf16,
-            "final": final}
+            "timestep_shift": args.timestep_shift, "final": final}
     (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -423,6 +425,10 @@ def main(argv=None) -> None:
                         "positions pooled alike): a resolution curriculum that learns layout and colour several "
                         "times faster per image; the held-out score is always taken at full resolution")
     p.add_argument("--low-res-batch", type=int, default=None, help="batch of the low-resolution steps (default 2 x --batch)")
+    p.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="SD3's timestep shift s, t -> s t / (1 + (s - 1) t), for the training timesteps and the saved "
+                        "sampler alike: s > 1 trains more at high noise, where a larger image decides its layout "
+                        "(SD3 scales s with the square root of the token count)")
     p.add_argument("--bf16", action="store_true",
                    help="run the training forward passes under bfloat16 autocast (weights, optimizer and EMA stay "
                         "float32): about 1.3x more steps a minute on CPUs with AMX or AVX512-BF16")
@@ -437,6 +443,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if not 0.0 <= args.low_res_share <= 1.0:
         raise SystemExit(f"--low-res-share must be in [0, 1], got {args.low_res_share}")
+    if not args.timestep_shift > 0:
+        raise SystemExit(f"--timestep-shift must be positive, got {args.timestep_shift}")
     data = DATASETS[args.data]()
     if not args.resume:
         args.minutes = args.minutes or 45.0
@@ -487,7 +495,7 @@ def main(argv=None) -> None:
     del pixels
     log(f"latents {tuple(latents.shape)}, shift {shift:.4f}, scale {scale:.4f}")
 
-    pipe = make_pipeline(tokenizer, te1, te2, vae, transformer)
+    pipe = make_pipeline(tokenizer, te1, te2, vae, transformer, args.timestep_shift)
     ema = [copy.deepcopy(m).requires_grad_(False) for m in (transformer, te1, te2)]
     params = [*transformer.parameters(), *te1.parameters(), *te2.parameters()]
     log(f"trainable parameters: {sum(p.numel() for p in params) / 1e6:.2f} M")
@@ -502,6 +510,7 @@ def main(argv=None) -> None:
             args.low_res_share = unfinished.get("low_res_share", 0.0)
             args.low_res_batch = unfinished.get("low_res_batch")
             args.bf16 = unfinished.get("bf16", False)
+            args.timestep_shift = unfinished.get("timestep_shift", 1.0)
             previous = {**previous, "stages": recorded_stages(previous)[:-1]}
             log(f"continuing the interrupted stage at step {step} ({done_seconds / 60:.1f} of {args.minutes:g} min)")
         else:
@@ -525,6 +534,7 @@ def main(argv=None) -> None:
         x0 = (low_latents if low_res else latents)[idx]
         texts = ["" if random.random() < 0.1 else captions[i] for i in idx.tolist()]
         t = torch.sigmoid(torch.randn(len(idx)))  # logit-normal timesteps, as SD3
+        t = args.timestep_shift * t / (1 + (args.timestep_shift - 1) * t)
         noise = torch.randn_like(x0)
         xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
         with (torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16),
@@ -563,7 +573,7 @@ def main(argv=None) -> None:
 
 def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, final: bool, previous: dict) -> None:
     transformer, te1, te2 = (m.eval() for m in ema)
-    pipe = make_pipeline(tokenizer, te1, te2, vae, transformer)
+    pipe = make_pipeline(tokenizer, te1, te2, vae, transformer, args.timestep_shift)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
     for config in args.out.glob("*/config.json"):  # a resumed model would record the machine's local path
@@ -576,6 +586,8 @@ def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines
         stage |= {"low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch}
     if args.bf16:
         stage["bf16"] = True
+    if args.timestep_shift != 1.0:
+        stage["timestep_shift"] = args.timestep_shift
     stages = recorded_stages(previous) + [stage]
     info = {"data": data.name, "steps": sum(s["steps"] for s in stages),
             "minutes": round(sum(s["minutes"] for s in stages), 1),

@@ -111,11 +111,14 @@ def test_training_resumes_an_interrupted_stage(tmp_path):
     train.main(args + ["--resume"])
     again = json.loads((out / "training.json").read_text())
     assert len(again["stages"]) == 1 and again["steps"] > info["steps"]  # the same stage, continued
-    train.main(args + ["--resume", "--low-res-share", "0.5", "--bf16"])  # the stage finished: a new one starts
+    # the stage finished: a new one starts, with its own options
+    train.main(args + ["--resume", "--low-res-share", "0.5", "--bf16", "--timestep-shift", "3"])
     stages = json.loads((out / "training.json").read_text())["stages"]
     assert len(stages) == 2 and stages[1]["low_res_share"] == 0.5 and stages[1]["low_res_batch"] == 4
-    assert stages[1]["bf16"] and "bf16" not in stages[0]
-    assert json.loads((state / "state.json").read_text())["bf16"]
+    assert stages[1]["bf16"] and stages[1]["timestep_shift"] == 3.0 and not {"bf16", "timestep_shift"} & set(stages[0])
+    meta = json.loads((state / "state.json").read_text())
+    assert meta["bf16"] and meta["timestep_shift"] == 3.0
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["shift"] == 3.0  # sampled as trained
 
 
 def test_a_second_run_on_the_same_state_or_a_bad_option_stops_before_training(tmp_path):
@@ -128,6 +131,8 @@ def test_a_second_run_on_the_same_state_or_a_bad_option_stops_before_training(tm
     lock.close()
     with pytest.raises(SystemExit, match=r"--low-res-share must be in \[0, 1\], got 1.5"):
         train.main(["--data", "scenes", "--out", str(tmp_path / "model"), "--low-res-share", "1.5"])
+    with pytest.raises(SystemExit, match="--timestep-shift must be positive, got 0"):
+        train.main(["--data", "scenes", "--out", str(tmp_path / "model"), "--timestep-shift", "0"])
 
 
 def test_low_resolution_steps_keep_each_token_at_its_place():
