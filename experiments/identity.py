@@ -1,8 +1,9 @@
 """Run identity, secrets and provenance.
 
 A run's folder is `<readable prefix>-<key>`, where the key is a SHA-256 of everything that changes
-the run's output: the task, the resolved model and method configs, the call (steps, resolution,
-guidance), seed, dtype, device type, batch size, the metrics and the *content* of the prompt list.
+the run's output: the task, the resolved model and method configs, the *content* of a local model's
+files (a retrained model at the same path is a new run), the call (steps, resolution, guidance), seed,
+dtype, device type, batch size, the metrics and the *content* of the prompt list.
 Two runs that differ in any of these never share a folder; identical runs find and reuse theirs.
 The full material is written to `run_key.json` in the run folder.
 
@@ -139,6 +140,34 @@ def _file_mtime(path) -> float | None:
         return None
 
 
+# Files of a local model folder that describe it but never change its output.
+NOT_WEIGHTS = frozenset({"README.md", "training.json", "training_log.txt"})
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_digest(folder: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode() + b"\0")
+        with open(Path(folder) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def local_model_digest(path) -> str:
+    """SHA-256 of the files of a local model folder (weights, configs, tokenizer), by content; cached in
+    the process by (name, size, mtime) of every file. A missing folder gets a marker (validation names it)."""
+    from .config_files import resolve
+
+    folder = resolve(path)
+    if not folder.is_dir():
+        return "missing"
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and f.name not in NOT_WEIGHTS)
+    stamp = tuple((f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _folder_digest(str(folder), stamp)
+
+
 def key_material(cfg: dict) -> dict:
     """What a run's output depends on, from a resolved config (a plain dict), secrets removed."""
     from .pipelines import resolved_device_type
@@ -147,6 +176,9 @@ def key_material(cfg: dict) -> dict:
     material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": _used_fields(cfg.get("method"))}
     if cfg.get("task") == "macs":  # counted from the configs alone
         return material
+    model = material["model"]
+    if isinstance(model, dict) and model.get("local_path"):
+        material["model"] = {**model, "files_sha256": local_model_digest(model["local_path"])}
     data = dict(cfg.get("data") or {})
     try:
         digest = _prompts_digest_cached(json.dumps(data, sort_keys=True, default=str), _file_mtime(data.get("path")))

@@ -307,3 +307,23 @@ def test_a_cell_with_a_finished_sibling_of_the_same_key_reuses_its_results(tmp_p
     assert (new / "images" / "0.png").read_bytes() == b"png" and (new / "records.jsonl").exists()
     assert read_json(new / "status.json") == {"status": "done", "reused_from": "a-1"}
     assert read_json(new / "run_key.json")["reused_from"] == "a-1"
+
+
+def test_a_retrained_local_model_at_the_same_path_is_a_new_run(tmp_path):
+    """The key holds the content of a local model's files: retraining the embedded model in place (same
+    path, same configs) never reuses the old model's results; its card and training log do not count."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(ROOT / "assets" / "tiny-sd3-shapes", copy)
+    before = key_of(f"model.local_path={copy}")
+    (copy / "README.md").write_text("a new card\n")
+    assert key_of(f"model.local_path={copy}") == before
+    weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    after = key_of(f"model.local_path={copy}")
+    assert after != before
+    assert identity.key_material(OmegaConf.to_container(cfg_of("task=macs"), resolve=True))["model"].get(
+        "files_sha256") is None  # MACs are counted from the configs alone
