@@ -263,11 +263,12 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
 
 def full_image_cache(cfg: DictConfig, kwargs: dict, dtype, device) -> Path:
     """The shared folder of the full model's images, keyed by everything they depend on (the prompt
-    list by content; batch size too, since batched and single generation differ in the last bits)."""
-    plain = identity.without_secrets(OmegaConf.to_container(cfg, resolve=True))
-    material = {"model": plain["model"], "call": kwargs, "dtype": str(dtype), "device": torch.device(device).type,
-                "seed": cfg.seed, "batch_size": cfg.batch_size,
-                "prompts_sha256": identity.key_material(plain)["data"]["prompts_sha256"]}
+    list and a local model by content; batch size too, since batched and single generation differ in
+    the last bits)."""
+    run_material = identity.key_material(OmegaConf.to_container(cfg, resolve=True))  # a local model by content
+    material = {"model": run_material["model"], "call": kwargs, "dtype": str(dtype),
+                "device": torch.device(device).type, "seed": cfg.seed, "batch_size": cfg.batch_size,
+                "prompts_sha256": run_material["data"]["prompts_sha256"]}
     if cfg.compile:
         material["compile"] = [cfg.compile, cfg.compile_mode]
     folder = Path(cfg.output_root) / "full_images" / f"{cfg.model.name}-{identity.digest(material)[:16]}"

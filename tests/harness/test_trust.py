@@ -314,9 +314,17 @@ def test_a_retrained_local_model_at_the_same_path_is_a_new_run(tmp_path):
     path, same configs) never reuses the old model's results; its card and training log do not count."""
     import shutil
 
+    import torch
+
+    from experiments.tasks import full_image_cache
+
+    def full_images():  # the shared cache of the full model's images
+        return full_image_cache(cfg_of(f"model.local_path={copy}", f"output_root={tmp_path / 'out'}"), {},
+                                torch.float32, "cpu")
+
     copy = tmp_path / "model"
     shutil.copytree(ROOT / "assets" / "tiny-sd3-shapes", copy)
-    before = key_of(f"model.local_path={copy}")
+    before, images_before = key_of(f"model.local_path={copy}"), full_images()
     (copy / "README.md").write_text("a new card\n")
     assert key_of(f"model.local_path={copy}") == before
     weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -324,6 +332,6 @@ def test_a_retrained_local_model_at_the_same_path_is_a_new_run(tmp_path):
     data[-1] ^= 1  # one bit of one weight
     weights.write_bytes(bytes(data))
     after = key_of(f"model.local_path={copy}")
-    assert after != before
+    assert after != before and full_images() != images_before
     assert identity.key_material(OmegaConf.to_container(cfg_of("task=macs"), resolve=True))["model"].get(
         "files_sha256") is None  # MACs are counted from the configs alone
