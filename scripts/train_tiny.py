@@ -365,6 +365,11 @@ def claim_state(args):
     return handle
 
 
+# A stage's own options (with their defaults): kept in the training state, so an interrupted stage
+# continues with them.
+STAGE_OPTIONS = {"low_res_share": 0.0, "low_res_batch": None, "bf16": False, "timestep_shift": 1.0}
+
+
 def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) -> None:
     from safetensors.torch import save_file
 
@@ -377,8 +382,7 @@ def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) 
     save_file(tensors, folder / "state.safetensors.tmp")
     (folder / "state.safetensors.tmp").replace(folder / "state.safetensors")
     meta = {"step": step, "stage_seconds": stage_seconds, "budget_minutes": args.minutes, "lr": args.lr,
-            "low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch, "bf16": args.bf16,
-            "timestep_shift": args.timestep_shift, "final": final}
+            **{name: getattr(args, name) for name in STAGE_OPTIONS}, "final": final}
     (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -507,10 +511,8 @@ def main(argv=None) -> None:
             step, done_seconds = unfinished["step"], unfinished["stage_seconds"]
             args.minutes = args.minutes or unfinished["budget_minutes"]
             args.lr = unfinished["lr"]
-            args.low_res_share = unfinished.get("low_res_share", 0.0)
-            args.low_res_batch = unfinished.get("low_res_batch")
-            args.bf16 = unfinished.get("bf16", False)
-            args.timestep_shift = unfinished.get("timestep_shift", 1.0)
+            for name, default in STAGE_OPTIONS.items():
+                setattr(args, name, unfinished.get(name, default))
             previous = {**previous, "stages": recorded_stages(previous)[:-1]}
             log(f"continuing the interrupted stage at step {step} ({done_seconds / 60:.1f} of {args.minutes:g} min)")
         else:
