@@ -62,6 +62,12 @@ def validate(cfg: DictConfig) -> None:
         how = model.get("train_command") or f"python scripts/train_tiny.py --out {model['local_path']}"
         raise ConfigError(f"model={model['name']} is not at {model['local_path']}: train it with `{how}` "
                           "(or point model.local_path at a copy)")
+    revision = model.get("revision")
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise ConfigError(f"model.revision={revision!r} is invalid; allowed: a branch, tag or commit of {model.get('repo')}")
+    if "revision" in (model.get("load_kwargs") or {}):
+        raise ConfigError("model.load_kwargs.revision is not allowed; set model.revision (the run is keyed by the "
+                          "commit it resolves to)")
     try:
         pixels, rows, cols = token_geometry(model)
     except FileNotFoundError as err:

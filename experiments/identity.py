@@ -2,7 +2,8 @@
 
 A run's folder is `<readable prefix>-<key>`, where the key is a SHA-256 of everything that changes
 the run's output: the task, the resolved model and method configs, the *content* of a local model's
-files (a retrained model at the same path is a new run), the call (steps, resolution, guidance), seed,
+files (a retrained model at the same path is a new run), the commit a hub model's revision resolves to
+(a hub repo updated under `main` is a new run, and the loader loads exactly that commit), the call (steps, resolution, guidance), seed,
 dtype, device type, batch size, the metrics and the *content* of the prompt list.
 Two runs that differ in any of these never share a folder; identical runs find and reuse theirs.
 The full material is written to `run_key.json` in the run folder.
@@ -168,6 +169,43 @@ def local_model_digest(path) -> str:
     return _folder_digest(str(folder), stamp)
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@functools.lru_cache(maxsize=16)
+def hub_commit(repo: str, revision: str | None = None, cache_dir: str | None = None) -> str:
+    """The commit a hub model's revision (branch, tag or commit) stands for, once per process: asked of
+    the hub when online (what `from_pretrained` would download), else read from the local hub cache
+    (what an offline `from_pretrained` would load). `unresolved:<revision>` when neither can say (not
+    downloaded yet and no network); such a run is keyed apart from runs of any resolved commit."""
+    import os
+
+    revision = revision or "main"
+    if COMMIT.fullmatch(revision):
+        return revision
+    import huggingface_hub
+
+    if os.environ.get("HF_HUB_OFFLINE") != "1":
+        try:
+            sha = huggingface_hub.model_info(repo, revision=revision, timeout=10).sha
+            if sha:
+                return sha
+        except Exception:  # no network, gated without a token, ...: fall back to the cache
+            pass
+    cached = huggingface_hub.try_to_load_from_cache(repo, "model_index.json", cache_dir=cache_dir, revision=revision)
+    if isinstance(cached, str) and COMMIT.fullmatch(Path(cached).parent.name):
+        return Path(cached).parent.name
+    return f"unresolved:{revision}"
+
+
+def model_snapshot(model: dict) -> str | None:
+    """The commit a hub model's config loads (None for local and built-in models)."""
+    if model.get("local_path") or model.get("builder") or not model.get("repo"):
+        return None
+    cache_dir = (model.get("load_kwargs") or {}).get("cache_dir")
+    return hub_commit(model["repo"], model.get("revision"), str(cache_dir) if cache_dir else None)
+
+
 def key_material(cfg: dict) -> dict:
     """What a run's output depends on, from a resolved config (a plain dict), secrets removed."""
     from .pipelines import resolved_device_type
@@ -179,6 +217,9 @@ def key_material(cfg: dict) -> dict:
     model = material["model"]
     if isinstance(model, dict) and model.get("local_path"):
         material["model"] = {**model, "files_sha256": local_model_digest(model["local_path"])}
+    elif isinstance(model, dict) and model_snapshot(model):
+        # the commit, not the revision's name: `main` at commit c and a pinned c are the same run
+        material["model"] = {**{k: v for k, v in model.items() if k != "revision"}, "commit": model_snapshot(model)}
     data = dict(cfg.get("data") or {})
     try:
         digest = _prompts_digest_cached(json.dumps(data, sort_keys=True, default=str), _file_mtime(data.get("path")))

@@ -8,6 +8,7 @@ import os
 import torch
 
 from .config_files import resolve
+from .identity import model_snapshot
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -94,9 +95,12 @@ def _load(model_cfg: dict, device: torch.device, dtype: torch.dtype):
         source, local = str(path), True
     else:
         source, local = model_cfg["repo"], os.environ.get("HF_HUB_OFFLINE") == "1"
+    kwargs = dict(model_cfg.get("load_kwargs") or {})
+    if not model_cfg.get("local_path"):  # exactly the commit the run is keyed by
+        commit = model_snapshot(model_cfg)
+        kwargs["revision"] = (model_cfg.get("revision") or "main") if commit.startswith("unresolved:") else commit
     try:
-        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local,
-                                   **(model_cfg.get("load_kwargs") or {}))
+        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local, **kwargs)
     except OSError as err:
         raise RuntimeError(
             f"could not load {model_cfg['name']!r} from {source!r}: {err}\n"

@@ -335,3 +335,47 @@ def test_a_retrained_local_model_at_the_same_path_is_a_new_run(tmp_path):
     assert after != before and full_images() != images_before
     assert identity.key_material(OmegaConf.to_container(cfg_of("task=macs"), resolve=True))["model"].get(
         "files_sha256") is None  # MACs are counted from the configs alone
+
+
+def test_a_hub_model_is_keyed_by_and_loads_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
+    """`revision: main` of a hub model stands for a commit: when `main` moves (an updated hub repo), the
+    run is a new one, and the loader asks for exactly the keyed commit. Offline, the local hub cache says."""
+    import diffusers
+
+    from experiments.pipelines import _load
+
+    repo, a, b = "stabilityai/stable-diffusion-3-medium-diffusers", "a" * 40, "b" * 40
+    cache = tmp_path / "hub" / "models--stabilityai--stable-diffusion-3-medium-diffusers"
+
+    def point_main_at(commit):
+        (cache / "refs").mkdir(parents=True, exist_ok=True)
+        (cache / "refs" / "main").write_text(commit)
+        (cache / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (cache / "snapshots" / commit / "model_index.json").write_text("{}")
+        identity.hub_commit.cache_clear()
+
+    hub = ("model=sd3_medium", f"+model.load_kwargs.cache_dir={tmp_path / 'hub'}")
+    identity.hub_commit.cache_clear()
+    unresolved = key_of(*hub)  # not downloaded, no network: keyed apart from every commit
+    point_main_at(a)
+    at_a = key_of(*hub)
+    assert identity.model_snapshot(OmegaConf.to_container(cfg_of(*hub).model, resolve=True)) == a
+    point_main_at(b)
+    at_b = key_of(*hub)
+    assert len({unresolved, at_a, at_b}) == 3
+    assert key_of(*hub, f"model.revision={a}") == at_a  # a pinned commit is the same run as main at it
+
+    asked = {}
+
+    def from_pretrained(source, **kwargs):
+        asked.update(kwargs, source=source)
+        raise OSError("stop before loading")
+
+    monkeypatch.setattr(diffusers.StableDiffusion3Pipeline, "from_pretrained", from_pretrained)
+    model = OmegaConf.to_container(cfg_of(*hub).model, resolve=True)
+    with pytest.raises(RuntimeError, match="could not load"):
+        _load(model, "cpu", None)
+    assert asked["source"] == repo and asked["revision"] == b and asked["local_files_only"]
+    with pytest.raises(ConfigError, match="set model.revision"):
+        validate(cfg_of(*hub, f"+model.load_kwargs.revision={a}"))
+    identity.hub_commit.cache_clear()
