@@ -64,7 +64,8 @@ def validate(cfg: DictConfig) -> None:
                           "(or point model.local_path at a copy)")
     revision = model.get("revision")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise ConfigError(f"model.revision={revision!r} is invalid; allowed: a branch, tag or commit of {model.get('repo')}")
+        raise ConfigError(f"model.revision={revision!r} is invalid; allowed: a branch, tag or commit of "
+                          f"{model.get('repo')}")
     if "revision" in (model.get("load_kwargs") or {}):
         raise ConfigError("model.load_kwargs.revision is not allowed; set model.revision (the run is keyed by the "
                           "commit it resolves to)")

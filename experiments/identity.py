@@ -3,8 +3,9 @@
 A run's folder is `<readable prefix>-<key>`, where the key is a SHA-256 of everything that changes
 the run's output: the task, the resolved model and method configs, the *content* of a local model's
 files (a retrained model at the same path is a new run), the commit a hub model's revision resolves to
-(a hub repo updated under `main` is a new run, and the loader loads exactly that commit), the call (steps, resolution, guidance), seed,
-dtype, device type, batch size, the metrics and the *content* of the prompt list.
+(a hub repo updated under `main` is a new run, and the loader loads exactly that commit), the call
+(steps, resolution, guidance), seed, dtype, device type, batch size, the metrics and the *content* of
+the prompt list.
 Two runs that differ in any of these never share a folder; identical runs find and reuse theirs.
 The full material is written to `run_key.json` in the run folder.
 
@@ -173,7 +174,7 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @functools.lru_cache(maxsize=16)
-def hub_commit(repo: str, revision: str | None = None, cache_dir: str | None = None) -> str:
+def hub_commit(repo: str, revision: str | None = None, cache_dir: str | None = None, token: str | None = None) -> str:
     """The commit a hub model's revision (branch, tag or commit) stands for, once per process: asked of
     the hub when online (what `from_pretrained` would download), else read from the local hub cache
     (what an offline `from_pretrained` would load). `unresolved:<revision>` when neither can say (not
@@ -187,7 +188,7 @@ def hub_commit(repo: str, revision: str | None = None, cache_dir: str | None = N
 
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         try:
-            sha = huggingface_hub.model_info(repo, revision=revision, timeout=10).sha
+            sha = huggingface_hub.model_info(repo, revision=revision, timeout=10, token=token).sha
             if sha:
                 return sha
         except Exception:  # no network, gated without a token, ...: fall back to the cache
@@ -202,8 +203,10 @@ def model_snapshot(model: dict) -> str | None:
     """The commit a hub model's config loads (None for local and built-in models)."""
     if model.get("local_path") or model.get("builder") or not model.get("repo"):
         return None
-    cache_dir = (model.get("load_kwargs") or {}).get("cache_dir")
-    return hub_commit(model["repo"], model.get("revision"), str(cache_dir) if cache_dir else None)
+    load = model.get("load_kwargs") or {}
+    cache_dir, token = load.get("cache_dir"), load.get("token")
+    return hub_commit(model["repo"], model.get("revision"), str(cache_dir) if cache_dir else None,
+                      token if isinstance(token, str) else None)
 
 
 def key_material(cfg: dict) -> dict:

@@ -8,7 +8,7 @@ import os
 import torch
 
 from .config_files import resolve
-from .identity import model_snapshot
+from .identity import COMMIT, model_snapshot
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -97,8 +97,8 @@ def _load(model_cfg: dict, device: torch.device, dtype: torch.dtype):
         source, local = model_cfg["repo"], os.environ.get("HF_HUB_OFFLINE") == "1"
     kwargs = dict(model_cfg.get("load_kwargs") or {})
     if not model_cfg.get("local_path"):  # exactly the commit the run is keyed by
-        commit = model_snapshot(model_cfg)
-        kwargs["revision"] = (model_cfg.get("revision") or "main") if commit.startswith("unresolved:") else commit
+        commit = model_snapshot(model_cfg) or ""
+        kwargs["revision"] = commit if COMMIT.fullmatch(commit) else (model_cfg.get("revision") or "main")
     try:
         pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local, **kwargs)
     except OSError as err:
