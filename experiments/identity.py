@@ -220,9 +220,9 @@ def key_material(cfg: dict) -> dict:
     model = material["model"]
     if isinstance(model, dict) and model.get("local_path"):
         material["model"] = {**model, "files_sha256": local_model_digest(model["local_path"])}
-    elif isinstance(model, dict) and model_snapshot(model):
+    elif isinstance(model, dict) and (commit := model_snapshot(model)):
         # the commit, not the revision's name: `main` at commit c and a pinned c are the same run
-        material["model"] = {**{k: v for k, v in model.items() if k != "revision"}, "commit": model_snapshot(model)}
+        material["model"] = {**{k: v for k, v in model.items() if k != "revision"}, "commit": commit}
     data = dict(cfg.get("data") or {})
     try:
         digest = _prompts_digest_cached(json.dumps(data, sort_keys=True, default=str), _file_mtime(data.get("path")))
