@@ -1,8 +1,10 @@
-"""Batched, cached generation with one seeded generator per prompt.
+"""Batched, cached generation with one seeded generator per prompt, in batches fixed by the run.
 
 Prompt i of a set is always generated from `torch.Generator().manual_seed(prompt_seed(seed, i))`, on the
-CPU, so an image depends only on (model, method, prompt, seed): not on the batch size, the shard or
-the number of processes. Images are written as `<dir>/<index:05d>.png` and reused when present.
+CPU. Batched and single generation differ in the last bits, so the batch make-up is part of the run:
+the run's prompt list is cut into consecutive batches of `batch_size` once (`batches`), and a batch is
+always generated whole, whether the run is resumed, sharded or spread over several processes. Images
+are written as `<dir>/<index:05d>.png` and reused when present.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from tqdm.auto import tqdm
 from .data import Prompt
 from .sinks import atomic_write
 
+Batch = tuple[int, list[Prompt]]  # (batch number in the run, its prompts)
+
 
 def prompt_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
@@ -24,21 +28,33 @@ def image_path(folder: Path, index: int) -> Path:
     return folder / f"{index:05d}.png"
 
 
-def generate(pipe, prompts: list[Prompt], folder: Path, seed: int, batch_size: int, call_kwargs: dict,
-             overwrite: bool = False, on_batch=None, desc: str = "generate") -> int:
-    """Generates the missing images of `prompts` into `folder`; returns how many were generated.
+def batches(prompts: list[Prompt], batch_size: int) -> list[Batch]:
+    """The run's batches: consecutive slices of its prompt list, numbered from 0."""
+    return [(start // batch_size, prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
 
-    `on_batch(batch, images)` is called after each batch (e.g. to keep CAT's selection statistics).
+
+def run_batch(pipe, batch: list[Prompt], seed: int, call_kwargs: dict) -> list:
+    """The images of one batch (PIL), each prompt from its own seeded generator."""
+    generators = [torch.Generator().manual_seed(prompt_seed(seed, p.index)) for p in batch]
+    return pipe([p.text for p in batch], generator=generators, **call_kwargs).images
+
+
+def generate(pipe, work: list[Batch], folder: Path, seed: int, call_kwargs: dict, overwrite: bool = False,
+             on_batch=None, desc: str = "generate") -> int:
+    """Generates every batch of `work` with a missing image (all with `overwrite`) into `folder`, whole,
+    writing the images that are missing; returns how many batches were generated.
+
+    `on_batch(number, batch, images)` is called after each generated batch.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [p for p in prompts if overwrite or not image_path(folder, p.index).exists()]
-    for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not todo, leave=False):
-        batch = todo[start:start + batch_size]
-        generators = [torch.Generator().manual_seed(prompt_seed(seed, p.index)) for p in batch]
-        images = pipe([p.text for p in batch], generator=generators, **call_kwargs).images
+    todo = [(n, batch) for n, batch in work
+            if overwrite or not all(image_path(folder, p.index).exists() for p in batch)]
+    for number, batch in tqdm(todo, desc=desc, disable=not todo, leave=False):
+        images = run_batch(pipe, batch, seed, call_kwargs)
         for prompt, image in zip(batch, images):
             path = image_path(folder, prompt.index)
-            atomic_write(path, lambda f, image=image: image.save(f, format="PNG"))
+            if overwrite or not path.exists():  # a batch resumed whole reproduces the images it has
+                atomic_write(path, lambda f, image=image: image.save(f, format="PNG"))
         if on_batch is not None:
-            on_batch(batch, images)
+            on_batch(number, batch, images)
     return len(todo)

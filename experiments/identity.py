@@ -4,9 +4,12 @@ A run's folder is `<readable prefix>-<key>`, where the key is a SHA-256 of every
 the run's output: the task, the resolved model and method configs, the *content* of a local model's
 files (a retrained model at the same path is a new run), the commit a hub model's revision resolves to
 (a hub repo updated under `main` is a new run, and the loader loads exactly that commit), the call
-(steps, resolution, guidance), seed, dtype, device type, batch size, the metrics and the *content* of
-the prompt list.
-Two runs that differ in any of these never share a folder; identical runs find and reuse theirs.
+(steps, resolution, guidance), seed, dtype, device type, batch size, the metrics, the *content* of
+the prompt list, and the *code*: the content of the library and experiment code and the versions of
+torch, diffusers and transformers (`code_identity`).
+Two runs that differ in any of these never share a folder; identical runs find and reuse theirs. A run
+of the same configuration made by other code is only reused on request (`reuse_other_code=true`), and
+is then marked in its folder and in every table.
 The full material is written to `run_key.json` in the run folder.
 
 Secrets (hub tokens, W&B keys) are matched by exact key name and never enter the key, folder
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import re
 from pathlib import Path
@@ -28,8 +32,6 @@ SECRET_KEYS = frozenset({
     "wandb_api_key", "password", "secret", "secret_key", "private_key",
 })
 REDACTED = "<redacted>"
-# Top-level keys that never change a run's output (where it goes, how it is logged, what is redone).
-NOT_OUTPUT = ("overwrite", "output_root", "logger", "group", "name", "hydra", "sweep", "experiment", "debug")
 
 
 def is_secret(key) -> bool:
@@ -209,12 +211,55 @@ def model_snapshot(model: dict) -> str | None:
                       token if isinstance(token, str) else None)
 
 
+# The code that makes results: the library, the experiment layer and the entry point (not tests, docs,
+# scripts, configs or results; the configs enter the key resolved).
+CODE_PACKAGES = ("cat", "experiments")
+CODE_FILES = ("run.py",)
+
+
+def code_files() -> list[tuple[str, Path]]:
+    """The files whose content is the code identity: (name relative to the project, path), sorted."""
+    from .config_files import ROOT
+
+    files = []
+    for package in CODE_PACKAGES:
+        folder = Path(importlib.import_module(package).__file__).resolve().parent
+        files += [(f.relative_to(folder.parent).as_posix(), f) for f in folder.rglob("*")
+                  if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc", ".pyo")]
+    files += [(name, ROOT / name) for name in CODE_FILES if (ROOT / name).is_file()]
+    return sorted(files)
+
+
+def code_identity() -> dict:
+    """The code a result is made by: SHA-256 of the content of `code_files()` (by name relative to the
+    project, so a copy of the project elsewhere is the same code) and the versions of the libraries that
+    compute the images. Part of every run key: results made by other code are never returned silently.
+    Hashed once per process per (name, size, mtime) of every file."""
+    import diffusers
+    import torch
+    import transformers
+
+    stamp = tuple((name, str(path), path.stat().st_size, path.stat().st_mtime_ns) for name, path in code_files())
+    return {"sha256": _code_digest(stamp), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}
+
+
+@functools.lru_cache(maxsize=8)
+def _code_digest(stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, path, _, _ in stamp:
+        h.update(name.encode() + b"\0" + Path(path).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def key_material(cfg: dict) -> dict:
-    """What a run's output depends on, from a resolved config (a plain dict), secrets removed."""
+    """What a run's output depends on, from a resolved config (a plain dict), secrets removed: the
+    configuration, and the code that runs it (`code_identity`)."""
     from .pipelines import resolved_device_type
 
     cfg = without_secrets(cfg)
-    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": _used_fields(cfg.get("method"))}
+    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": _used_fields(cfg.get("method")),
+                "code": code_identity()}
     if cfg.get("task") == "macs":  # counted from the configs alone
         return material
     model = material["model"]
@@ -253,6 +298,11 @@ def _used_fields(method):
 
 def digest(material: dict) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_digest(material: dict) -> str:
+    """The key without the code: equal for the same configuration run by different code."""
+    return digest({k: v for k, v in material.items() if k != "code"})
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")

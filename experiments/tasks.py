@@ -60,31 +60,24 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     plain = OmegaConf.to_container(cfg, resolve=True)
     material = identity.key_material(plain)
-    key = identity.digest(material)
+    key, config_key = identity.digest(material), identity.config_digest(material)
+    code, reuse = material["code"]["sha256"], bool(cfg.get("reuse_other_code"))
     with _lock(run_dir / ".lock"):
         clean_temporaries(run_dir)
-        if not cfg.overwrite:
-            status, metrics, recorded = read_json(status_file), read_json(metrics_file), read_json(run_dir / "run_key.json")
-            if (status or {}).get("status") == "done" and isinstance(metrics, dict):
-                if (recorded or {}).get("key") == key:
-                    log.info("%s is already done; skipping (overwrite=true to redo)", run_dir)
-                    return metrics
-                log.warning("%s holds the results of a different configuration; redoing it", run_dir)
-            elif status is not None:
-                log.info("%s is incomplete or corrupt; redoing it", run_dir)
+        if not cfg.overwrite and (found := finished_here(run_dir, key, config_key, code, reuse)) is not None:
+            return found
         status_file.unlink(missing_ok=True)
         metrics_file.unlink(missing_ok=True)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(identity.scrub(plain))))
         record = identity.provenance(str(cfg.device))
-        write_json(run_dir / "run_key.json", {"key": key, "material": material, "provenance": record})
+        write_json(run_dir / "run_key.json", {"key": key, "config_key": config_key, "material": material,
+                                              "provenance": record})
         log.info("run %s: task=%s model=%s method=%s key=%s", run_dir, cfg.task, cfg.model.name, cfg.method.name, key)
-        log.info("code %s%s; torch %s, diffusers %s, transformers %s", record["git_sha"],
-                 " (dirty tree)" if record["git_dirty"] else "", record["torch"], record["diffusers"],
+        log.info("code %s (commit %s%s); torch %s, diffusers %s, transformers %s", code[:12], record["git_sha"],
+                 ", dirty tree" if record["git_dirty"] else "", record["torch"], record["diffusers"],
                  record["transformers"])
-        if not cfg.overwrite:
-            reused = reuse_sibling(run_dir, key)
-            if reused is not None:
-                return reused
+        if not cfg.overwrite and (found := reuse_sibling(run_dir, key, config_key, code, reuse)) is not None:
+            return found
         try:
             if cfg.task == "generate":
                 metrics = generate_and_evaluate(cfg, run_dir)
@@ -110,35 +103,108 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
 SIBLING_SKIP = {".hydra", ".lock", "config.yaml", "run_key.json", "status.json", "metrics.json", "run.log"}
 
 
-def reuse_sibling(run_dir: Path, key: str) -> dict | None:
-    """A finished run with the same key in the same sweep (a cell whose overrides differ only in
-    fields its method never reads): copies its outputs here instead of recomputing, and says so in
-    run_key.json. Returns the metrics, or None when there is no such run."""
+def _finished(folder: Path):
+    """(run_key.json, status.json, metrics) of a finished run folder, or None."""
+    recorded, status = read_json(folder / "run_key.json") or {}, read_json(folder / "status.json") or {}
+    metrics = read_json(folder / "metrics.json")
+    if status.get("status") != "done" or not isinstance(metrics, dict):
+        return None
+    return recorded, status, metrics
+
+
+def _code_of(recorded: dict) -> str:
+    return ((recorded.get("material") or {}).get("code") or {}).get("sha256") or "unknown"
+
+
+def _same_config_other_code(recorded: dict, key: str, config_key: str) -> bool:
+    # a run recorded before the code joined the key: its key is its configuration's key
+    return recorded.get("key") != key and (recorded.get("config_key") or recorded.get("key")) == config_key
+
+
+def _stale_mark(recorded: dict) -> dict:
+    """`reused_code_from`: the code that made a run's results, when that is not the code it is keyed by."""
+    if recorded.get("reused_code_from"):
+        return {"reused_code_from": recorded["reused_code_from"]}
+    return {}
+
+
+def finished_here(run_dir: Path, key: str, config_key: str, code: str, reuse_other_code: bool) -> dict | None:
+    """The metrics of the finished run in run_dir when it may be returned instead of computing: its key
+    is this run's key, or it is this configuration made by other code and `reuse_other_code` is set (it
+    is then marked `reused_code_from` in run_key.json and status.json, which every table shows)."""
+    found = _finished(run_dir)
+    if found is None:
+        if (run_dir / "status.json").exists():
+            log.info("%s is incomplete or corrupt; redoing it", run_dir)
+        return None
+    recorded, status, metrics = found
+    if recorded.get("key") == key:
+        log.info("%s is already done (same configuration, same code); skipping (overwrite=true to redo)", run_dir)
+        return metrics
+    if not _same_config_other_code(recorded, key, config_key):
+        log.warning("%s holds the results of a different configuration; redoing it", run_dir)
+        return None
+    if not reuse_other_code:
+        log.warning("%s holds results made by other code (code %s, now %s); redoing it (reuse_other_code=true "
+                    "reuses them, marked stale_code)", run_dir, _code_of(recorded)[:12], code[:12])
+        return None
+    mark = {"reused_code_from": recorded.get("reused_code_from") or _code_of(recorded)}
+    write_json(run_dir / "status.json", {**status, **mark})
+    write_json(run_dir / "run_key.json", {**recorded, **mark})
+    log.warning("%s was made by other code (code %s, now %s); reused as asked (reuse_other_code=true) and "
+                "marked stale_code", run_dir, mark["reused_code_from"][:12], code[:12])
+    return metrics
+
+
+def reuse_sibling(run_dir: Path, key: str, config_key: str | None = None, code: str = "",
+                  reuse_other_code: bool = False) -> dict | None:
+    """A finished run in a sibling folder whose results this run may take: one with the same key (a
+    sweep cell whose overrides differ only in fields its method never reads), or, with
+    `reuse_other_code`, one of the same configuration made by other code (the newest; marked
+    `reused_code_from`). Without the opt-in such a run is named in a log line and this run computes.
+    Its outputs are copied here and its metrics returned; None when this run must compute."""
+    other_code = []
+    for folder in sorted(run_dir.parent.iterdir()):
+        if folder == run_dir or not folder.is_dir() or (found := _finished(folder)) is None:
+            continue
+        recorded, _, metrics = found
+        if recorded.get("key") == key:
+            return _copy_run(folder, run_dir, metrics, {"reused_from": folder.name, **_stale_mark(recorded)},
+                             "has the same key (the overrides differ only in fields the method never reads)")
+        if config_key is not None and _same_config_other_code(recorded, key, config_key):
+            other_code.append((folder, recorded, metrics))
+    if not other_code:
+        return None
+    folder, recorded, metrics = max(other_code, key=lambda f: (f[0] / "metrics.json").stat().st_mtime_ns)
+    theirs = recorded.get("reused_code_from") or _code_of(recorded)
+    if not reuse_other_code:
+        log.warning("%s holds this configuration's results made by other code (code %s, now %s); computing them "
+                    "anew (reuse_other_code=true reuses them, marked stale_code)", folder, theirs[:12], code[:12])
+        return None
+    return _copy_run(folder, run_dir, metrics, {"reused_from": folder.name, "reused_code_from": theirs},
+                     f"holds this configuration's results made by other code (code {theirs[:12]}, now {code[:12]}); "
+                     "reused as asked (reuse_other_code=true) and marked stale_code")
+
+
+def _copy_run(source: Path, run_dir: Path, metrics: dict, mark: dict, why: str) -> dict:
+    """Copies a finished run's outputs into run_dir, records where they came from, returns its metrics."""
     import shutil
 
-    for other in sorted(run_dir.parent.iterdir()):
-        if other == run_dir or not other.is_dir():
+    for item in source.iterdir():
+        if item.name in SIBLING_SKIP or item.name.startswith("."):
             continue
-        recorded, status = read_json(other / "run_key.json"), read_json(other / "status.json")
-        metrics = read_json(other / "metrics.json")
-        if (recorded or {}).get("key") != key or (status or {}).get("status") != "done" or not isinstance(metrics, dict):
-            continue
-        for item in other.iterdir():
-            if item.name in SIBLING_SKIP or item.name.startswith("."):
-                continue
-            target = run_dir / item.name
-            if item.is_dir():
-                shutil.copytree(item, target, dirs_exist_ok=True)
-            else:
-                shutil.copy2(item, target)
-        key_file = run_dir / "run_key.json"
-        write_json(key_file, {**(read_json(key_file) or {}), "reused_from": other.name})
-        write_json(run_dir / "metrics.json", metrics)
-        write_json(run_dir / "status.json", {"status": "done", "reused_from": other.name})
-        log.info("%s has the same key as %s (the overrides differ only in fields the method never reads); "
-                 "its results are reused", run_dir, other)
-        return metrics
-    return None
+        target = run_dir / item.name
+        if item.is_dir():
+            shutil.copytree(item, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, target)
+    key_file = run_dir / "run_key.json"
+    write_json(key_file, {**(read_json(key_file) or {}), **mark})
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "status.json", {"status": "done", **mark})
+    (log.warning if "reused_code_from" in mark else log.info)("%s %s: its results are reused in %s", source, why,
+                                                                run_dir)
+    return metrics
 
 
 def _lock(path: Path, num_processes: int | None = None):
@@ -189,7 +255,7 @@ def count_macs(cfg: DictConfig) -> dict:
 def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     from accelerate import PartialState
 
-    from .generate import generate, image_path
+    from .generate import batches, generate, image_path, run_batch
     from .pipelines import load_pipeline, pick_device, pick_dtype
 
     method = method_config(cfg)  # fails here, before any model load, on bad method values
@@ -204,10 +270,10 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     folders = {"full": run_dir / "images" / "full", variant: run_dir / "images" / variant}
 
     shared_full = full_image_cache(cfg, kwargs, dtype, device)
-    cache: dict = {}  # the method's cache memory after a batch (methods that report it)
-    with state.split_between_processes(prompts) as mine:
-        # The full model's images depend only on model, prompts, seed, call, dtype, device and batch size:
-        # shared by every run and sweep cell with the same ones. Locked: concurrent cells wait, then reuse.
+    # Processes share out whole batches, so an image never depends on the number of processes.
+    with state.split_between_processes(batches(prompts, cfg.batch_size)) as mine:
+        # The full model's images depend only on model, prompts, seed, call, dtype, device, batch size and
+        # code: shared by every run and sweep cell with the same ones. Locked: concurrent cells wait, then reuse.
         shared_full.mkdir(parents=True, exist_ok=True)
         from .latency import compiled_blocks
 
@@ -215,25 +281,24 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
                                                                                 cfg.compile_mode):
             if state.num_processes == 1:  # another rank may be writing its share
                 clean_temporaries(shared_full)
-            generate(pipe, list(mine), shared_full, cfg.seed, cfg.batch_size, kwargs, cfg.overwrite,
-                     desc="full model")
-        link_images(shared_full, folders["full"], [p.index for p in mine])
+            generate(pipe, list(mine), shared_full, cfg.seed, kwargs, cfg.overwrite, desc="full model")
+        link_images(shared_full, folders["full"], [p.index for _, batch in mine for p in batch])
         if method is not None:
             with cat.apply(pipe, method, compile=cfg.compile, compile_mode=cfg.compile_mode) as handle:
-                first = {}
                 method_kwargs = {**kwargs, **handle.call_overrides()}
-                selection = isinstance(handle, cat.CATHandle)  # methods on CAT's token machinery
 
-                def keep_stats(batch, images):
-                    if selection and not first and batch and batch[0].index == prompts[0].index:
-                        first["stats"] = handle.stats
-                    if hasattr(handle, "cache_bytes"):
-                        cache.update(bytes=handle.cache_bytes(), batch=len(batch))
+                def first_batch(number, batch, images) -> None:
+                    if number == 0:
+                        _probe_first_batch(handle, batch, run_dir, prompts[0].text)
 
-                generate(pipe, list(mine), folders[variant], cfg.seed, cfg.batch_size, method_kwargs, cfg.overwrite,
-                         on_batch=keep_stats, desc=variant)
-                if selection and state.is_main_process and not (run_dir / "selection.npz").exists():
-                    _save_selection(pipe, handle, prompts[0], cfg, method_kwargs, run_dir, first.get("stats"))
+                generate(pipe, list(mine), folders[variant], cfg.seed, method_kwargs, cfg.overwrite,
+                         on_batch=first_batch, desc=variant)
+                if state.is_main_process and _probe_missing(handle, run_dir):
+                    # the first batch's images were already there (a resumed run): generate it once more,
+                    # whole, for what the method reports of it
+                    log.info("%s: generating the first batch again for the method's statistics", variant)
+                    first = batches(prompts, cfg.batch_size)[0][1]
+                    first_batch(0, first, run_batch(pipe, first, cfg.seed, method_kwargs))
     state.wait_for_everyone()
     if not state.is_main_process:
         return None  # the main process evaluates and writes the merged results
@@ -242,8 +307,7 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
                 "path": str(image_path(folder, p.index).relative_to(run_dir)), **p.meta}
                for name, folder in folders.items() if name == "full" or method is not None for p in prompts]
     metrics = {"num_images": len(prompts)}
-    if cache:
-        metrics.update(cache_bytes=cache["bytes"], cache_batch=cache["batch"])
+    metrics.update(read_json(run_dir / FIRST_BATCH) or {})
     metrics.update(_image_metrics(cfg, run_dir, prompts, folders, variant, method, records))
     if cfg.metrics.macs:
         metrics.update(realised_macs(pipe, cfg, method, prompts, kwargs))
@@ -263,12 +327,12 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
 
 def full_image_cache(cfg: DictConfig, kwargs: dict, dtype, device) -> Path:
     """The shared folder of the full model's images, keyed by everything they depend on (the prompt
-    list and a local model by content; batch size too, since batched and single generation differ in
-    the last bits)."""
+    list, a local model and the code by content; batch size too, since batched and single generation
+    differ in the last bits)."""
     run_material = identity.key_material(OmegaConf.to_container(cfg, resolve=True))  # a local model by content
     material = {"model": run_material["model"], "call": kwargs, "dtype": str(dtype),
                 "device": torch.device(device).type, "seed": cfg.seed, "batch_size": cfg.batch_size,
-                "prompts_sha256": run_material["data"]["prompts_sha256"]}
+                "prompts_sha256": run_material["data"]["prompts_sha256"], "code": run_material["code"]}
     if cfg.compile:
         material["compile"] = [cfg.compile, cfg.compile_mode]
     folder = Path(cfg.output_root) / "full_images" / f"{cfg.model.name}-{identity.digest(material)[:16]}"
@@ -307,14 +371,29 @@ def _seed(cfg, prompt) -> int:
     return prompt_seed(cfg.seed, prompt.index)
 
 
-def _save_selection(pipe, handle, prompt, cfg, kwargs, run_dir: Path, stats) -> None:
+FIRST_BATCH = "first_batch.json"  # what the method reports of the run's first batch (its cache memory)
+
+
+def _has_selection(handle) -> bool:
+    return isinstance(handle, cat.CATHandle)  # methods on CAT's token machinery
+
+
+def _probe_missing(handle, run_dir: Path) -> bool:
+    return (_has_selection(handle) or hasattr(handle, "cache_bytes")) and not (run_dir / FIRST_BATCH).exists()
+
+
+def _probe_first_batch(handle, batch, run_dir: Path, prompt: str) -> None:
+    """Records what the method reports after the run's first batch (the same batch whether the run is
+    fresh or resumed): the first prompt's selection statistics (selection.npz), then its cache memory
+    (first_batch.json, written last: its presence says the probe is complete)."""
     from .figures import save_selection
 
-    if stats is None:  # the first prompt's images were cached: regenerate it once for its statistics
-        pipe([prompt.text], generator=[torch.Generator().manual_seed(_seed(cfg, prompt))], **kwargs)
+    if _has_selection(handle):
         stats = handle.stats
-    if stats.labels is not None or any(s.active is not None for s in stats.steps):
-        save_selection(stats, run_dir / "selection.npz", prompt=prompt.text)
+        if stats.labels is not None or any(s.active is not None for s in stats.steps):
+            save_selection(stats, run_dir / "selection.npz", prompt=prompt)
+    cache = {"cache_bytes": handle.cache_bytes(), "cache_batch": len(batch)} if hasattr(handle, "cache_bytes") else {}
+    write_json(run_dir / FIRST_BATCH, cache)
 
 
 def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
