@@ -306,7 +306,7 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
     records = [{"index": p.index, "prompt": p.text, "seed": _seed(cfg, p), "variant": name,
                 "path": str(image_path(folder, p.index).relative_to(run_dir)), **p.meta}
                for name, folder in folders.items() if name == "full" or method is not None for p in prompts]
-    metrics = {"num_images": len(prompts)}
+    metrics = {"num_images": len(prompts), "dtype": str(dtype).removeprefix("torch.")}
     metrics.update(read_json(run_dir / FIRST_BATCH) or {})
     metrics.update(_image_metrics(cfg, run_dir, prompts, folders, variant, method, records))
     if cfg.metrics.macs:

@@ -125,3 +125,34 @@ def test_missing_images_are_generated_in_the_batches_of_the_run(tmp_path):
     assert generate(Pipe(), work, tmp_path, 0, {}) == 2
     assert calls == [["prompt 0", "prompt 1"], ["prompt 2", "prompt 3"]]
     assert {i: image_path(tmp_path, i).stat().st_mtime_ns for i in (1, 2, 4)} == {i: stamps[i] for i in (1, 2, 4)}
+
+
+@pytest.mark.slow
+def test_an_edit_of_the_library_is_a_new_run_of_run_py(tmp_path):
+    """The repro of the report, as a user meets it: run, edit the library so that it gives other images,
+    run the same command again in a copy of the project."""
+    import os
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    for name in ("cat", "experiments", "conf"):
+        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "run.py", project / "run.py")
+    env = {**os.environ, "PYTHONPATH": str(project), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "run.py", *TINY, "data.limit=2", "model.steps=6", f"output_root={tmp_path / 'out'}"]
+
+    def run():
+        proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    run()
+    source = project / "experiments" / "generate.py"
+    source.write_text(source.read_text().replace("return seed * 1_000_003 + index", "return seed * 1_000_003 + index + 7"))
+    second = run()
+    assert "already done" not in second and "made by other code" in second
+    folders = sorted((tmp_path / "out" / "runs" / "tiny_random-shapes-cat").iterdir())
+    assert len(folders) == 2
+    psnr = [json.loads((f / "metrics.json").read_text())["psnr"] for f in folders]
+    assert psnr[0] != psnr[1]
