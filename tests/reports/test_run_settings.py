@@ -8,12 +8,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from experiments import peers
 from experiments.identity import digest
 from experiments.results import SETTINGS, load_runs, run_settings
+from experiments.stats import paired_against
+from experiments.sweep import collect, trends
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_tables import main_table  # noqa: E402
@@ -131,3 +135,70 @@ def test_runs_that_tie_on_every_column_but_differ_in_their_key_keep_both_rows(tm
     table = main_table(load_runs(tmp_path))
     assert len(table) == 2 and settings_shown(table) == ["run_key"] and "f" * 12 in set(table.run_key)
     assert not caplog.records
+
+
+def test_the_sweep_summary_gets_the_same_columns(tmp_path):
+    sweep = tmp_path / "sweep"
+    for prompts, path in ((A, "a.txt"), (B, "b.txt")):
+        for method in ("cat", "cat_random"):
+            make_run(sweep / f"{method}-{path}", prompts=prompts, path=path, method=method, code=CODE,
+                     reused_from=OTHER if method == "cat_random" else None,
+                     overrides=[f"method={method}", f"data.path={path}"])
+    frame = collect(sweep)
+    assert len(frame) == 4
+    assert settings_shown(frame) == ["prompt_set", "stale_code"]
+    assert set(zip(frame["data.path"], frame.prompt_set)) == {("a.txt", "shapes:a1a1a1a1"),
+                                                              ("b.txt", "shapes:b2b2b2b2")}
+    assert dict(zip(frame.method, frame.stale_code)) == {"cat": False, "cat_random": True}
+    text = trends(frame)  # the prompt set only renames the swept data.path: no table of its own
+    assert "### by data.path" in text and "### by method" in text and "### by prompt_set" not in text
+
+
+def test_a_swept_setting_reads_as_its_effective_value(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "auto", dtype="auto", overrides=["dtype=auto"])
+    make_run(sweep / "f16", dtype="float16", overrides=["dtype=float16"])
+    frame = collect(sweep)
+    assert list(frame.columns[:2]) == ["cell", "dtype"] and list(frame.dtype) == ["float32", "float16"]
+
+
+def test_a_prompt_set_that_changed_under_the_same_overrides_is_an_axis_and_pairs_stay_on_it(tmp_path):
+    rng = np.random.default_rng(0)
+    sweep = tmp_path / "sweep"
+    base = {A: rng.normal(35, 3, 16), B: rng.normal(25, 3, 16)}
+    for prompts, tag in ((A, "old"), (B, "new")):  # the prompt file was edited between the two runs
+        for method, shift in (("cat", 0.0), ("cat_random", -2.0)):
+            cell = make_run(sweep / f"{method}-{tag}", prompts=prompts, method=method, overrides=[f"method={method}"])
+            values = base[prompts] + shift + rng.normal(0, 0.1, 16)
+            (cell / "records.jsonl").write_text("".join(json.dumps({"index": i, "variant": method, "psnr": v}) + "\n"
+                                                        for i, v in enumerate(values)))
+    frame = collect(sweep)
+    assert settings_shown(frame) == ["prompt_set"] and "### by prompt_set" in trends(frame)
+    paired = paired_against(frame, sweep, metrics=("psnr",)).set_index("cell")
+    assert dict(paired.reference) == {"cat_random-new": "cat-new", "cat_random-old": "cat-old"}
+    assert paired.d_psnr.to_numpy() == pytest.approx([-2, -2], abs=0.2)
+
+
+def test_a_copied_sweep_cell_is_one_row(tmp_path, caplog):
+    sweep = tmp_path / "sweep"
+    make_run(sweep / "cat", overrides=["method=cat"])
+    make_run(sweep / "random", method="cat_random", overrides=["method=cat_random"])
+    shutil.copytree(sweep / "cat", sweep / "cat_copy")
+    with caplog.at_level(logging.WARNING):
+        frame = collect(sweep)
+    assert list(frame.cell) == ["cat", "random"]
+    assert any("same run twice" in r.getMessage() and r.getMessage().endswith("keeping cat, leaving out cat_copy")
+               for r in caplog.records)
+
+
+def test_settings_that_do_not_vary_leave_a_peers_sweep_a_peers_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    for method in ("cat", "fora"):
+        for level in range(2):
+            make_run(sweep / f"{method}{level}", method=method, code=CODE, overrides=[f"method={method}",
+                     f"level={level}"], metrics={"psnr": 30.0 - level, "macs_reduction": 0.3 + 0.2 * level})
+    (sweep / "failed").mkdir()  # failed before its config was written: no settings recorded
+    (sweep / "failed" / "status.json").write_text('{"status": "failed", "error": "ConfigError: no"}')
+    frame = collect(sweep)
+    assert settings_shown(frame) == [] and len(frame) == 5
+    assert peers.is_peers_sweep(frame)
