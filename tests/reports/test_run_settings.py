@@ -202,3 +202,18 @@ def test_settings_that_do_not_vary_leave_a_peers_sweep_a_peers_sweep(tmp_path):
     frame = collect(sweep)
     assert settings_shown(frame) == [] and len(frame) == 5
     assert peers.is_peers_sweep(frame)
+
+
+def test_the_quality_figure_never_joins_runs_on_two_prompt_sets(tmp_path, monkeypatch):
+    import make_figures
+
+    for prompts in (A, B):
+        for keep, macs in ((0.3, 3.0), (0.5, 2.0)):
+            make_run(tmp_path / f"{prompts[:2]}-{keep}", prompts=prompts, metrics={
+                "psnr": 30.0 + keep, "transformer_macs": macs, "transformer_macs_full": 4.0})
+    monkeypatch.setattr(make_figures, "save", lambda fig, path, pdf: fig)
+    fig = make_figures.quality_vs_macs(load_runs(tmp_path), "psnr", tmp_path)
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label().startswith("method=")]
+    assert sorted(line.get_label() for line in lines) == ["method=cat, prompt_set=shapes:a1a1a1a1",
+                                                         "method=cat, prompt_set=shapes:b2b2b2b2"]
+    assert all(len(line.get_xdata()) == 2 for line in lines)
