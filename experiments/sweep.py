@@ -1,7 +1,8 @@
 """Sweep bookkeeping: a Hydra callback that writes the sweep's table when the multirun ends.
 
-Every cell's run directory holds status.json (done / failed + error), metrics.json and
-.hydra/overrides.yaml; the table has one row per cell: its overrides, its metrics and its status.
+Every cell's run directory holds status.json (done / failed + error), metrics.json, config.yaml,
+run_key.json and .hydra/overrides.yaml; the table has one row per cell: its overrides, the settings that
+vary among the cells (results.SETTINGS), its metrics and its status.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import yaml
 from hydra.experimental.callback import Callback
 
 from .identity import scrub_override
+from .results import distinct, run_settings
 from .sinks import read_json, write_text
 
 
@@ -21,8 +23,9 @@ MANIFEST = ".cells"  # the cells of the sweep's latest multirun, one directory n
 
 def collect(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
     """One row per cell of the sweep directory (only `cells` when given: a directory keeps the cells of
-    earlier runs with other configurations, which must not mix into this run's table)."""
-    rows = []
+    earlier runs with other configurations, which must not mix into this run's table). Each of
+    results.SETTINGS is a column where it varies among the cells, or where it is also an override."""
+    rows, swept = [], []
     for status_file in sorted(sweep_dir.glob("*/status.json")):
         cell = status_file.parent
         if cells is not None and cell.name not in cells:
@@ -32,8 +35,15 @@ def collect(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
         if overrides.exists():
             for item in yaml.safe_load(overrides.read_text()) or []:
                 key, _, value = scrub_override(item).partition("=")
-                if key.lstrip("+~") not in ("sweep", "group", "output_root", "logger", "debug"):
-                    row[key.lstrip("+~")] = value
+                key = key.lstrip("+~")
+                if key not in ("sweep", "group", "output_root", "logger", "debug"):
+                    row[key] = value
+                    swept.append(key)
+        for key, value in run_settings(cell).items():  # what the run recorded, over what was asked
+            if value is not None or key not in row:
+                # as text, like the overrides: a setting reads the same whether swept or configured, and a
+                # varying one is an axis of the sweep (trends, pairing); stale_code stays a flag
+                row[key] = value if value is None or key == "stale_code" else str(value)
         status = read_json(status_file) or {"status": "failed", "error": "status.json is corrupt"}
         row["status"] = status.get("status")
         row["error"] = " ".join((status.get("error") or "").split())[:300]
@@ -42,7 +52,7 @@ def collect(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
             row["status"], row["error"] = "failed", "metrics.json is missing or corrupt"
         row.update(metrics or {})
         rows.append(row)
-    return pd.DataFrame(rows)
+    return distinct(pd.DataFrame(rows), list(dict.fromkeys(swept)), "cell")
 
 
 QUALITY = ("adherence", "psnr", "ssim", "lpips", "clip_score", "fid", "fid_vs_full")
@@ -56,8 +66,15 @@ def trends(frame: pd.DataFrame) -> str:
         return ""
     done = frame[frame.status == "done"]
     metrics = [c for c in QUALITY + COST if c in done and done[c].notna().any()]
-    axes = [c for c in frame.columns if c not in metrics and c not in ("cell", "error", "status")
-            and not pd.api.types.is_numeric_dtype(frame[c]) and frame[c].nunique() > 1]
+    axes = []
+    for c in frame.columns:  # run_key names runs that tie on every setting: no axis
+        if c in metrics or c in ("cell", "error", "status", "run_key") or pd.api.types.is_numeric_dtype(frame[c]) \
+                or frame[c].nunique() <= 1:
+            continue
+        # an axis that only renames an earlier one (the prompt set of a swept data.path, the guidance of a
+        # swept model.guidance_scale) would repeat its table
+        if not any(_same_groups(done[c], done[a]) for a in axes):
+            axes.append(c)
     if done.empty or not metrics or not axes:
         return ""
     parts = [f"Means over the {len(done)} finished cells (of {len(frame)}).\n"]
@@ -71,6 +88,12 @@ def trends(frame: pd.DataFrame) -> str:
             table = done.pivot_table(index="method", columns=keep, values=metric, aggfunc="mean")
             parts.append(f"### {metric} by method and {keep}\n\n" + table.to_markdown(floatfmt=".4g") + "\n")
     return "\n".join(parts)
+
+
+def _same_groups(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two columns split the rows into the same groups (each value of one stands for one of the other)."""
+    pairs = pd.DataFrame({"a": a.astype(str), "b": b.astype(str)}).drop_duplicates()
+    return pairs.a.is_unique and pairs.b.is_unique
 
 
 def current_cells(sweep_dir: Path) -> list[str] | None:

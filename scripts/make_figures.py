@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.figures import image_grid, plt, save, selection_figure  # noqa: E402
 from experiments.metrics.images import load_prompts  # noqa: E402
-from experiments.results import load_runs  # noqa: E402
+from experiments.results import SETTINGS, load_runs  # noqa: E402
 
 
 def _label(run: Path, method: str) -> str:
@@ -29,8 +29,8 @@ def _label(run: Path, method: str) -> str:
     return f"{method}" + (f" {knob}={value}" if value is not None else "") + (f", {steps} steps" if steps else "")
 
 
-# Axes a line may run along (the knob), and the axes that must be equal within one line.
-LINE_KEYS = ["model", "data", "method", "steps", "policy", "num_clusters", "warmup_steps"]
+# The axes that must be equal within one line (a line runs along the knob), the run settings among them.
+LINE_KEYS = ["model", "data", "method", "steps", "policy", "num_clusters", "warmup_steps", *SETTINGS]
 
 
 def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:

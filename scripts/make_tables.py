@@ -1,5 +1,6 @@
-"""Tables from result directories: the main table (one row per model, data, steps and method, with the
-full model alongside) and, for every sweep, its table of cells and its trends.
+"""Tables from result directories: the main table (one row per run: model, data, steps, method and every
+setting that varies among the rows, with the full model alongside) and, for every sweep, its table of
+cells and its trends.
 
     python scripts/make_tables.py outputs --out results/tables
 
@@ -18,7 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.results import load_runs  # noqa: E402
+from experiments.results import SETTINGS, distinct, load_runs  # noqa: E402
 
 QUALITY = ["clip_score", "clip_score_full", "fid", "fid_full", "fid_vs_full", "adherence", "adherence_full",
            "psnr", "ssim", "lpips"]
@@ -32,7 +33,9 @@ def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
     runs = runs[(runs.task != "macs") & (runs.status == "done")] if "task" in runs else runs
     if "sweep" in runs:
         runs = runs[runs.sweep.isna() | runs.sweep.map(lambda name: fnmatch.fnmatch(str(name), sweeps))]
-    cols = [c for c in KEYS + QUALITY + INTERVALS + COST + ["num_images"] if c in runs.columns]
+    runs = distinct(runs, KEYS, "run")  # the settings that vary, one row per run
+    cols = [c for c in KEYS + [*SETTINGS, "run_key"] + QUALITY + INTERVALS + COST + ["num_images"]
+            if c in runs.columns]
     cols = [c for c in cols if c not in ("policy", "keep_ratio", "num_clusters", "warmup_steps")
             or runs[c].notna().any()]  # CAT's fields only where CAT-family runs are present
     table = runs[cols].sort_values([c for c in ("model", "data", "steps", "method") if c in cols])

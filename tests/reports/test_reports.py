@@ -57,7 +57,7 @@ def test_main_table_keeps_runs_and_paper_sweep_cells_only():
     runs = pd.DataFrame({
         "model": ["m"] * 3, "data": ["d"] * 3, "steps": [28] * 3, "method": ["cat", "cat", "cat_random"],
         "task": ["generate"] * 3, "status": ["done"] * 3, "psnr": [30.0, 31.0, 25.0],
-        "sweep": [None, "paper_sd3", "ablation"],
+        "sweep": [None, "paper_sd3", "ablation"], "seed": [0, 1, 2],  # three runs, not one found three times
     })
     assert sorted(main_table(runs).psnr) == [30.0, 31.0]
     assert sorted(main_table(runs, "*").psnr) == [25.0, 30.0, 31.0]
