@@ -5,6 +5,7 @@ of an uninterrupted run."""
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from experiments import identity, resolvers  # noqa: F401  (registers the config
 from experiments.tasks import run_task
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from make_tables import main_table  # noqa: E402
 TINY = ("debug=tiny", "metrics.latency.enabled=false")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,6 +66,17 @@ def test_results_made_by_other_code_are_recomputed_unless_reuse_is_asked_and_the
     assert len(list((out / "full_images").iterdir())) == 2  # nothing was generated
     # a run with the reuse flag and a finished run of its own code takes its own
     assert run_here(out, *args, "reuse_other_code=true") == (third_dir, third)
+    # every table tells the three runs apart by their code and marks the reused one
+    from experiments.results import load_runs
+    from experiments.sweep import collect
+
+    table = main_table(load_runs(out)).set_index("code")
+    assert len(table) == 3 and table["stale_code"].tolist().count(True) == 1
+    assert table.loc[code_of(third_dir)[:8], "stale_code"]
+    sweep = tmp_path / "sweep"
+    for folder in (first_dir, third_dir):
+        shutil.copytree(folder, sweep / folder.name)
+    assert sorted(collect(sweep)["stale_code"]) == [False, True]
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
