@@ -26,6 +26,7 @@ import torch
 
 METHODS: dict[str, type["MethodConfig"]] = {}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+APPLIED = "_cat_method"  # the transformer attribute holding the handle applied to it (one at a time)
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,29 @@ class MethodHandle:
         return self
 
     def install(self) -> "MethodHandle":
+        """Patches the model (`_install`), after recording this handle on the transformer. Methods do not
+        stack: each patches the same modules on its own terms (CAT's processors and FORA's hooks, say),
+        so a transformer that already carries a method is refused before anything changes."""
+        t = self.transformer
+        applied = vars(t).get(APPLIED)
+        if applied is not None:
+            raise RuntimeError(
+                f"cat.apply: {_describe(applied.config)} is already applied to this {type(t).__name__}, so "
+                f"{_describe(self.config)} is refused (methods do not stack). Call remove() on the handle "
+                f"cat.apply returned for {applied.config.name!r} (or leave its `with` block) first."
+            )
+        setattr(t, APPLIED, self)
+        self._undo.append(lambda: delattr(t, APPLIED))
         try:
             self._install()
         except Exception:
             self.remove()
             raise
         return self
+
+
+def _describe(config: MethodConfig) -> str:
+    return f"{config.name!r} ({type(config).__name__})"
 
 
 def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
