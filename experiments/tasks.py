@@ -221,7 +221,7 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
         if method is not None:
             with cat.apply(pipe, method, compile=cfg.compile, compile_mode=cfg.compile_mode) as handle:
                 first = {}
-                method_kwargs = {**kwargs, **handle.call_overrides()}
+                method_kwargs = {**kwargs, **handle.call_overrides(kwargs["num_inference_steps"])}
                 selection = isinstance(handle, cat.CATHandle)  # methods on CAT's token machinery
 
                 def keep_stats(batch, images):
@@ -334,7 +334,7 @@ def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
     if method is None:
         return out
     with cat.apply(pipe, method) as handle:
-        overrides = handle.call_overrides()
+        overrides = handle.call_overrides(kwargs["num_inference_steps"])
         done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
     out.update({"transformer_macs": done, "macs_reduction": 1.0 - done / full})
     return out

@@ -73,7 +73,19 @@ class MethodHandle:
         """Per-generation statistics of the current or last generation (method-specific)."""
         return None
 
-    def call_overrides(self) -> dict:
+    def call_overrides(self, reference_steps: int | None = None) -> dict:
+        """Pipeline call arguments the method changes (`steps`: `num_inference_steps`); most change none.
+
+        `reference_steps`: the step count of the full-model run the method's images are compared with
+        (what this call would run without the method). When given, the settings that depend on it are
+        checked (`config.check_steps`, as the harness does before loading a model): a `StepsConfig`
+        asking for more steps than the reference raises here.
+        """
+        if reference_steps is not None:
+            if not is_int(reference_steps) or reference_steps < 1:
+                raise ValueError(f"reference_steps={reference_steps!r} is invalid: reference_steps must be an "
+                                 "integer >= 1.")
+            self.config.check_steps(reference_steps)
         return self.config.call_overrides()
 
     def remove(self) -> None:
