@@ -242,6 +242,12 @@ def check(ok: bool, config, field: str, allowed: str) -> None:
         raise ValueError(f"{type(config).__name__}.{field}={value!r} is invalid: {field} must be {allowed}.")
 
 
+def min_ratio(num_tokens: int) -> str:
+    """The smallest ratio that keeps one of `num_tokens` tokens under `round`, said for an error message."""
+    return (f"the smallest allowed value is just above 0.5/{num_tokens} = {0.5 / num_tokens:.3g} "
+            f"(1/{num_tokens} = {1 / num_tokens:.3g} gives one token)")
+
+
 def apply(target, config: MethodConfig, compile: bool = False, compile_mode: str = "default") -> MethodHandle:
     """Applies `config`'s method to a diffusers pipeline (anything with `.transformer`) or a transformer;
     with `compile=True` the transformer's blocks are then compiled (`handle.compile`)."""

@@ -1,6 +1,8 @@
 """The library refuses what the harness refuses, for users who call `cat.apply` themselves: a `steps`
 run above its reference step count, and a ratio that asks for less than one token."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -58,3 +60,24 @@ def test_steps_on_a_bare_transformer_patches_nothing():
         assert handle.call_overrides() == {"num_inference_steps": 4}
         assert not hasattr(transformer, "_diffusers_hook")
     assert vars(transformer) == before
+
+
+# --- ratios: at least one token, checked where the token count is known -------------------------------------
+
+
+@pytest.mark.parametrize("config, field", [
+    (cat.CATConfig(keep_ratio=1e-9, warmup_steps=4, num_clusters=4), "keep_ratio"),
+    (cat.CATConfig(keep_ratio=1e-9, warmup_steps=4, policy="random"), "keep_ratio"),
+    (cat.CATFORAConfig(keep_ratio=1e-9, warmup_steps=4, num_clusters=4), "keep_ratio"),
+    (cat.RASConfig(sample_ratio=1e-9, warmup_steps=3), "sample_ratio"),
+], ids=["cat", "random", "cat_fora", "ras"])
+def test_a_ratio_below_one_token_is_refused_at_the_first_transformer_call(pipe, config, field):
+    """32x32 images are 256 image tokens: 1e-9 asks for none; 1/256 (one token) runs."""
+    message = (rf"{field}=1e-09 is invalid: {field} must be large enough to .* at least one token.*256 image "
+               r"tokens.*the smallest allowed value is just above 0\.5/256 = 0\.00195")
+    with cat.apply(pipe, config):
+        with pytest.raises(ValueError, match=message):
+            _call(pipe, num_inference_steps=10)
+    with cat.apply(pipe, dataclasses.replace(config, **{field: 1 / 256})) as handle:
+        _call(pipe, num_inference_steps=10)
+        assert min(r.num_recomputed for r in handle.stats.steps) <= 2
