@@ -7,7 +7,7 @@ import functools
 import torch
 
 from .adapters import Runtime, spec_for
-from .adapters.base import PrunedTokenwise, RowsOnly, TransformerHook, attach_hook, has_hook, observe_encode_prompt, swap_in
+from .adapters.base import PrunedTokenwise, RowsOnly, TransformerHook, attach_hook, observe_encode_prompt, swap_in
 from .config import CATConfig
 from .methods.base import METHODS, MethodHandle, register
 from .methods.base import apply as _dispatch
@@ -45,8 +45,6 @@ class CATHandle(MethodHandle):
 
     def _install(self) -> None:
         transformer, config, run = self.transformer, self.config, self._runtime
-        if has_hook(transformer):
-            raise RuntimeError("CAT is already applied to this transformer; call handle.remove() first.")
         self.spec.check(transformer)
         check_cache_dtype(getattr(config, "cache_dtype", None), transformer, self.spec.name)
         try:
@@ -109,9 +107,9 @@ def apply(pipe_or_transformer, config=None, compile: bool = False, compile_mode:
 
     `config` is any method's config (`cat.CATConfig()` by default; `cat.METHODS` lists them all); the
     call dispatches on its type. Returns the handle: `handle.remove()` or leaving
-    `with cat.apply(...)` restores the model exactly. Raises if a method that conflicts is already
-    applied, or if the transformer's class is not supported. `compile=True` compiles the transformer's
-    blocks after the method is applied (`compile_mode`: default, max-autotune, or reduce-overhead for
+    `with cat.apply(...)` restores the model exactly. Raises if a method (any of them) is already applied
+    to the transformer (methods do not stack), or if the transformer's class is not supported.
+    `compile=True` compiles the transformer's blocks after the method is applied (`compile_mode`: default, max-autotune, or reduce-overhead for
     CUDA graphs); `remove()` undoes that too.
     """
     config = CATConfig() if config is None else config

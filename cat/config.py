@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .methods.base import MethodConfig
+from .methods.base import MethodConfig, min_ratio
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 CACHE_DTYPES = (None, "bfloat16", "float16", "float8_e4m3fn")
@@ -31,7 +31,8 @@ class CATConfig(MethodConfig):
 
     Attributes:
         keep_ratio: alpha, the fraction of image tokens recomputed in each pruned step. K =
-            round(keep_ratio * image tokens). 1.0 disables pruning.
+            round(keep_ratio * image tokens). 1.0 disables pruning. A ratio that keeps no token (K = 0)
+            is refused once the token count is known (`check_tokens`).
         warmup_steps: t0, the number of full steps (steps 0 .. t0-1) before pruning starts. The last
             full step makes the first selection, the one `reference_offset` steps earlier keeps the
             reference noise n_ref, so at least `reference_offset + 1` full steps are needed.
@@ -133,9 +134,13 @@ class CATConfig(MethodConfig):
                f"smaller than the number of steps ({num_steps}), or CAT changes nothing")
 
     def check_tokens(self, num_tokens: int) -> None:
-        """Checks the settings that depend on the image size, once it is known."""
+        """Checks the settings that depend on the image size, once it is known (the harness before loading a
+        model; the library at the first transformer call of a generation)."""
         _check(self.num_clusters <= num_tokens, "num_clusters", self.num_clusters,
                f"at most the number of image tokens ({num_tokens})")
+        _check(round(self.keep_ratio * num_tokens) >= 1, "keep_ratio", self.keep_ratio,
+               f"large enough to keep at least one token: round({self.keep_ratio:g} x {num_tokens}) = "
+               f"{round(self.keep_ratio * num_tokens)} of the {num_tokens} image tokens; {min_ratio(num_tokens)}")
 
 
 def token_schedule(config: CATConfig | None, num_inference_steps: int, num_image_tokens: int) -> list[int]:

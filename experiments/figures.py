@@ -56,6 +56,19 @@ def image_grid(rows: dict[str, list[Path]], titles: list[str] | None, path: Path
     return save(fig, path, pdf)
 
 
+def selection_columns(steps, phases, num_columns: int = 6) -> list[int]:
+    """The records the selection figure shows: up to `num_columns` clustering/pruned steps spread evenly
+    from the first to the last, each a distinct step (fewer columns when fewer steps select)."""
+    usable: dict[int, int] = {}  # step -> its first record
+    for i, (step, phase) in enumerate(zip(steps, phases)):
+        if str(phase) in ("cluster", "pruned"):
+            usable.setdefault(int(step), i)
+    records = list(usable.values())
+    count = min(num_columns, len(records))
+    # spacing (len - 1) / (count - 1) >= 1, so the rounded positions are distinct
+    return [records[round(j * (len(records) - 1) / max(1, count - 1))] for j in range(count)]
+
+
 def selection_figure(npz: Path, path: Path, num_columns: int = 6, pdf: bool = False) -> Path:
     """Like the paper's overview: per selected step, relative noise, clusters, recomputed tokens and
     staleness (high = not recomputed lately), each row on one colour scale with its colour bar."""
@@ -64,10 +77,9 @@ def selection_figure(npz: Path, path: Path, num_columns: int = 6, pdf: bool = Fa
     data = np.load(npz, allow_pickle=False)
     h, w = (int(v) for v in data["grid"])
     steps, phases = data["steps"], [str(p) for p in data["phases"]]
-    usable = [i for i, p in enumerate(phases) if p in ("cluster", "pruned")]
-    if not usable:
+    picks = selection_columns(steps, phases, num_columns)
+    if not picks:
         raise ValueError(f"{npz} holds no pruned step")
-    picks = [usable[round(j * (len(usable) - 1) / max(1, num_columns - 1))] for j in range(min(num_columns, len(usable)))]
     freq = np.asarray(data["staleness"], dtype=float)  # selection frequency f: high = recomputed lately
     stale = freq.max() - freq  # shown the right way round: high = stale
     rows = {

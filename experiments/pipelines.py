@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import logging
 import os
+import re
+import sys
 
 import torch
 
@@ -65,14 +69,80 @@ _LOADED: dict[str, object] = {}
 
 def load_pipeline(model_cfg: dict, device: torch.device, dtype: torch.dtype):
     """The model's pipeline on `device`, loaded once per process (sweep cells in one process share it;
-    CAT's patch is removed exactly after each use, so sharing is safe)."""
+    CAT's patch is removed exactly after each use, so sharing is safe). Its prompt-truncation warning
+    is shown once per cut text, shortened (`TruncationOnce`)."""
     import json
 
     key = json.dumps([model_cfg, str(device), str(dtype)], sort_keys=True, default=str)
     if key not in _LOADED:
         _LOADED.clear()  # keep one model in memory
         _LOADED[key] = _load(model_cfg, device, dtype)
+    quiet_truncation(_LOADED[key])
     return _LOADED[key]
+
+
+_TRUNCATED = re.compile(r"The following part of your input was truncated because (?P<why>.+?) tokens: (?P<cut>.*)",
+                        re.S)
+_SPECIAL = re.compile(r"<\|[^|>]*\|>|</?s>|<pad>|<unk>")  # padding of the batch's shorter prompts
+
+
+class TruncationOnce(logging.Filter):
+    """diffusers' warning that a text encoder truncated the prompt, once per cut text and short.
+
+    The pipelines log the whole cut part of every prompt of the batch (the shorter ones as padding
+    tokens) at every call, once per text encoder: a run calls the pipeline for the full model, the
+    method, the MACs count and the latency timing. This lets the first sighting of each cut text
+    through as one line: why, how many words were cut (the record holds the decoded text only, not
+    the token ids), and its first `chars` characters.
+    """
+
+    def __init__(self, chars: int = 60):
+        super().__init__()
+        self.chars = chars
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = _TRUNCATED.match(record.getMessage())
+        if match is None:
+            return True
+        why = " ".join(match["why"].split())
+        new = [cut for cut in dict.fromkeys(_cut_texts(match["cut"])) if (why, cut) not in self.seen]
+        if not new:
+            return False
+        self.seen.update((why, cut) for cut in new)
+        record.msg, record.args = f"prompt truncated ({why} tokens): " + "; ".join(map(self._short, new)), ()
+        return True
+
+    def _short(self, cut: str) -> str:
+        head = cut if len(cut) <= self.chars else cut[: self.chars].rstrip() + "..."
+        return f"{len(cut.split())} words cut, {head!r}"
+
+
+def _cut_texts(text: str) -> list[str]:
+    """The non-empty cut texts of a warning's tail: the repr of one decoded string per prompt."""
+    try:
+        texts = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        texts = text
+    texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+    return [cut for t in texts if (cut := " ".join(_SPECIAL.sub(" ", t).split()))]
+
+
+def pipeline_loggers(pipe) -> list[logging.Logger]:
+    """The module loggers of the pipeline's classes (diffusers logs from the module that defines the code)."""
+    found = {}
+    for cls in type(pipe).__mro__:
+        logger = getattr(sys.modules.get(cls.__module__), "logger", None)
+        if cls.__module__.startswith("diffusers.pipelines.") and isinstance(logger, logging.Logger):
+            found[logger.name] = logger
+    return list(found.values())
+
+
+def quiet_truncation(pipe) -> None:
+    """Puts a `TruncationOnce` filter (one per logger, kept across loads) on the pipeline's loggers."""
+    for logger in pipeline_loggers(pipe):
+        if not any(isinstance(f, TruncationOnce) for f in logger.filters):
+            logger.addFilter(TruncationOnce())
 
 
 def _load(model_cfg: dict, device: torch.device, dtype: torch.dtype):

@@ -285,7 +285,7 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path) -> dict | None:
         link_images(shared_full, folders["full"], [p.index for _, batch in mine for p in batch])
         if method is not None:
             with cat.apply(pipe, method, compile=cfg.compile, compile_mode=cfg.compile_mode) as handle:
-                method_kwargs = {**kwargs, **handle.call_overrides()}
+                method_kwargs = {**kwargs, **handle.call_overrides(kwargs["num_inference_steps"])}
 
                 def first_batch(number, batch, images) -> None:
                     if number == 0:
@@ -413,7 +413,7 @@ def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
     if method is None:
         return out
     with cat.apply(pipe, method) as handle:
-        overrides = handle.call_overrides()
+        overrides = handle.call_overrides(kwargs["num_inference_steps"])
         done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
     out.update({"transformer_macs": done, "macs_reduction": 1.0 - done / full})
     return out

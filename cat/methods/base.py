@@ -26,6 +26,7 @@ import torch
 
 METHODS: dict[str, type["MethodConfig"]] = {}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+APPLIED = "_cat_method"  # the transformer attribute holding the handle applied to it (one at a time)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,19 @@ class MethodHandle:
         """Per-generation statistics of the current or last generation (method-specific)."""
         return None
 
-    def call_overrides(self) -> dict:
+    def call_overrides(self, reference_steps: int | None = None) -> dict:
+        """Pipeline call arguments the method changes (`steps`: `num_inference_steps`); most change none.
+
+        `reference_steps`: the step count of the full-model run the method's images are compared with
+        (what this call would run without the method). When given, the settings that depend on it are
+        checked (`config.check_steps`, as the harness does before loading a model): a `StepsConfig`
+        asking for more steps than the reference raises here.
+        """
+        if reference_steps is not None:
+            if not is_int(reference_steps) or reference_steps < 1:
+                raise ValueError(f"reference_steps={reference_steps!r} is invalid: reference_steps must be an "
+                                 "integer >= 1.")
+            self.config.check_steps(reference_steps)
         return self.config.call_overrides()
 
     def remove(self) -> None:
@@ -99,12 +112,29 @@ class MethodHandle:
         return self
 
     def install(self) -> "MethodHandle":
+        """Patches the model (`_install`), after recording this handle on the transformer. Methods do not
+        stack: each patches the same modules on its own terms (CAT's processors and FORA's hooks, say),
+        so a transformer that already carries a method is refused before anything changes."""
+        t = self.transformer
+        applied = vars(t).get(APPLIED)
+        if applied is not None:
+            raise RuntimeError(
+                f"cat.apply: {_describe(applied.config)} is already applied to this {type(t).__name__}, so "
+                f"{_describe(self.config)} is refused (methods do not stack). Call remove() on the handle "
+                f"cat.apply returned for {applied.config.name!r} (or leave its `with` block) first."
+            )
+        setattr(t, APPLIED, self)
+        self._undo.append(lambda: delattr(t, APPLIED))
         try:
             self._install()
         except Exception:
             self.remove()
             raise
         return self
+
+
+def _describe(config: MethodConfig) -> str:
+    return f"{config.name!r} ({type(config).__name__})"
 
 
 def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
@@ -210,6 +240,12 @@ def check(ok: bool, config, field: str, allowed: str) -> None:
     if not ok:
         value = getattr(config, field, None)
         raise ValueError(f"{type(config).__name__}.{field}={value!r} is invalid: {field} must be {allowed}.")
+
+
+def min_ratio(num_tokens: int) -> str:
+    """The smallest ratio that keeps one of `num_tokens` tokens under `round`, said for an error message."""
+    return (f"the smallest allowed value is just above 0.5/{num_tokens} = {0.5 / num_tokens:.3g} "
+            f"(1/{num_tokens} = {1 / num_tokens:.3g} gives one token)")
 
 
 def apply(target, config: MethodConfig, compile: bool = False, compile_mode: str = "default") -> MethodHandle:

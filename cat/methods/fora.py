@@ -24,8 +24,8 @@ Modules per family:
     PixArt (`BasicTransformerBlock`): `attn1` (self-attention), `attn2` (cross-attention), `ff`.
 
 The hooks sit on the modules themselves (hook name "fora"): on a reuse step nothing inside the module
-runs, including any attention processor another method installed. Applied after such a method, FORA's
-hooks are the outermost ones on these modules.
+runs, including its attention processor. `cat.apply` refuses FORA on a transformer that already carries
+a method (methods do not stack).
 
 This module also holds the plumbing FORA shares with ToCa (`cat/methods/toca.py`): the step clock on
 the transformer and its per-generation reset (hooks attach and detach with `cat.adapters.base`).
@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers.hooks import ModelHook
 
-from ..adapters.base import attach_hook, has_hook, observe_encode_prompt
+from ..adapters.base import attach_hook, observe_encode_prompt
 from ..adapters.sd3 import patchified_grid
 from .base import MethodConfig, MethodHandle, check, is_int, register
 
@@ -192,10 +192,6 @@ class CachingHandle(MethodHandle):
 
     def _install(self) -> None:
         transformer = self.transformer
-        if has_hook(transformer, self.hook_name):
-            raise RuntimeError(
-                f"{self.method_name} is already applied to this transformer; call handle.remove() first."
-            )
         modules = block_modules(transformer, self.method_name)
         for name, layer, attr, module in modules:
             attach_hook(module, self._module_hook(name, layer, attr, module), self._undo, self.hook_name)

@@ -32,7 +32,7 @@ import torch
 from ..api import CATHandle
 from ..state import GenerationState, StepRecord
 from ..timeline import keep_output, load_plan
-from .base import MethodConfig, check, is_int, is_num, register
+from .base import MethodConfig, check, is_int, is_num, min_ratio, register
 
 METRICS = ("std", "l2norm")
 
@@ -43,7 +43,8 @@ class RASConfig(MethodConfig):
     error-reset steps 12 and 20, starvation scale 1, high ratio 0.3, metric std.
 
     Attributes:
-        sample_ratio: fraction of image tokens recomputed in a sparse step (1.0: every token).
+        sample_ratio: fraction of image tokens recomputed in a sparse step (1.0: every token); one that
+            asks for less than one token is refused once the token count is known (`check_tokens`).
         warmup_steps: dense steps before sampling starts (authors' `scheduler_start_step`).
         end_step: first step after which all steps are dense again (None: the end of the schedule).
         error_reset_steps: dense steps in the middle of the schedule (0-based).
@@ -78,6 +79,15 @@ class RASConfig(MethodConfig):
         check(self.warmup_steps < num_steps, self, "warmup_steps",
               f"smaller than the number of steps ({num_steps}), or RAS changes nothing")
 
+    def check_tokens(self, num_tokens: int) -> None:
+        """Refuses a ratio that asks for less than one token (the authors' int rounding would still recompute
+        a few): checked by the harness before loading a model, by the library at the first transformer call."""
+        asked = self.sample_ratio * num_tokens
+        check(round(asked) >= 1, self, "sample_ratio",
+              f"large enough to ask for at least one token per sparse step: {self.sample_ratio:g} x {num_tokens} "
+              f"image tokens = {asked:.3g} (the authors' rounding would recompute "
+              f"{self.num_recomputed(num_tokens)}); {min_ratio(num_tokens)}")
+
     def timeline(self):
         import sys
 
@@ -102,6 +112,8 @@ def begin_step(state: GenerationState, config: RASConfig, grid: tuple[int, int])
     state.step += 1
     state.grid = grid
     n = grid[0] * grid[1]
+    if state.step == 0:
+        config.check_tokens(n)
     sparse = _active(config, n) and config.sparse(state.step, state.num_steps) and state.active is not None
     next_sparse = _active(config, n) and config.sparse(state.step + 1, state.num_steps)
     state.record = not sparse and next_sparse  # a dense step before a sparse one fills the caches

@@ -1,8 +1,18 @@
 """`steps`: the full model at fewer denoising steps, the simplest way to spend less compute.
 
-Nothing is patched; the handle changes the pipeline call's `num_inference_steps`. Its fidelity is
-measured against the full model at the reference step count (the harness's full-model images), not
-against itself, so it pays for the trajectory it changes.
+Nothing in the model's computation changes; the handle changes the pipeline call's
+`num_inference_steps` (`handle.call_overrides()`). Its fidelity is measured against the full model at
+the reference step count (the harness's full-model images), not against itself, so it pays for the
+trajectory it changes.
+
+What the library checks, and what it cannot: the overrides replace the call's `num_inference_steps`,
+and the full-model reference is a separate call the handle never sees, so the reference step count is
+known only when the caller gives it: `handle.call_overrides(reference_steps=R)` raises when
+`num_steps > R` (the harness passes its `model.steps`, and checks the same before loading a model).
+On a pipeline, a call that runs another step count than `num_steps` (one that did not take the
+overrides, e.g. `pipe(prompt, num_inference_steps=8)` with `num_steps=60`) raises at its first
+transformer call, read from the scheduler's `num_inference_steps`. Not checked: a reference above
+`num_steps` that is never given, and anything on a bare transformer (no pipeline call to observe).
 """
 
 from __future__ import annotations
@@ -10,19 +20,64 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from diffusers.hooks import ModelHook
+
+from ..adapters.base import attach_hook, observe_encode_prompt
 from .base import MethodConfig, MethodHandle, check, is_int, register
+
+HOOK_NAME = "steps"
 
 
 class StepsHandle(MethodHandle):
+    """The method is the call override; on a pipeline, a hook checks that each call takes it."""
+
     def _install(self) -> None:
-        pass  # the whole method is the call override
+        if self._pipe is None or not hasattr(self._pipe, "encode_prompt"):
+            return  # a bare transformer: no pipeline call whose step count could be read
+        hook = _StepCountCheck(self._pipe, self.config)
+        observe_encode_prompt(self._pipe, hook.arm, self._undo)
+        attach_hook(self.transformer, hook, self._undo, HOOK_NAME)
+
+
+class _StepCountCheck(ModelHook):
+    """At the first transformer call of a pipeline call (armed when the call encodes its prompt), refuses a
+    schedule of another length than `num_steps`: the scheduler is set by then, the denoising not begun."""
+
+    def __init__(self, pipe, config: "StepsConfig"):
+        super().__init__()
+        self.pipe = pipe
+        self.config = config
+        self.armed = False
+
+    def arm(self, cfg_pairs: bool) -> None:
+        self.armed = True
+
+    def pre_forward(self, module, *args, **kwargs):
+        if self.armed:
+            self.armed = False
+            ran = getattr(getattr(self.pipe, "scheduler", None), "num_inference_steps", None)
+            n = self.config.num_steps
+            if ran is not None and ran != n:
+                fewer = (f"; that is fewer than num_steps, and the method is the full model at fewer steps than "
+                         f"its reference, so num_steps must be at most the reference's step count" if ran < n else "")
+                raise ValueError(
+                    f"StepsConfig(num_steps={n}) is applied, but this pipeline call runs {ran} steps{fewer}. Call "
+                    f"the pipeline with **handle.call_overrides(reference_steps=<the full model's steps>): it sets "
+                    f"num_inference_steps={n} and refuses a reference below it."
+                )
+        return args, kwargs
 
 
 @register
 @dataclass(frozen=True)
 class StepsConfig(MethodConfig):
     """Attributes:
-        num_steps: denoising steps of the accelerated run (the reference runs the model's own count).
+        num_steps: denoising steps of the accelerated run (the reference runs the model's own count);
+            at most the reference's. Use it as
+            `pipe(prompt, **handle.call_overrides(reference_steps=R))`, which sets
+            `num_inference_steps=num_steps` and raises if `num_steps > R`; a pipeline call that runs
+            another step count raises at its first transformer call (see the module docstring for what
+            cannot be checked).
     """
 
     name: ClassVar[str] = "steps"

@@ -169,6 +169,12 @@ def test_a_sweep_over_prompt_file_paths_stays_flat(tmp_path):
     ("data.limit=-2", "data.limit=-2 is invalid"),
     ("dtype=float8", "dtype='float8' is invalid"),
     ("method=cat_random model.steps=2", "warmup_steps"),
+    ("method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid: keep_ratio must be large enough to keep at "
+                                      "least one token"),
+    ("method=random method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid"),
+    ("method=cat_fora method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid"),
+    ("method=ras method.config.sample_ratio=1e-9", "sample_ratio=1e-09 is invalid: sample_ratio must be large enough "
+                                                   "to ask for at least one token per sparse step"),
 ])
 def test_bad_settings_are_named_before_anything_loads(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):

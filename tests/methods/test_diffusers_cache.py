@@ -202,7 +202,7 @@ def test_applying_the_same_method_twice_is_refused():
     transformer = testing.tiny_pixart_transformer()
     state = module_state(transformer)
     with apply(transformer, TaylorSeerConfig()):
-        with pytest.raises(RuntimeError, match="already carries"):
+        with pytest.raises(RuntimeError, match=r"'taylorseer' \(TaylorSeerConfig\) is already applied"):
             apply(transformer, TaylorSeerConfig(cache_interval=3))
     assert module_state(transformer) == state
 
