@@ -27,6 +27,7 @@ import functools
 import inspect
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -119,7 +120,7 @@ class MagCacheConfig(MethodConfig):
         check(is_num(self.retention_ratio) and 0 <= self.retention_ratio <= 1, self, "retention_ratio",
               "a number in [0, 1]")
         ratios = self.mag_ratios
-        if isinstance(ratios, (list, tuple)) and all(is_num(r) for r in ratios):
+        if isinstance(ratios, Sequence) and not isinstance(ratios, str) and all(is_num(r) for r in ratios):
             object.__setattr__(self, "mag_ratios", ratios := tuple(float(r) for r in ratios))
         check(ratios is None or (isinstance(ratios, tuple) and len(ratios) >= 2
                                  and all(math.isfinite(r) and r > 0 for r in ratios)),

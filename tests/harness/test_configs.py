@@ -85,3 +85,10 @@ def test_unknown_model_is_a_hydra_error_listing_the_options():
 
     with pytest.raises(ConfigCompositionException, match="sd3_medium"):
         _compose(["model=sd4"])
+
+
+def test_magcache_ratios_given_on_the_command_line_are_taken():
+    """The documented way to run MagCache without a calibration file: `method.config.mag_ratios=[...]`."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny_random", "method=magcache", "method.config.mag_ratios=[1.0,0.9]"])
+    assert method_config(cfg).mag_ratios == (1.0, 0.9)
