@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import resolvers  # noqa: F401  (registers the config resolvers)
 from experiments.checks import ConfigError
+from experiments.command_line import check as check_command_line
 from experiments.identity import scrub_tree, secret_values
 from experiments.tasks import print_table, run_task
 
@@ -55,4 +56,9 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])  # before Hydra creates any folder
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -126,6 +128,20 @@ def validate(cfg: DictConfig) -> None:
 
         if not resolve(data.path).is_file():
             raise ConfigError(f"data.path={data.path!r} is not a file; give a text file with one prompt per line")
+
+
+def check_output_root(value) -> None:
+    """`output_root` must be a folder this process can create and write (Hydra creates run folders in it
+    before any task runs)."""
+    path = Path(str(value)).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"output_root={str(value)!r} {what}; allowed: a folder (existing or new) you can write to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == path else f"cannot be created: {existing} is"
+        raise ConfigError(f"output_root={str(value)!r} {what} not writable for this user; allowed: a folder "
+                          "(existing or new) you can write to")
 
 
 def method_config(cfg: DictConfig):
