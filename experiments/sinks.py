@@ -57,6 +57,26 @@ def clean_temporaries(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+STUB = frozenset({".hydra", "run.log"})  # what Hydra puts in a run folder before the task starts
+
+
+def remove_stub(run_dir: Path) -> bool:
+    """Removes a run folder that holds nothing but what Hydra created before the task started (`.hydra/`
+    and the log), and its parent if that is left empty. A folder holding anything else, such as an
+    earlier run's results, is kept. Returns whether the folder was removed."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - STUB:
+        return False
+    shutil.rmtree(run_dir)
+    try:
+        run_dir.parent.rmdir()
+    except OSError:  # not empty: other runs of the same name
+        pass
+    return True
+
+
 class WandbSink:
     """Logs a run to W&B; `mode` offline (default: no account, `wandb sync` later), online or disabled."""
 

@@ -165,7 +165,7 @@ def measure_latency(cfg: DictConfig) -> dict:
     method = method_config(cfg)
     prompts = prompts_for(cfg)[: cfg.metrics.latency.num_prompts]
     if not prompts:
-        raise checks.ConfigError("the prompt set is empty: check data.limit, data.categories and data.shard")
+        raise checks.ConfigError("the prompt set is empty: check data.path, data.limit, data.categories and data.shard")
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)

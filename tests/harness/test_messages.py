@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 from experiments import resolvers  # noqa: F401
-from experiments.checks import ConfigError, check_output_root
+from experiments.checks import ConfigError, check_output_root, validate
 from experiments.command_line import check
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +21,11 @@ def run(*args):
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+def cfg_of(*overrides):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def one_line_error(proc) -> str:
@@ -90,3 +96,52 @@ def test_a_read_only_output_root_is_named(tmp_path):
             check_output_root(folder / "out")
     finally:
         folder.chmod(0o755)
+
+
+# prompt files ---------------------------------------------------------------------------------------------
+
+def test_a_prompt_file_that_is_not_utf8_is_one_line_and_leaves_no_run_folder(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("a large red circle on the left\n".encode() + b"caf\xe9 on the right\n")
+    proc = run("debug=tiny", f"output_root={tmp_path / 'out'}", f"data.path={prompts}")
+    line = one_line_error(proc)
+    assert line == (f"error: data.path='{prompts}' is not UTF-8 text (byte 0xe9 at offset 34); give a UTF-8 text "
+                    "file with one prompt per line")
+    assert not list((tmp_path / "out" / "runs").glob("*/*")), "a run that failed validation left a folder"
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_prompt_file_names_data_path(tmp_path, content):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(content)
+    with pytest.raises(ConfigError, match=r"data.path='.*prompts.txt' holds no prompts; give a UTF-8 text file"):
+        validate(cfg_of("debug=tiny", f"data.path={prompts}"))
+
+
+def test_a_prompt_file_of_the_wrong_format_names_data_path(tmp_path):
+    tsv = tmp_path / "parti.tsv"
+    tsv.write_text("Prompt\tCategory\na red cube\tObjects\n")
+    with pytest.raises(ConfigError, match=r"data.path='.*parti.tsv' cannot be read as data=parti prompts "
+                                          r"\(KeyError: 'Challenge'\); give a PartiPrompts.tsv"):
+        validate(cfg_of("debug=tiny", "data=parti", f"data.path={tsv}", "metrics.adherence=false"))
+
+
+def test_no_prompts_left_after_the_limit_names_data_path():
+    with pytest.raises(ConfigError, match="the prompt set is empty: check data.path, data.limit"):
+        validate(cfg_of("debug=tiny", "data.limit=0"))
+
+
+# stub run folders -----------------------------------------------------------------------------------------
+
+def test_only_a_stub_run_folder_is_removed(tmp_path):
+    from experiments.sinks import remove_stub
+
+    stub, done = tmp_path / "runs" / "a" / "stub", tmp_path / "runs" / "b" / "done"
+    for folder in (stub, done):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("{}")
+        (folder / "run.log").write_text("")
+    (done / "metrics.json").write_text('{"psnr": 30}')
+    assert remove_stub(stub) and not stub.parent.exists()
+    assert not remove_stub(done)
+    assert (done / "metrics.json").exists() and (done / ".hydra" / "config.yaml").exists()
