@@ -142,17 +142,32 @@ def reuse_sibling(run_dir: Path, key: str) -> dict | None:
 
 
 def _lock(path: Path, num_processes: int | None = None):
-    """An inter-process file lock. The processes of one distributed launch (torchrun, accelerate)
-    cooperate on the same folders, so among them only rank 0 takes it."""
+    """An inter-process file lock that says so when it has to wait for another process. The processes
+    of one distributed launch (torchrun, accelerate) cooperate on the same folders, so among them only
+    rank 0 takes it."""
     import contextlib
     import os
 
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     world = num_processes if num_processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        return FileLock(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
-    return FileLock(path)
+    if world > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        lock = FileLock(path)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            log.info("waiting for %s (another process holds its lock %s)", path.parent, path)
+            lock.acquire()
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    return held()
 
 
 def measure_latency(cfg: DictConfig) -> dict:

@@ -145,3 +145,42 @@ def test_only_a_stub_run_folder_is_removed(tmp_path):
     assert remove_stub(stub) and not stub.parent.exists()
     assert not remove_stub(done)
     assert (done / "metrics.json").exists() and (done / ".hydra" / "config.yaml").exists()
+
+
+# locks ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder, num_processes", [("runs/m-d-cat/default-0123", None), ("full_images/m-0123", 1)])
+def test_waiting_for_a_lock_another_process_holds_is_logged(tmp_path, caplog, folder, num_processes):
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    from experiments.tasks import _lock
+
+    path = tmp_path / folder / ".lock"
+    path.parent.mkdir(parents=True)
+    other = FileLock(path)  # another process: flock locks of two open files exclude each other
+    other.acquire()
+    entered = threading.Event()
+
+    def wait():
+        with _lock(path, num_processes):
+            entered.set()
+
+    caplog.set_level("INFO", logger="experiments.tasks")
+    thread = threading.Thread(target=wait)
+    thread.start()
+    for _ in range(200):
+        if "waiting for" in caplog.text:
+            break
+        time.sleep(0.01)
+    assert not entered.is_set()
+    other.release()
+    thread.join(10)
+    assert entered.is_set()
+    assert f"waiting for {path.parent} (another process holds its lock {path})" in caplog.text
+    caplog.clear()
+    with _lock(path):  # free: no message
+        pass
+    assert "waiting" not in caplog.text
