@@ -51,10 +51,12 @@ def read_json(path: Path):
         return None
 
 
-def clean_temporaries(folder: Path) -> None:
-    """Removes temporary files a killed run left behind (call only while holding the folder's lock)."""
-    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
+def clean_temporaries(folder: Path, recursive: bool = True) -> None:
+    """Removes the temporary files a killed writer left in `folder` and, when `recursive`, in every folder
+    below it (call only while holding the folder's lock, and while no other process writes in it)."""
+    for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(f".*{TMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 STUB = frozenset({".hydra", "run.log"})  # what Hydra puts in a run folder before the task starts

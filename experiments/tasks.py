@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import traceback
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
     material = identity.key_material(plain)
     key = identity.digest(material)
     with _lock(run_dir / ".lock"):
-        clean_temporaries(run_dir)
+        # recursively unless this is a distributed launch, whose other ranks write without the lock
+        clean_temporaries(run_dir, recursive=int(os.environ.get("WORLD_SIZE", "1")) == 1)
         if not cfg.overwrite:
             status, metrics, recorded = read_json(status_file), read_json(metrics_file), read_json(run_dir / "run_key.json")
             if (status or {}).get("status") == "done" and isinstance(metrics, dict):
@@ -146,7 +148,6 @@ def _lock(path: Path, num_processes: int | None = None):
     of one distributed launch (torchrun, accelerate) cooperate on the same folders, so among them only
     rank 0 takes it."""
     import contextlib
-    import os
 
     from filelock import FileLock, Timeout
 

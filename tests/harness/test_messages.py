@@ -184,3 +184,20 @@ def test_waiting_for_a_lock_another_process_holds_is_logged(tmp_path, caplog, fo
     with _lock(path):  # free: no message
         pass
     assert "waiting" not in caplog.text
+
+
+# temporaries ----------------------------------------------------------------------------------------------
+
+def test_temporaries_below_the_run_folder_are_cleaned(tmp_path):
+    from experiments.tasks import run_task
+
+    run_dir = tmp_path / "run"
+    left = [run_dir / ".metrics.json.a.tmp", run_dir / "images" / "cat" / ".00000.png.b.tmp",
+            run_dir / "images" / "full" / ".00001.png.c.tmp"]
+    kept = [run_dir / "images" / "cat" / "00000.png", run_dir / "images" / "full" / "notes.tmp"]
+    for path in left + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x89PNG trunc")
+    run_task(cfg_of("debug=tiny", "task=macs"), run_dir)
+    assert [p for p in left if p.exists()] == []
+    assert all(p.exists() for p in kept)
