@@ -344,11 +344,13 @@ def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
         gens = [torch.Generator().manual_seed(_seed(cfg, p)) for p in sample]
         pipe([p.text for p in sample], generator=gens, **{**kwargs, **overrides})
 
+    log.info("counting executed MACs: full model, %d prompt(s) ...", len(sample))
     full = realised_transformer_macs(pipe, call) / len(sample)
     out = {"transformer_macs_full": full, "transformer_macs_per_step_full": full / cfg.model.steps,
            "macs_prompts": len(sample)}
     if method is None:
         return out
+    log.info("counting executed MACs: %s, %d prompt(s) ...", cfg.method.name, len(sample))
     with cat.apply(pipe, method) as handle:
         overrides = handle.call_overrides()
         done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
@@ -373,6 +375,7 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
 
     if m.adherence and cfg.data.name in JUDGED:
         judge = importlib.import_module(f"experiments.{cfg.data.name}").judge
+        log.info("metrics: the %s judge on %d image(s) ...", cfg.data.name, len(prompts) * len(names))
 
         for name in names:
             scores = [judge(img, p.text)["score"] for img, p in zip(images[name], prompts)]
@@ -381,6 +384,7 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     if m.clip.enabled:
         from .metrics.clip_score import ClipScorer
 
+        log.info("metrics: CLIP score (%s) on %d image(s) ...", m.clip.model, len(prompts) * len(names))
         scorer = ClipScorer(m.clip.backend, m.clip.model, m.clip.pretrained, batch_size=m.clip.batch_size)
         for name in names:
             scores = scorer.score(images[name], [p.text for p in prompts])
@@ -389,6 +393,8 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     if method is not None and m.fidelity:
         from .metrics.fidelity import fidelity
 
+        log.info("metrics: PSNR, SSIM%s against the full model on %d image(s) ...", ", LPIPS" if m.lpips else "",
+                 len(prompts))
         fid_ = fidelity(images[variant], images["full"], lpips=m.lpips)
         for key, values in fid_.pop("per_image").items():
             put(variant, key, values)
@@ -396,6 +402,7 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     if m.fid.enabled:
         from .metrics.fid import fid
 
+        log.info("metrics: FID on %d image(s) ...", len(prompts))
         cache = Path(m.fid.cache_dir).expanduser()
         if m.fid.reference:
             for name in names:

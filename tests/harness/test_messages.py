@@ -78,7 +78,7 @@ def test_an_output_root_that_is_a_file_or_under_a_file_is_named(tmp_path):
     file.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"output_root='.*results.txt' is a file; allowed: a folder"):
         check([f"output_root={file}"])
-    with pytest.raises(ConfigError, match=r"output_root='.*results.txt/out' cannot be created: .*results.txt is a file"):
+    with pytest.raises(ConfigError, match=r"output_root='.*/out' cannot be created: .*results.txt is a file"):
         check([f"output_root={file / 'out'}"])
     check([f"output_root={tmp_path / 'new' / 'folder'}"])
 
@@ -201,3 +201,30 @@ def test_temporaries_below_the_run_folder_are_cleaned(tmp_path):
     run_task(cfg_of("debug=tiny", "task=macs"), run_dir)
     assert [p for p in left if p.exists()] == []
     assert all(p.exists() for p in kept)
+
+
+# progress of the long phases ------------------------------------------------------------------------------
+
+def test_every_phase_after_generation_says_what_it_does(tmp_path, caplog):
+    from experiments.tasks import run_task
+
+    caplog.set_level("INFO")
+    cfg = cfg_of("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "model.steps=4", "batch_size=2",
+                 "metrics.latency.repeats=2", "metrics.macs_prompts=2")
+    run_task(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    for expected in ("metrics: the shapes judge on 4 image(s) ...",
+                     "metrics: PSNR, SSIM against the full model on 2 image(s) ...",
+                     "counting executed MACs: full model, 2 prompt(s) ...",
+                     "counting executed MACs: cat, 2 prompt(s) ...",
+                     "timing: full model, 1 warm-up call(s) ...", "timing: cat, 1 warm-up call(s) ...",
+                     "timing: full model, turn 1/2 ...", "timing: cat, turn 2/2 ..."):
+        assert expected in lines, (expected, lines)
+
+
+def test_info_lines_reach_the_console():
+    """run.py logs through Hydra's job logging: INFO and above go to the console as well as run.log."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        logging = compose("config", return_hydra_config=True).hydra.job_logging
+    assert logging.root.level == "INFO" and "console" in logging.root.handlers
+    assert logging.handlers.console.get("level", "NOTSET") in ("NOTSET", "DEBUG", "INFO")
