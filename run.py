@@ -19,8 +19,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import resolvers  # noqa: F401  (registers the config resolvers)
-from experiments.checks import ConfigError
+from experiments.checks import ConfigError, validate
+from experiments.command_line import check as check_command_line
 from experiments.identity import scrub_tree, secret_values
+from experiments.sinks import remove_stub
 from experiments.tasks import print_table, run_task
 
 log = logging.getLogger("run")
@@ -33,10 +35,13 @@ def main(cfg: DictConfig) -> dict:
     secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
     scrub_tree(run_dir / ".hydra", secrets)  # Hydra records the command line there
     try:
+        if not multirun:
+            validate(cfg)  # a single run that fails here leaves no run folder; a sweep cell records it
         metrics = run_task(cfg, run_dir)
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
         if not multirun:
+            remove_stub(run_dir)
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         return {"status": "failed"}
@@ -55,4 +60,9 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])  # before Hydra creates any folder
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

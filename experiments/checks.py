@@ -1,4 +1,5 @@
-"""Checks of a composed config that run before any model or prompt set is loaded.
+"""Checks of a composed config that run before any model is loaded (and before any prompt set is
+downloaded: a local prompt file or the bundled prompts are read and checked).
 
 Each failure is a `ConfigError` with one line that names the setting, its value and what is
 allowed; `run.py` prints it without a traceback.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,11 +124,33 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.num_shards={data.get('num_shards')!r} is invalid; allowed: an integer >= 1")
     if not _is_int(data.get("shard", 0)) or not 0 <= data.get("shard", 0) < data.get("num_shards", 1):
         raise ConfigError(f"data.shard={data.get('shard')!r} is invalid; allowed: 0 .. data.num_shards-1")
+    from .data import LOADERS, SOURCES
+
+    if data.get("name") not in LOADERS:
+        raise ConfigError(f"data.name={data.get('name')!r} is invalid; allowed: {', '.join(LOADERS)}")
+    if data.get("source", "hub") not in SOURCES:
+        raise ConfigError(f"data.source={data.get('source')!r} is invalid; allowed: {', '.join(SOURCES)}")
     if data.get("path"):
         from .config_files import resolve
 
         if not resolve(data.path).is_file():
-            raise ConfigError(f"data.path={data.path!r} is not a file; give a text file with one prompt per line")
+            raise ConfigError(f"data.path={data.path!r} is not a file; give {FORMATS.get(data.name, FORMATS[None])}")
+    if data.get("path") or data.name in JUDGED:  # a local file or bundled prompts: cheap to read here
+        check_prompts(cfg, read_prompts(cfg))
+
+
+def check_output_root(value) -> None:
+    """`output_root` must be a folder this process can create and write (Hydra creates run folders in it
+    before any task runs)."""
+    path = Path(str(value)).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"output_root={str(value)!r} {what}; allowed: a folder (existing or new) you can write to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == path else f"cannot be created: {existing} is"
+        raise ConfigError(f"output_root={str(value)!r} {what} not writable for this user; allowed: a folder "
+                          "(existing or new) you can write to")
 
 
 def method_config(cfg: DictConfig):
@@ -170,12 +195,47 @@ def _check_method(cfg: DictConfig, method, steps: int, num_tokens: int) -> None:
 
 
 JUDGED = ("shapes", "scenes")  # prompt sets with a weight-free adherence judge (experiments/<name>)
+FORMATS = {"parti": "a PartiPrompts.tsv (tab-separated, with Prompt, Category and Challenge columns)",
+           "coco2017": "a COCO captions JSON (captions_val2017.json) or the hub's parquet file",
+           None: "a UTF-8 text file with one prompt per line"}
+
+
+def read_prompts(cfg: DictConfig) -> list:
+    """The run's prompt list; ConfigError names `data.path` when that file cannot be read or holds none."""
+    from . import data as datasets
+    from .config_files import resolve
+
+    d = cfg.data
+
+    def load(limit=None, categories=None, shard=0, num_shards=1):
+        return datasets.load_prompts(d.name, d.get("path"), limit, categories, shard, num_shards,
+                                     d.get("source", "hub"))
+
+    if not d.get("path"):
+        return load(d.get("limit"), d.get("categories"), d.get("shard", 0), d.get("num_shards", 1))
+    path, expected = d.path, FORMATS.get(d.name, FORMATS[None])
+    if not str(path).endswith(".parquet"):
+        raw = resolve(path).read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"data.path={path!r} is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                              f"{err.start}); give {expected}") from err
+    try:
+        prompts = load(d.get("limit"), d.get("categories"), d.get("shard", 0), d.get("num_shards", 1))
+        everything = prompts or load()
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"data.path={path!r} cannot be read as data={d.name} prompts ({type(err).__name__}: "
+                          f"{err}); give {expected}") from err
+    if not everything:
+        raise ConfigError(f"data.path={path!r} holds no prompts; give {expected}")
+    return prompts
 
 
 def check_prompts(cfg: DictConfig, prompts) -> None:
     """Checks that need the prompt list (loaded, but before any model): the adherence judge's grammar."""
     if not prompts:
-        raise ConfigError("the prompt set is empty: check data.limit, data.categories and data.shard")
+        raise ConfigError("the prompt set is empty: check data.path, data.limit, data.categories and data.shard")
     if cfg.get("task") == "generate" and cfg.metrics.get("adherence") and cfg.data.name in JUDGED:
         import importlib
 

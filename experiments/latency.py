@@ -10,6 +10,7 @@ calls, each compilation undone after its call.
 
 from __future__ import annotations
 
+import logging
 import resource
 import statistics
 import time
@@ -17,6 +18,8 @@ import time
 import torch
 
 import cat
+
+log = logging.getLogger(__name__)
 
 
 def _sync(device: torch.device) -> None:
@@ -129,12 +132,15 @@ def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, w
         peak[name] = max(peak[name], peak_memory_mb(device))
         return result
 
+    label = {"full": "full model", "method": getattr(method, "name", None) or "method"}
     for name in names:
         if warmup:
+            log.info("timing: %s, %d warm-up call(s) ...", label[name], warmup)
             run(name, warmup, 0)
     turns = {name: ([], []) for name in names}
-    for _ in range(repeats):
+    for turn in range(repeats):
         for name in names:
+            log.info("timing: %s, turn %d/%d ...", label[name], turn + 1, repeats)  # outside the timed call
             result = run(name, 0, 1)
             turns[name][0].extend(result["end_to_end_s"])
             turns[name][1].extend(result["denoise_s"])

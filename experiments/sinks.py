@@ -51,10 +51,32 @@ def read_json(path: Path):
         return None
 
 
-def clean_temporaries(folder: Path) -> None:
-    """Removes temporary files a killed run left behind (call only while holding the folder's lock)."""
-    for tmp in Path(folder).glob(f".*{TMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
+def clean_temporaries(folder: Path, recursive: bool = True) -> None:
+    """Removes the temporary files a killed writer left in `folder` and, when `recursive`, in every folder
+    below it (call only while holding the folder's lock, and while no other process writes in it)."""
+    for tmp in (Path(folder).rglob if recursive else Path(folder).glob)(f".*{TMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+STUB = frozenset({".hydra", "run.log"})  # what Hydra puts in a run folder before the task starts
+
+
+def remove_stub(run_dir: Path) -> bool:
+    """Removes a run folder that holds nothing but what Hydra created before the task started (`.hydra/`
+    and the log), and its parent if that is left empty. A folder holding anything else, such as an
+    earlier run's results, is kept. Returns whether the folder was removed."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - STUB:
+        return False
+    shutil.rmtree(run_dir)
+    try:
+        run_dir.parent.rmdir()
+    except OSError:  # not empty: other runs of the same name
+        pass
+    return True
 
 
 class WandbSink:

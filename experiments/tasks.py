@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import traceback
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def run_task(cfg: DictConfig, run_dir: Path) -> dict:
     key, config_key = identity.digest(material), identity.config_digest(material)
     code, reuse = material["code"]["sha256"], bool(cfg.get("reuse_other_code"))
     with _lock(run_dir / ".lock"):
-        clean_temporaries(run_dir)
+        # recursively unless this is a distributed launch, whose other ranks write without the lock
+        clean_temporaries(run_dir, recursive=int(os.environ.get("WORLD_SIZE", "1")) == 1)
         if not cfg.overwrite and (found := finished_here(run_dir, key, config_key, code, reuse)) is not None:
             return found
         status_file.unlink(missing_ok=True)
@@ -208,17 +210,31 @@ def _copy_run(source: Path, run_dir: Path, metrics: dict, mark: dict, why: str) 
 
 
 def _lock(path: Path, num_processes: int | None = None):
-    """An inter-process file lock. The processes of one distributed launch (torchrun, accelerate)
-    cooperate on the same folders, so among them only rank 0 takes it."""
+    """An inter-process file lock that says so when it has to wait for another process. The processes
+    of one distributed launch (torchrun, accelerate) cooperate on the same folders, so among them only
+    rank 0 takes it."""
     import contextlib
-    import os
 
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     world = num_processes if num_processes is not None else int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        return FileLock(path) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
-    return FileLock(path)
+    if world > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        lock = FileLock(path)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            log.info("waiting for %s (another process holds its lock %s)", path.parent, path)
+            lock.acquire()
+        try:
+            yield lock
+        finally:
+            lock.release()
+
+    return held()
 
 
 def measure_latency(cfg: DictConfig) -> dict:
@@ -231,7 +247,7 @@ def measure_latency(cfg: DictConfig) -> dict:
     method = method_config(cfg)
     prompts = prompts_for(cfg)[: cfg.metrics.latency.num_prompts]
     if not prompts:
-        raise checks.ConfigError("the prompt set is empty: check data.limit, data.categories and data.shard")
+        raise checks.ConfigError("the prompt set is empty: check data.path, data.limit, data.categories and data.shard")
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
@@ -407,11 +423,13 @@ def realised_macs(pipe, cfg: DictConfig, method, prompts, kwargs) -> dict:
         gens = [torch.Generator().manual_seed(_seed(cfg, p)) for p in sample]
         pipe([p.text for p in sample], generator=gens, **{**kwargs, **overrides})
 
+    log.info("counting executed MACs: full model, %d prompt(s) ...", len(sample))
     full = realised_transformer_macs(pipe, call) / len(sample)
     out = {"transformer_macs_full": full, "transformer_macs_per_step_full": full / cfg.model.steps,
            "macs_prompts": len(sample)}
     if method is None:
         return out
+    log.info("counting executed MACs: %s, %d prompt(s) ...", cfg.method.name, len(sample))
     with cat.apply(pipe, method) as handle:
         overrides = handle.call_overrides(kwargs["num_inference_steps"])
         done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
@@ -436,6 +454,7 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
 
     if m.adherence and cfg.data.name in JUDGED:
         judge = importlib.import_module(f"experiments.{cfg.data.name}").judge
+        log.info("metrics: the %s judge on %d image(s) ...", cfg.data.name, len(prompts) * len(names))
 
         for name in names:
             scores = [judge(img, p.text)["score"] for img, p in zip(images[name], prompts)]
@@ -444,6 +463,7 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     if m.clip.enabled:
         from .metrics.clip_score import ClipScorer
 
+        log.info("metrics: CLIP score (%s) on %d image(s) ...", m.clip.model, len(prompts) * len(names))
         scorer = ClipScorer(m.clip.backend, m.clip.model, m.clip.pretrained, batch_size=m.clip.batch_size)
         for name in names:
             scores = scorer.score(images[name], [p.text for p in prompts])
@@ -452,6 +472,8 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     if method is not None and m.fidelity:
         from .metrics.fidelity import fidelity
 
+        log.info("metrics: PSNR, SSIM%s against the full model on %d image(s) ...", ", LPIPS" if m.lpips else "",
+                 len(prompts))
         fid_ = fidelity(images[variant], images["full"], lpips=m.lpips)
         for key, values in fid_.pop("per_image").items():
             put(variant, key, values)
@@ -459,6 +481,7 @@ def _image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> 
     if m.fid.enabled:
         from .metrics.fid import fid
 
+        log.info("metrics: FID on %d image(s) ...", len(prompts))
         cache = Path(m.fid.cache_dir).expanduser()
         if m.fid.reference:
             for name in names:
