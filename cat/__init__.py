@@ -1,24 +1,26 @@
 """CAT Pruning: cluster-aware token pruning for diffusion transformers in diffusers, and its peers.
 
-    handle = cat.apply(pipe, cat.CATConfig(keep_ratio=0.3, warmup_steps=8))
+    handle = cat.apply(pipe, cat.CATConfig())
     images = pipe(prompt).images
     handle.remove()
 
-Every method is a config class in `cat.METHODS` (name -> class); `cat.apply(pipe, config)`
-dispatches on the config's type.
+Every method is a config class in `cat.METHODS` (name -> class), found by importing every module of
+`cat/methods/`; `cat.apply(pipe, config)` dispatches on the config's type.
 """
 
-from .adapters import supported_models
-from .api import CATHandle, apply
-from .config import POLICIES, CATConfig, token_schedule
-from .methods import METHODS, MethodConfig, MethodHandle
+from .api import apply, check_compile, compile_blocks
+from .engine.stats import GenerationStats, MethodStats, StepRecord
+from .families import supported_models
+from .methods import METHODS, MethodConfig, MethodHandle, register
+from .methods.cat import POLICIES, CATConfig, CATHandle, token_schedule
 from .methods.cat_fora import CATFORAConfig
-from .methods.diffusers_cache import FBCacheConfig, MagCacheConfig, TaylorSeerConfig, calibrate_magcache
+from .methods.fbcache import FBCacheConfig
 from .methods.fora import FORAConfig
+from .methods.magcache import MagCacheConfig, calibrate_magcache
 from .methods.ras import RASConfig
 from .methods.steps import StepsConfig
+from .methods.taylorseer import TaylorSeerConfig
 from .methods.toca import ToCaConfig
-from .state import GenerationStats, StepRecord
 
 __all__ = [
     "CATConfig",
@@ -31,6 +33,7 @@ __all__ = [
     "MagCacheConfig",
     "MethodConfig",
     "MethodHandle",
+    "MethodStats",
     "POLICIES",
     "RASConfig",
     "StepRecord",
@@ -39,6 +42,9 @@ __all__ = [
     "ToCaConfig",
     "apply",
     "calibrate_magcache",
+    "check_compile",
+    "compile_blocks",
+    "register",
     "supported_models",
     "token_schedule",
 ]

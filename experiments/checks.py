@@ -98,10 +98,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("compile") not in (True, False):
         raise ConfigError(f"compile={cfg.get('compile')!r} is invalid; allowed: true, false")
     if cfg.get("compile"):
-        from cat.methods.base import check_compile
+        import cat
 
         try:
-            check_compile(cfg.get("compile_mode", "default"), resolved_device_type(str(cfg.device)))
+            cat.check_compile(cfg.get("compile_mode", "default"), resolved_device_type(str(cfg.device)))
         except (ValueError, RuntimeError) as err:
             raise ConfigError(str(err)) from err
     if not _is_int(cfg.get("seed")):
@@ -167,30 +167,26 @@ def method_config(cfg: DictConfig):
 
 
 def _check_method(cfg: DictConfig, method, steps: int, num_tokens: int) -> None:
-    name = cfg.method.name
-    if getattr(method, "name", None) == "magcache" and method.mag_ratios is None and cfg.model.get("family") != "flux":
-        raise ConfigError(
-            f"method=magcache needs magnitude ratios calibrated for model={cfg.model.name} at {steps} steps: run "
-            f"`python scripts/calibrate_magcache.py model={cfg.model.name} model.steps={steps}` once "
-            "(or give method.config.mag_ratios=[...])")
-    if getattr(method, "cache_dtype", None) is not None and cfg.get("task") == "generate":
-        from cat.api import check_cache_dtype
-
+    """What the method's config says about this model, step count, image size and device."""
+    name, model = cfg.method.name, cfg.model
+    transformer_class = model.transformer["class"]
+    missing = method.missing_calibration(transformer_class)
+    if missing:
+        raise ConfigError(f"method={name} {missing}: run `python scripts/calibrate.py method={name} "
+                          f"model={model.name} model.steps={steps}` once")
+    if cfg.get("task") == "generate":
         from .pipelines import resolved_device_type
 
+        device = resolved_device_type(str(cfg.device))
         try:
-            device = resolved_device_type(str(cfg.device))
-            check_cache_dtype(method.cache_dtype, family=cfg.model.get("family"),
-                              device=cfg.device if device == "cuda" and cfg.device != "auto" else device)
+            method.check_model(transformer_class, cfg.device if device == "cuda" and cfg.device != "auto" else device)
         except (ValueError, NotImplementedError) as err:
             raise ConfigError(f"method={name}: {err}") from err
     try:
-        if hasattr(method, "check_steps"):
-            method.check_steps(steps)
-        if hasattr(method, "check_tokens"):
-            method.check_tokens(num_tokens)
+        method.check_steps(steps)
+        method.check_tokens(num_tokens)
     except ValueError as err:
-        raise ConfigError(f"method={name} with model={cfg.model.name} at {steps} steps and {num_tokens} image "
+        raise ConfigError(f"method={name} with model={model.name} at {steps} steps and {num_tokens} image "
                           f"tokens: {err}") from err
 
 

@@ -88,15 +88,13 @@ def compiled_blocks(transformer, enabled: bool, mode: str = "default"):
     """A context in which the transformer's blocks are compiled (nothing when not enabled)."""
     import contextlib
 
-    from cat.methods.base import check_compile, compile_blocks
-
     @contextlib.contextmanager
     def ctx():
         if not enabled:
             yield
             return
-        check_compile(mode, next(transformer.parameters()).device)
-        undo = compile_blocks(transformer, mode)  # the same blocks, compiled the same way, as the method's
+        cat.check_compile(mode, next(transformer.parameters()).device)
+        undo = cat.compile_blocks(transformer, mode)  # the same blocks, compiled the same way, as the method's
         try:
             yield
         finally:

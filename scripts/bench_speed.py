@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cat  # noqa: E402
-from cat.state import GenerationState  # noqa: E402
-from cat.timeline import begin_step, end_step  # noqa: E402
+from cat.engine import GenerationState  # noqa: E402
+from cat.methods.cat import begin_step, end_step  # noqa: E402
 from experiments.macs import build_on_meta, count_macs  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def peak_rss_mb() -> float:
 
 
 def cache_bytes(handle) -> int:
-    state = handle._runtime.last_state()
+    state = handle.runtime.last_state()
     tensors = [t for c in state.caches.values() for t in (c.key, c.value, c.out) if t is not None]
     tensors += [t for t in (state.prev_out, state.ref, state.freq, state.labels) if t is not None]
     return sum(t.numel() * t.element_size() for t in tensors)

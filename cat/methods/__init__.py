@@ -1,5 +1,15 @@
-"""CAT and its peers behind one interface (`cat.apply(target, config)`); see `base.py`."""
+"""CAT and its peers, one module each, behind one contract (`base.py`).
 
-from .base import METHODS, MethodConfig, MethodHandle, apply, register
+Every module of this package is imported here, so a method's `@register` runs when `cat` is imported:
+adding a method is adding its file (and its conf/method YAML), with no list to edit.
+"""
 
-__all__ = ["METHODS", "MethodConfig", "MethodHandle", "apply", "register"]
+import importlib
+import pkgutil
+
+from .base import METHODS, MethodConfig, MethodHandle, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "MethodConfig", "MethodHandle", "register"]

@@ -1,32 +1,33 @@
-"""The method interface shared by CAT and its peers.
+"""The method contract: one frozen config dataclass per method, and the handle it applies.
 
 A method is a frozen config dataclass (validated in `__post_init__`, defaults = its authors'
-recommended setting) plus a handle class that patches a pipeline or transformer in place.
-`cat.apply(target, config)` dispatches on the config's type, as diffusers' `enable_cache(config)`
-does, and returns the handle; `handle.remove()` restores the model exactly.
+recommended setting) registered with `@register`, plus a handle class (`MethodHandle`, from
+`cat/engine/handle.py`) that patches a pipeline or transformer in place. `cat.apply(target, config)`
+dispatches on the config's type, as diffusers' `enable_cache(config)` does, and returns the handle;
+`handle.remove()` restores the model exactly. Every module of `cat/methods/` is imported when `cat` is,
+so defining the class is all it takes:
 
     @register
     @dataclass(frozen=True)
     class MyConfig(MethodConfig):
         name: ClassVar[str] = "mine"
+        handle: ClassVar[type] = MyHandle   # implements _install, appending exact inverses to self._undo
         interval: int = 2
         def __post_init__(self): check(is_int(self.interval) and self.interval >= 1, self, "interval", "an integer >= 1")
 
-    class MyHandle(MethodHandle):
-        def _install(self): ...  # append an exact inverse of every change to self._undo
-    MyConfig.handle = MyHandle
+The experiment harness asks a config, never a name: the methods below (what the step count and the
+model allow, the defaults that depend on the step count, example settings, the run key's ignored
+fields, the offline MACs schedule, calibration).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import torch
+from ..engine.handle import MethodHandle
 
 METHODS: dict[str, type["MethodConfig"]] = {}
-COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
-APPLIED = "_cat_method"  # the transformer attribute holding the handle applied to it (one at a time)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class MethodConfig:
     """Base of every method config. Subclasses set `name` and `handle` and validate their fields."""
 
     name: ClassVar[str] = ""
-    handle: ClassVar[type["MethodHandle"] | None] = None
+    handle: ClassVar[type[MethodHandle] | None] = None
 
     def check_steps(self, num_steps: int) -> None:
         """Checks the settings that depend on the step count (called before any model loads)."""
@@ -42,9 +43,43 @@ class MethodConfig:
     def check_tokens(self, num_tokens: int) -> None:
         """Checks the settings that depend on the number of image tokens (called before any model loads)."""
 
+    def check_model(self, transformer_class: str, device: str) -> None:
+        """Checks the settings that depend on the model's transformer class and the device (before any model
+        loads); raises ValueError or NotImplementedError."""
+
     def call_overrides(self) -> dict:
         """Pipeline call arguments the method changes (e.g. fewer steps); most methods change none."""
         return {}
+
+    @classmethod
+    def for_steps(cls, num_steps: int) -> dict:
+        """The defaults that depend on the step count, at `num_steps` (the authors' values chosen for their
+        step count, scaled); conf files read them through the `for_steps` resolver."""
+        return {}
+
+    @classmethod
+    def examples(cls, num_steps: int) -> tuple["MethodConfig", "MethodConfig"]:
+        """(a setting that changes nothing, one that accelerates) for a `num_steps` schedule on a small
+        model (16x16 image tokens): what the interface tests run every method at."""
+        raise NotImplementedError(f"{cls.__name__} declares no example settings")
+
+    def key_ignores(self) -> tuple[str, ...]:
+        """Fields this configuration never reads: runs that differ only in them are the same run."""
+        return ()
+
+    def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int] | None:
+        """Image tokens recomputed per sample at each step, known before running (from it MACs are counted
+        offline, `task=macs`); None when the method decides while it runs."""
+        return None
+
+    def missing_calibration(self, transformer_class: str) -> str | None:
+        """What the method still needs measured on this model before it can run (None: nothing)."""
+        return None
+
+    @classmethod
+    def calibrate(cls, pipe, prompts: list[str], num_inference_steps: int, **call_kwargs) -> dict:
+        """The fields `missing_calibration` asks for, measured on `pipe` at `num_inference_steps`."""
+        raise NotImplementedError(f"{cls.__name__} needs no calibration")
 
 
 def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:
@@ -53,178 +88,6 @@ def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:
         raise ValueError(f"{config_cls.__name__} needs a `name`")
     METHODS[config_cls.name] = config_cls
     return config_cls
-
-
-class MethodHandle:
-    """An applied method. `remove()` (or leaving a `with` block) restores the model exactly."""
-
-    def __init__(self, target, config: MethodConfig):
-        self.config = config
-        self._pipe = None if isinstance(target, torch.nn.Module) else target
-        self.transformer = target if self._pipe is None else target.transformer
-        self._undo: list = []
-
-    @property
-    def active(self) -> bool:
-        return bool(self._undo)
-
-    @property
-    def stats(self) -> Any:
-        """Per-generation statistics of the current or last generation (method-specific)."""
-        return None
-
-    def call_overrides(self, reference_steps: int | None = None) -> dict:
-        """Pipeline call arguments the method changes (`steps`: `num_inference_steps`); most change none.
-
-        `reference_steps`: the step count of the full-model run the method's images are compared with
-        (what this call would run without the method). When given, the settings that depend on it are
-        checked (`config.check_steps`, as the harness does before loading a model): a `StepsConfig`
-        asking for more steps than the reference raises here.
-        """
-        if reference_steps is not None:
-            if not is_int(reference_steps) or reference_steps < 1:
-                raise ValueError(f"reference_steps={reference_steps!r} is invalid: reference_steps must be an "
-                                 "integer >= 1.")
-            self.config.check_steps(reference_steps)
-        return self.config.call_overrides()
-
-    def remove(self) -> None:
-        """Undoes every change, newest first."""
-        while self._undo:
-            self._undo.pop()()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def _install(self) -> None:
-        raise NotImplementedError
-
-    def compile(self, mode: str = "default", fullgraph: bool = False, backend="inductor") -> "MethodHandle":
-        """Compiles the transformer's repeated blocks in place with `torch.compile` (after the method is
-        applied, so its hooks and processors are traced into the blocks' graphs; the per-step timeline
-        on the transformer stays eager, outside the graphs). `remove()` undoes it too."""
-        if backend == "inductor":
-            check_compile(mode, _device_of(self.transformer))
-        self._undo.extend(compile_blocks(self.transformer, mode, fullgraph, backend))
-        return self
-
-    def install(self) -> "MethodHandle":
-        """Patches the model (`_install`), after recording this handle on the transformer. Methods do not
-        stack: each patches the same modules on its own terms (CAT's processors and FORA's hooks, say),
-        so a transformer that already carries a method is refused before anything changes."""
-        t = self.transformer
-        applied = vars(t).get(APPLIED)
-        if applied is not None:
-            raise RuntimeError(
-                f"cat.apply: {_describe(applied.config)} is already applied to this {type(t).__name__}, so "
-                f"{_describe(self.config)} is refused (methods do not stack). Call remove() on the handle "
-                f"cat.apply returned for {applied.config.name!r} (or leave its `with` block) first."
-            )
-        setattr(t, APPLIED, self)
-        self._undo.append(lambda: delattr(t, APPLIED))
-        try:
-            self._install()
-        except Exception:
-            self.remove()
-            raise
-        return self
-
-
-def _describe(config: MethodConfig) -> str:
-    return f"{config.name!r} ({type(config).__name__})"
-
-
-def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer's stacked blocks whose structure repeats (what `torch.compile` compiles once and
-    reuses for every block of that structure).
-
-    Blocks of the same class can differ: SD3's last block has no text output (`context_pre_only`, other
-    norms, no `ff_context`), SD3.5-medium's first blocks have a second attention. dynamo compiles one set
-    of graphs per structure; a structure only one block has (SD3's last block) would cost as many
-    graphs as all the others for one block, so that block stays eager. When no structure repeats
-    (a one- or two-block test model) every block is compiled.
-    """
-    blocks = []
-    for name in ("transformer_blocks", "single_transformer_blocks"):
-        blocks.extend(getattr(transformer, name, None) or [])
-    if not blocks:
-        raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")
-    shapes = [_structure(block) for block in blocks]
-    return [block for block, shape in zip(blocks, shapes) if shapes.count(shape) > 1] or blocks
-
-
-def _structure(block: torch.nn.Module) -> tuple:
-    return tuple((name, type(m)) for name, m in block.named_modules())
-
-
-def compile_blocks(transformer: torch.nn.Module, mode: str = "default", fullgraph: bool = False,
-                   backend="inductor") -> list:
-    """Compiles `repeated_blocks(transformer)` in place; returns the callables that undo it.
-
-    Every block call makes its tensor arguments contiguous first, outside the compiled code: dynamo
-    guards on strides, and PixArt's first block receives the patch embedding as a transposed view,
-    which would give that block graphs of its own.
-    """
-    blocks = repeated_blocks(transformer)
-    # Blocks of one structure share their graphs (one per step kind); the limits only matter for
-    # methods whose hooks still give each block guarded objects of its own (diffusers' hook registry:
-    # FORA, ToCa): keep a 24- or 38-block model compiled instead of falling back to eager.
-    config = torch._dynamo.config
-    config.recompile_limit = max(config.recompile_limit, 4 * len(blocks))
-    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 8 * len(blocks))
-    undo = []
-    for block in blocks:
-        before = vars(block).get("_compiled_call_impl", _ABSENT)
-        block.compile(backend=backend, fullgraph=fullgraph, dynamic=False,
-                      **({"mode": mode} if backend == "inductor" else {}))
-        block._compiled_call_impl = _contiguous_inputs(block._compiled_call_impl)
-        undo.append(lambda b=block, before=before: _restore_attr(b, "_compiled_call_impl", before))
-    return undo
-
-
-_ABSENT = object()
-
-
-def _restore_attr(obj, name: str, value) -> None:
-    if value is _ABSENT:
-        vars(obj).pop(name, None)
-    else:
-        setattr(obj, name, value)
-
-
-def _contiguous_inputs(fn):
-    """fn, called with its tensor arguments made contiguous (no copy when they already are)."""
-
-    def call(*args, **kwargs):
-        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
-        kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        return fn(*args, **kwargs)
-
-    return call
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def check_compile(mode: str, device: torch.device | str | None = None) -> None:
-    """Raises a named error for a compile mode this torch or device cannot run (before any model loads)."""
-    import shutil
-
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile_mode={mode!r} is invalid; allowed: {', '.join(COMPILE_MODES)}")
-    if not torch._dynamo.is_dynamo_supported():
-        raise RuntimeError("compile=true needs torch.compile, which this Python/torch build does not support")
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-        raise RuntimeError("compile=true on the CPU needs a C++ compiler (g++ or clang++) for torch.compile's "
-                           "inductor backend; install one or set compile=false")
-    if mode == "reduce-overhead" and device.type != "cuda":
-        raise ValueError("compile_mode='reduce-overhead' captures CUDA graphs and needs device=cuda; use "
-                         "compile_mode=default on this device")
 
 
 def is_int(value) -> bool:
@@ -248,24 +111,6 @@ def min_ratio(num_tokens: int) -> str:
             f"(1/{num_tokens} = {1 / num_tokens:.3g} gives one token)")
 
 
-def apply(target, config: MethodConfig, compile: bool = False, compile_mode: str = "default") -> MethodHandle:
-    """Applies `config`'s method to a diffusers pipeline (anything with `.transformer`) or a transformer;
-    with `compile=True` the transformer's blocks are then compiled (`handle.compile`)."""
-    if not isinstance(config, MethodConfig) or type(config).handle is None:
-        known = ", ".join(f"{n} ({c.__name__})" for n, c in sorted(METHODS.items()))
-        raise TypeError(f"cat.apply needs a method config; got {type(config).__name__}. Known: {known}")
-    if not isinstance(target, torch.nn.Module) and not hasattr(target, "transformer"):
-        raise TypeError(
-            f"cat.apply expects a diffusers pipeline with a `transformer` or a transformer module, "
-            f"got {type(target).__name__}"
-        )
-    if compile:
-        check_compile(compile_mode)
-    handle = type(config).handle(target, config).install()
-    if compile:
-        try:
-            handle.compile(compile_mode)
-        except Exception:
-            handle.remove()
-            raise
-    return handle
+def scale_steps(value: int, num_steps: int, authors_steps: int = 28) -> int:
+    """A step index or count chosen by a method's authors for `authors_steps` steps, at `num_steps` (>= 1)."""
+    return max(1, round(int(value) * int(num_steps) / authors_steps))

@@ -6,24 +6,27 @@ step (selected tokens recomputed, selection updated); the steps in between are F
 no image token is recomputed, every attention and feed-forward module returns its cached output
 (the text stream and the attention of text queries over all keys still run, as in CAT), and the
 blocks' gates and residuals follow the current step, as in FORA. `reuse_interval=1` is plain CAT.
+CAT's timeline (`phase_of`) reads `reuse_interval`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..api import CATHandle
-from ..config import CATConfig
 from .base import check, is_int, register
+from .cat import CATConfig, CATHandle
 
 
+@register
 @dataclass(frozen=True)
 class CATFORAConfig(CATConfig):
     """CAT's settings plus `reuse_interval`: after the warm-up, steps t0, t0+N, t0+2N, ... are CAT
     pruned steps and the others reuse every module's cached output (N=1: plain CAT)."""
 
     name: ClassVar[str] = "cat_fora"
+    handle: ClassVar[type] = CATHandle
 
     reuse_interval: int = 2
 
@@ -31,6 +34,7 @@ class CATFORAConfig(CATConfig):
         super().__post_init__()
         check(is_int(self.reuse_interval) and self.reuse_interval >= 1, self, "reuse_interval", "an integer >= 1")
 
-
-CATFORAConfig.handle = CATHandle
-register(CATFORAConfig)
+    @classmethod
+    def examples(cls, num_steps: int) -> tuple["CATFORAConfig", "CATFORAConfig"]:
+        nothing, fast = super().examples(num_steps)
+        return dataclasses.replace(nothing, reuse_interval=1), fast

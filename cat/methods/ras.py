@@ -17,26 +17,32 @@ Dense steps at `error_reset_steps` (and every step outside [warmup_steps, end_st
 token and refill the caches, resetting the accumulated error.
 
 It runs on the same hooks as CAT (keys/values and module outputs of the skipped tokens are cached),
-so only the timeline below differs. Deviations: PixArt's learned-sigma channels are left out of the
+(the token engine, `cat/engine/`), so only the timeline below differs. Deviations: PixArt's learned-sigma channels are left out of the
 metric (only the noise half counts); with PixArt's pipeline, which does not expose its guidance
 scale, the metric comes from the conditional half.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from ..api import CATHandle
-from ..state import GenerationState, StepRecord
-from ..timeline import keep_output, load_plan
-from .base import MethodConfig, check, is_int, is_num, min_ratio, register
+from ..engine.state import GenerationState, keep_output, load_plan
+from ..engine.stats import StepRecord
+from ..engine.token_handle import TokenHandle
+from .base import MethodConfig, check, is_int, is_num, min_ratio, register, scale_steps
 
 METRICS = ("std", "l2norm")
 
 
+class RASHandle(TokenHandle):
+    """RAS applied through the token engine, following the timeline below."""
+
+
+@register
 @dataclass(frozen=True)
 class RASConfig(MethodConfig):
     """Defaults: the authors' SD3 script (28 steps): sample ratio 0.5, dense until step 4, dense
@@ -54,6 +60,7 @@ class RASConfig(MethodConfig):
     """
 
     name: ClassVar[str] = "ras"
+    handle: ClassVar[type] = RASHandle
 
     sample_ratio: float = 0.5
     warmup_steps: int = 4
@@ -89,9 +96,28 @@ class RASConfig(MethodConfig):
               f"{self.num_recomputed(num_tokens)}); {min_ratio(num_tokens)}")
 
     def timeline(self):
-        import sys
-
+        """The step timeline the token engine's hooks follow (this module: `begin_step`, `end_step`)."""
         return sys.modules[__name__]
+
+    @classmethod
+    def for_steps(cls, num_steps: int) -> dict:
+        """The authors' SD3 script at 28 steps, its step indices scaled: dense until step 4, dense resets
+        at 12 and 20."""
+        return {"warmup_steps": scale_steps(4, num_steps),
+                "error_reset_steps": [scale_steps(12, num_steps), scale_steps(20, num_steps)]}
+
+    @classmethod
+    def examples(cls, num_steps: int) -> tuple["RASConfig", "RASConfig"]:
+        return (cls(sample_ratio=1.0),
+                cls(warmup_steps=max(1, round(0.3 * num_steps)), error_reset_steps=(round(0.6 * num_steps),)))
+
+    def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
+        """All tokens in dense steps, `num_recomputed` in sparse ones (a step is sparse when the one before
+        selected for it)."""
+        k = self.num_recomputed(num_tokens)
+        if k >= num_tokens:
+            return [num_tokens] * num_steps
+        return [k if s >= 1 and self.sparse(s, num_steps) else num_tokens for s in range(num_steps)]
 
     def num_recomputed(self, num_tokens: int) -> int:
         skip = int((1.0 - self.sample_ratio) * num_tokens)
@@ -163,7 +189,3 @@ def _metric(state: GenerationState, config: RASConfig, out: torch.Tensor) -> tor
     pixels = noise.reshape(b, n, d // c_out, c_out)[..., : (c_in or c_out)]  # the noise half only
     per_pixel = pixels.std(dim=-1) if config.metric == "std" else torch.linalg.vector_norm(pixels, dim=-1)
     return per_pixel.mean(dim=-1)  # [P, N]
-
-
-RASConfig.handle = CATHandle
-register(RASConfig)

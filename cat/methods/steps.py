@@ -22,21 +22,33 @@ from typing import ClassVar
 
 from diffusers.hooks import ModelHook
 
-from ..adapters.base import attach_hook, observe_encode_prompt
-from .base import MethodConfig, MethodHandle, check, is_int, register
+from ..engine.clock import outside_schedule
+from ..engine.hooks import attach_hook
+from ..engine.stats import MethodStats, StepRecord
+from .base import MethodConfig, MethodHandle, check, is_int, register, scale_steps
 
 HOOK_NAME = "steps"
 
 
 class StepsHandle(MethodHandle):
-    """The method is the call override; on a pipeline, a hook checks that each call takes it."""
+    """The method is the call override; on a pipeline, a hook checks that each call takes it (and records
+    the steps it runs, each a full one)."""
 
     def _install(self) -> None:
         if self._pipe is None or not hasattr(self._pipe, "encode_prompt"):
             return  # a bare transformer: no pipeline call whose step count could be read
-        hook = _StepCountCheck(self._pipe, self.config)
-        observe_encode_prompt(self._pipe, hook.arm, self._undo)
-        attach_hook(self.transformer, hook, self._undo, HOOK_NAME)
+        self._check = _StepCountCheck(self._pipe, self.config)
+        self.clock.observe_pipeline(self._undo)
+        attach_hook(self.transformer, self._check, self._undo, HOOK_NAME)
+
+    @property
+    def stats(self) -> MethodStats:
+        check = getattr(self, "_check", None)
+        return MethodStats(steps=[StepRecord(s, "full") for s in range(check.calls if check else 0)])
+
+    def _new_generation(self) -> None:
+        if hasattr(self, "_check"):
+            self._check.arm()
 
 
 class _StepCountCheck(ModelHook):
@@ -48,11 +60,15 @@ class _StepCountCheck(ModelHook):
         self.pipe = pipe
         self.config = config
         self.armed = False
+        self.calls = 0
 
-    def arm(self, cfg_pairs: bool) -> None:
+    def arm(self) -> None:
         self.armed = True
+        self.calls = 0
 
     def pre_forward(self, module, *args, **kwargs):
+        if not outside_schedule(kwargs):
+            self.calls += 1
         if self.armed:
             self.armed = False
             ran = getattr(getattr(self.pipe, "scheduler", None), "num_inference_steps", None)
@@ -94,3 +110,16 @@ class StepsConfig(MethodConfig):
 
     def call_overrides(self) -> dict:
         return {"num_inference_steps": self.num_steps}
+
+    @classmethod
+    def for_steps(cls, num_steps: int) -> dict:
+        """Half the reference's steps."""
+        return {"num_steps": scale_steps(14, num_steps)}
+
+    @classmethod
+    def examples(cls, num_steps: int) -> tuple["StepsConfig", "StepsConfig"]:
+        return cls(num_steps=num_steps), cls(num_steps=max(1, num_steps // 2))
+
+    def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
+        """The full model at `num_steps` of its own (the reference's step count does not matter)."""
+        return [num_tokens] * self.num_steps

@@ -57,16 +57,17 @@ normalised and modulated residual for the MLPs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from diffusers.hooks import ModelHook
 
-from ..adapters.base import gather_tokens, scatter_tokens_
+from ..engine.module_cache import ModuleCacheHandle, ReuseHook, StepState
+from ..engine.stats import MethodStats, StepRecord
+from ..engine.tokens import gather_tokens, scatter_tokens_
 from .base import MethodConfig, check, is_int, is_num, register
-from .fora import CachingHandle, ReuseHook, StepClock
 
 HOOK_NAME = "toca"
 
@@ -124,6 +125,10 @@ class ToCaConfig(MethodConfig):
         check(is_num(self.interval_step_weight) and 0.0 <= self.interval_step_weight < 1.0, self,
               "interval_step_weight", "a float in [0, 1)")
 
+    @classmethod
+    def examples(cls, num_steps: int) -> tuple["ToCaConfig", "ToCaConfig"]:
+        return cls(interval=1), cls()
+
     @property
     def is_identity(self) -> bool:
         """Whether every step is full (the method then changes nothing)."""
@@ -173,19 +178,21 @@ def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], cell: int = BONUS_
     return s[:, :h, :w].reshape(b, n)
 
 
-@dataclass(frozen=True)
-class ToCaStats:
+@dataclass
+class ToCaStats(MethodStats):
     """Full and partial steps of the current or last generation, and per token-wise module the number
     of tokens per sample it recomputed at each step."""
 
-    full_steps: tuple[int, ...]
-    partial_steps: tuple[int, ...]
-    fresh_tokens: dict[str, tuple[int, ...]]
-    total_tokens: dict[str, int]
+    fresh_tokens: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    total_tokens: dict[str, int] = field(default_factory=dict)
 
     @property
-    def num_steps(self) -> int:
-        return len(self.full_steps) + len(self.partial_steps)
+    def full_steps(self) -> tuple[int, ...]:
+        return self.steps_in("full")
+
+    @property
+    def partial_steps(self) -> tuple[int, ...]:
+        return self.steps_in("partial")
 
     @property
     def fresh_fraction(self) -> float:
@@ -203,7 +210,7 @@ class _Entry:
         self.staleness = torch.zeros(out.shape[:2], dtype=torch.int32, device=out.device)  # [B, N]
 
 
-class _ToCaClock(StepClock):
+class _ToCaState(StepState):
     @property
     def recompute(self) -> bool:  # self-attention runs on full steps only
         return self.full
@@ -215,8 +222,7 @@ class _ToCaClock(StepClock):
     def _on_new_generation(self) -> None:
         self.full = True
         self.threshold = self.config.interval
-        self.full_steps: list[int] = []
-        self.partial_steps: list[int] = []
+        self.records: list[StepRecord] = []
         self.fresh: dict[str, list[int]] = {}
         self.total: dict[str, int] = {}
         self.generator: torch.Generator | None = None
@@ -230,12 +236,9 @@ class _ToCaClock(StepClock):
                     "ToCa's schedules need the number of denoising steps: apply ToCa to the pipeline, or call "
                     "handle.reset(num_steps=...) before using a bare transformer."
                 )
-        if self.full:
-            self.full_steps.append(step)
-            if not config.is_identity:
-                self.threshold = refresh_threshold(config, step, self.num_steps)
-        else:
-            self.partial_steps.append(step)
+        self.records.append(StepRecord(step, "full" if self.full else "partial", self.num_tokens if self.full else None))
+        if self.full and not config.is_identity:
+            self.threshold = refresh_threshold(config, step, self.num_steps)
 
     def record(self, name: str, fresh: int, total: int) -> None:
         self.fresh.setdefault(name, []).append(fresh)
@@ -244,7 +247,7 @@ class _ToCaClock(StepClock):
     def random_score(self, b: int, n: int, device) -> torch.Tensor:
         if self.generator is None or self.generator.device != torch.device(device):
             self.generator = torch.Generator(device=device).manual_seed(0)
-        if self.cfg_pairs and b % 2 == 0:
+        if self.clock.cfg_pairs and b % 2 == 0:
             half = torch.rand(b // 2, n, generator=self.generator, device=device)
             return torch.cat([half, half], dim=0)
         return torch.rand(b, n, generator=self.generator, device=device)
@@ -253,9 +256,9 @@ class _ToCaClock(StepClock):
 class _TokenHook(ModelHook):
     """Cross-attention / MLP: on partial steps runs on the fresh tokens only and updates their cached rows."""
 
-    def __init__(self, clock: _ToCaClock, name: str, layer: int, num_layers: int, kind: str, spatial: bool):
+    def __init__(self, state: _ToCaState, name: str, layer: int, num_layers: int, kind: str, spatial: bool):
         super().__init__()
-        self.clock = clock
+        self.state = state
         self.name = name
         self.layer = layer
         self.num_layers = num_layers
@@ -263,9 +266,9 @@ class _TokenHook(ModelHook):
         self.spatial = spatial
 
     def new_forward(self, module, *args, **kwargs):
-        clock = self.clock
+        state = self.state
         forward = self.fn_ref.original_forward
-        if clock.bypass or clock.step < 0:
+        if state.bypass or state.step < 0:
             return forward(*args, **kwargs)
         if "hidden_states" in kwargs:
             kwargs = dict(kwargs)
@@ -273,26 +276,26 @@ class _TokenHook(ModelHook):
         else:
             hidden_states, args = args[0], args[1:]
         b, n = hidden_states.shape[:2]
-        entry = clock.cache.get(self.name)
-        if clock.full or entry is None or entry.out.shape[:2] != (b, n):
+        entry = state.cache.get(self.name)
+        if state.full or entry is None or entry.out.shape[:2] != (b, n):
             out = forward(hidden_states, *args, **kwargs)
-            if not clock.config.is_identity:
-                clock.cache[self.name] = _Entry(out)
-                clock.record(self.name, n, n)
+            if not state.config.is_identity:
+                state.cache[self.name] = _Entry(out)
+                state.record(self.name, n, n)
             return out
-        k = fresh_count(clock.config, n, clock.step, clock.num_steps, self.layer, self.num_layers, self.kind)
+        k = fresh_count(state.config, n, state.step, state.num_steps, self.layer, self.num_layers, self.kind)
         index = self._select(hidden_states, entry, k)  # [B, k]
         entry.staleness += 1
         entry.staleness.scatter_(1, index, 0)
         if k > 0:
             rows = forward(gather_tokens(hidden_states, index), *args, **kwargs)  # [B, k, C]
             scatter_tokens_(entry.out, index, rows.to(entry.out.dtype))
-        clock.record(self.name, k, n)
+        state.record(self.name, k, n)
         return entry.out
 
     def _select(self, tokens: torch.Tensor, entry: _Entry, k: int) -> torch.Tensor:
         """The k tokens with the highest score (their `score_evaluate` + `local_selection_with_bonus`)."""
-        clock, config = self.clock, self.clock.config
+        state, config = self.state, self.state.config
         b, n = tokens.shape[:2]
         if config.score == "straight":
             score = torch.ones(b, n, device=tokens.device)
@@ -303,19 +306,18 @@ class _TokenHook(ModelHook):
                 raise ValueError(f"ToCa's similarity score needs equal input and output widths at {self.name}")
             score = F.normalize(1 - F.cosine_similarity(tokens.float(), entry.out.float(), dim=-1), dim=-1)
         else:
-            score = clock.random_score(b, n, tokens.device)
+            score = state.random_score(b, n, tokens.device)
         score = score + config.soft_fresh_weight * entry.staleness.float() / config.interval
-        if self.spatial and clock.grid is not None and clock.grid[0] * clock.grid[1] == n:
-            score = spatial_bonus(score, clock.grid)
+        if self.spatial and state.grid is not None and state.grid[0] * state.grid[1] == n:
+            score = spatial_bonus(score, state.grid)
         return score.argsort(dim=-1, descending=True, stable=True)[:, :k]
 
 
-class ToCaHandle(CachingHandle):
+class ToCaHandle(ModuleCacheHandle):
     hook_name = HOOK_NAME
-    method_name = "ToCa"
 
-    def _make_clock(self) -> StepClock:
-        return _ToCaClock(self.config)
+    def _make_state(self) -> StepState:
+        return _ToCaState(self.config, self.clock, self.family)
 
     def _module_hook(self, name, layer, attr, module) -> ModelHook:
         if attr in ("ff", "ff_context"):
@@ -323,18 +325,16 @@ class ToCaHandle(CachingHandle):
         elif getattr(module, "is_cross_attention", False):
             kind = CROSS_ATTN  # PixArt's attn2
         else:
-            return ReuseHook(self._clock, name)  # self-attention: SD3's joint attn and dual attn2, PixArt's attn1
+            return ReuseHook(self.state, name)  # self-attention: SD3's joint attn and dual attn2, PixArt's attn1
         num_layers = len(self.transformer.transformer_blocks)
-        return _TokenHook(self._clock, name, layer, num_layers, kind, spatial=attr != "ff_context")
+        return _TokenHook(self.state, name, layer, num_layers, kind, spatial=attr != "ff_context")
 
     @property
     def stats(self) -> ToCaStats:
         """Full/partial steps and fresh tokens per module of the current or last generation."""
-        clock = self._clock
-        return ToCaStats(
-            tuple(clock.full_steps), tuple(clock.partial_steps),
-            {k: tuple(v) for k, v in clock.fresh.items()}, dict(clock.total),
-        )
+        state = self.state
+        return ToCaStats(steps=list(state.records), fresh_tokens={k: tuple(v) for k, v in state.fresh.items()},
+                         total_tokens=dict(state.total))
 
 
 ToCaConfig.handle = ToCaHandle

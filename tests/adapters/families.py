@@ -1,11 +1,14 @@
-"""Tiny random models of every supported family, with the inputs their pipelines and transformers take."""
+"""Tiny random models of every supported family, with the inputs their pipelines and transformers take
+(the inputs come from the family registry, `cat.families`)."""
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from cat import testing
+from cat.families import family_for
 
 
 @dataclass
@@ -15,46 +18,6 @@ class Family:
     transformer: Callable
     pipeline_kwargs: dict = field(default_factory=dict)
     has_cfg: bool = True  # the pipeline batches [uncond, cond] when guidance_scale > 1
-
-
-def sd3_inputs(batch, h=32, w=32, text=7, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        hidden_states=torch.randn(batch, 4, h, w, generator=gen),
-        encoder_hidden_states=torch.randn(batch, text, 32, generator=gen),
-        pooled_projections=torch.randn(batch, 64, generator=gen),
-        timestep=torch.full((batch,), 500.0),
-        return_dict=False,
-    )
-
-
-def pixart_inputs(batch, h=32, w=32, text=7, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return dict(
-        hidden_states=torch.randn(batch, 4, h, w, generator=gen),
-        encoder_hidden_states=torch.randn(batch, text, 32, generator=gen),
-        encoder_attention_mask=torch.ones(batch, text),
-        timestep=torch.full((batch,), 500.0),
-        added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-        return_dict=False,
-    )
-
-
-def flux_inputs(batch, h=32, w=32, text=7, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    gh, gw = h // 2, w // 2
-    img_ids = torch.zeros(gh, gw, 3)
-    img_ids[..., 1] = torch.arange(gh)[:, None]
-    img_ids[..., 2] = torch.arange(gw)[None, :]
-    return dict(
-        hidden_states=torch.randn(batch, gh * gw, 4, generator=gen),
-        encoder_hidden_states=torch.randn(batch, text, 32, generator=gen),
-        pooled_projections=torch.randn(batch, 32, generator=gen),
-        timestep=torch.full((batch,), 0.5),
-        img_ids=img_ids.reshape(-1, 3),
-        txt_ids=torch.zeros(text, 3),
-        return_dict=False,
-    )
 
 
 PIXART_CALL = {"use_resolution_binning": False, "max_sequence_length": 16, "clean_caption": False}
@@ -80,5 +43,18 @@ FAMILIES = {
     ),
 }
 
-INPUTS = {"sd3": sd3_inputs, "sd3_qk_norm": sd3_inputs, "sd35_dual_attention": sd3_inputs,
-          "pixart_sigma": pixart_inputs, "pixart_alpha": pixart_inputs, "flux": flux_inputs}
+
+@functools.cache
+def _model(name: str) -> torch.nn.Module:
+    return FAMILIES[name].transformer()
+
+
+def _inputs(name: str):
+    def make(batch, h=32, w=32, text=7, seed=0):
+        model = _model(name)
+        return family_for(model).example_inputs(model.config, batch, h, w, text, torch.Generator().manual_seed(seed))
+
+    return make
+
+
+INPUTS = {name: _inputs(name) for name in FAMILIES}

@@ -129,7 +129,7 @@ def test_fresh_caches_give_the_full_computation(name, cfg_pairs, size):
 def test_selected_tokens_follow_the_input_and_the_rest_keep_their_output(name):
     transformer = FAMILIES[name].transformer()
     a, b = INPUTS[name](2, seed=0), INPUTS[name](2, seed=1)
-    spec = cat.adapters.spec_for(transformer)
+    spec = cat.families.family_for(transformer)
     with torch.no_grad(), cat.apply(transformer, cat.CATConfig(keep_ratio=0.3, warmup_steps=2, num_clusters=4)) as h:
         h.reset(cfg_pairs=True)
         transformer(**a)
@@ -182,7 +182,7 @@ def test_flux_true_cfg_keeps_one_state_per_named_call():
                   negative_prompt=["blurry", "blurry"], true_cfg_scale=2.0)
     with cat.apply(pipe, CFG) as handle:
         images = pipe(["a red circle", "a blue square"], generator=torch.Generator().manual_seed(0), **kwargs).images
-        states = handle._runtime.states
+        states = handle.runtime.states
         assert set(states) == {"cond", "uncond"}
         for state in states.values():
             assert [r.num_recomputed for r in state.records] == [256] * 4 + [77] * (STEPS - 4)

@@ -141,7 +141,7 @@ def test_plan_caches_and_previous_output_stay_in_place_and_outputs_are_never_rew
     seen = []
 
     def look(module, args, output):
-        state = handle._runtime.state
+        state = handle.runtime.state
         sample = output[0] if isinstance(output, tuple) else output.sample
         caches = [t for c in state.caches.values() for t in (c.key, c.value, c.out) if t is not None]
         ptrs = None
@@ -235,12 +235,12 @@ def test_norms_in_front_of_pruned_modules_run_on_the_selected_rows_only(family, 
     consumer is not pruned keeps every row."""
     import dataclasses
 
-    from cat.adapters import base
+    from cat.families import base
 
     make, kwargs = CALLS["pixart" if family == "pixart" else "sd3"]
     pipe = make(qk_norm="rms_norm", dual_attention_layers=(0,)) if family == "sd35_dual_attention" else make()
     transformer = pipe.transformer
-    spec = base.spec_for(transformer)
+    spec = base.family_for(transformer)
     norms = spec.row_norms(transformer)
     assert len(norms) == 2 * len(transformer.transformer_blocks)
 

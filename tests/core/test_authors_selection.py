@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from cat import CATConfig, core
-from cat.state import GenerationState
-from cat.timeline import begin_step, end_step, noise_channels
+from cat.engine import GenerationState
+from cat.methods.cat import begin_step, end_step, noise_channels
 
 
 def _generation(config, grid, outputs, channels=(None, None)):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cat import CATConfig, core
-from cat.state import GenerationState
-from cat.timeline import begin_step, end_step, select
+from cat.engine import GenerationState
+from cat.methods.cat import begin_step, end_step, select
 
 GRIDS = [(4, 4), (8, 8), (6, 10), (16, 16)]
 

@@ -5,7 +5,8 @@ import torch
 
 import cat
 from cat import testing
-from cat.adapters.base import has_hook
+from cat.engine.hooks import has_hook
+from cat.engine.token_handle import HOOK_NAME
 from experiments import latency
 
 
@@ -25,7 +26,7 @@ def test_full_model_and_method_are_timed_in_turns_and_paired(monkeypatch):
     order = []
 
     def call(**overrides):
-        order.append("method" if has_hook(pipe.transformer) else "full")
+        order.append("method" if has_hook(pipe.transformer, HOOK_NAME) else "full")
         return pipe(["a red circle"], num_inference_steps=4, height=32, width=32, output_type="latent",
                     generator=torch.Generator().manual_seed(0), **overrides)
 
@@ -35,6 +36,6 @@ def test_full_model_and_method_are_timed_in_turns_and_paired(monkeypatch):
     out = latency.compare(pipe, call, cat.CATConfig(warmup_steps=2, num_clusters=4), torch.device("cpu"),
                           warmup=1, repeats=2)
     assert order == ["full", "method", "full", "method", "full", "method"]
-    assert not has_hook(pipe.transformer)
+    assert not has_hook(pipe.transformer, HOOK_NAME)
     assert out["latency_full_s"] == 6.0 and out["latency_s"] == 1.5  # medians of (4, 8) and (2, 1)
     assert out["speedup"] == pytest.approx(5.0)  # median of the paired ratios 4/2 and 8/1, not 6/1.5

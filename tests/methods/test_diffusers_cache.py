@@ -4,13 +4,10 @@ import pytest
 import torch
 
 from cat import testing
-from cat.methods.base import METHODS, apply
-from cat.methods.diffusers_cache import (
-    FBCacheConfig,
-    MagCacheConfig,
-    TaylorSeerConfig,
-    calibrate_magcache,
-)
+from cat import METHODS, apply
+from cat.methods.fbcache import FBCacheConfig
+from cat.methods.magcache import MagCacheConfig, calibrate_magcache
+from cat.methods.taylorseer import TaylorSeerConfig
 
 from ..adapters.families import INPUTS
 
@@ -125,21 +122,21 @@ def test_accelerating_setting_skips_work_stays_close_and_removes_exactly(family,
     finally:
         counter.remove()
 
-    assert stats["transformer_calls"] == STEPS
+    assert stats.transformer_calls == STEPS
     if method == "taylorseer":
         assert counts == dict.fromkeys(targets, TAYLORSEER_FULL_STEPS)
-        assert stats["modules_computed"] == TAYLORSEER_FULL_STEPS * len(targets)
-        assert stats["modules_forecast"] == (STEPS - TAYLORSEER_FULL_STEPS) * len(targets)
+        assert stats.modules_computed == TAYLORSEER_FULL_STEPS * len(targets)
+        assert stats.modules_forecast == (STEPS - TAYLORSEER_FULL_STEPS) * len(targets)
     else:
-        skipped = len(stats["skipped_calls"])
+        skipped = len(stats.skipped_calls)
         assert 0 < skipped < STEPS
         if method == "fbcache":  # block 0 always runs; the others only on the non-skipped calls
             assert counts == {BLOCKS[0]: STEPS, BLOCKS[1]: STEPS - skipped}
-            assert stats["blocks_skipped"] == skipped
+            assert stats.blocks_skipped == skipped
         else:  # MagCache skips the whole block stack
             assert counts == dict.fromkeys(BLOCKS, STEPS - skipped)
-            assert stats["blocks_skipped"] == 2 * skipped
-        assert stats["blocks_computed"] == sum(counts.values())
+            assert stats.blocks_skipped == 2 * skipped
+        assert stats.blocks_computed == sum(counts.values())
 
     assert not torch.equal(out, family.base)
     assert torch.isfinite(out).all()
@@ -162,8 +159,8 @@ def test_do_nothing_setting_is_bit_exact(family, config):
     with apply(family.pipe, config) as handle:
         assert torch.equal(family.generate(), family.base)
         stats = handle.stats
-    assert stats["transformer_calls"] == STEPS
-    assert stats.get("modules_forecast", 0) == 0 and stats.get("blocks_skipped", 0) == 0
+    assert stats.transformer_calls == STEPS
+    assert getattr(stats, "modules_forecast", 0) == 0 and getattr(stats, "blocks_skipped", 0) == 0
     assert module_state(family.pipe.transformer) == family.state
 
 

@@ -89,7 +89,7 @@ def test_clustering_and_fixes_sweeps_pair_against_the_right_cells():
     import cat
 
     restored = fixes.hydra.sweeper.params["method.config.legacy"].split(",")
-    assert restored[0] == "[]" and {r.strip("[]") for r in restored[1:]} <= set(cat.config.LEGACY)
+    assert restored[0] == "[]" and {r.strip("[]") for r in restored[1:]} <= set(cat.methods.cat.LEGACY)
 
 
 def test_training_resumes_an_interrupted_stage(tmp_path):

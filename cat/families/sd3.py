@@ -1,9 +1,10 @@
 """Stable Diffusion 3 / 3.5 (`SD3Transformer2DModel`, MMDiT `JointTransformerBlock`s).
 
-Pruned per block: the image stream's joint attention (and the extra image self-attention `attn2` of
-SD3.5-medium's dual-attention blocks), the image feed-forward `ff`, and the norms and modulation in
-front of them (`row_norms`). The text stream, the gated residuals and the final projection run on
-all tokens.
+The token engine prunes, per block, the image stream's joint attention (and the extra image
+self-attention `attn2` of SD3.5-medium's dual-attention blocks), the image feed-forward `ff`, and the
+norms and modulation in front of them (`row_norms`). The text stream, the gated residuals and the final
+projection run on all tokens. FORA, ToCa and TaylorSeer cache or forecast `attn`, `attn2`, `ff` and
+`ff_context` (the last block has no `ff_context`: it returns no text stream).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import JointAttnProcessor2_0
 
-from .base import FamilySpec, check_no_chunking, processor_factory, register, submodules
-from .joint import CATJointAttnProcessor
+from .base import ATTENTION, FEED_FORWARD, FORECAST, STEP_CACHED, Family, check_no_chunking, hidden_states_of, register, tensor
+
+BLOCK_MODULES = r"transformer_blocks\.\d+\.(attn|attn2|ff|ff_context)"
 
 
 def patchified_grid(transformer, args, kwargs) -> tuple[int, int]:
     """Token grid of a [B, C, H, W] latent input cut into p x p patches."""
-    hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    hidden_states = hidden_states_of(args, kwargs)
     p = transformer.config.patch_size
     return hidden_states.shape[-2] // p, hidden_states.shape[-1] // p
 
@@ -54,19 +56,36 @@ def row_norms(transformer) -> list[tuple[str, torch.nn.Module, tuple[str, ...]]]
     return found
 
 
+def example_inputs(config, batch: int, height: int, width: int, text_tokens: int, generator=None,
+                   device="cpu") -> dict:
+    """Inputs of one call: a [B, C, H, W] latent, the joint text embedding, the pooled embedding."""
+    device = torch.device(device)
+    return dict(
+        hidden_states=tensor((batch, config.in_channels, height, width), generator, device),
+        encoder_hidden_states=tensor((batch, text_tokens, config.joint_attention_dim), generator, device),
+        pooled_projections=tensor((batch, config.pooled_projection_dim), generator, device),
+        timestep=torch.full((batch,), 500.0, device=device),
+        return_dict=False,
+    )
+
+
 SD3 = register(
-    FamilySpec(
+    Family(
         name="sd3",
         transformer_classes=("SD3Transformer2DModel",),
-        attention_modules=submodules("transformer_blocks", "attn", "attn2"),
-        make_processor=processor_factory(
-            JointAttnProcessor2_0, CATJointAttnProcessor, "SD3",
-            "reset the attention processors (no fused projections or IP-adapter) before applying CAT.",
-        ),
-        feed_forward_modules=submodules("transformer_blocks", "ff"),
+        modules={
+            ATTENTION: (r"transformer_blocks\.\d+\.(attn|attn2)",),
+            FEED_FORWARD: (r"transformer_blocks\.\d+\.ff",),
+            STEP_CACHED: (BLOCK_MODULES,),
+            FORECAST: (BLOCK_MODULES,),
+        },
+        attention_processor=JointAttnProcessor2_0,
+        processor_hint="reset the attention processors (no fused projections or IP-adapter) before applying CAT.",
         grid=patchified_grid,
         to_tokens=latent_to_tokens,
         from_tokens=tokens_to_latent,
+        token_patch=lambda config: int(config.get("patch_size") or 1),
+        example_inputs=example_inputs,
         check=check_no_chunking,
         row_norms=row_norms,
     )

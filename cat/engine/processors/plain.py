@@ -1,4 +1,4 @@
-"""CAT attention processor for plain self- and cross-attention (PixArt's `BasicTransformerBlock`).
+"""The token engine's attention processor for plain self- and cross-attention (PixArt's `BasicTransformerBlock`).
 
 Adapted from `diffusers.models.attention_processor.AttnProcessor2_0` (diffusers 0.42.1), keeping its
 operations, so a full step is bit-identical to the original. In a pruned step:
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..runtime import Runtime
 from ..state import GenerationState
-from .base import Runtime, cache_dtype, gather_tokens, store, update_heads, update_tokens
+from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_tokens
 
 
 class CATAttnProcessor:
@@ -61,7 +62,7 @@ class CATAttnProcessor:
             query = attn.norm_q(query)
 
         if plan is None:
-            kv = cache_dtype(self.runtime, "kv")
+            kv = cache_dtype(self.runtime.config, "kv")
             cache.key, cache.value = store(key, kv), store(value, kv)
         elif not cross:
             key = update_heads(cache.key, plan, key)  # [B, H, N, d]
@@ -74,6 +75,6 @@ class CATAttnProcessor:
         out = attn.to_out[1](out)
         out = out / attn.rescale_output_factor
         if plan is None:
-            cache.out = store(out, cache_dtype(self.runtime, "out"))
+            cache.out = store(out, cache_dtype(self.runtime.config, "out"))
             return out
         return update_tokens(cache.out, plan, out)  # [B, N, C]

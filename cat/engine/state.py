@@ -1,4 +1,4 @@
-"""Per-generation state: one object, created fresh for every generation, read by every hook.
+"""The token engine's per-generation state: one object, created fresh for every generation, read by every hook.
 
 Nothing lives on classes or module globals: `GenerationState` holds the step counter, the selection
 plan, the reference noise, the clusters, the staleness and the per-layer feature caches.
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .stats import GenerationStats, StepRecord, tensor_bytes
+
 
 @dataclass
 class LayerCache:
@@ -22,39 +24,6 @@ class LayerCache:
     key: torch.Tensor | None = None  # [B, heads, N, head_dim] (attention only)
     value: torch.Tensor | None = None  # [B, heads, N, head_dim] (attention only)
     out: torch.Tensor | None = None  # [B, N, C] output before the block's gate
-
-
-@dataclass
-class StepRecord:
-    """What happened at one step, for the overview figure and for logging.
-
-    `active` marks the image tokens recomputed in this step (None in full steps); `noise_magnitude`
-    is r(i) computed from this step's output; `staleness` is f after this step. One row per
-    selection group (a prompt's uncond/cond pair shares one row).
-    """
-
-    step: int
-    phase: str
-    num_recomputed: int
-    active: torch.Tensor | None = None  # [P, N] bool
-    noise_magnitude: torch.Tensor | None = None  # [P, N]
-    staleness: torch.Tensor | None = None  # [P, N]
-
-
-@dataclass
-class GenerationStats:
-    """Statistics of the last generation, on the CPU."""
-
-    grid: tuple[int, int] | None
-    num_image_tokens: int
-    cfg_pairs: bool
-    labels: torch.Tensor | None  # [P, N] cluster id of each token
-    steps: list[StepRecord]
-
-    @property
-    def tokens_per_step(self) -> list[int]:
-        """Image tokens recomputed per sample at each step."""
-        return [r.num_recomputed for r in self.steps]
 
 
 @dataclass
@@ -82,10 +51,9 @@ class GenerationState:
     records: list[StepRecord] = field(default_factory=list)
 
     def cache_bytes(self) -> int:
-        """Bytes held by this generation's caches (per-layer K/V and outputs, previous output, reference)."""
-        tensors = [t for c in self.caches.values() for t in (c.key, c.value, c.out) if t is not None]
-        tensors += [t for t in (self.prev_out, self.ref) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes this generation holds: per-layer K/V and outputs, previous output, reference, staleness, labels."""
+        return tensor_bytes([(c.key, c.value, c.out) for c in self.caches.values()], self.prev_out, self.ref,
+                            self.freq, self.labels)
 
     def stats(self) -> GenerationStats:
         def cpu(t):
@@ -98,4 +66,34 @@ class GenerationState:
             StepRecord(r.step, r.phase, r.num_recomputed, cpu(r.active), cpu(r.noise_magnitude), cpu(r.staleness))
             for r in self.records
         ]
-        return GenerationStats(self.grid, n, self.cfg_pairs, cpu(self.labels), steps)
+        return GenerationStats(steps=steps, grid=self.grid, num_image_tokens=n, cfg_pairs=self.cfg_pairs,
+                               labels=cpu(self.labels))
+
+
+def load_plan(state: GenerationState) -> torch.Tensor:
+    """The plan of a pruned step: the selection `state.active` copied, for both halves of a CFG batch,
+    into the generation's plan buffer, which is allocated once and returned.  [P, K] -> [B, K]"""
+    active = state.active
+    p, k = active.shape
+    b = 2 * p if state.cfg_pairs else p
+    buf = state.plan_buffer
+    if buf is None or buf.shape != (b, k) or buf.dtype != active.dtype or buf.device != active.device:
+        buf = state.plan_buffer = torch.empty(b, k, dtype=active.dtype, device=active.device)
+    buf.view(b // p, p, k).copy_(active)  # [uncond, cond] halves share one selection
+    return buf
+
+
+def keep_output(state: GenerationState, out: torch.Tensor, plan: torch.Tensor | None = None) -> torch.Tensor:
+    """Output caching into the generation's previous-output buffer, in place; returns the buffer.
+
+    Without a plan the buffer takes all of `out`; with one, only the planned tokens' rows, and every
+    other token keeps the previous step's output. The buffer is allocated once per generation and is
+    rewritten at the next step: whoever hands it out must copy it.  [B, N, D] -> [B, N, D]
+    """
+    buf = state.prev_out
+    if plan is None:
+        if buf is None or buf.shape != out.shape or buf.dtype != out.dtype or buf.device != out.device:
+            buf = state.prev_out = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        return buf.copy_(out)
+    index = plan[..., None].expand(-1, -1, out.shape[-1])  # [B, K, D]
+    return buf.scatter_(1, index, out.gather(1, index))

@@ -1,4 +1,4 @@
-"""CAT attention processor for joint (image + text) attention of MMDiT blocks.
+"""The token engine's attention processor for joint (image + text) attention of MMDiT blocks.
 
 Adapted from `diffusers.models.attention_processor.JointAttnProcessor2_0` (diffusers 0.42.1); the
 operations and their order are the same, so a full step through this processor is bit-identical to
@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..runtime import Runtime
 from ..state import GenerationState
-from .base import Runtime, cache_dtype, gather_tokens, store, update_heads, update_tokens
+from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_tokens
 
 
 class CATJointAttnProcessor:
@@ -67,7 +68,7 @@ class CATJointAttnProcessor:
             if encoder_hidden_states is not None:
                 key = torch.cat([key, context_key], dim=2)  # [B, H, N+T, d]
                 value = torch.cat([value, context_value], dim=2)
-            kv = cache_dtype(self.runtime, "kv")
+            kv = cache_dtype(self.runtime.config, "kv")
             cache.key, cache.value = store(key, kv), store(value, kv)
         elif encoder_hidden_states is not None and torch.compiler.is_compiling():
             # One write per cache (the image rows and the text rows together): a second write into
@@ -97,7 +98,7 @@ class CATJointAttnProcessor:
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)  # [B, K, C]
         if plan is None:
-            cache.out = store(out, cache_dtype(self.runtime, "out"))
+            cache.out = store(out, cache_dtype(self.runtime.config, "out"))
         else:
             out = update_tokens(cache.out, plan, out)  # [B, N, C]
 

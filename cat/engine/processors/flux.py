@@ -1,8 +1,8 @@
-"""FLUX.1 (`FluxTransformer2DModel`: double-stream and single-stream blocks, rotary positions).
+"""The token engine's attention processor for FLUX.1's double- and single-stream blocks.
 
-Double-stream blocks are pruned like SD3's joint blocks (image attention rows and image `ff`).
-Single-stream blocks see one [text, image] sequence: the text rows always run, the image rows only
-where selected, in the attention, `proj_mlp` and `proj_out`. Rotary embeddings are gathered for the
+Double-stream blocks are pruned like SD3's joint blocks (image attention rows). Single-stream blocks
+see one [text, image] sequence: the text rows always run, the image rows only where selected (their
+`proj_mlp` and `proj_out` are `PrunedTokenwise` with `joint=True`). Rotary embeddings are gathered for the
 rows that run, and keys are cached after their rotation. FLUX is guidance-distilled: without true
 CFG there are no uncond/cond pairs and each sample selects from its own output.
 
@@ -12,24 +12,13 @@ operations, so a full step is bit-identical to the original.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+from ..runtime import Runtime
 from ..state import GenerationState
-from .base import (
-    FamilySpec,
-    Runtime,
-    gather_tokens,
-    joint_rows,
-    processor_factory,
-    register,
-    scatter_tokens_,
-    submodules,
-)
+from ..tokens import gather_tokens, joint_rows, scatter_tokens_
 
 
 def _rotate_rows(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
@@ -112,47 +101,3 @@ class CATFluxAttnProcessor:
         else:
             out = scatter_tokens_(cache.out, plan, out)  # [B, N, C]
         return out, context_out
-
-
-def _attention_modules(transformer):
-    return submodules("transformer_blocks", "attn")(transformer) + submodules("single_transformer_blocks", "attn")(transformer)
-
-
-def _check(transformer) -> None:
-    for name, attn in _attention_modules(transformer):
-        if getattr(attn, "fused_projections", False):
-            raise ValueError(f"CAT cannot prune {name} with fused QKV projections; call transformer.unfuse_qkv_projections()")
-
-
-def _grid(transformer, args, kwargs) -> tuple[int, int]:
-    """Token grid from the image position ids (rows, cols in channels 1 and 2); square on `meta`."""
-    hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    n = hidden_states.shape[1]
-    img_ids = kwargs.get("img_ids")
-    if img_ids is not None and img_ids.device.type != "meta":
-        ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # [N, 3]
-        h, w = int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
-        if h * w == n:
-            return h, w
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"cannot infer the token grid of {n} FLUX tokens without img_ids")
-    return side, side
-
-
-FLUX = register(
-    FamilySpec(
-        name="flux",
-        transformer_classes=("FluxTransformer2DModel",),
-        attention_modules=_attention_modules,
-        make_processor=processor_factory(
-            FluxAttnProcessor, CATFluxAttnProcessor, "FLUX", "remove IP-adapters before applying CAT."
-        ),
-        feed_forward_modules=submodules("transformer_blocks", "ff"),
-        grid=_grid,
-        to_tokens=lambda transformer, sample: sample,  # FLUX already works on packed tokens [B, N, C]
-        from_tokens=lambda transformer, tokens, sample: tokens,
-        check=_check,
-        joint_modules=submodules("single_transformer_blocks", "proj_mlp", "proj_out"),
-    )
-)

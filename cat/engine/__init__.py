@@ -1,0 +1,18 @@
+"""The machinery methods share.
+
+- `handle.py`: the handle every method's handle extends (exact undo, compile); `clock.py`: the one
+  generation clock; `stats.py`: the statistics every handle reports; `hooks.py`: patches with inverses.
+- The token engine (cat, cat_fora, random tokens, RAS): `runtime.py`, `state.py` (per-generation state,
+  output caching), `tokens.py` (gather/scatter, cache dtypes), `processors/` (attention), `wrappers.py`
+  (token-wise modules), `token_handle.py` (the step hook and the install).
+- `module_cache.py`: FORA's and ToCa's hooks on cached modules; `diffusers_cache.py`: the handles built
+  on diffusers' own cache hooks (TaylorSeer, FBCache, MagCache).
+"""
+
+from .clock import GenerationClock, outside_schedule
+from .handle import MethodHandle
+from .state import GenerationState, LayerCache
+from .stats import GenerationStats, MethodStats, StepRecord, tensor_bytes
+
+__all__ = ["GenerationClock", "GenerationState", "GenerationStats", "LayerCache", "MethodHandle", "MethodStats",
+           "StepRecord", "outside_schedule", "tensor_bytes"]

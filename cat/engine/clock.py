@@ -1,0 +1,105 @@
+"""The generation clock every handle keeps: when a generation starts, and which calls stand outside it.
+
+A generation starts when a pipeline call encodes its prompt (`encode_prompt`, which also says whether the
+batch holds [uncond..., cond...] CFG pairs), or, for a bare transformer (no pipeline call to observe),
+when a call's timestep is above the previous call's, or when the user calls `handle.reset(...)`. A call
+with `skip_layers` is SD3.5's skip-layer-guidance call, made on part of the batch with some blocks
+skipped: it stands outside the schedule, and each kind of handle leaves its step state alone for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable
+
+import torch
+
+from .hooks import set_instance_attr
+
+
+def outside_schedule(kwargs: dict) -> bool:
+    """Whether a transformer call is SD3.5's skip-layer-guidance call (outside the step schedule)."""
+    return kwargs.get("skip_layers") is not None
+
+
+class GenerationClock:
+    """Starts generations for one handle: `on_new_generation()` runs whenever one starts.
+
+    Attributes:
+        cfg_pairs: whether the current generation's batch is [uncond..., cond...] CFG pairs.
+        guidance_scale: the pipeline's CFG scale, read when its call encodes the prompt (None without one).
+        num_steps_hint: the schedule's length given by the user for a bare transformer (`handle.reset`),
+            kept for later generations; a pipeline's scheduler says it by itself.
+    """
+
+    def __init__(self, pipe, on_new_generation: Callable[[], None]):
+        self.pipe = pipe
+        self.on_new_generation = on_new_generation
+        self.cfg_pairs = False
+        self.guidance_scale: float | None = None
+        self.num_steps_hint: int | None = None
+        self.last_timestep: float | None = None
+        # with no pipeline call to observe, the timesteps tell when a new generation starts
+        self.watches_timesteps = pipe is None or not hasattr(pipe, "encode_prompt")
+
+    def new_generation(self, cfg_pairs: bool | None = None, num_steps: int | None = None) -> None:
+        if num_steps is not None:
+            if not (isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1):
+                raise ValueError(f"num_steps={num_steps!r} is invalid: num_steps must be an integer >= 1.")
+            self.num_steps_hint = num_steps
+        if cfg_pairs is not None:
+            self.cfg_pairs = cfg_pairs
+        self.last_timestep = None
+        self.on_new_generation()
+
+    def observe_pipeline(self, undo: list) -> None:
+        """Wraps the pipeline's `encode_prompt` to start a generation at every call, with the call's own
+        `do_classifier_free_guidance` argument; appends the exact inverse to `undo`."""
+        if self.watches_timesteps:
+            return
+        pipe = self.pipe
+        encode = pipe.encode_prompt
+        signature = inspect.signature(encode)
+
+        @functools.wraps(encode)
+        def encode_prompt(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            self.guidance_scale = getattr(pipe, "_guidance_scale", None)
+            self.new_generation(bool(bound.arguments.get("do_classifier_free_guidance", False)))
+            return encode(*args, **kwargs)
+
+        set_instance_attr(pipe, "encode_prompt", encode_prompt, undo)
+
+    def observe_call(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """Before a transformer call of the schedule: for a bare transformer, a timestep above the
+        previous call's starts a new generation."""
+        if not self.watches_timesteps:
+            return
+        t = _timestep(transformer, args, kwargs)
+        if t is None:
+            return
+        if self.last_timestep is not None and t > self.last_timestep:
+            self.new_generation()
+        self.last_timestep = t
+
+    def num_steps(self, scheduler=None) -> int | None:
+        """The length of the schedule: the scheduler's when there is one, else the user's hint."""
+        timesteps = getattr(scheduler, "timesteps", None)
+        if timesteps is not None and len(timesteps) > 0:
+            return len(timesteps)
+        return self.num_steps_hint
+
+
+def _timestep(transformer, args: tuple, kwargs: dict) -> float | None:
+    timestep = kwargs.get("timestep")
+    if timestep is None and args:
+        try:
+            bound = inspect.signature(type(transformer).forward).bind_partial(transformer, *args, **kwargs)
+        except TypeError:
+            return None
+        timestep = bound.arguments.get("timestep")
+    if isinstance(timestep, torch.Tensor):
+        return None if timestep.device.type == "meta" or timestep.numel() == 0 else float(timestep.flatten()[0])
+    return float(timestep) if isinstance(timestep, (int, float)) else None
