@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..families import family_of_class
 from .clock import GenerationClock
 from .stats import MethodStats
 
@@ -124,8 +125,9 @@ def repeated_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     graphs as all the others for one block, so that block stays eager. When no structure repeats
     (a one- or two-block test model) every block is compiled.
     """
+    family = family_of_class(type(transformer).__name__)
     blocks = []
-    for name in ("transformer_blocks", "single_transformer_blocks"):
+    for name in family.blocks if family else ("transformer_blocks", "single_transformer_blocks"):
         blocks.extend(getattr(transformer, name, None) or [])
     if not blocks:
         raise TypeError(f"{type(transformer).__name__} has no transformer_blocks to compile")

@@ -23,6 +23,7 @@ class Family:
     Attributes:
         name: family name (as `family:` in conf/model/*.yaml), used in messages.
         transformer_classes: names of the diffusers transformer classes of the family.
+        blocks: the transformer's attributes holding its stacked blocks, in call order.
         modules: kind (ATTENTION, FEED_FORWARD, ...) -> regular expressions of qualified module names
             (`re.fullmatch`); a kind the family lacks is a method that does not support it.
         attention_processor: the diffusers processor class the pruned attentions must carry (the token
@@ -44,6 +45,7 @@ class Family:
 
     name: str
     transformer_classes: tuple[str, ...]
+    blocks: tuple[str, ...]
     modules: dict[str, tuple[str, ...]]
     attention_processor: type
     processor_hint: str

@@ -71,6 +71,7 @@ FLUX = register(
     Family(
         name="flux",
         transformer_classes=("FluxTransformer2DModel",),
+        blocks=("transformer_blocks", "single_transformer_blocks"),
         modules={
             ATTENTION: (ATTENTIONS,),
             FEED_FORWARD: (r"transformer_blocks\.\d+\.ff",),

@@ -64,6 +64,7 @@ PIXART = register(
     Family(
         name="pixart",
         transformer_classes=("PixArtTransformer2DModel",),
+        blocks=("transformer_blocks",),
         modules={
             ATTENTION: (ATTENTIONS,),
             FEED_FORWARD: (r"transformer_blocks\.\d+\.ff",),

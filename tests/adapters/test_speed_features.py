@@ -267,3 +267,19 @@ def test_norms_in_front_of_pruned_modules_run_on_the_selected_rows_only(family, 
     _, rows = generate(dataclasses.replace(config, prune_ff=False))
     for name, _, consumers in norms:
         assert (min(rows[name]) < tokens) == all(c.endswith(("attn", "attn1", "attn2")) for c in consumers), name
+
+
+def test_remove_puts_back_the_recompile_limits_compile_raised():
+    """Compiling a method's blocks raises dynamo's process-wide recompile limits for many-block models;
+    `remove()` restores them, as every other change."""
+    config = torch._dynamo.config
+    before = (config.recompile_limit, config.accumulated_recompile_limit)
+    config.recompile_limit, config.accumulated_recompile_limit = 1, 1
+    try:
+        transformer = testing.tiny_sd3_transformer(num_layers=4)
+        with cat.apply(transformer, cat.FORAConfig()) as handle:
+            handle.compile(backend="eager")
+            assert config.recompile_limit > 1 and config.accumulated_recompile_limit > 1
+        assert (config.recompile_limit, config.accumulated_recompile_limit) == (1, 1)
+    finally:
+        config.recompile_limit, config.accumulated_recompile_limit = before

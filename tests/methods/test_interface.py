@@ -19,30 +19,10 @@ CALL = {
     "pixart": (testing.tiny_pixart_pipeline, {"use_resolution_binning": False, "max_sequence_length": 16,
                                               "clean_caption": False}),
 }
-RATIOS = tuple(1.0 - 0.01 * i for i in range(STEPS))  # magnitude ratios as a calibration would give them
-# The setting at which each method changes nothing, and an accelerating one (the default where it fits 10 steps).
-DO_NOTHING = {
-    "cat": cat.CATConfig(keep_ratio=1.0, warmup_steps=4, num_clusters=4),
-    "cat_fora": cat.CATFORAConfig(keep_ratio=1.0, warmup_steps=4, num_clusters=4, reuse_interval=1),
-    "ras": cat.RASConfig(sample_ratio=1.0),
-    "steps": cat.StepsConfig(num_steps=STEPS),
-    "fora": cat.FORAConfig(interval=1),
-    "toca": cat.ToCaConfig(interval=1),
-    "taylorseer": cat.TaylorSeerConfig(cache_interval=1),
-    "fbcache": cat.FBCacheConfig(threshold=0.0),
-    "magcache": cat.MagCacheConfig(threshold=0.0, mag_ratios=RATIOS),
-}
-ACCELERATING = {
-    "cat": cat.CATConfig(warmup_steps=4, num_clusters=4),
-    "cat_fora": cat.CATFORAConfig(warmup_steps=4, num_clusters=4),
-    "ras": cat.RASConfig(warmup_steps=3, error_reset_steps=(6,)),
-    "steps": cat.StepsConfig(num_steps=5),
-    "fora": cat.FORAConfig(),
-    "toca": cat.ToCaConfig(),
-    "taylorseer": cat.TaylorSeerConfig(),
-    "fbcache": cat.FBCacheConfig(threshold=10.0),
-    "magcache": cat.MagCacheConfig(threshold=1.0, mag_ratios=RATIOS),
-}
+# Each method's own example settings for this schedule: one that changes nothing, one that accelerates.
+EXAMPLES = {name: cls.examples(STEPS) for name, cls in cat.METHODS.items()}
+DO_NOTHING = {name: pair[0] for name, pair in EXAMPLES.items()}
+ACCELERATING = {name: pair[1] for name, pair in EXAMPLES.items()}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,20 +41,22 @@ def family(request):
     return pipe, generate, generate()
 
 
-def test_every_method_has_a_config_class_a_conf_file_and_both_settings():
-    assert set(cat.METHODS) == set(DO_NOTHING) == set(ACCELERATING)
-    for name, cls in cat.METHODS.items():
-        assert cls.name == name and dataclasses.is_dataclass(cls) and cls.handle is not None
-        assert (ROOT / "conf" / "method" / f"{name}.yaml").exists(), name
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(cls(**({"mag_ratios": RATIOS} if name == "magcache" else {})), "name_", 1)
+@pytest.mark.parametrize("name", sorted(cat.METHODS))
+def test_every_method_has_a_config_class_a_conf_file_and_both_settings(name):
+    cls = cat.METHODS[name]
+    assert cls.name == name and dataclasses.is_dataclass(cls) and cls.handle is not None
+    assert (ROOT / "conf" / "method" / f"{name}.yaml").exists(), name
+    nothing, fast = EXAMPLES[name]
+    assert type(nothing) is cls and type(fast) is cls
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(fast, "name_", 1)
 
 
 def _attrs(pipe):
     return {n: (dict(vars(m)), getattr(m, "processor", None)) for n, m in pipe.transformer.named_modules()}
 
 
-@pytest.mark.parametrize("name", sorted(DO_NOTHING))
+@pytest.mark.parametrize("name", sorted(cat.METHODS))
 def test_do_nothing_is_bit_exact_and_remove_restores_exactly(family, name):
     pipe, generate, base = family
     keys = {n: set(a) for n, (a, _) in _attrs(pipe).items()}
@@ -87,6 +69,26 @@ def test_do_nothing_is_bit_exact_and_remove_restores_exactly(family, name):
     after = _attrs(pipe)
     assert {n: set(a) for n, (a, _) in after.items()} == keys, name
     assert not hasattr(pipe.transformer, "_diffusers_hook") and "encode_prompt" not in vars(pipe)
+
+
+@pytest.mark.parametrize("name", sorted(cat.METHODS))
+def test_what_a_config_tells_the_harness_is_consistent(family, name):
+    """The fields the run key ignores and the step-dependent defaults are fields of the config; the offline
+    schedule (where the method has one) is what the method reports it did, step by step."""
+    pipe, generate, _ = family
+    cls, config = cat.METHODS[name], ACCELERATING[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(config.key_ignores()) <= fields
+    assert set(cls.for_steps(STEPS)) <= fields and isinstance(cls(**cls.for_steps(STEPS)), cls)
+    schedule = config.offline_schedule(STEPS, 256)
+    if schedule is None:
+        return
+    assert all(isinstance(t, int) and 0 <= t <= 256 for t in schedule)
+    with cat.apply(pipe, config) as handle:
+        generate(handle.call_overrides())
+        reported = handle.stats.tokens_per_step
+    assert len(reported) == len(schedule)
+    assert all(r is None or r == t for r, t in zip(reported, schedule)), (reported, schedule)
 
 
 @pytest.mark.parametrize("name, field, value", [
