@@ -19,11 +19,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments import resolvers  # noqa: F401  (registers the config resolvers)
-from experiments.checks import ConfigError, validate
+from experiments.checks import ConfigError
 from experiments.command_line import check as check_command_line
 from experiments.identity import scrub_tree, secret_values
+from experiments.runs import print_table, run_task
 from experiments.sinks import remove_stub
-from experiments.tasks import print_table, run_task
 
 log = logging.getLogger("run")
 
@@ -35,9 +35,8 @@ def main(cfg: DictConfig) -> dict:
     secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
     scrub_tree(run_dir / ".hydra", secrets)  # Hydra records the command line there
     try:
-        if not multirun:
-            validate(cfg)  # a single run that fails here leaves no run folder; a sweep cell records it
-        metrics = run_task(cfg, run_dir)
+        # a single run that fails validation leaves no run folder; a sweep cell records the error
+        metrics = run_task(cfg, run_dir, record_invalid=multirun)
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
         if not multirun:

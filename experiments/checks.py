@@ -7,6 +7,7 @@ allowed; `run.py` prints it without a traceback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import numbers
 import os
@@ -33,19 +34,21 @@ def _is_num(v) -> bool:
 
 def token_geometry(model: dict) -> tuple[int, int, int]:
     """(patch in pixels, token rows, token columns) of a model config at its resolution."""
+    from cat.families import family_of_class
+
     from .config_files import transformer_config
 
-    arch = transformer_config(model)["transformer"]["config"]
+    arch = transformer_config(model)["transformer"]
+    family = family_of_class(arch["class"])
     vae_scale = int(((model.get("macs") or {}).get("vae_scale")) or 8)
-    patch = int(arch.get("patch_size") or 1)
-    if model.get("family") == "flux":
-        patch = 2  # the FLUX pipeline packs 2x2 latent patches into one token
+    patch = family.token_patch(arch["config"]) if family else int(arch["config"].get("patch_size") or 1)
     pixels = vae_scale * patch
     return pixels, int(model["height"]) // pixels, int(model["width"]) // pixels
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raises ConfigError for the first invalid setting of a run."""
+def validate(cfg: DictConfig):
+    """Raises ConfigError for the first invalid setting of a run; returns the method's config (None for the
+    full model)."""
     task = cfg.get("task")
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is invalid; allowed: {', '.join(TASKS)}")
@@ -84,12 +87,11 @@ def validate(cfg: DictConfig) -> None:
     if method is not None:
         _check_method(cfg, method, steps, rows * cols)
     if task == "macs":
-        import cat
-
-        if method is not None and type(method) is not cat.CATConfig:
-            raise ConfigError(f"task=macs counts CAT's schedule offline; method={cfg.method.name} is counted while "
-                              "it runs: use task=generate (its metrics.json holds the executed MACs)")
-        return
+        if method is not None and method.offline_schedule(steps, rows * cols) is None:
+            raise ConfigError(f"task=macs counts MACs from the image tokens a method recomputes per step, known before "
+                              f"running; method={cfg.method.name} does not say them: use task=generate (its "
+                              "metrics.json holds the executed MACs)")
+        return method
     from .pipelines import DTYPES, check_device, resolved_device_type
 
     batch = cfg.get("batch_size")
@@ -137,6 +139,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"data.path={data.path!r} is not a file; give {FORMATS.get(data.name, FORMATS[None])}")
     if data.get("path") or data.name in JUDGED:  # a local file or bundled prompts: cheap to read here
         check_prompts(cfg, read_prompts(cfg))
+    return method
 
 
 def check_output_root(value) -> None:
@@ -154,16 +157,31 @@ def check_output_root(value) -> None:
 
 
 def method_config(cfg: DictConfig):
-    """The method's config object (None for the full model), validated; ConfigError names the bad field."""
+    """The method's config object (None for the full model), validated by its class; ConfigError names the
+    bad field. Built once per process for each resolved method config."""
     if cfg.method.get("config") is None:
         return None
-    from hydra.utils import instantiate
-
     try:
-        return instantiate(cfg.method.config)
+        return build_method(OmegaConf.to_container(cfg.method.config, resolve=True))
     except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
         cause = err.__cause__ or err
         raise ConfigError(f"method={cfg.method.name}: {cause}") from err
+
+
+def build_method(config: dict):
+    """The config object a resolved `method.config` (with its `_target_`) builds; cached by content."""
+    import json
+
+    return _build(json.dumps(config, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _build(config_json: str):
+    import json
+
+    from hydra.utils import instantiate
+
+    return instantiate(json.loads(config_json))
 
 
 def _check_method(cfg: DictConfig, method, steps: int, num_tokens: int) -> None:

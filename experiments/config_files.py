@@ -15,6 +15,13 @@ def resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
+def default_setting(key: str):
+    """A top-level setting of conf/config.yaml as configured there (e.g. `paired_reference`)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(CONF / "config.yaml").get(key)
+
+
 def model_names() -> list[str]:
     return sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 

@@ -1,4 +1,4 @@
-"""Figures from saved results: image grids (method vs full model) and the selection-map figure."""
+"""Figures from saved results: image grids (method vs full model), the selection-map figure, and a run's own."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
@@ -132,3 +133,22 @@ def save_selection(stats, path: Path, row: int = 0, prompt: str = "") -> None:
         kept=np.array(min(pruned) if pruned else 0),
         num_clusters=np.array(int(stats.labels[row].max()) + 1 if stats.labels is not None else 0),
     )
+
+
+def run_figures(cfg, run_dir: Path, prompts, folders: dict, variant: str) -> None:
+    """grid.png (the first prompts, the full model and the method with its setting) and, when the method
+    recorded selections, selection.png."""
+    from .generate import image_path
+    from .results import knob_of
+
+    shown = prompts[:8]
+    labels = {name: name for name in folders}
+    labels["full"] = f"full model ({cfg.model.steps} steps)"
+    if variant in folders:
+        knob, value = knob_of(OmegaConf.to_container(cfg.method, resolve=True))
+        labels[variant] = f"{variant}" + (f" {knob}={value}" if knob else "")
+    rows = {labels[name]: [image_path(folder, p.index) for p in shown] for name, folder in folders.items()
+            if image_path(folder, shown[0].index).exists()}
+    image_grid(rows, [p.text for p in shown], run_dir / "grid.png")
+    if (run_dir / "selection.npz").exists():
+        selection_figure(run_dir / "selection.npz", run_dir / "selection.png")

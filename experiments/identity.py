@@ -25,6 +25,8 @@ import json
 import re
 from pathlib import Path
 
+import cat
+
 # Config keys (leaf names, case-insensitive) whose values are credentials. Matched exactly, so that
 # e.g. `text_tokens` or `tokenizer_3` are never mistaken for secrets.
 SECRET_KEYS = frozenset({
@@ -213,7 +215,7 @@ def model_snapshot(model: dict) -> str | None:
 
 # The code that makes results: the library, the experiment layer and the entry point (not tests, docs,
 # scripts, configs or results; the configs enter the key resolved).
-CODE_PACKAGES = ("cat", "experiments")
+CODE_PACKAGES = (cat.__name__, __name__.split(".")[0])
 CODE_FILES = ("run.py",)
 
 
@@ -258,7 +260,7 @@ def key_material(cfg: dict) -> dict:
     from .pipelines import resolved_device_type
 
     cfg = without_secrets(cfg)
-    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": _used_fields(cfg.get("method")),
+    material = {"task": cfg.get("task"), "model": cfg.get("model"), "method": method_material(cfg.get("method")),
                 "code": code_identity()}
     if cfg.get("task") == "macs":  # counted from the configs alone
         return material
@@ -283,17 +285,24 @@ def key_material(cfg: dict) -> dict:
     return material
 
 
-# CAT's clustering fields, which the policies without clusters never read: runs that differ only in
-# them are the same run (a clustering sweep's no_cluster cells at several cluster counts share one key).
-CLUSTER_FIELDS = ("num_clusters", "cluster_feature_weight", "kmeans_iters", "first_cluster_cap", "smooth_first")
-POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
+def method_material(method) -> dict | None:
+    """What a method contributes to the key: its name and every field of the config it instantiates
+    (`dataclasses.asdict`, its class's path as `_target_`), without the fields the config says it ignores
+    (`key_ignores`), so the YAML restating a default or not never changes a key. A config that cannot be
+    built (validation names it) is keyed by its resolved values."""
+    import dataclasses
 
+    from .checks import build_method
 
-def _used_fields(method):
-    config = (method or {}).get("config") if isinstance(method, dict) else None
-    if not isinstance(config, dict) or config.get("policy") not in POLICIES_WITHOUT_CLUSTERS:
+    if not isinstance(method, dict) or not isinstance(method.get("config"), dict):
         return method
-    return {**method, "config": {k: v for k, v in config.items() if k not in CLUSTER_FIELDS}}
+    try:
+        config = build_method(method["config"])
+    except Exception:
+        return method
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in config.key_ignores()}
+    target = f"{type(config).__module__}.{type(config).__qualname__}"
+    return {"name": method.get("name"), "config": {"_target_": target, **fields}}
 
 
 def digest(material: dict) -> str:

@@ -154,3 +154,29 @@ def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, w
                 "denoise_speedup": paired_ratio(full["denoise_s"], timed["denoise_s"]),
                 "latency_repeats": repeats, "latency_compiled": int(compile)})
     return out
+
+
+def measure(cfg, run_dir, method) -> dict:
+    """`task=latency`: the full model and the method timed in the same run (eager, or compiled with
+    `compile=true`): warm-ups, `metrics.latency.repeats` timed runs with device synchronisation, median
+    and spread, peak memory; no images are saved and no quality metric is computed."""
+    from omegaconf import OmegaConf
+
+    from .checks import ConfigError
+    from .generate import call_kwargs, generators, run_prompts
+    from .pipelines import load_pipeline, pick_device, pick_dtype
+
+    prompts = run_prompts(cfg)[: cfg.metrics.latency.num_prompts]
+    if not prompts:
+        raise ConfigError("the prompt set is empty: check data.path, data.limit, data.categories and data.shard")
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
+    pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
+    kwargs = call_kwargs(cfg)
+    log.info("timing %d prompt(s) on %s (%s): %d warm-up and %d timed runs per variant, compile=%s",
+             len(prompts), device, dtype, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile)
+    call = lambda **o: pipe([p.text for p in prompts], generator=generators(cfg, prompts), **{**kwargs, **o})  # noqa: E731
+    out = compare(pipe, call, method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile,
+                  cfg.compile_mode)
+    out.update(latency_prompts=len(prompts), latency_warmup=cfg.metrics.latency.warmup)
+    return out

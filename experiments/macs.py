@@ -1,18 +1,22 @@
-"""MACs, counted by a tool: `torch.utils.flop_counter.FlopCounterMode` on `meta`-device models built
-from the real configs (no weights, no memory). MACs = FLOPs / 2.
+"""MACs, counted by a tool: `torch.utils.flop_counter.FlopCounterMode`. MACs = FLOPs / 2.
 
-The transformer is counted once per distinct number of recomputed image tokens (a full step and a
-pruned step), by running CAT's real timeline on the meta model, and summed over the step schedule.
-Attention products are counted: on `meta` SDPA is decomposed into matmuls; for CPU tensors the CPU
-flash kernel is mapped to the SDPA formula.
+Executed MACs (every `task=generate` run): a counter is active inside every transformer call while the full
+model and the method generate, so whatever a method skipped, forecast or pruned is simply not counted.
 
-    python -m experiments.macs --model sd3_medium --steps 28 --keep-ratio 0.3
+Offline MACs (`task=macs`), on `meta`-device models built from the real configs (no weights, no memory):
+the method's config gives its schedule (`offline_schedule`: image tokens recomputed per step); the
+transformer is counted once per distinct entry of it, by running the method on the meta model up to the
+first step of that kind, and the counts are summed over the schedule. Attention products are counted: on
+`meta` SDPA is decomposed into matmuls; for CPU tensors the CPU flash kernel is mapped to the SDPA formula.
+
+    python -m experiments.macs model=sd3_medium model.steps=28 method.config.keep_ratio=0.3 [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -20,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import cat
 
+log = logging.getLogger(__name__)
 
 def _cpu_flash_flop(query, key, value, *args, out_val=None, **kwargs) -> int:
     shape = lambda t: getattr(t, "shape", t)  # noqa: E731  (tensors or, as FlopCounterMode passes them, shapes)
@@ -69,7 +74,7 @@ class MacsReport:
     transformer_macs_full: int
     macs_reduction: float
     step_macs: list[int] = field(default_factory=list)
-    cache_bytes: int = 0  # CAT's caches during pruned steps (whole batch: both CFG halves)
+    cache_bytes: int = 0  # the method's caches once every kind of step ran (whole batch: both CFG halves)
     text_encoder_macs: int | None = None
     vae_decode_macs: int | None = None
 
@@ -88,59 +93,42 @@ def build_on_meta(class_name: str, config: dict) -> torch.nn.Module:
 
 def transformer_inputs(transformer: torch.nn.Module, batch: int, height: int, width: int, text_tokens: int,
                        vae_scale: int = 8) -> dict:
-    """Meta inputs of one denoising call, shaped like the family's pipeline makes them."""
-    cfg = transformer.config
-    name = type(transformer).__name__
-    h, w = height // vae_scale, width // vae_scale
-    meta = {"device": "meta"}
-    if name == "SD3Transformer2DModel":
-        return dict(hidden_states=torch.empty(batch, cfg.in_channels, h, w, **meta),
-                    encoder_hidden_states=torch.empty(batch, text_tokens, cfg.joint_attention_dim, **meta),
-                    pooled_projections=torch.empty(batch, cfg.pooled_projection_dim, **meta),
-                    timestep=torch.empty(batch, **meta), return_dict=False)
-    if name == "PixArtTransformer2DModel":
-        extra = {"resolution": torch.empty(batch, 2, **meta), "aspect_ratio": torch.empty(batch, 1, **meta)}
-        return dict(hidden_states=torch.empty(batch, cfg.in_channels, h, w, **meta),
-                    encoder_hidden_states=torch.empty(batch, text_tokens, cfg.caption_channels, **meta),
-                    timestep=torch.empty(batch, **meta),
-                    added_cond_kwargs=extra if cfg.use_additional_conditions else {"resolution": None, "aspect_ratio": None},
-                    return_dict=False)
-    if name == "FluxTransformer2DModel":
-        n = (h // 2) * (w // 2)
-        return dict(hidden_states=torch.empty(batch, n, cfg.in_channels, **meta),
-                    encoder_hidden_states=torch.empty(batch, text_tokens, cfg.joint_attention_dim, **meta),
-                    pooled_projections=torch.empty(batch, cfg.pooled_projection_dim, **meta),
-                    timestep=torch.empty(batch, **meta),
-                    guidance=torch.empty(batch, **meta) if cfg.guidance_embeds else None,
-                    img_ids=torch.empty(n, 3, **meta), txt_ids=torch.empty(text_tokens, 3, **meta),
-                    return_dict=False)
-    raise TypeError(f"no MAC inputs for {name}; supported: {', '.join(cat.supported_models())}")
+    """Meta inputs of one denoising call, shaped like the family's pipeline makes them (`cat.families`)."""
+    from cat.families import family_for
+
+    family = family_for(transformer, "the MAC counter")
+    return family.example_inputs(transformer.config, batch, height // vae_scale, width // vae_scale, text_tokens,
+                                 device="meta")
 
 
-def transformer_macs(transformer: torch.nn.Module, inputs: dict, steps: int, method: cat.CATConfig | None,
+def transformer_macs(transformer: torch.nn.Module, inputs: dict, steps: int, method: cat.MethodConfig | None,
                      cfg_pairs: bool) -> tuple[list[int], list[int], int]:
-    """Per-step MACs of the method and of the full model over a schedule of `steps` steps, and the bytes
-    CAT's caches hold during the pruned steps (one generation of this batch; shapes on `meta`)."""
-    n = _num_tokens(transformer, inputs)
+    """Per-step MACs of the method and of the full model over a schedule of `steps` steps, and the bytes the
+    method's caches hold once its schedule has run every kind of step (one generation of this batch; shapes
+    on `meta`). ValueError when the method has no offline schedule."""
+    from cat.families import family_for
+
+    h, w = family_for(transformer, "the MAC counter").grid(transformer, (), inputs)
+    n = h * w
     full = count_macs(transformer, **inputs)
-    if method is None or not method.prunes(n) or steps <= method.warmup_steps:
-        return [full] * steps, [full] * steps, 0
-    with cat.apply(transformer, method) as handle:
-        handle.reset(cfg_pairs=cfg_pairs)
-        for _ in range(method.warmup_steps):  # the full steps, up to the first selection
-            transformer(**inputs)
-        pruned = count_macs(transformer, **inputs)
-        cache = handle.cache_bytes()
-    per_tokens = {n: full, method.num_kept(n): pruned}
-    return [per_tokens[t] for t in cat.token_schedule(method, steps, n)], [full] * steps, cache
-
-
-def _num_tokens(transformer, inputs) -> int:
-    hidden = inputs["hidden_states"]
-    if hidden.ndim == 3:
-        return hidden.shape[1]
-    p = transformer.config.patch_size
-    return (hidden.shape[-2] // p) * (hidden.shape[-1] // p)
+    schedule = [n] * steps if method is None else method.offline_schedule(steps, n)
+    if schedule is None:
+        raise ValueError(f"{type(method).__name__} has no offline schedule; its MACs are counted while it runs")
+    per_tokens, cache = {n: full}, 0
+    todo = set(schedule) - {n}
+    if todo:
+        with cat.apply(transformer, method) as handle:
+            handle.reset(cfg_pairs=cfg_pairs, num_steps=steps)
+            for tokens in schedule:  # up to the first step of every kind
+                if tokens in todo:
+                    per_tokens[tokens] = count_macs(transformer, **inputs)
+                    todo.discard(tokens)
+                    if not todo:
+                        break
+                else:
+                    transformer(**inputs)
+            cache = handle.cache_bytes()
+    return [per_tokens[t] for t in schedule], [full] * steps, cache
 
 
 def text_encoder_macs(encoders: list[dict]) -> int:
@@ -173,7 +161,7 @@ def _cached(fn):
 
 @_cached
 def _transformer_report(class_name: str, config_json: str, height: int, width: int, text_tokens: int, steps: int,
-                        guidance: bool, method: cat.CATConfig | None, vae_scale: int) -> tuple[list[int], list[int], int]:
+                        guidance: bool, method: cat.MethodConfig | None, vae_scale: int) -> tuple[list[int], list[int], int]:
     import json
 
     transformer = build_on_meta(class_name, json.loads(config_json))
@@ -207,7 +195,7 @@ def _make_report(method_steps, full_steps, text_encoders, vae_config, height, wi
     )
 
 
-def report_for_model(model_cfg: dict, method: cat.CATConfig | None, steps: int | None = None) -> MacsReport:
+def report_for_model(model_cfg: dict, method: cat.MethodConfig | None, steps: int | None = None) -> MacsReport:
     """MACs from a model config of `conf/model/` (its `transformer`, `macs` blocks), without weights."""
     arch = model_cfg["transformer"]
     macs_cfg = model_cfg.get("macs", {})
@@ -220,31 +208,75 @@ def report_for_model(model_cfg: dict, method: cat.CATConfig | None, steps: int |
     )
 
 
-def main(argv=None) -> None:
-    from experiments.config_files import load_model_config
+def count(cfg, run_dir, method) -> dict:
+    """`task=macs`: the model's and the method's transformer MACs from the configs alone (no weights)."""
+    from omegaconf import OmegaConf
 
-    p = argparse.ArgumentParser(description="Count transformer MACs of the full model and CAT, offline.")
-    p.add_argument("--model", default="sd3_medium", help="a file name of conf/model/")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--keep-ratio", type=float, default=0.3)
-    p.add_argument("--warmup-steps", type=int, default=None, help="default: round(8 / 28 * steps)")
+    from .config_files import transformer_config
+
+    model_cfg = transformer_config(OmegaConf.to_container(cfg.model, resolve=True))
+    return report_for_model(model_cfg, method).as_metrics()
+
+
+def executed(pipe, cfg, method, prompts, kwargs) -> dict:
+    """Executed transformer MACs per image of the full model and of the method, counted while they run
+    on the first `metrics.macs_prompts` prompts (one batch, the run's seeds)."""
+    from .generate import generators
+
+    sample = prompts[: max(1, int(cfg.metrics.get("macs_prompts", 4)))]
+
+    def call(**overrides):
+        pipe([p.text for p in sample], generator=generators(cfg, sample), **{**kwargs, **overrides})
+
+    log.info("counting executed MACs: full model, %d prompt(s) ...", len(sample))
+    full = realised_transformer_macs(pipe, call) / len(sample)
+    out = {"transformer_macs_full": full, "transformer_macs_per_step_full": full / cfg.model.steps,
+           "macs_prompts": len(sample)}
+    if method is None:
+        return out
+    log.info("counting executed MACs: %s, %d prompt(s) ...", cfg.method.name, len(sample))
+    with cat.apply(pipe, method) as handle:
+        overrides = handle.call_overrides(kwargs["num_inference_steps"])
+        done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
+    out.update({"transformer_macs": done, "macs_reduction": 1.0 - done / full})
+    return out
+
+
+def main(argv=None) -> None:
+    """`python -m experiments.macs [--json] [overrides ...]`: `task=macs` without a run folder, e.g.
+    `model=sd3_medium model.steps=50 method.config.keep_ratio=0.3` (run.py's groups and keys)."""
+    from hydra import compose, initialize_config_dir
+
+    from . import resolvers  # noqa: F401  (registers the config resolvers)
+    from .checks import validate
+    from .config_files import CONF
+
+    p = argparse.ArgumentParser(description="Count transformer MACs of the full model and a method, offline.")
     p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="run.py overrides (model=..., model.steps=..., method=..., ...)")
     args = p.parse_args(argv)
-    model_cfg = load_model_config(args.model)
-    steps = args.steps or model_cfg["steps"]
-    warmup = args.warmup_steps or max(2, round(8 / 28 * steps))
-    rep = report_for_model(model_cfg, cat.CATConfig(keep_ratio=args.keep_ratio, warmup_steps=warmup), steps)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*args.overrides, "task=macs"])
+    metrics = count(cfg, None, validate(cfg))
     if args.json:
-        print(json.dumps(rep.as_metrics(), indent=2))
+        print(json.dumps(metrics, indent=2))
         return
-    print(f"model {args.model}  {model_cfg['height']}x{model_cfg['width']}  {steps} steps  "
-          f"CAT keep_ratio={args.keep_ratio} warmup={warmup}")
-    print(f"full transformer: {rep.transformer_macs_full / steps / 1e12:.3f} TMACs/step, {rep.transformer_macs_full:.4g} MACs/image")
-    print(f"CAT transformer:  {rep.transformer_macs:.4g} MACs/image  (reduction {100 * rep.macs_reduction:.1f}%)")
-    if rep.text_encoder_macs is not None:
-        print(f"text encoders:    {rep.text_encoder_macs:.4g} MACs/prompt")
-    if rep.vae_decode_macs is not None:
-        print(f"VAE decode:       {rep.vae_decode_macs:.4g} MACs/image")
+    from omegaconf import OmegaConf
+
+    from .results import knob_of
+
+    steps = cfg.model.steps
+    knob, value = knob_of(OmegaConf.to_container(cfg.method, resolve=True))
+    setting = f" {knob}={value}" if knob else ""
+    print(f"model {cfg.model.name}  {cfg.model.height}x{cfg.model.width}  {steps} steps  method {cfg.method.name}{setting}")
+    print(f"full transformer:   {metrics['transformer_macs_full'] / steps / 1e12:.3f} TMACs/step, "
+          f"{metrics['transformer_macs_full']:.4g} MACs/image")
+    print(f"method transformer: {metrics['transformer_macs']:.4g} MACs/image  (reduction "
+          f"{100 * metrics['macs_reduction']:.1f}%)")
+    if "text_encoder_macs" in metrics:
+        print(f"text encoders:      {metrics['text_encoder_macs']:.4g} MACs/prompt")
+    if "vae_decode_macs" in metrics:
+        print(f"VAE decode:         {metrics['vae_decode_macs']:.4g} MACs/image")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,15 @@ LOWER_IS_BETTER = {"lpips", "fid", "fid_vs_full"}
 
 def add_knobs(frame: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
     """Adds `knob` (the field the method's sweep varies) and `knob_value` from each cell's config."""
-    knobs, values = [], []
+    from .results import knob_of
+
+    knobs = []
     for cell in frame["cell"]:
         path = Path(sweep_dir) / cell / "config.yaml"
         cfg = yaml.safe_load(path.read_text()) if path.exists() else {}
-        method = cfg.get("method") or {}
-        knob = method.get("knob")
-        knobs.append(knob)
-        values.append((method.get("config") or {}).get(knob) if knob else None)
+        knobs.append(knob_of(cfg.get("method")))
     frame = frame.copy()
-    frame["knob"], frame["knob_value"] = knobs, values
+    frame["knob"], frame["knob_value"] = [k for k, _ in knobs], [v for _, v in knobs]
     return frame
 
 

@@ -131,25 +131,33 @@ def distinct(frame: pd.DataFrame, keys: list[str], label: str) -> pd.DataFrame:
     return frame.drop(columns=drop)
 
 
-def load_run(run_dir: Path) -> dict:
-    """A flat row: the run's model, data, method, steps, key parameters and settings, and its metrics."""
-    cfg = _config(run_dir)
-    method = (cfg.get("method") or {})
-    params = method.get("config") or {}
+CONFIG = "method.config."  # columns of the method's config fields (as in a sweep's overrides)
+
+
+def knob_of(method: dict | None) -> tuple[str | None, object]:
+    """The field a method's sweep varies (`knob` in its conf file) and its value in this run's config."""
+    method = method or {}
     knob = method.get("knob")
+    return knob, ((method.get("config") or {}).get(knob) if knob else None)
+
+
+def load_run(run_dir: Path) -> dict:
+    """A flat row: the run's model, data, method, steps, knob and its value, every field of the method's
+    config (`method.config.<field>`), the settings, and its metrics."""
+    cfg = _config(run_dir)
+    method = cfg.get("method") or {}
+    knob, value = knob_of(method)
+    fields = {f"{CONFIG}{k}": v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+              for k, v in (method.get("config") or {}).items() if not k.startswith("_")}
     row = {
         "run": str(run_dir),
         "model": (cfg.get("model") or {}).get("name"),
         "data": (cfg.get("data") or {}).get("name"),
         "steps": (cfg.get("model") or {}).get("steps"),
         "method": method.get("name"),
-        # method-neutral: the field the method's sweep varies and its value; CAT's own fields follow
         "knob": knob,
-        "knob_value": params.get(knob) if knob else None,
-        "policy": params.get("policy"),
-        "keep_ratio": params.get("keep_ratio"),
-        "num_clusters": params.get("num_clusters"),
-        "warmup_steps": params.get("warmup_steps"),
+        "knob_value": value,
+        **fields,
         **run_settings(run_dir),
         # sweep cells live in outputs/sweeps/<sweep>-<model>/<cell>/
         "sweep": run_dir.parent.name if run_dir.parent.parent.name == "sweeps" else None,
@@ -158,6 +166,11 @@ def load_run(run_dir: Path) -> dict:
     row["status"] = (read_json(status) or {}).get("status") if status.exists() else None
     row.update(read_json(run_dir / "metrics.json") or {})
     return row
+
+
+def varying_fields(runs: pd.DataFrame) -> list[str]:
+    """The method-config columns whose values differ among the rows (a method's setting is shown where it varies)."""
+    return [c for c in runs.columns if c.startswith(CONFIG) and runs[c].map(_text).nunique() > 1]
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:

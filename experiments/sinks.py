@@ -109,8 +109,24 @@ class WandbSink:
         self.run.finish()
 
 
+SINKS = {"wandb": WandbSink}  # conf/logger/<name>.yaml -> its sink (any other logger logs nothing)
+
+
 def make_sink(logger_cfg: dict, name: str, group: str | None, config: dict, directory: Path):
-    if not logger_cfg or logger_cfg.get("name") in (None, "none"):
+    sink = SINKS.get((logger_cfg or {}).get("name"))
+    if sink is None:
         return None
-    return WandbSink(logger_cfg.get("project", "cat-pruning"), logger_cfg.get("mode", "offline"), group, name,
-                     config, directory)
+    return sink(logger_cfg.get("project", "cat-pruning"), logger_cfg.get("mode", "offline"), group, name, config,
+                directory)
+
+
+def log_run(cfg, run_dir: Path, metrics: dict) -> None:
+    """Logs a run's metrics and figures to the configured sink (W&B), if any."""
+    from omegaconf import OmegaConf
+
+    sink = make_sink(OmegaConf.to_container(cfg.logger, resolve=True), run_dir.name or cfg.name,
+                     cfg.get("group"), OmegaConf.to_container(cfg, resolve=True), run_dir)
+    if sink is None:
+        return
+    sink.log(metrics, {"grid": run_dir / "grid.png", "selection": run_dir / "selection.png"})
+    sink.finish()

@@ -58,14 +58,18 @@ def per_image(cell_dir, metric: str) -> dict[int, float]:
     return {r["index"]: r[metric] for r in rows if r.get("variant") != "full" and metric in r}
 
 
-def paired_against(frame, sweep_dir, reference: str = "cat", metrics=("psnr", "ssim", "lpips", "adherence")):
+def paired_against(frame, sweep_dir, reference: str | None = None, metrics=("psnr", "ssim", "lpips", "adherence")):
     """Paired per-prompt differences (cell - reference cell) with 95% intervals, for every finished
     cell that differs from the reference on one column and has a reference cell equal on every other
-    swept axis. `reference` is a method name, or "column=value" (e.g. "method.config.legacy=[]").
-    Returns a DataFrame (empty when there is nothing to pair)."""
+    swept axis. `reference` is a method name, or "column=value" (e.g. "method.config.legacy=[]");
+    default: conf/config.yaml's `paired_reference`. Returns a DataFrame (empty when there is nothing to pair)."""
     from pathlib import Path
 
     import pandas as pd
+
+    from .config_files import default_setting
+
+    reference = reference or str(default_setting("paired_reference"))
 
     column, _, value = reference.rpartition("=") if "=" in reference else ("method", "", reference)
     if column not in frame or "status" not in frame:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from .identity import scrub_override
 from .results import distinct, run_settings
@@ -103,9 +104,13 @@ def current_cells(sweep_dir: Path) -> list[str] | None:
     return sorted({line.strip() for line in path.read_text().splitlines() if line.strip()})
 
 
-def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: str = "cat") -> pd.DataFrame:
+def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: str | None = None,
+                  contrast: dict | None = None) -> pd.DataFrame:
     """summary.csv/md, trends.md and paired.csv/md (each cell against `reference`: a method name or
-    "column=value"), and the peers report for a peers sweep."""
+    "column=value"; default: conf/config.yaml's `paired_reference`), the contrast report the sweep file
+    declares (`contrast`, experiments/contrast.py), and the peers report for a peers sweep."""
+    from .config_files import default_setting
+
     frame = collect(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
     if frame.empty:
         return frame
@@ -116,6 +121,7 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
         write_text(sweep_dir / "trends.md", text)
     from .stats import paired_against
 
+    reference = reference or str(default_setting("paired_reference"))
     paired = paired_against(frame, sweep_dir, reference=reference)
     if not paired.empty:
         ref = reference if "=" in reference else f"method={reference}"
@@ -124,15 +130,16 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
                    "same prompts and seeds (cell - reference), 95% bootstrap intervals; a verdict of 'no difference' "
                    "means the interval contains 0.\n\n"
                    + paired.drop(columns=["cell", "reference"]).to_markdown(index=False, floatfmt=".3g") + "\n")
-        from . import clustering
-
-        if clustering.is_clustering_sweep(frame):
+        if contrast:
             from .checks import token_geometry
+            from .contrast import Contrast, write_report
 
+            spec = Contrast(**contrast)
             model = (yaml.safe_load((sweep_dir / frame.cell.iloc[0] / "config.yaml").read_text()) or {})["model"]
             _, rows, cols = token_geometry(model)
-            clustering.write_report(paired, sweep_dir, title=f"{model['name']} ({rows * cols} image tokens): cat - no_cluster, "
-                                    f"paired over {int(paired['prompts'].max())} prompts (95% band)")
+            write_report(paired, sweep_dir, spec, ref, title=f"{model['name']} ({rows * cols} image tokens): "
+                         f"{ref.rpartition('=')[2]} - {spec.value}, paired over {int(paired['prompts'].max())} "
+                         "prompts (95% band)")
     from . import peers
 
     if peers.is_peers_sweep(frame):
@@ -179,7 +186,9 @@ class SweepSummary(Callback):
         plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
         scrub_tree(sweep_dir, secret_values(plain) + override_secrets(list(config.hydra.overrides.task)))
         try:
-            frame = write_summary(sweep_dir, reference=str(config.get("paired_reference") or "cat"))
+            contrast = config.get("contrast")
+            frame = write_summary(sweep_dir, reference=config.get("paired_reference"),
+                                  contrast=OmegaConf.to_container(contrast) if contrast else None)
             self._report(config, sweep_dir, frame)
         except Exception as err:
             print(f"error: the sweep summary of {sweep_dir} could not be written: {type(err).__name__}: {err}",
@@ -204,10 +213,9 @@ class SweepSummary(Callback):
             print((sweep_dir / "trends.md").read_text())
         print(f"sweep table: {sweep_dir / 'summary.csv'} ({(frame.status == 'done').sum()} done, "
               f"{(frame.status == 'failed').sum()} failed)")
-        logger = config.get("logger") or {}
-        if logger.get("name") not in (None, "none"):
-            from .sinks import make_sink
+        from .sinks import make_sink
 
-            sink = make_sink(dict(logger), "summary", config.get("group"), {}, sweep_dir)
+        sink = make_sink(dict(config.get("logger") or {}), "summary", config.get("group"), {}, sweep_dir)
+        if sink is not None:
             sink.table("sweep_summary", frame)
             sink.finish()

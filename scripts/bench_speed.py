@@ -1,13 +1,17 @@
-"""Does CAT's MAC reduction turn into wall-clock speed? Full model against CAT in the same run.
+"""Does a method's MAC reduction turn into wall-clock speed? The full model against the method in the same run.
 
     python scripts/bench_speed.py            # CPU defaults: about 7 minutes on 2 cores
+    python scripts/bench_speed.py --peer fora --peer-set interval=2   # with a peer timed in the same turns
     python scripts/bench_speed.py --device cuda --model sd3_medium --repeats 10 --compile   # a real checkpoint
 
 A mid-size SD3-architecture transformer with random weights (12 layers, hidden 768, 1024 image tokens,
-77 text tokens, CFG batch of 2) runs a 28-step schedule with and without CAT (paper defaults). Printed:
-the MACs ratio (counted with FlopCounterMode on a meta copy), the wall-clock ratio of a pruned step and
-of the whole schedule, their quotient (speedup efficiency), the selection overhead as a fraction of a
-full step, and the memory CAT's caches take. The last line is `speedup_efficiency=<value>`.
+77 text tokens, CFG batch of 2) runs a 28-step schedule with and without the method: by default the
+paired reference of conf/config.yaml (`paired_reference`, CAT) at its library defaults for the step
+count; `--method <name> --set field=value` picks another (one with an offline schedule). Printed: the
+MACs ratio (counted with FlopCounterMode on a meta copy), the wall-clock ratio of an accelerated step and
+of the whole schedule, their quotient (speedup efficiency), the overhead of the method's own per-step
+work (for methods on the token engine) as a fraction of a full step, and the memory its caches take. The
+last line is `speedup_efficiency=<value>`.
 """
 
 from __future__ import annotations
@@ -24,8 +28,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cat  # noqa: E402
 from cat.engine import GenerationState  # noqa: E402
-from cat.methods.cat import begin_step, end_step  # noqa: E402
-from experiments.macs import build_on_meta, count_macs  # noqa: E402
+from cat.families import family_for  # noqa: E402
+from experiments.config_files import default_setting  # noqa: E402
+from experiments.macs import build_on_meta, count_macs, transformer_macs  # noqa: E402
+
+
+def library_config(name: str, steps: int, changes: list[str] = ()) -> cat.MethodConfig:
+    """Method `name` (a key of cat.METHODS) at its library defaults for `steps` steps (`for_steps`), with
+    `field=value` changes (values read as YAML)."""
+    import yaml
+
+    cls = cat.METHODS[name]
+    fields = dict(change.split("=", 1) for change in changes)
+    return cls(**{**cls.for_steps(steps), **{k: yaml.safe_load(v) for k, v in fields.items()}})
+
+
+def conf_config(steps: int, overrides: list[str] = ()) -> cat.MethodConfig:
+    """The method as run.py builds it from conf/ (the default run's model and method unless overridden) at
+    `steps` steps."""
+    from hydra import compose, initialize_config_dir
+
+    from experiments import resolvers  # noqa: F401  (registers the config resolvers)
+    from experiments.checks import method_config
+    from experiments.config_files import CONF
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return method_config(compose("config", overrides=[f"model.steps={steps}", *overrides]))
 
 
 def transformer_config(layers: int, heads: int, grid: int, head_dim: int = 64, channels: int = 16) -> dict:
@@ -35,14 +63,11 @@ def transformer_config(layers: int, heads: int, grid: int, head_dim: int = 64, c
                 pooled_projection_dim=hidden, out_channels=channels, pos_embed_max_size=grid * 2)
 
 
-def inputs(config: dict, batch: int, text: int, device: str = "cpu") -> dict:
-    gen = torch.Generator().manual_seed(0)
-    side = config["sample_size"]
-    dim = config["joint_attention_dim"]
-    return dict(hidden_states=torch.randn(batch, config["in_channels"], side, side, generator=gen).to(device),
-                encoder_hidden_states=torch.randn(batch, text, dim, generator=gen).to(device),
-                pooled_projections=torch.randn(batch, config["pooled_projection_dim"], generator=gen).to(device),
-                timestep=torch.full((batch,), 500.0, device=device), return_dict=False)
+def inputs(model: torch.nn.Module, batch: int, text: int, device: str = "cpu") -> dict:
+    """The family's example inputs (seeded): a latent of the model's sample size, `text` text tokens."""
+    side = model.config.sample_size
+    x = family_for(model).example_inputs(model.config, batch, side, side, text, torch.Generator().manual_seed(0))
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}
 
 
 def timed(fn) -> float:
@@ -73,27 +98,31 @@ def paired_speedup(times: dict, base: str, other: str) -> float:
     return paired_ratio(times[base], times[other])
 
 
-def selection_time(method: cat.CATConfig, grid: int, channels: int, repeats: int = 20, prompts: int = 1) -> float:
-    """Per-step time of CAT's own work outside the transformer (output caching, staleness, selection)."""
+def accelerated_from(schedule: list[int], num_tokens: int) -> int:
+    """The first step of the schedule that recomputes fewer than all tokens."""
+    return next(i for i, tokens in enumerate(schedule) if tokens < num_tokens)
+
+
+def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: int, repeats: int = 20,
+                   prompts: int = 1) -> float | None:
+    """Per-step time of the method's own work outside the transformer (for a token-engine method: output
+    caching, scores, selection), from its first accelerated step `first` on; None for other methods."""
+    if not hasattr(method, "timeline"):
+        return None
+    timeline = method.timeline()
     n = grid * grid
     state = GenerationState(cfg_pairs=True)
     outs = [torch.randn(2 * prompts, n, channels, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    for step in range(method.warmup_steps + 2):
-        begin_step(state, method, (grid, grid))
-        end_step(state, method, outs[step % 3])
+    for step in range(first + 2):
+        timeline.begin_step(state, method, (grid, grid))
+        timeline.end_step(state, method, outs[step % 3])
     times = []
     for step in range(repeats):
         start = time.perf_counter()
-        begin_step(state, method, (grid, grid))
-        end_step(state, method, outs[step % 3])
+        timeline.begin_step(state, method, (grid, grid))
+        timeline.end_step(state, method, outs[step % 3])
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def dataclasses_replace(config, **changes):
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def peak_rss_mb() -> float:
@@ -102,17 +131,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cache_bytes(handle) -> int:
-    state = handle.runtime.last_state()
-    tensors = [t for c in state.caches.values() for t in (c.key, c.value, c.out) if t is not None]
-    tensors += [t for t in (state.prev_out, state.ref, state.freq, state.labels) if t is not None]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def compiled_variants(model, x, method, steps: int, mode: str = "default") -> tuple[dict, dict]:
-    """The full model and CAT with the same blocks compiled, as variants to time in turns (each a whole
-    schedule), after warm-ups that compile both; and dynamo's counts over CAT's first two schedules:
-    graphs compiled in the first, recompiles in the second, graph breaks."""
+    """The full model and the method with the same blocks compiled, as variants to time in turns (each a
+    whole schedule), after warm-ups that compile both; and dynamo's counts over the method's first two
+    schedules: graphs compiled in the first, recompiles in the second, graph breaks."""
     from torch._dynamo.utils import counters
 
     from experiments.latency import compiled_blocks
@@ -121,12 +143,12 @@ def compiled_variants(model, x, method, steps: int, mode: str = "default") -> tu
         with compiled_blocks(model, True, mode):
             return timed(lambda: [model(**x) for _ in range(steps)])
 
-    def pruned():
+    def accelerated():
         with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
             return timed(lambda: schedule(handle))
 
     def schedule(handle):
-        handle.reset(cfg_pairs=True)
+        handle.reset(cfg_pairs=True, num_steps=steps)
         for _ in range(steps):
             model(**x)
 
@@ -139,7 +161,7 @@ def compiled_variants(model, x, method, steps: int, mode: str = "default") -> tu
         recompiles = counters["stats"]["unique_graphs"] - graphs_first
     breaks = sum(counters["graph_break"].values())
     full()  # compiles the full model's graph
-    return ({"full_compiled": full, "cat_compiled": pruned},
+    return ({"full_compiled": full, "method_compiled": accelerated},
             {"graphs": graphs_first, "recompiles": recompiles, "graph_breaks": breaks})
 
 
@@ -149,68 +171,65 @@ def ratio_range(times: dict, base: str, other: str) -> str:
 
 
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
-        threads: int | None = None, method: cat.CATConfig | None = None, compile: bool = False,
+        threads: int | None = None, method: cat.MethodConfig | None = None, compile: bool = False,
         peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16, prompts: int = 1,
         schedule_repeats: int = 1) -> dict:
     if threads:
         torch.set_num_threads(threads)
-    method = method or cat.CATConfig(warmup_steps=max(2, round(8 * steps / 28)))
+    method = method or library_config(str(default_setting("paired_reference")), steps)
     config = transformer_config(layers, heads, grid, head_dim, channels)
     torch.manual_seed(0)
     from diffusers import SD3Transformer2DModel
 
     model = SD3Transformer2DModel(**config).eval()
-    x = inputs(config, 2 * prompts, text)  # CFG: [uncond..., cond...]
+    x = inputs(model, 2 * prompts, text)  # CFG: [uncond..., cond...]
+    n = grid * grid
 
     meta = build_on_meta("SD3Transformer2DModel", config)
     x_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in x.items()}
-    macs_full = count_macs(meta, **x_meta)
-    with cat.apply(meta, method) as h:
-        h.reset(cfg_pairs=True)
-        for _ in range(method.warmup_steps):
-            meta(**x_meta)
-        macs_pruned = count_macs(meta, **x_meta)
-    schedule = cat.token_schedule(method, steps, grid * grid)
-    macs_cat = sum(macs_full if t == grid * grid else macs_pruned for t in schedule)
+    step_macs, full_macs, _ = transformer_macs(meta, x_meta, steps, method, cfg_pairs=True)
+    macs_full, macs_accelerated, macs_method = full_macs[0], min(step_macs), sum(step_macs)
+    first = accelerated_from(method.offline_schedule(steps, n), n)
 
     with torch.inference_mode():
         model(**x)  # warm-up
         full_step = median_time(lambda: model(**x), repeats)
         with cat.apply(model, method) as handle:
-            handle.reset(cfg_pairs=True)
-            for _ in range(method.warmup_steps):
+            handle.reset(cfg_pairs=True, num_steps=steps)
+            for _ in range(first):
                 model(**x)
-            pruned_step = median_time(lambda: model(**x), repeats)
-            for _ in range(steps - method.warmup_steps - 1):
+            accelerated_step = median_time(lambda: model(**x), repeats)
+            for _ in range(steps - first - 1):
                 model(**x)
-            extra = cache_bytes(handle)
+            extra = handle.cache_bytes()
 
-        def cat_schedule():
+        def method_schedule():
             with cat.apply(model, method) as handle:
-                handle.reset(cfg_pairs=True)
+                handle.reset(cfg_pairs=True, num_steps=steps)
                 return timed(lambda: [model(**x) for _ in range(steps)])
 
         def full_schedule_time():
             return timed(lambda: [model(**x) for _ in range(steps)])
 
-        variants = {"full": full_schedule_time, "cat": cat_schedule}
-        lean = dataclasses_replace(method, cache_dtype="bfloat16")
-        with cat.apply(model, lean) as handle:
-            handle.reset(cfg_pairs=True)
-            for _ in range(steps):
-                model(**x)
-            extra_lean = cache_bytes(handle)
+        variants = {"full": full_schedule_time, "method": method_schedule}
+        extra_lean = None
+        if getattr(method, "cache_dtype", "absent") is None:  # the method can store its caches in bfloat16
+            import dataclasses
+
+            with cat.apply(model, dataclasses.replace(method, cache_dtype="bfloat16")) as handle:
+                handle.reset(cfg_pairs=True, num_steps=steps)
+                for _ in range(steps):
+                    model(**x)
+                extra_lean = handle.cache_bytes()
         peer_macs = None
         if peer is not None:
-            from experiments.macs import count_macs as _count
-
             with cat.apply(model, peer) as handle:
-                handle.reset(num_steps=steps)
-                peer_macs = sum(_count(model, **x) for _ in range(steps))
+                handle.reset(cfg_pairs=True, num_steps=steps)
+                peer_macs = sum(count_macs(model, **x) for _ in range(steps))
 
             def peer_schedule():
                 with cat.apply(model, peer) as handle:
-                    handle.reset(num_steps=steps)
+                    handle.reset(cfg_pairs=True, num_steps=steps)
                     return timed(lambda: [model(**x) for _ in range(steps)])
 
             variants["peer"] = peer_schedule
@@ -219,56 +238,60 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
             compiled, counts = compiled_variants(model, x, method, steps)
             variants.update(compiled)
         times = in_turns(variants, schedule_repeats)  # eager and compiled alike, in the same turns
-    select = selection_time(method, grid, 4 * channels, prompts=prompts)
-    macs_speedup = macs_full * steps / macs_cat
-    wall_speedup = paired_speedup(times, "full", "cat")
+    select = selection_time(method, grid, 4 * channels, first, prompts=prompts)
+    macs_speedup = macs_full * steps / macs_method
+    wall_speedup = paired_speedup(times, "full", "method")
     out = {}
     if compile:
-        # compiled CAT against the compiled full model (the same blocks compiled), and against eager;
+        # the compiled method against the compiled full model (the same blocks compiled), and against eager;
         # compiled minus eager speedup per turn: both ratios from the same turn of timings
-        gain = [fc / cc - f / c for f, c, fc, cc in zip(times["full"], times["cat"], times["full_compiled"],
-                                                        times["cat_compiled"])]
-        out.update(counts, speedup_compiled=paired_speedup(times, "full_compiled", "cat_compiled"),
-                   speedup_compiled_range=ratio_range(times, "full_compiled", "cat_compiled"),
-                   speedup_compiled_vs_eager_full=paired_speedup(times, "full", "cat_compiled"),
+        gain = [fc / cc - f / c for f, c, fc, cc in zip(times["full"], times["method"], times["full_compiled"],
+                                                        times["method_compiled"])]
+        out.update(counts, speedup_compiled=paired_speedup(times, "full_compiled", "method_compiled"),
+                   speedup_compiled_range=ratio_range(times, "full_compiled", "method_compiled"),
+                   speedup_compiled_vs_eager_full=paired_speedup(times, "full", "method_compiled"),
                    compiled_minus_eager=statistics.median(gain),
                    compiled_minus_eager_range=f"{min(gain):+.3f} to {max(gain):+.3f}",
-                   time_schedule_compiled_s=statistics.median(times["cat_compiled"]),
+                   time_schedule_compiled_s=statistics.median(times["method_compiled"]),
                    time_full_schedule_compiled_s=statistics.median(times["full_compiled"]))
     if peer is not None:
         out.update(peer_name=peer.name, peer_speedup=paired_speedup(times, "full", "peer"),
                    peer_macs_speedup=macs_full * steps / peer_macs)
+    if select is not None:
+        out["selection_overhead"] = select / full_step
+    if extra_lean is not None:
+        out["cache_mb_lean"] = extra_lean / 2**20
     return {**out,
-        "speedup_eager": wall_speedup, "speedup_eager_range": ratio_range(times, "full", "cat"),
-        "cache_mb_lean": extra_lean / 2**20,
+        "method_name": method.name,
+        "speedup_eager": wall_speedup, "speedup_eager_range": ratio_range(times, "full", "method"),
         "peak_mb": peak_rss_mb(),
-        "macs_full_step": macs_full, "macs_pruned_step": macs_pruned,
-        "macs_ratio_step": macs_pruned / macs_full, "macs_speedup_schedule": macs_speedup,
-        "time_full_step_s": full_step, "time_pruned_step_s": pruned_step,
-        "wall_speedup_step": full_step / pruned_step, "wall_speedup_schedule": wall_speedup,
-        "efficiency_step": (full_step / pruned_step) / (macs_full / macs_pruned),
+        "macs_full_step": macs_full, "macs_pruned_step": macs_accelerated,
+        "macs_ratio_step": macs_accelerated / macs_full, "macs_speedup_schedule": macs_speedup,
+        "time_full_step_s": full_step, "time_pruned_step_s": accelerated_step,
+        "wall_speedup_step": full_step / accelerated_step, "wall_speedup_schedule": wall_speedup,
+        "efficiency_step": (full_step / accelerated_step) / (macs_full / macs_accelerated),
         "speedup_efficiency": wall_speedup / macs_speedup,
-        "selection_overhead": select / full_step, "cache_mb": extra / 2**20,
+        "cache_mb": extra / 2**20,
         "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
         "threads": torch.get_num_threads(),
     }
 
 
 def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 10, compile: bool = False,
-              compile_mode: str = "default") -> dict:
+              compile_mode: str = "default", overrides: list[str] = ()) -> dict:
     """A shipped model config (conf/model/<name>.yaml; real checkpoints need their weights): one prompt at
-    the model's resolution, steps and guidance, full model against CAT (paper defaults) in the same run,
-    eager and, with `compile`, compiled; `warmup` untimed and `repeats` timed pipeline calls each, with
-    device synchronisation; medians, spreads and peak memory."""
+    the model's resolution, steps and guidance, full model against the method as run.py builds it for that
+    model (conf's default method unless `overrides` say `method=...`) in the same run, eager and, with
+    `compile`, compiled; `warmup` untimed and `repeats` timed pipeline calls each, with device
+    synchronisation; medians, spreads and peak memory."""
     from experiments.config_files import load_model_config
     from experiments.latency import compare
     from experiments.pipelines import load_pipeline, pick_device, pick_dtype
-    from experiments.resolvers import cat_warmup
 
     model = load_model_config(name)
     dev = pick_device(device)
     pipe = load_pipeline(model, dev, pick_dtype("auto", model["dtype"], dev))
-    method = cat.CATConfig(warmup_steps=cat_warmup(model["steps"]), num_clusters=model.get("num_clusters", 20))
+    method = conf_config(model["steps"], [f"model={name}", *overrides])
     kwargs = {"num_inference_steps": model["steps"], "guidance_scale": model["guidance_scale"],
               "height": model["height"], "width": model["width"], **(model.get("call_kwargs") or {})}
 
@@ -276,7 +299,7 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
         pipe(["a photo of a red fox in the snow"], generator=[torch.Generator().manual_seed(0)],
              **{**kwargs, **overrides})
 
-    out = {"model": name, "device": str(dev)}
+    out = {"model": name, "device": str(dev), "method_name": method.name}
     eager = compare(pipe, call, method, dev, warmup, repeats)
     out.update(speedup_eager=eager["speedup"], latency_full_s=eager["latency_full_s"], latency_s=eager["latency_s"],
                latency_full_spread_s=eager["latency_full_spread_s"], latency_spread_s=eager["latency_spread_s"],
@@ -303,45 +326,58 @@ def main(argv=None) -> None:
     p.add_argument("--default-geometry", action="store_true",
                    help="the embedded default's transformer and batch: 6 layers, 3 heads of 32, 256 image tokens, "
                         "16 text tokens, 4 latent channels, 16 prompts per call as the default run times them "
-                        "(CAT with its 8 clusters)")
+                        "(and its method as the default run configures it, e.g. CAT with 8 clusters)")
+    p.add_argument("--method", default=None,
+                   help="a method of cat.METHODS (default: conf/config.yaml's paired_reference); with --model or "
+                        "--default-geometry, a conf/method file")
+    p.add_argument("--set", dest="changes", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a field of the method's config (repeatable; with --model or --default-geometry written "
+                        "method.config.FIELD=VALUE)")
+    p.add_argument("--peer", default=None, help="a method of cat.METHODS timed in the same turns (default: none)")
+    p.add_argument("--peer-set", dest="peer_changes", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a field of the peer's config (repeatable)")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--compile", action="store_true", help="also time CAT with torch.compile'd blocks")
-    p.add_argument("--no-peer", action="store_true", help="skip the FORA comparison")
+    p.add_argument("--compile", action="store_true", help="also time the method with torch.compile'd blocks")
     p.add_argument("--model", default=None, help="time a model of conf/model/ end to end instead (e.g. sd3_medium)")
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda, ...")
     p.add_argument("--warmup", type=int, default=2, help="with --model: untimed calls per variant")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, reduce-overhead (CUDA graphs)")
     args = p.parse_args(argv)
+    conf_overrides = ([f"method={args.method}"] if args.method else []) + args.changes
     if args.model:
-        r = run_model(args.model, args.device, args.warmup, max(args.repeats, 1), args.compile, args.compile_mode)
+        r = run_model(args.model, args.device, args.warmup, max(args.repeats, 1), args.compile, args.compile_mode,
+                      conf_overrides)
         for key, value in r.items():
             print(f"{key}={value:.5g}" if isinstance(value, float) else f"{key}={value}")
         return
-    method = None
     if args.default_geometry:
         args.layers, args.heads, args.head_dim, args.grid, args.text, args.channels = 6, 3, 32, 16, 16, 4
         args.prompts = 16 if args.prompts == 1 else args.prompts
         args.schedule_repeats = args.schedule_repeats or 7
-        method = cat.CATConfig(warmup_steps=max(2, round(8 * args.steps / 28)), num_clusters=8)
+        method = conf_config(args.steps, conf_overrides)
+    else:
+        method = library_config(args.method or str(default_setting("paired_reference")), args.steps, args.changes)
+    peer = library_config(args.peer, args.steps, args.peer_changes) if args.peer else None
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
-            compile=args.compile, peer=None if args.no_peer else cat.FORAConfig(interval=2),
-            head_dim=args.head_dim, channels=args.channels, prompts=args.prompts,
+            compile=args.compile, peer=peer, head_dim=args.head_dim, channels=args.channels, prompts=args.prompts,
             schedule_repeats=args.schedule_repeats or 1)
     print(f"SD3-architecture transformer: {args.layers} layers, hidden {args.head_dim * args.heads}, {args.grid ** 2} image "
-          f"tokens, {args.text} text tokens, CFG batch {2 * args.prompts}, {args.steps} steps, CAT keep_ratio 0.3, {r['threads']} threads")
+          f"tokens, {args.text} text tokens, CFG batch {2 * args.prompts}, {args.steps} steps, {method!r}, "
+          f"{r['threads']} threads")
     rows = [
-        ("MACs per step, full / pruned", f"{r['macs_full_step'] / 1e9:.1f} G / {r['macs_pruned_step'] / 1e9:.1f} G"),
-        ("MACs ratio, pruned step", f"{r['macs_ratio_step']:.3f}"),
+        ("MACs per step, full / accelerated", f"{r['macs_full_step'] / 1e9:.1f} G / {r['macs_pruned_step'] / 1e9:.1f} G"),
+        ("MACs ratio, accelerated step", f"{r['macs_ratio_step']:.3f}"),
         ("MACs speedup, whole schedule", f"{r['macs_speedup_schedule']:.3f}x"),
-        ("time per step, full / pruned", f"{r['time_full_step_s']:.3f} s / {r['time_pruned_step_s']:.3f} s"),
-        ("wall-clock speedup, pruned step", f"{r['wall_speedup_step']:.3f}x"),
+        ("time per step, full / accelerated", f"{r['time_full_step_s']:.3f} s / {r['time_pruned_step_s']:.3f} s"),
+        ("wall-clock speedup, accelerated step", f"{r['wall_speedup_step']:.3f}x"),
         ("wall-clock speedup, whole schedule", f"{r['wall_speedup_schedule']:.3f}x"),
-        ("efficiency, pruned step (wall / MACs)", f"{r['efficiency_step']:.3f}"),
-        ("selection overhead / full step", f"{100 * r['selection_overhead']:.2f}%"),
-        ("CAT cache memory (weights)", f"{r['cache_mb']:.1f} MB ({r['weights_mb']:.1f} MB)"),
+        ("efficiency, accelerated step (wall / MACs)", f"{r['efficiency_step']:.3f}"),
+        ("method's cache memory (weights)", f"{r['cache_mb']:.1f} MB ({r['weights_mb']:.1f} MB)"),
     ]
+    if "selection_overhead" in r:
+        rows.append(("selection overhead / full step", f"{100 * r['selection_overhead']:.2f}%"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

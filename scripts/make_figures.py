@@ -1,5 +1,6 @@
-"""Figures from result directories: quality versus MACs per method, image grids of CAT against the full
-model, and the selection-map figure (relative noise, clusters, recomputed tokens, staleness over steps).
+"""Figures from result directories: quality versus MACs per method, image grids of each method against the
+full model, and the selection-map figure (relative noise, clusters, recomputed tokens, staleness over steps)
+of the methods that record selections.
 
     python scripts/make_figures.py outputs --out results/figures [--quality adherence]
 """
@@ -14,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.figures import image_grid, plt, save, selection_figure  # noqa: E402
 from experiments.metrics.images import load_prompts  # noqa: E402
-from experiments.results import SETTINGS, load_runs  # noqa: E402
+from experiments.results import CONFIG, SETTINGS, knob_of, load_runs  # noqa: E402
 
 
 def _label(run: Path, method: str) -> str:
@@ -22,26 +23,35 @@ def _label(run: Path, method: str) -> str:
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    m = cfg.get("method") or {}
-    knob = m.get("knob")
-    value = (m.get("config") or {}).get(knob) if knob else None
+    knob, value = knob_of(cfg.get("method"))
     steps = (cfg.get("model") or {}).get("steps")
     return f"{method}" + (f" {knob}={value}" if value is not None else "") + (f", {steps} steps" if steps else "")
 
 
-# The axes that must be equal within one line (a line runs along the knob), the run settings among them.
-LINE_KEYS = ["model", "data", "method", "steps", "policy", "num_clusters", "warmup_steps", *SETTINGS]
+# The axes that must be equal within one line (a line runs along the method's knob): these, the run
+# settings, and every field of the method's config but the knob.
+LINE_KEYS = ["model", "data", "method", "steps", *SETTINGS]
+
+
+def _line_keys(data):
+    """`data` with its knob's config column blanked in each row, and the columns that tell lines apart."""
+    config = [c for c in data.columns if c.startswith(CONFIG)]
+    data = data.copy()
+    for i, knob in data["knob"].items() if "knob" in data else ():
+        if isinstance(knob, str) and CONFIG + knob in data:
+            data.at[i, CONFIG + knob] = None
+    data[config] = data[config].astype(object).where(data[config].notna(), "")
+    return data, [k for k in LINE_KEYS if k in data] + config
 
 
 def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:
-    """Quality against executed MACs: one line per configuration that differs only in its knob (keep
-    ratio or the method's own), so cells that differ on any other axis are never joined."""
+    """Quality against executed MACs: one line per configuration that differs only in its method's knob, so
+    cells that differ on any other axis are never joined."""
     runs = runs[(runs.get("status") == "done")] if "status" in runs else runs
     if quality not in runs or "transformer_macs" not in runs or runs[quality].isna().all():
         return None
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    data = runs.dropna(subset=[quality, "transformer_macs"])
-    keys = [k for k in LINE_KEYS if k in data]
+    data, keys = _line_keys(runs.dropna(subset=[quality, "transformer_macs"]))
     varying = [k for k in keys if data[k].astype(str).nunique() > 1]
     for values, group in data.groupby(keys, dropna=False):
         group = group.sort_values("transformer_macs")

@@ -19,13 +19,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.results import SETTINGS, distinct, load_runs  # noqa: E402
+from experiments.results import SETTINGS, distinct, load_runs, varying_fields  # noqa: E402
 
 QUALITY = ["clip_score", "clip_score_full", "fid", "fid_full", "fid_vs_full", "adherence", "adherence_full",
            "psnr", "ssim", "lpips"]
 COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", "latency_s", "latency_full_s"]
-KEYS = ["model", "data", "steps", "method", "knob", "knob_value", "policy", "keep_ratio", "num_clusters",
-        "warmup_steps"]
+KEYS = ["model", "data", "steps", "method", "knob", "knob_value"]  # then the method settings that vary
 INTERVALS = [f"{m}_{b}" for m in ("adherence", "psnr", "ssim", "lpips", "clip_score") for b in ("lo", "hi")]
 
 
@@ -33,11 +32,9 @@ def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
     runs = runs[(runs.task != "macs") & (runs.status == "done")] if "task" in runs else runs
     if "sweep" in runs:
         runs = runs[runs.sweep.isna() | runs.sweep.map(lambda name: fnmatch.fnmatch(str(name), sweeps))]
-    runs = distinct(runs, KEYS, "run")  # the settings that vary, one row per run
-    cols = [c for c in KEYS + [*SETTINGS, "run_key"] + QUALITY + INTERVALS + COST + ["num_images"]
-            if c in runs.columns]
-    cols = [c for c in cols if c not in ("policy", "keep_ratio", "num_clusters", "warmup_steps")
-            or runs[c].notna().any()]  # CAT's fields only where CAT-family runs are present
+    keys = KEYS + varying_fields(runs)
+    runs = distinct(runs, keys, "run")  # the settings that vary, one row per run
+    cols = [c for c in keys + [*SETTINGS, "run_key"] + QUALITY + INTERVALS + COST + ["num_images"] if c in runs.columns]
     table = runs[cols].sort_values([c for c in ("model", "data", "steps", "method") if c in cols])
     for col in ("transformer_macs", "transformer_macs_full"):
         if col in table:
@@ -46,15 +43,16 @@ def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
 
 
 def macs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The offline MACs runs (`task=macs`): per model, steps, keep ratio and warm-up, e.g. the paper-
-    comparable rows `experiment=sd3_parti_28 task=macs method.config.keep_ratio=0.24
+    """The offline MACs runs (`task=macs`): per model, steps, method and its settings that vary, e.g. the
+    paper-comparable rows `experiment=sd3_parti_28 task=macs method.config.keep_ratio=0.24
     method.config.warmup_steps=8` (and sd3_parti_50)."""
     if "task" not in runs:
         return runs.iloc[:0]
     runs = runs[(runs.task == "macs") & (runs.status == "done")]
-    cols = [c for c in ["model", "steps", "method", "keep_ratio", "warmup_steps", "transformer_macs_full",
-                        "transformer_macs", "macs_reduction", "cache_bytes"] if c in runs.columns]
-    return runs[cols].sort_values([c for c in ("model", "steps", "keep_ratio", "warmup_steps") if c in cols]) \
+    keys = [c for c in ["model", "steps", "method", "knob", "knob_value", *varying_fields(runs)] if c in runs.columns]
+    cols = keys + [c for c in ["transformer_macs_full", "transformer_macs", "macs_reduction", "cache_bytes"]
+                   if c in runs.columns]
+    return runs[cols].sort_values([c for c in ("model", "steps", "method", "knob_value") if c in cols]) \
         .drop_duplicates().reset_index(drop=True)
 
 

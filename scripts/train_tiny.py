@@ -212,7 +212,10 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
             return pipe(prompts, **call).images
 
     full = images()
-    cat_images = images(cat.CATConfig(num_clusters=clusters))
+    from experiments.config_files import default_setting
+
+    reference = cat.METHODS[str(default_setting("paired_reference"))]  # the method the model card reports
+    cat_images = images(reference(num_clusters=clusters))
     truth = [data.render(p, side, i) for i, p in enumerate(prompts)]
     scores = {
         "full_model": data.adherence(full, prompts),

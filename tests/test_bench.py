@@ -28,7 +28,7 @@ def test_bench_times_a_shipped_model_end_to_end(capsys):
 
 
 def test_bench_on_the_default_geometry_prints_the_keys(capsys):
-    bench.main(["--default-geometry", "--prompts", "2", "--steps", "4", "--repeats", "1", "--no-peer"])
+    bench.main(["--default-geometry", "--prompts", "2", "--steps", "4", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "6 layers, hidden 96, 256 image tokens, 16 text tokens, CFG batch 4" in out
     for key in ("speedup_eager=", "speedup_efficiency=", "selection_overhead=", "cache_mb=", "cache_mb_lean=",

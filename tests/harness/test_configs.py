@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 import experiments.resolvers  # noqa: F401
-from experiments.tasks import method_config
+from experiments.checks import method_config, validate
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -62,7 +62,7 @@ def test_peers_sweep_covers_every_method_over_its_levels():
     cfg = _compose(["sweep=peers"], hydra=True)
     params = cfg.hydra.sweeper.params
     methods = params["method"].split(",")
-    assert set(methods) == set(cat.METHODS) | {"random"}
+    assert set(methods) == set(cat.METHODS) | {"cat_random"}  # the registered methods and random tokens
     assert params["level"] == "0,1,2,3" and cfg.data.limit >= 32
     for name in methods:
         method = _compose([f"method={name}", "level=3"]).method
@@ -77,7 +77,7 @@ def test_peers_sweep_covers_every_method_over_its_levels():
 ])
 def test_bad_method_values_fail_with_the_field_and_range(overrides, message):
     with pytest.raises(ValueError, match=message):
-        method_config(_compose(overrides))
+        validate(_compose(overrides))
 
 
 def test_unknown_model_is_a_hydra_error_listing_the_options():

@@ -156,7 +156,7 @@ def test_waiting_for_a_lock_another_process_holds_is_logged(tmp_path, caplog, fo
 
     from filelock import FileLock
 
-    from experiments.tasks import _lock
+    from experiments.runs import lock
 
     path = tmp_path / folder / ".lock"
     path.parent.mkdir(parents=True)
@@ -165,10 +165,10 @@ def test_waiting_for_a_lock_another_process_holds_is_logged(tmp_path, caplog, fo
     entered = threading.Event()
 
     def wait():
-        with _lock(path, num_processes):
+        with lock(path, num_processes):
             entered.set()
 
-    caplog.set_level("INFO", logger="experiments.tasks")
+    caplog.set_level("INFO", logger="experiments.runs")
     thread = threading.Thread(target=wait)
     thread.start()
     for _ in range(200):
@@ -181,7 +181,7 @@ def test_waiting_for_a_lock_another_process_holds_is_logged(tmp_path, caplog, fo
     assert entered.is_set()
     assert f"waiting for {path.parent} (another process holds its lock {path})" in caplog.text
     caplog.clear()
-    with _lock(path):  # free: no message
+    with lock(path):  # free: no message
         pass
     assert "waiting" not in caplog.text
 
@@ -189,7 +189,7 @@ def test_waiting_for_a_lock_another_process_holds_is_logged(tmp_path, caplog, fo
 # temporaries ----------------------------------------------------------------------------------------------
 
 def test_temporaries_below_the_run_folder_are_cleaned(tmp_path):
-    from experiments.tasks import run_task
+    from experiments.runs import run_task
 
     run_dir = tmp_path / "run"
     left = [run_dir / ".metrics.json.a.tmp", run_dir / "images" / "cat" / ".00000.png.b.tmp",
@@ -206,7 +206,7 @@ def test_temporaries_below_the_run_folder_are_cleaned(tmp_path):
 # progress of the long phases ------------------------------------------------------------------------------
 
 def test_every_phase_after_generation_says_what_it_does(tmp_path, caplog):
-    from experiments.tasks import run_task
+    from experiments.runs import run_task
 
     caplog.set_level("INFO")
     cfg = cfg_of("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "model.steps=4", "batch_size=2",

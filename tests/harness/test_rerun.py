@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from experiments import identity, resolvers  # noqa: F401  (registers the config resolvers)
-from experiments.tasks import run_task
+from experiments.runs import run_task
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -171,7 +171,7 @@ def test_a_sweep_over_prompt_file_paths_stays_flat(tmp_path):
     ("method=cat_random model.steps=2", "warmup_steps"),
     ("method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid: keep_ratio must be large enough to keep at "
                                       "least one token"),
-    ("method=random method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid"),
+    ("method=cat_random method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid"),
     ("method=cat_fora method.config.keep_ratio=1e-9", "keep_ratio=1e-09 is invalid"),
     ("method=ras method.config.sample_ratio=1e-9", "sample_ratio=1e-09 is invalid: sample_ratio must be large enough "
                                                    "to ask for at least one token per sparse step"),
@@ -283,18 +283,20 @@ def test_help_describes_the_groups_and_main_options():
 def test_policies_without_clusters_ignore_the_clustering_fields_in_their_key():
     from experiments import identity
 
-    def material(policy, clusters):
-        return identity.key_material({"task": "macs", "model": {"name": "m"}, "method": {
-            "name": "x", "config": {"policy": policy, "num_clusters": clusters, "keep_ratio": 0.3}}})
+    def material(policy, clusters, **more):
+        return identity.key_material({"task": "macs", "model": {"name": "m"}, "method": {"name": "x", "config": {
+            "_target_": "cat.CATConfig", "policy": policy, "num_clusters": clusters, "keep_ratio": 0.3, **more}}})
 
     assert identity.digest(material("no_cluster", 4)) == identity.digest(material("no_cluster", 16))
     assert identity.digest(material("cat", 4)) != identity.digest(material("cat", 16))
     assert identity.digest(material("no_cluster", 4)) != identity.digest(material("cat", 4))
+    # the key comes from the instantiated config: restating a default changes nothing
+    assert identity.digest(material("cat", 4)) == identity.digest(material("cat", 4, seed=0, staleness_decay=0.5))
 
 
 def test_a_cell_with_a_finished_sibling_of_the_same_key_reuses_its_results(tmp_path):
     from experiments.sinks import read_json, write_json
-    from experiments.tasks import reuse_sibling
+    from experiments.runs import reuse_sibling
 
     done, other, new = tmp_path / "a-1", tmp_path / "b-2", tmp_path / "c-3"
     for d in (done, other, new):
@@ -322,7 +324,7 @@ def test_a_retrained_local_model_at_the_same_path_is_a_new_run(tmp_path):
 
     import torch
 
-    from experiments.tasks import full_image_cache
+    from experiments.generate import full_image_cache
 
     def full_images():  # the shared cache of the full model's images
         return full_image_cache(cfg_of(f"model.local_path={copy}", f"output_root={tmp_path / 'out'}"), {},

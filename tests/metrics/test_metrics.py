@@ -133,6 +133,6 @@ def test_fid_cli_runs_the_same_code(tmp_path, capsys, monkeypatch):
 def test_macs_cli(capsys):
     from experiments import macs
 
-    macs.main(["--model", "tiny_random", "--steps", "6", "--keep-ratio", "0.3", "--json"])
+    macs.main(["--json", "model=tiny_random", "model.steps=6", "method.config.warmup_steps=3"])
     out = json.loads(capsys.readouterr().out)
     assert 0 < out["macs_reduction"] < 1 and out["transformer_macs"] < out["transformer_macs_full"]
