@@ -84,7 +84,7 @@ class CATConfig(MethodConfig):
         cache_dtype: storage dtype of the caches (None: the model's). "bfloat16"/"float16" halve an fp32
             model's cache memory; "float8_e4m3fn" stores keys and values in fp8 (outputs in bfloat16).
         legacy: selection behaviours of this project's first version to restore, from
-            `cat.config.LEGACY` (default none: the authors' rules). For measuring the fixes only.
+            `cat.methods.cat.LEGACY` (default none: the authors' rules). For measuring the fixes only.
         policy: the selection rule. ``"cat"`` is the full method; ``"no_cluster"`` replaces the
             cluster walk by the globally noisiest tokens; ``"no_staleness"`` fills the whole budget
             from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K

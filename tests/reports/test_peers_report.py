@@ -100,23 +100,29 @@ def test_the_pareto_figure_draws_one_line_per_method(tmp_path):
     assert path.exists() and path.stat().st_size > 10_000
 
 
-def test_clustering_report_turns_the_pairs_around(tmp_path):
-    from experiments import clustering
+def test_the_contrast_report_turns_the_pairs_around(tmp_path):
+    """The clustering sweep's report as its sweep file declares it: cat - cat_no_cluster against the keep
+    ratio, one line per cluster count."""
+    from experiments.contrast import Contrast, write_report
 
+    keep, clusters = "method.config.keep_ratio", "method.config.num_clusters"
+    spec = Contrast(name="clustering", cells="method=cat_no_cluster", x=keep, lines=clusters,
+                    higher="clustering helps", lower="clustering hurts")
     rng = np.random.default_rng(4)
     base = rng.normal(35, 3, 32)
     rows = []
-    for keep in ("0.1", "0.3"):
+    for value in ("0.1", "0.3"):
         for k in ("4", "16"):
             gain = 1.0 if k == "16" else 0.0
-            rows.append({**_cell(tmp_path, f"cat{keep}{k}", "cat", base + gain + rng.normal(0, 0.1, 32)),
-                         clustering.KEEP: keep, clustering.CLUSTERS: k})
-            rows.append({**_cell(tmp_path, f"nc{keep}{k}", "cat_no_cluster", base + rng.normal(0, 0.1, 32)),
-                         clustering.KEEP: keep, clustering.CLUSTERS: k})
+            rows.append({**_cell(tmp_path, f"cat{value}{k}", "cat", base + gain + rng.normal(0, 0.1, 32)),
+                         keep: value, clusters: k})
+            rows.append({**_cell(tmp_path, f"nc{value}{k}", "cat_no_cluster", base + rng.normal(0, 0.1, 32)),
+                         keep: value, clusters: k})
     frame = pd.DataFrame(rows)
-    assert clustering.is_clustering_sweep(frame)
-    table = clustering.write_report(paired_against(frame, tmp_path, metrics=("psnr",)), tmp_path).set_index("clusters")
+    table = write_report(paired_against(frame, tmp_path, reference="cat", metrics=("psnr",)), tmp_path, spec,
+                         "method=cat").set_index("num_clusters")
     assert (table.loc[16, "verdict"] == "clustering helps").all()
     assert table.loc[16, "d_psnr"].mean() == pytest.approx(1.0, abs=0.1)
     assert (table.loc[4, "verdict"] == "no difference").all()
-    assert (tmp_path / "clustering.png").stat().st_size > 0 and "cat - no_cluster" in (tmp_path / "clustering.md").read_text()
+    assert (tmp_path / "clustering.png").stat().st_size > 0
+    assert "cat - cat_no_cluster" in (tmp_path / "clustering.md").read_text()
