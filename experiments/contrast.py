@@ -4,7 +4,7 @@ paired over prompts, along one swept axis with one line per value of another. Th
     contrast:
       name: clustering                  # writes clustering.md and clustering.png
       cells: method=cat_no_cluster      # "column=value": the cells contrasted with the reference cells
-      x: method.config.keep_ratio       # the x axis
+      x: method.config.<a swept field>  # the x axis
       lines: method.config.num_clusters # one line per value
       higher: clustering helps          # the verdict when reference - cells is above 0 (and `lower` below)
 

@@ -27,7 +27,7 @@ def image_grid(rows: dict[str, list[Path]], titles: list[str] | None, path: Path
     """One row per variant, one column per prompt (full prompt as the column title), and, when there is a
     `full` row and one other, a last row with |method - full| amplified `diff_amplify` times.
 
-    Row keys are the row labels: say the settings (e.g. "cat keep_ratio=0.3, 28 steps")."""
+    Row keys are the row labels: say the settings (e.g. "<method> <knob>=<value>, 28 steps")."""
     import textwrap
 
     names = list(rows)

@@ -9,7 +9,7 @@ transformer is counted once per distinct entry of it, by running the method on t
 first step of that kind, and the counts are summed over the schedule. Attention products are counted: on
 `meta` SDPA is decomposed into matmuls; for CPU tensors the CPU flash kernel is mapped to the SDPA formula.
 
-    python -m experiments.macs model=sd3_medium model.steps=28 method.config.keep_ratio=0.3 [--json]
+    python -m experiments.macs model=sd3_medium model.steps=50 method=ras [--json]
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def executed(pipe, cfg, method, prompts, kwargs) -> dict:
 
 def main(argv=None) -> None:
     """`python -m experiments.macs [--json] [overrides ...]`: `task=macs` without a run folder, e.g.
-    `model=sd3_medium model.steps=50 method.config.keep_ratio=0.3` (run.py's groups and keys)."""
+    `model=sd3_medium model.steps=50 method=ras` (run.py's groups and keys)."""
     from hydra import compose, initialize_config_dir
 
     from . import resolvers  # noqa: F401  (registers the config resolvers)

@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from .identity import scrub_override
-from .results import distinct, run_settings
+from .results import CONFIG, distinct, run_settings
 from .sinks import read_json, write_text
 
 
@@ -62,7 +62,8 @@ COST = ("macs_reduction", "speedup")
 
 def trends(frame: pd.DataFrame) -> str:
     """The sweep's trends as Markdown: the mean of each metric over the finished cells for every value of
-    every swept axis (the other axes averaged out), then quality by method and keep ratio together."""
+    every swept axis (the other axes averaged out), then quality by method and each swept setting of the
+    methods' configs together."""
     if "status" not in frame:
         return ""
     done = frame[frame.status == "done"]
@@ -83,11 +84,10 @@ def trends(frame: pd.DataFrame) -> str:
         table = done.groupby(axis)[metrics].mean()
         table.insert(0, "cells", done.groupby(axis).size())
         parts.append(f"### by {axis}\n\n" + table.to_markdown(floatfmt=".4g") + "\n")
-    keep = next((a for a in axes if a.endswith("keep_ratio")), None)
-    if "method" in axes and keep:
+    for setting in [a for a in axes if a.startswith(CONFIG)] if "method" in axes else []:
         for metric in [m for m in ("psnr", "ssim", "adherence") if m in metrics]:
-            table = done.pivot_table(index="method", columns=keep, values=metric, aggfunc="mean")
-            parts.append(f"### {metric} by method and {keep}\n\n" + table.to_markdown(floatfmt=".4g") + "\n")
+            table = done.pivot_table(index="method", columns=setting, values=metric, aggfunc="mean")
+            parts.append(f"### {metric} by method and {setting}\n\n" + table.to_markdown(floatfmt=".4g") + "\n")
     return "\n".join(parts)
 
 

@@ -43,9 +43,8 @@ def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:
 
 
 def macs_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The offline MACs runs (`task=macs`): per model, steps, method and its settings that vary, e.g. the
-    paper-comparable rows `experiment=sd3_parti_28 task=macs method.config.keep_ratio=0.24
-    method.config.warmup_steps=8` (and sd3_parti_50)."""
+    """The offline MACs runs (`task=macs`): per model, steps, method and its settings that vary (e.g. the
+    README's paper-comparable rows)."""
     if "task" not in runs:
         return runs.iloc[:0]
     runs = runs[(runs.task == "macs") & (runs.status == "done")]

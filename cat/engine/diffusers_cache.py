@@ -145,9 +145,13 @@ class DiffusersCacheHandle(MethodHandle):
 
 
 def diffusers_blocks(transformer) -> list[tuple[str, torch.nn.Module]]:
-    """The transformer blocks in call order, as diffusers' block caches find them."""
-    from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-
+    """The transformer blocks in call order: the family's block lists (`cat.families`), or, for a class no
+    family describes, the lists diffusers' own block caches look for."""
+    family = family_of_class(type(transformer).__name__)
+    if family is not None:
+        names = family.blocks
+    else:
+        from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS as names
     return [(f"{name}.{i}", block) for name, blocks in transformer.named_children()
-            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(blocks, torch.nn.ModuleList)
+            if name in names and isinstance(blocks, torch.nn.ModuleList)
             for i, block in enumerate(blocks)]
