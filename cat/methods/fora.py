@@ -59,6 +59,10 @@ class FORAConfig(MethodConfig):
     def examples(cls, num_steps: int) -> tuple["FORAConfig", "FORAConfig"]:
         return cls(interval=1), cls()
 
+    def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
+        """All tokens on the steps that run the modules, none on the ones that reuse their outputs."""
+        return [num_tokens if fora_computes(s, num_steps, self.interval) else 0 for s in range(num_steps)]
+
 
 def fora_computes(step: int, num_steps: int | None, interval: int) -> bool:
     """Whether FORA runs the modules at 0-based step `step` of `num_steps` (see the module docstring)."""

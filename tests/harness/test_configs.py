@@ -92,3 +92,20 @@ def test_magcache_ratios_given_on_the_command_line_are_taken():
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny_random", "method=magcache", "method.config.mag_ratios=[1.0,0.9]"])
     assert method_config(cfg).mag_ratios == (1.0, 0.9)
+
+
+def test_task_macs_counts_the_methods_with_an_offline_schedule_and_names_the_others():
+    from experiments.checks import ConfigError
+
+    for method in ("cat", "cat_fora", "ras", "steps", "fora"):
+        validate(_compose(["model=tiny_random", "task=macs", f"method={method}"]))
+    with pytest.raises(ConfigError, match="method=toca does not say them: use task=generate"):
+        validate(_compose(["model=tiny_random", "task=macs", "method=toca"]))
+
+
+def test_a_method_that_needs_calibrating_names_the_command_that_does_it():
+    from experiments.checks import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method=magcache needs magnitude ratios .* run `python scripts/calibrate\.py "
+                                          r"method=magcache model=tiny_random model\.steps=10` once"):
+        validate(_compose(["model=tiny_random", "method=magcache"]))
