@@ -65,6 +65,9 @@ def validate(cfg: DictConfig) -> None:
         how = model.get("train_command") or f"python scripts/train_tiny.py --out {model['local_path']}"
         raise ConfigError(f"model={model['name']} is not at {model['local_path']}: train it with `{how}` "
                           "(or point model.local_path at a copy)")
+    if not isinstance(model.get("scheduler") or {}, dict):
+        raise ConfigError(f"model.scheduler={model.get('scheduler')!r} is invalid; allowed: a mapping of scheduler "
+                          "settings, e.g. +model.scheduler.shift=3.0")
     revision = model.get("revision")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ConfigError(f"model.revision={revision!r} is invalid; allowed: a branch, tag or commit of "

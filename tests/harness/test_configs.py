@@ -92,3 +92,15 @@ def test_magcache_ratios_given_on_the_command_line_are_taken():
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny_random", "method=magcache", "method.config.mag_ratios=[1.0,0.9]"])
     assert method_config(cfg).mag_ratios == (1.0, 0.9)
+
+
+def test_model_scheduler_overrides_rebuild_the_pipeline_scheduler_and_unknown_ones_are_named():
+    from cat import testing
+    from experiments.pipelines import with_scheduler
+
+    pipe = testing.tiny_sd3_pipeline()
+    before = dict(pipe.scheduler.config)
+    assert with_scheduler(pipe, {}).scheduler.config == before
+    assert with_scheduler(pipe, {"shift": 3.0}).scheduler.config.shift == 3.0
+    with pytest.raises(ValueError, match="model.scheduler: shfit is not a setting of FlowMatchEulerDiscreteScheduler"):
+        with_scheduler(pipe, {"shfit": 3.0})
