@@ -133,6 +133,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.name={data.get('name')!r} is invalid; allowed: {', '.join(LOADERS)}")
     if data.get("source", "hub") not in SOURCES:
         raise ConfigError(f"data.source={data.get('source')!r} is invalid; allowed: {', '.join(SOURCES)}")
+    from .data import SPLITS
+
+    if data.get("split", "evaluation") not in SPLITS:
+        raise ConfigError(f"data.split={data.get('split')!r} is invalid; allowed: {', '.join(SPLITS)}")
+    if data.get("calibration_path"):
+        from .config_files import resolve
+
+        if not resolve(data.calibration_path).is_file():
+            raise ConfigError(f"data.calibration_path={data.calibration_path!r} is not a file; give a UTF-8 text "
+                              "file with one calibration prompt per line")
     if data.get("path"):
         from .config_files import resolve
 
@@ -211,8 +221,8 @@ def read_prompts(cfg: DictConfig) -> list:
     d = cfg.data
 
     def load(limit=None, categories=None, shard=0, num_shards=1):
-        return datasets.load_prompts(d.name, d.get("path"), limit, categories, shard, num_shards,
-                                     d.get("source", "hub"))
+        return datasets.prompts_of({**d, "limit": limit, "categories": categories, "shard": shard,
+                                    "num_shards": num_shards})
 
     if not d.get("path"):
         return load(d.get("limit"), d.get("categories"), d.get("shard", 0), d.get("num_shards", 1))

@@ -41,9 +41,7 @@ def call_kwargs(cfg: DictConfig) -> dict:
 
 
 def prompts_for(cfg: DictConfig, process: int = 0, num_processes: int = 1) -> list[datasets.Prompt]:
-    d = cfg.data
-    return datasets.load_prompts(d.name, d.get("path"), d.get("limit"), d.get("categories"),
-                                 d.get("shard", 0), d.get("num_shards", 1), d.get("source", "hub"))
+    return datasets.prompts_of(cfg.data)
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> dict:
