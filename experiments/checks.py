@@ -68,6 +68,9 @@ def validate(cfg: DictConfig):
         how = model.get("train_command") or f"python scripts/train_tiny.py --out {model['local_path']}"
         raise ConfigError(f"model={model['name']} is not at {model['local_path']}: train it with `{how}` "
                           "(or point model.local_path at a copy)")
+    if not isinstance(model.get("scheduler") or {}, dict):
+        raise ConfigError(f"model.scheduler={model.get('scheduler')!r} is invalid; allowed: a mapping of scheduler "
+                          "settings, e.g. +model.scheduler.shift=3.0")
     revision = model.get("revision")
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ConfigError(f"model.revision={revision!r} is invalid; allowed: a branch, tag or commit of "
@@ -132,6 +135,16 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"data.name={data.get('name')!r} is invalid; allowed: {', '.join(LOADERS)}")
     if data.get("source", "hub") not in SOURCES:
         raise ConfigError(f"data.source={data.get('source')!r} is invalid; allowed: {', '.join(SOURCES)}")
+    from .data import SPLITS
+
+    if data.get("split", "evaluation") not in SPLITS:
+        raise ConfigError(f"data.split={data.get('split')!r} is invalid; allowed: {', '.join(SPLITS)}")
+    if data.get("calibration_path"):
+        from .config_files import resolve
+
+        if not resolve(data.calibration_path).is_file():
+            raise ConfigError(f"data.calibration_path={data.calibration_path!r} is not a file; give a UTF-8 text "
+                              "file with one calibration prompt per line")
     if data.get("path"):
         from .config_files import resolve
 
@@ -222,8 +235,8 @@ def read_prompts(cfg: DictConfig) -> list:
     d = cfg.data
 
     def load(limit=None, categories=None, shard=0, num_shards=1):
-        return datasets.load_prompts(d.name, d.get("path"), limit, categories, shard, num_shards,
-                                     d.get("source", "hub"))
+        return datasets.prompts_of({**d, "limit": limit, "categories": categories, "shard": shard,
+                                    "num_shards": num_shards})
 
     if not d.get("path"):
         return load(d.get("limit"), d.get("categories"), d.get("shard", 0), d.get("num_shards", 1))

@@ -122,7 +122,8 @@ def coco_captions(path: str | None = None, source: str = "hub") -> list[Prompt]:
 
 def bundled_prompts(package: str):
     """The loader of a grammar package's bundled held-out prompts (`source` is unused: they ship with the
-    code); `path` points at another file with one prompt per line instead."""
+    code); `path` points at another file with one prompt per line instead. Its calibration split is a
+    second bundled file (`calibration_split`)."""
 
     def load(path: str | None = None, source: str = "hub") -> list[Prompt]:
         import importlib
@@ -131,6 +132,7 @@ def bundled_prompts(package: str):
                  else importlib.import_module(f"experiments.{package}").load_prompts())
         return [Prompt(i, t) for i, t in enumerate(texts)]
 
+    load.package = package
     return load
 
 
@@ -141,16 +143,66 @@ scenes_prompts = bundled_prompts("scenes")  # the 1024-token scene model's
 LOADERS = {"parti": parti_prompts, "coco2017": coco_captions, "shapes": shapes_prompts, "scenes": scenes_prompts}
 
 
+SPLITS = ("evaluation", "calibration")
+CALIBRATION_SIZE = 64  # prompts of a downloaded set (PartiPrompts, COCO) kept for calibration and tuning
+CALIBRATION_INDEX = 100_000  # first index (and seed) of a bundled calibration file's prompts
+
+
+def calibration_split(name: str, prompts: list[Prompt], split: str, calibration_path: str | None = None,
+                      ) -> list[Prompt]:
+    """One split of a prompt set. Methods are tuned and calibrated on `calibration` prompts and evaluated
+    on `evaluation` prompts, never on the same ones:
+
+    - the bundled sets (shapes, scenes): evaluation is the held-out file; calibration a second file of
+      other held-out captions, indexed from CALIBRATION_INDEX (other seeds, other image names);
+    - downloaded sets (PartiPrompts, COCO): calibration is the last CALIBRATION_SIZE prompts of the set
+      whose text it holds only once (COCO repeats some captions), evaluation the others (global indices
+      kept);
+    - `calibration_path`: a file of calibration prompts (one per line) for any set, e.g. beside `data.path`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"data.split={split!r} is invalid; allowed: {', '.join(SPLITS)}")
+    if calibration_path:
+        if split == "evaluation":
+            return prompts
+        texts = [t.strip() for t in Path(calibration_path).read_text(encoding="utf-8").splitlines() if t.strip()]
+        return [Prompt(CALIBRATION_INDEX + i, t) for i, t in enumerate(texts)]
+    package = getattr(LOADERS[name], "package", None)
+    if package is not None:
+        if split == "evaluation":
+            return prompts
+        import importlib
+
+        texts = importlib.import_module(f"experiments.{package}").load_prompts("calibration")
+        return [Prompt(CALIBRATION_INDEX + i, t) for i, t in enumerate(texts)]
+    counts: dict[str, int] = {}
+    for p in prompts:
+        counts[p.text] = counts.get(p.text, 0) + 1
+    unique = [p.index for p in reversed(prompts) if counts[p.text] == 1]  # a text the set holds once
+    chosen = set(unique[:CALIBRATION_SIZE])
+    return [p for p in prompts if (p.index in chosen) == (split == "calibration")]
+
+
+def check_disjoint(evaluation: list[Prompt], calibration: list[Prompt]) -> None:
+    """Raises ValueError naming the prompts both sets hold (by text)."""
+    shared = sorted({p.text for p in evaluation} & {p.text for p in calibration})
+    if shared:
+        raise ValueError(f"{len(shared)} calibration prompt(s) are also evaluation prompts, e.g. {shared[0]!r}: "
+                         "tune and calibrate on prompts that are never evaluated")
+
+
 def load_prompts(name: str, path: str | None = None, limit: int | None = None, categories=None,
-                 shard: int = 0, num_shards: int = 1, source: str = "hub") -> list[Prompt]:
-    """A prompt set, filtered by category, cut to `limit` and split into shards (by global index)."""
+                 shard: int = 0, num_shards: int = 1, source: str = "hub", split: str = "evaluation",
+                 calibration_path: str | None = None) -> list[Prompt]:
+    """A prompt set's split (`calibration_split`), filtered by category, cut to `limit` and split into
+    shards (by global index)."""
     if name not in LOADERS:
         raise ValueError(f"data.name={name!r} is invalid; allowed: {', '.join(LOADERS)}")
     if source not in SOURCES:
         raise ValueError(f"data.source={source!r} is invalid; allowed: {', '.join(SOURCES)}")
     if not 0 <= shard < num_shards:
         raise ValueError(f"data.shard={shard} must be in [0, data.num_shards={num_shards})")
-    prompts = LOADERS[name](path, source)
+    prompts = calibration_split(name, LOADERS[name](path, source), split, calibration_path)
     if categories:
         prompts = [p for p in prompts if p.meta.get("category") in set(categories)]
     if limit is not None and limit != -1:  # -1: all prompts
@@ -158,3 +210,10 @@ def load_prompts(name: str, path: str | None = None, limit: int | None = None, c
             raise ValueError(f"data.limit={limit} is invalid; allowed: -1 (all prompts), 0 or a positive count")
         prompts = prompts[:limit]
     return prompts[shard::num_shards]
+
+
+def prompts_of(data) -> list[Prompt]:
+    """The prompt list a data config (`conf/data/*.yaml`, a mapping) asks for."""
+    return load_prompts(data["name"], data.get("path"), data.get("limit"), data.get("categories"),
+                        data.get("shard", 0), data.get("num_shards", 1), data.get("source", "hub"),
+                        data.get("split", "evaluation"), data.get("calibration_path"))

@@ -38,12 +38,10 @@ def call_kwargs(cfg) -> dict:
 
 
 def run_prompts(cfg) -> list[Prompt]:
-    """The run's prompt list (its data config: set, file, limit, categories, shard)."""
-    from . import data as datasets
+    """The run's prompt list (its data config: set, split, file, limit, categories, shard)."""
+    from .data import prompts_of
 
-    d = cfg.data
-    return datasets.load_prompts(d.name, d.get("path"), d.get("limit"), d.get("categories"),
-                                 d.get("shard", 0), d.get("num_shards", 1), d.get("source", "hub"))
+    return prompts_of(cfg.data)
 
 
 def generators(cfg, prompts: list[Prompt]) -> list[torch.Generator]:

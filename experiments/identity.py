@@ -126,8 +126,7 @@ def prompts_digest(data: dict) -> str:
     """SHA-256 of the prompt list a data config yields (indices, texts and metadata), not of its path."""
     from . import data as datasets
 
-    prompts = datasets.load_prompts(data["name"], data.get("path"), data.get("limit"), data.get("categories"),
-                                    data.get("shard", 0), data.get("num_shards", 1), data.get("source", "hub"))
+    prompts = datasets.prompts_of(data)
     payload = json.dumps([[p.index, p.text, p.meta] for p in prompts], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

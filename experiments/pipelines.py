@@ -76,9 +76,22 @@ def load_pipeline(model_cfg: dict, device: torch.device, dtype: torch.dtype):
     key = json.dumps([model_cfg, str(device), str(dtype)], sort_keys=True, default=str)
     if key not in _LOADED:
         _LOADED.clear()  # keep one model in memory
-        _LOADED[key] = _load(model_cfg, device, dtype)
+        _LOADED[key] = with_scheduler(_load(model_cfg, device, dtype), model_cfg.get("scheduler") or {})
     quiet_truncation(_LOADED[key])
     return _LOADED[key]
+
+
+def with_scheduler(pipe, overrides: dict):
+    """The pipeline with its scheduler rebuilt from its own config plus `model.scheduler` (e.g. `shift`
+    of SD3's flow-matching sampler); unchanged without overrides."""
+    if overrides:
+        scheduler = pipe.scheduler
+        unknown = sorted(set(overrides) - set(scheduler.config))
+        if unknown:
+            raise ValueError(f"model.scheduler: {', '.join(unknown)} is not a setting of {type(scheduler).__name__}; "
+                             f"allowed: {', '.join(sorted(k for k in scheduler.config if not k.startswith('_')))}")
+        pipe.scheduler = type(scheduler).from_config(scheduler.config, **overrides)
+    return pipe
 
 
 _TRUNCATED = re.compile(r"The following part of your input was truncated because (?P<why>.+?) tokens: (?P<cut>.*)",

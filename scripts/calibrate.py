@@ -4,7 +4,8 @@
     python scripts/calibrate.py method=magcache model=sd3_medium model.steps=28   # a real checkpoint (GPU)
 
 Runs the method's calibration (its config's `calibrate`: for MagCache the full model in diffusers'
-calibration mode) on the first `data.limit` prompts, one call per prompt with the run's seed, averages
+calibration mode) on the first `data.limit` prompts of the data set's calibration split, which is never
+evaluated, one call per prompt with the run's seed, averages
 what it measured over the prompts, and writes assets/<method>/<model>-<steps>.json, which the method's
 conf file reads (`${calibrated:<field>}`). Takes the same overrides as run.py (model, data, device,
 dtype, seed).
@@ -37,7 +38,8 @@ def rounded(value):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from experiments.generate import call_kwargs, generators, run_prompts
+    from experiments.data import prompts_of
+    from experiments.generate import call_kwargs, generators
     from experiments.pipelines import load_pipeline, pick_device, pick_dtype
     from experiments.resolvers import calibration_file
     from experiments.sinks import write_json
@@ -45,7 +47,8 @@ def main(cfg: DictConfig) -> None:
     if cfg.method.get("config") is None:
         raise SystemExit("calibrate.py needs a method: python scripts/calibrate.py method=<name> ...")
     method = get_class(cfg.method.config._target_)  # the class: the fields to calibrate may still be missing
-    prompts = run_prompts(cfg)[: max(1, int(cfg.data.limit or 8))]
+    # the data set's calibration split: a method is never calibrated on prompts it is evaluated on
+    prompts = prompts_of({**cfg.data, "split": "calibration", "limit": max(1, int(cfg.data.limit or 8))})
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
@@ -55,8 +58,8 @@ def main(cfg: DictConfig) -> None:
     fields = {name: rounded(mean([m[name] for m in measured])) for name in measured[0]}
     out = calibration_file(cfg.method.name, cfg.model.name, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, {"model": cfg.model.name, "steps": steps, "prompts": len(prompts), "seed": cfg.seed,
-                     "guidance_scale": cfg.model.guidance_scale, **fields})
+    write_json(out, {"model": cfg.model.name, "steps": steps, "prompts": len(prompts), "split": "calibration",
+                     "seed": cfg.seed, "guidance_scale": cfg.model.guidance_scale, **fields})
     print(f"wrote {out}: {', '.join(fields)} from {len(prompts)} prompts")
 
 

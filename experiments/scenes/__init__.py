@@ -13,7 +13,11 @@ from .grammar import caption, parse, sample_scenes
 from .judge import adherence, judge
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd3-scenes"
-PROMPT_FILES = {"heldout": Path(__file__).with_name("heldout_prompts.txt")}
+# heldout: the evaluation prompts. calibration: 32 other held-out captions (never trained on, none in the
+# evaluation file) for tuning methods: the first new captions of `sample_scenes` over the held-out split,
+# seeds 11, 12, ...
+PROMPT_FILES = {"heldout": Path(__file__).with_name("heldout_prompts.txt"),
+                "calibration": Path(__file__).with_name("calibration_prompts.txt")}
 IMAGE_SIZE = 128
 
 

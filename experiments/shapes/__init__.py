@@ -12,7 +12,11 @@ from .grammar import caption, parse, sample_scenes, split
 from .judge import adherence, judge
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-sd3-shapes"
-PROMPT_FILES = {"heldout": Path(__file__).with_name("heldout_prompts.txt")}
+# heldout: the evaluation prompts. calibration: 32 other held-out captions (never trained on, none in the
+# evaluation file) for tuning methods: the first new captions of `sample_scenes` over the held-out split,
+# seeds 11, 12, ...
+PROMPT_FILES = {"heldout": Path(__file__).with_name("heldout_prompts.txt"),
+                "calibration": Path(__file__).with_name("calibration_prompts.txt")}
 # The model was trained with the CLIP tokens only (no T5 padding): pass this to the pipeline.
 PIPELINE_KWARGS = {"max_sequence_length": 0}
 # It has no T5 encoder: diffusers needs the absent components named when loading.

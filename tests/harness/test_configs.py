@@ -109,3 +109,15 @@ def test_a_method_that_needs_calibrating_names_the_command_that_does_it():
     with pytest.raises(ConfigError, match=r"method=magcache needs magnitude ratios .* run `python scripts/calibrate\.py "
                                           r"method=magcache model=tiny_random model\.steps=10` once"):
         validate(_compose(["model=tiny_random", "method=magcache"]))
+
+
+def test_model_scheduler_overrides_rebuild_the_pipeline_scheduler_and_unknown_ones_are_named():
+    from cat import testing
+    from experiments.pipelines import with_scheduler
+
+    pipe = testing.tiny_sd3_pipeline()
+    before = dict(pipe.scheduler.config)
+    assert with_scheduler(pipe, {}).scheduler.config == before
+    assert with_scheduler(pipe, {"shift": 3.0}).scheduler.config.shift == 3.0
+    with pytest.raises(ValueError, match="model.scheduler: shfit is not a setting of FlowMatchEulerDiscreteScheduler"):
+        with_scheduler(pipe, {"shfit": 3.0})

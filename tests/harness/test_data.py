@@ -18,8 +18,8 @@ needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared/data is
 @needs_shared
 def test_parti_prompts():
     prompts = data.load_prompts("parti", str(SHARED / "PartiPrompts.tsv"))
-    assert len(prompts) == 1632
-    assert [p.index for p in prompts] == list(range(1632))
+    assert len(prompts) == 1632 - data.CALIBRATION_SIZE  # the last 64 are kept for calibration
+    assert [p.index for p in prompts] == list(range(1632 - data.CALIBRATION_SIZE))
     assert len({p.meta["category"] for p in prompts}) == 12
     assert len({p.meta["challenge"] for p in prompts}) == 11
     animals = data.load_prompts("parti", str(SHARED / "PartiPrompts.tsv"), categories=["Animals"])
@@ -29,8 +29,9 @@ def test_parti_prompts():
 @needs_shared
 def test_coco_first_caption_per_image():
     prompts = data.load_prompts("coco2017", str(SHARED / "captions_val2017.json"))
-    assert len(prompts) == 5000
-    assert len({p.meta["image_id"] for p in prompts}) == 5000
+    calibration = data.load_prompts("coco2017", str(SHARED / "captions_val2017.json"), split="calibration")
+    assert len(prompts) + len(calibration) == 5000 and len(calibration) == data.CALIBRATION_SIZE
+    assert len({p.meta["image_id"] for p in prompts + calibration}) == 5000
     assert all(p.text and p.meta["file_name"].endswith(".jpg") for p in prompts[:50])
 
 
@@ -107,7 +108,48 @@ def test_hub_source_downloads_through_huggingface_hub(tmp_path, monkeypatch):
         return str(tmp_path if repo_id == "nateraw/parti-prompts" else repo)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    assert len(data.load_prompts("parti")) == 1632
-    assert len(data.load_prompts("coco2017", limit=5000)) == 5000
+    assert len(data.load_prompts("parti")) == 1632 - data.CALIBRATION_SIZE
+    assert len(data.load_prompts("coco2017", limit=5000)) == 5000 - data.CALIBRATION_SIZE
     assert asked == [("nateraw/parti-prompts", "dataset", ["PartiPrompts.tsv"]),
                      ("phiyodr/coco2017", "dataset", ["data/validation-*.parquet"])]
+
+
+@pytest.mark.parametrize("name", ["shapes", "scenes", "parti", "coco2017"])
+def test_calibration_and_evaluation_prompts_never_overlap(name):
+    """Methods are tuned and calibrated on the calibration split, evaluated on the evaluation split."""
+    path = {"parti": SHARED / "PartiPrompts.tsv", "coco2017": SHARED / "captions_val2017.json"}.get(name)
+    if path is not None and not path.exists():
+        pytest.skip("../shared/data is not beside the repository")
+    args = (name, str(path) if path else None)
+    evaluation, calibration = data.load_prompts(*args), data.load_prompts(*args, split="calibration")
+    assert len(calibration) >= 32 and len(evaluation) >= 64
+    data.check_disjoint(evaluation, calibration)
+    assert not {p.index for p in evaluation} & {p.index for p in calibration}  # other seeds, other image names
+    with pytest.raises(ValueError, match="also evaluation prompts"):
+        data.check_disjoint(evaluation, calibration + evaluation[:1])
+
+
+def test_a_calibration_file_can_be_given_for_any_set(tmp_path):
+    file = tmp_path / "calibration.txt"
+    file.write_text("a small red circle on the left\na large blue square\n")
+    prompts = data.load_prompts("shapes", split="calibration", calibration_path=str(file))
+    assert [p.text for p in prompts] == ["a small red circle on the left", "a large blue square"]
+    assert prompts[0].index == data.CALIBRATION_INDEX
+    assert data.load_prompts("shapes", calibration_path=str(file)) == data.load_prompts("shapes")
+    with pytest.raises(ValueError, match="data.split='tuning' is invalid"):
+        data.load_prompts("shapes", split="tuning")
+
+
+def test_a_bad_split_or_calibration_file_is_named_before_anything_loads():
+    from hydra import compose, initialize_config_dir
+
+    from experiments import resolvers  # noqa: F401
+    from experiments.checks import ConfigError, validate
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for override, message in (("data.split=tuning", "data.split='tuning' is invalid; allowed: evaluation, calibration"),
+                              ("data.calibration_path=/nonexistent.txt", "data.calibration_path='/nonexistent.txt' is not a file")):
+        with initialize_config_dir(str(conf), version_base="1.3"):
+            cfg = compose("config", overrides=["model=tiny_random", override])
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            validate(cfg)

@@ -1,0 +1,73 @@
+"""Finding a method's setting for a compute target, and its best tuned setting, on calibration prompts.
+
+- `bisect_knob`: a continuous knob (a keep ratio, a threshold) whose executed-MACs reduction moves one
+  way with it is set to a target reduction by bisection.
+- `bracket_knob`: a discrete knob (an interval, a step count) gets the two values whose reductions
+  bracket the target (matched compute mixes them per prompt, experiments.matched).
+- `best`: among candidate settings that reach the target, the one with the best calibration fidelity.
+
+The callables passed in measure on calibration prompts only (experiments.data's calibration split);
+nothing here sees an evaluation prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Found:
+    """A knob value and the reduction it gives."""
+
+    value: float
+    reduction: float
+
+
+def bisect_knob(reduction_of: Callable[[float], float], lo: float, hi: float, target: float, tol: float = 0.005,
+                max_iter: int = 20) -> Found | None:
+    """The knob value in [lo, hi] whose reduction is within `tol` of `target` (or the closest found after
+    `max_iter` halvings), assuming the reduction is monotonic in the knob (either direction). None when
+    the target lies outside [reduction_of(lo), reduction_of(hi)]: the method cannot reach it."""
+    r_lo, r_hi = reduction_of(lo), reduction_of(hi)
+    if not min(r_lo, r_hi) - tol <= target <= max(r_lo, r_hi) + tol:
+        return None
+    best = min((Found(lo, r_lo), Found(hi, r_hi)), key=lambda f: abs(f.reduction - target))
+    rising = r_hi >= r_lo
+    for _ in range(max_iter):
+        if abs(best.reduction - target) <= tol:
+            break
+        mid = (lo + hi) / 2
+        r_mid = reduction_of(mid)
+        if abs(r_mid - target) < abs(best.reduction - target):
+            best = Found(mid, r_mid)
+        if (r_mid < target) == rising:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def bracket_knob(reductions: dict, target: float, tol: float = 0.005) -> tuple[Found, ...] | None:
+    """For a discrete knob ({value: reduction}): the value at the target when one is within `tol`, else the
+    two values nearest to it on either side; None when the target is out of reach."""
+    found = [Found(v, r) for v, r in reductions.items()]
+    if not found:
+        return None
+    nearest = min(found, key=lambda f: abs(f.reduction - target))
+    if abs(nearest.reduction - target) <= tol:
+        return (nearest,)
+    below = [f for f in found if f.reduction < target]
+    above = [f for f in found if f.reduction > target]
+    if not below or not above:
+        return None
+    return (max(below, key=lambda f: f.reduction), min(above, key=lambda f: f.reduction))
+
+
+def best(candidates: Sequence, score: Callable[[object], float | None]):
+    """The candidate with the highest calibration score; candidates scored None (the target out of their
+    reach) are passed over. None when no candidate reaches the target."""
+    scored = [(s, i, c) for i, c in enumerate(candidates) if (s := score(c)) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda t: (t[0], -t[1]))[2]  # ties: the earlier (simpler) candidate

@@ -1,0 +1,146 @@
+"""How fast a model's features change from one denoising step to the next (the full model, no method).
+
+    python scripts/feature_change.py model=tiny_sd3_shapes data.limit=16
+    python scripts/feature_change.py model=tiny_sd3_scenes data.limit=16
+
+Every method that reuses work (cached tokens, skipped steps, fewer steps) bets that consecutive steps
+compute nearly the same thing. Per step this records, over the prompts (conditional and unconditional
+halves alike): the relative change of the transformer's output, ||v_s - v_(s-1)|| / ||v_(s-1)||, and the
+same for the image-stream output of every block, averaged over the blocks; and the scheduler's sigmas.
+It also checks that a run at half the steps starts from exactly the same initial noise.
+
+Writes results/feature_change/<model>-<steps>.csv and redraws results/feature_change/feature_change.png
+from every csv there, one line per model. Takes the same overrides as run.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from experiments import resolvers  # noqa: E402,F401
+from experiments.config_files import ROOT  # noqa: E402
+
+OUT = ROOT / "results" / "feature_change"
+
+
+def relative_change(now: torch.Tensor, before: torch.Tensor) -> float:
+    """||now - before|| / ||before|| per sample, averaged.  [B, ...] x2 -> float"""
+    b = now.shape[0]
+    diff = (now - before).reshape(b, -1).norm(dim=1)
+    return float((diff / before.reshape(b, -1).norm(dim=1).clamp_min(1e-12)).mean())
+
+
+class Recorder:
+    """Keeps the transformer's output and each block's image-stream output of the previous call."""
+
+    def __init__(self, transformer):
+        self.rows: list[dict] = []
+        self.first_input: torch.Tensor | None = None
+        self._prev: dict[str, torch.Tensor] = {}
+        self._now: dict[str, torch.Tensor] = {}
+        self._handles = [transformer.register_forward_pre_hook(self._begin, with_kwargs=True),
+                         transformer.register_forward_hook(self._end)]
+        for i, block in enumerate(transformer.transformer_blocks):
+            self._handles.append(block.register_forward_hook(lambda m, a, out, i=i: self._block(i, out)))
+
+    def _begin(self, module, args, kwargs):
+        if self.first_input is None:
+            self.first_input = (kwargs.get("hidden_states", args[0] if args else None)).detach().clone()
+        self._now = {}
+
+    def _block(self, i: int, out) -> None:
+        image = out[-1] if isinstance(out, tuple) else out  # SD3 blocks return (text, image)
+        self._now[f"block{i}"] = image.detach().float().clone()
+
+    def _end(self, module, args, out) -> None:
+        self._now["output"] = (out[0] if isinstance(out, tuple) else out.sample).detach().float().clone()
+        step = len(self.rows)
+        row = {"step": step}
+        if self._prev:
+            row["output_change"] = relative_change(self._now["output"], self._prev["output"])
+            blocks = [k for k in self._now if k.startswith("block")]
+            row["block_change"] = sum(relative_change(self._now[k], self._prev[k]) for k in blocks) / len(blocks)
+        self.rows.append(row)
+        self._prev = self._now
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    import pandas as pd
+
+    from experiments.generate import call_kwargs, prompt_seed, run_prompts
+    from experiments.pipelines import load_pipeline, pick_device, pick_dtype
+
+    prompts = run_prompts(cfg)[: max(1, int(cfg.data.limit or 8))]
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
+    pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
+    kwargs = call_kwargs(cfg)
+    steps = kwargs["num_inference_steps"]
+
+    def run(num_steps: int) -> Recorder:
+        rec = Recorder(pipe.transformer)
+        try:
+            pipe([p.text for p in prompts], output_type="latent",
+                 generator=[torch.Generator().manual_seed(prompt_seed(cfg.seed, p.index)) for p in prompts],
+                 **{**kwargs, "num_inference_steps": num_steps})
+        finally:
+            rec.remove()
+        return rec
+
+    full = run(steps)
+    sigmas = pipe.scheduler.sigmas[:steps].tolist()
+    half = run(max(1, steps // 2))
+    same_noise = torch.equal(full.first_input, half.first_input)
+    frame = pd.DataFrame(full.rows)
+    frame["sigma"] = sigmas
+    frame.insert(0, "model", cfg.model.name)
+    OUT.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(OUT / f"{cfg.model.name}-{steps}.csv", index=False)
+    shift = pipe.scheduler.config.get("shift")
+    print(frame.to_string(index=False, float_format="%.4f"))
+    print(f"{cfg.model.name}: {len(prompts)} prompts, {steps} steps, scheduler shift {shift}; a run at "
+          f"{steps // 2} steps starts from the same initial noise: {same_noise}; mean change per step: "
+          f"output {frame.output_change.mean():.4f}, blocks {frame.block_change.mean():.4f}")
+    figure()
+
+
+def figure() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frames = [pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for frame in frames:
+        label = f"{frame.model.iloc[0]} ({len(frame)} steps)"
+        axes[0].plot(frame.step, frame.output_change, marker=".", label=label)
+        axes[1].plot(frame.step, frame.block_change, marker=".", label=label)
+        axes[2].plot(frame.step, frame.sigma, marker=".", label=label)
+    for ax, title in zip(axes, ("transformer output: relative change from the previous step",
+                                "block image outputs: relative change (mean over blocks)",
+                                "scheduler sigma at the step")):
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "feature_change.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
