@@ -16,12 +16,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from experiments import resolvers  # noqa: F401  (registers the config resolvers)
 from experiments.checks import ConfigError
 from experiments.command_line import check as check_command_line
-from experiments.identity import scrub_tree, secret_values
 from experiments.runs import print_table, run_task
 from experiments.sinks import remove_stub
 
@@ -32,10 +31,9 @@ log = logging.getLogger("run")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    secrets = secret_values(OmegaConf.to_container(cfg, resolve=True))
-    scrub_tree(run_dir / ".hydra", secrets)  # Hydra records the command line there
     try:
-        # a single run that fails validation leaves no run folder; a sweep cell records the error
+        # run_task scrubs secrets from the run folder; a single run that fails validation leaves no run
+        # folder; a sweep cell records the error
         metrics = run_task(cfg, run_dir, record_invalid=multirun)
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
@@ -50,8 +48,6 @@ def main(cfg: DictConfig) -> dict:
         # One failing sweep cell must not lose the others: its status.json records the error.
         log.error("cell %s failed: %s: %s", run_dir.name, type(err).__name__, err)
         return {"status": "failed"}
-    finally:
-        scrub_tree(run_dir, secrets)  # run.log, W&B files
     if not multirun:
         print(print_table(metrics))
         print(f"results: {run_dir}")

@@ -19,13 +19,23 @@ log = logging.getLogger(__name__)
 
 def run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool = True) -> dict:
     """Validates cfg (once), then runs cfg.task in run_dir, recording status.json; reruns of a finished run
-    return its metrics.
+    return its metrics. Every secret value of cfg is scrubbed from the run folder's text files afterwards
+    (Hydra's record of the command line, run.log, W&B files), whether the run succeeds or fails.
 
     An invalid configuration raises ConfigError, recorded in status.json when `record_invalid` (a sweep
     cell; a single run leaves no folder instead). The run directory is locked for the whole run, so a
     second process on the same directory waits and then finds the results instead of redoing or
     corrupting them.
     """
+    secrets = identity.secret_values(OmegaConf.to_container(cfg, resolve=True))
+    identity.scrub_tree(run_dir / ".hydra", secrets)  # before the run: Hydra records the command line there
+    try:
+        return _run_task(cfg, run_dir, record_invalid)
+    finally:
+        identity.scrub_tree(run_dir, secrets)
+
+
+def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
     from .tasks import TASKS
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from experiments import identity, resolvers  # noqa: F401  (registers the config resolvers)
-from experiments.runs import run_task
+from experiments import identity, launch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -23,11 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_here(output_root: Path, *overrides: str):
-    """A run as `python run.py <overrides>` makes it, in this process: (run folder, metrics)."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, *overrides, f"output_root={output_root}"])
-    run_dir = Path(output_root) / "runs" / cfg.name / identity.run_id(cfg)
-    return run_dir, run_task(cfg, run_dir)
+    return launch.run(*TINY, *overrides, f"output_root={output_root}")
 
 
 def code_of(run_dir: Path) -> str:

@@ -1,4 +1,5 @@
-"""run.py end to end on a random-weight model built in memory: runs, resumes, sweeps, failures."""
+"""Runs end to end on a random-weight model built in memory: runs, resumes, sweeps, failures. run.py runs as a
+process where the process is under test (its exit code and stderr, a multirun)."""
 
 import json
 import os
@@ -8,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from experiments import launch
+from experiments.runs import print_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,11 +25,10 @@ def run(*args, check=True):
     return proc
 
 
-def test_a_run_writes_the_results_and_a_rerun_skips_it(tmp_path):
-    args = ["debug=tiny", f"output_root={tmp_path}", "data.limit=2"]
-    run(*args)
-    (run_dir,) = (tmp_path / "runs" / "tiny_random-shapes-cat").glob("limit=2-*")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def test_a_run_writes_the_results_and_a_rerun_skips_it(tiny_run, caplog):
+    run_dir, metrics = tiny_run.run_dir, tiny_run.metrics
+    assert run_dir.parent == tiny_run.output_root / "runs" / "tiny_random-shapes-cat"
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     for key in ("psnr", "ssim", "adherence", "adherence_full", "macs_reduction", "transformer_macs", "speedup"):
         assert key in metrics
     assert 0 < metrics["macs_reduction"] < 1
@@ -36,8 +39,9 @@ def test_a_run_writes_the_results_and_a_rerun_skips_it(tmp_path):
     for name in ("grid.png", "selection.npz", "selection.png", "config.yaml"):
         assert (run_dir / name).exists(), name
     stamp = (run_dir / "images" / "cat" / "00000.png").stat().st_mtime_ns
-    second = run(*args)
-    assert "already done" in second.stdout + second.stderr
+    caplog.set_level("INFO")
+    assert launch.run(*tiny_run.overrides, f"output_root={tiny_run.output_root}") == (run_dir, metrics)
+    assert "already done" in caplog.text
     assert (run_dir / "images" / "cat" / "00000.png").stat().st_mtime_ns == stamp
 
 
@@ -49,9 +53,9 @@ def test_bad_override_fails_before_loading_a_model(tmp_path):
 
 
 def test_macs_task_needs_no_weights(tmp_path):
-    proc = run("task=macs", "model=sd3_medium", "logger=none", f"output_root={tmp_path}")
-    assert "transformer_macs_per_step_full" in proc.stdout
-    metrics = json.loads(next((tmp_path / "runs").glob("*/*/metrics.json")).read_text())
+    run_dir, metrics = launch.run("task=macs", "model=sd3_medium", "logger=none", f"output_root={tmp_path}")
+    assert "transformer_macs_per_step_full" in print_table(metrics)
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
     assert metrics["transformer_macs_per_step_full"] == pytest.approx(8.904e12, rel=5e-3)
 
 
@@ -74,10 +78,9 @@ def test_sweep_records_failures_keeps_the_others_and_resumes(tmp_path):
 
 
 def test_latency_task_times_full_model_and_method_in_one_run(tmp_path):
-    proc = run("debug=tiny", "task=latency", f"output_root={tmp_path}", "metrics.latency.repeats=2")
-    metrics = json.loads(next((tmp_path / "runs").glob("*/*/metrics.json")).read_text())
+    _, metrics = launch.run("debug=tiny", "task=latency", f"output_root={tmp_path}", "metrics.latency.repeats=2")
     for key in ("latency_full_s", "latency_s", "speedup", "latency_spread_s", "peak_memory_mb", "latency_repeats"):
         assert key in metrics, key
     assert metrics["latency_repeats"] == 2 and metrics["latency_compiled"] == 0
     assert not list(tmp_path.rglob("*.png"))  # timing only: no images are written
-    assert "speedup" in proc.stdout
+    assert "speedup" in print_table(metrics)

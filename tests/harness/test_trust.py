@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments import identity, resolvers  # noqa: F401
+from experiments import identity, launch, resolvers  # noqa: F401
 from experiments.checks import ConfigError, check_prompts, validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,14 +82,15 @@ def test_the_key_follows_the_prompt_file_content_not_its_path(tmp_path):
     assert key_of("debug=tiny", f"data.path={prompts}") != first
 
 
-def test_an_edited_prompt_file_gets_a_new_run_and_new_full_model_images(tmp_path):
+def test_an_edited_prompt_file_gets_a_new_run_and_new_full_model_images(tmp_path, caplog):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a large red circle on the left\na small blue square on the right\n")
     args = ["debug=tiny", f"output_root={tmp_path / 'out'}", "metrics.latency.enabled=false", f"data.path={prompts}"]
-    run(*args)
+    launch.run(*args)
     prompts.write_text("a large green circle on the left\na small blue square on the right\n")
-    proc = run(*args)
-    assert "already done" not in proc.stdout + proc.stderr
+    caplog.set_level("INFO")
+    launch.run(*args)
+    assert "already done" not in caplog.text
     assert len(runs(tmp_path / "out")) == 2
     assert len(list((tmp_path / "out" / "full_images").iterdir())) == 2
     records = [json.loads(line) for d in runs(tmp_path / "out") for line in (d / "records.jsonl").read_text().splitlines()]
@@ -98,20 +100,23 @@ def test_an_edited_prompt_file_gets_a_new_run_and_new_full_model_images(tmp_path
 
 # 2. crash safety -----------------------------------------------------------------------------------------
 
-def test_leftover_temporaries_and_a_corrupt_metrics_file_are_survived(tmp_path):
-    args = ["debug=tiny", f"output_root={tmp_path}", "data.limit=2", "metrics.latency.enabled=false"]
-    run(*args)
-    (run_dir,) = runs(tmp_path)
+def test_leftover_temporaries_and_a_corrupt_metrics_file_are_survived(tiny_run, tmp_path, caplog):
+    shutil.copytree(tiny_run.output_root, tmp_path / "out")  # the shared run stays as it is
+    args = [*tiny_run.overrides, f"output_root={tmp_path / 'out'}"]
+    (run_dir,) = runs(tmp_path / "out")
     (run_dir / ".metrics.json.abc.tmp").write_text("{half")
     (run_dir / "images" / "cat" / ".00000.png.xyz.tmp").write_bytes(b"\x89PNG trunc")
     (run_dir / "images" / "cat" / "00001.tmp.png").write_bytes(b"\x89PNG trunc")  # an older naming
     (run_dir / "metrics.json").write_text('{"psnr": 3')  # truncated by a crash
-    proc = run(*args)
-    assert "already done" not in proc.stdout + proc.stderr
+    caplog.set_level("INFO")
+    assert launch.run(*args)[0] == run_dir
+    assert "already done" not in caplog.text
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_images"] == 2
     assert not (run_dir / ".metrics.json.abc.tmp").exists()
-    assert "already done" in (lambda p: p.stdout + p.stderr)(run(*args))
+    caplog.clear()
+    launch.run(*args)
+    assert "already done" in caplog.text
 
 
 def test_two_processes_on_one_run_directory_do_the_work_once(tmp_path):
@@ -236,6 +241,8 @@ def test_a_token_override_never_reaches_files_names_or_logs(tmp_path):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
     assert any(tmp_path.rglob("*.wandb")) or any(tmp_path.rglob("wandb"))
+    (run_dir,) = runs(tmp_path)
+    assert "done:" in (run_dir / "run.log").read_text()  # run.py logs to the run folder through Hydra
 
 
 # 5. batches ----------------------------------------------------------------------------------------------
@@ -258,17 +265,18 @@ def test_batch_size_is_in_the_key_and_batches_agree_within_one_grey_level():
 
 # 6. provenance -------------------------------------------------------------------------------------------
 
-def test_the_run_folder_records_code_versions_log_and_real_images(tmp_path):
-    run("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "metrics.latency.enabled=false")
-    (run_dir,) = runs(tmp_path)
+def test_the_run_folder_records_code_versions_log_and_real_images(tiny_run):
+    run_dir = tiny_run.run_dir
     record = json.loads((run_dir / "run_key.json").read_text())
     prov = record["provenance"]
     assert len(prov["git_sha"]) == 40 and prov["git_dirty"] in (True, False)
     for key in ("torch", "diffusers", "transformers", "device"):
         assert prov[key], key
     assert record["key"].startswith(run_dir.name.rsplit("-", 1)[1])
-    assert "done:" in (run_dir / "run.log").read_text()
-    for image in (run_dir / "images" / "full").iterdir():
+    assert any(line.startswith("done:") for line in tiny_run.info)
+    images = list((run_dir / "images" / "full").iterdir())
+    assert len(images) == 2
+    for image in images:
         assert not image.is_symlink() and image.stat().st_size > 0
 
 
