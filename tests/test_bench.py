@@ -20,20 +20,46 @@ def test_bench_runs_and_reports_ratios():
     assert r["speedup_efficiency"] > 0 and r["selection_overhead"] > 0 and r["cache_mb"] > 0
 
 
+def printed(out: str) -> dict:
+    """The `key=value` lines the benchmark prints, numbers as floats."""
+    pairs = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and " " not in line.split("=")[0])
+    return {k: float(v) if v.replace(".", "", 1).replace("e-", "", 1).replace("e+", "", 1).isdigit() else v
+            for k, v in pairs.items()}
+
+
+def row(out: str, label: str) -> str:
+    """The value of a row of the benchmark's printed table."""
+    return next(line[len(label):].strip() for line in out.splitlines() if line.startswith(label))
+
+
+@pytest.mark.slow
 def test_bench_times_a_shipped_model_end_to_end(capsys):
     bench.main(["--model", "tiny_sd3_shapes", "--device", "cpu", "--warmup", "0", "--repeats", "1"])
-    out = capsys.readouterr().out
-    for key in ("speedup_eager=", "latency_full_s=", "peak_mb=", "repeats=1"):
-        assert key in out, key
+    r = printed(capsys.readouterr().out)
+    assert r["model"] == "tiny_sd3_shapes" and r["device"] == "cpu" and r["method_name"] == "cat"
+    assert r["repeats"] == 1 and r["latency_full_spread_s"] == 0 and r["latency_spread_s"] == 0
+    assert r["latency_full_s"] > 0 and r["latency_s"] > 0 and r["peak_mb"] > 0 and r["peak_full_mb"] > 0
+    # one turn: the speedup is the ratio of the two printed times
+    assert r["speedup_eager"] == pytest.approx(r["latency_full_s"] / r["latency_s"], rel=1e-3)
 
 
 def test_bench_on_the_default_geometry_prints_the_keys(capsys):
     bench.main(["--default-geometry", "--prompts", "2", "--steps", "4", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "6 layers, hidden 96, 256 image tokens, 16 text tokens, CFG batch 4" in out
-    for key in ("speedup_eager=", "speedup_efficiency=", "selection_overhead=", "cache_mb=", "cache_mb_lean=",
-                "peak_mb="):
-        assert key in out, key
+    r = printed(out)
+    for key in ("speedup_eager", "speedup_efficiency", "selection_overhead", "cache_mb", "cache_mb_lean", "peak_mb"):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    low, high = map(float, r["speedup_eager_range"].split("-"))
+    assert low <= r["speedup_eager"] <= high  # the median of the turns' ratios lies among them
+    assert r["speedup_eager"] == pytest.approx(float(row(out, "wall-clock speedup, whole schedule").rstrip("x")),
+                                               abs=1e-3)
+    macs_speedup = float(row(out, "MACs speedup, whole schedule").rstrip("x"))
+    assert macs_speedup > 1  # 4 steps: at least one is pruned
+    assert r["speedup_efficiency"] == pytest.approx(r["speedup_eager"] / macs_speedup, rel=2e-3)
+    assert r["cache_mb_lean"] <= r["cache_mb"]
+    full, pruned = (float(v.split()[0]) for v in row(out, "MACs per step, full / accelerated").split(" / "))
+    assert float(row(out, "MACs ratio, accelerated step")) == pytest.approx(pruned / full, abs=0.06)
 
 
 def test_variants_are_timed_in_turns():

@@ -205,21 +205,15 @@ def test_temporaries_below_the_run_folder_are_cleaned(tmp_path):
 
 # progress of the long phases ------------------------------------------------------------------------------
 
-def test_every_phase_after_generation_says_what_it_does(tmp_path, caplog):
-    from experiments.runs import run_task
-
-    caplog.set_level("INFO")
-    cfg = cfg_of("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "model.steps=4", "batch_size=2",
-                 "metrics.latency.repeats=2", "metrics.macs_prompts=2")
-    run_task(cfg, tmp_path / "run")
-    lines = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+def test_every_phase_after_generation_says_what_it_does(tiny_run):
+    """The shared tiny run: 2 prompts, 4 steps, batches of 2, latency timed twice, MACs on 2 prompts."""
     for expected in ("metrics: the shapes judge on 4 image(s) ...",
                      "metrics: PSNR, SSIM against the full model on 2 image(s) ...",
                      "counting executed MACs: full model, 2 prompt(s) ...",
                      "counting executed MACs: cat, 2 prompt(s) ...",
                      "timing: full model, 1 warm-up call(s) ...", "timing: cat, 1 warm-up call(s) ...",
                      "timing: full model, turn 1/2 ...", "timing: cat, turn 2/2 ..."):
-        assert expected in lines, (expected, lines)
+        assert expected in tiny_run.info, (expected, tiny_run.info)
 
 
 def test_info_lines_reach_the_console():

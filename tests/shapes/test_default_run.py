@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(not (shapes.DEFAULT_MODEL_DIR / "model_index.json").exists(), reason="the default model is not in assets/")
+@pytest.mark.slow
 def test_the_default_run_completes_offline(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "run.py", f"output_root={tmp_path}"], cwd=ROOT, env=env,

@@ -92,6 +92,7 @@ def test_clustering_and_fixes_sweeps_pair_against_the_right_cells():
     assert restored[0] == "[]" and {r.strip("[]") for r in restored[1:]} <= set(cat.methods.cat.LEGACY)
 
 
+@pytest.mark.slow
 def test_training_resumes_an_interrupted_stage(tmp_path):
     """A few seconds of training on tiny settings: the saved model is a loadable pipeline, and
     --resume continues the unfinished stage from the kept optimizer state."""
