@@ -46,3 +46,14 @@ def test_every_family_counts_and_prunes(name):
     rep = report_for_model({**cfg, "macs": {**cfg["macs"], "text_encoders": None, "vae": None}},
                            cat.CATConfig(keep_ratio=0.3, warmup_steps=2), 3)
     assert rep.step_macs[-1] < rep.step_macs[0]
+
+
+def test_macs_cli_prints_the_offline_count_as_json(capsys):
+    import json
+
+    from experiments import macs
+
+    macs.main(["--json", "model=tiny_random", "model.steps=6", "method.config.warmup_steps=3"])
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["macs_reduction"] < 1 and out["transformer_macs"] < out["transformer_macs_full"]
+    assert out["macs_reduction"] == pytest.approx(1 - out["transformer_macs"] / out["transformer_macs_full"])

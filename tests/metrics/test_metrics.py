@@ -128,11 +128,3 @@ def test_fid_cli_runs_the_same_code(tmp_path, capsys, monkeypatch):
     fid.main(["--images", str(tmp_path / "a"), "--ref", str(tmp_path / "b"), "--cache", str(tmp_path / "cache")])
     out = json.loads(capsys.readouterr().out)
     assert out["num_images"] == 12 and out["num_reference"] == 12 and out["fid"] > 0
-
-
-def test_macs_cli(capsys):
-    from experiments import macs
-
-    macs.main(["--json", "model=tiny_random", "model.steps=6", "method.config.warmup_steps=3"])
-    out = json.loads(capsys.readouterr().out)
-    assert 0 < out["macs_reduction"] < 1 and out["transformer_macs"] < out["transformer_macs_full"]

@@ -95,9 +95,25 @@ def test_the_50_percent_table_interpolates_and_marks_only_a_separated_best():
     assert "**" in text and "(best)" in text
 
 
-def test_the_pareto_figure_draws_one_line_per_method(tmp_path):
-    path = peers.pareto_figure(_peers_frame(), "psnr", tmp_path / "pareto_psnr.png")
+def test_the_pareto_figure_draws_one_line_per_method(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read its lines back
+    frame = _peers_frame()
+    path = peers.pareto_figure(frame, "psnr", tmp_path / "pareto_psnr.png")
     assert path.exists() and path.stat().st_size > 10_000
+    (fig,) = figures
+    by_macs, by_speed = fig.axes
+    for ax, x in ((by_macs, 100 * (1 - frame.macs_reduction)), (by_speed, frame.speedup)):
+        lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("full")}
+        assert sorted(lines) == ["cat", "fora", "steps"]
+        for method, line in lines.items():
+            cells = frame.method == method
+            assert np.allclose(line.get_xdata(), sorted(x[cells], reverse=ax is by_macs))
+            assert np.allclose(line.get_ydata(), frame.psnr[cells].sort_values(ascending=False))
+    monkeypatch.undo()
+    plt.close(fig)
 
 
 def test_the_contrast_report_turns_the_pairs_around(tmp_path):
