@@ -259,7 +259,7 @@ def test_batch_size_is_in_the_key_and_batches_agree_within_one_grey_level():
     together = pipe(prompts, generator=gens(), **kwargs).images
     alone = np.concatenate([pipe([p], generator=[g], **kwargs).images for p, g in zip(prompts, gens())])
     diff = np.abs(np.round(together * 255) - np.round(alone * 255))
-    assert diff.max() <= 1  # the tolerance the README states
+    assert diff.max() <= 1  # the tolerance docs/harness.md states
     assert key_of("debug=tiny", "batch_size=1") != key_of("debug=tiny", "batch_size=4")
 
 
