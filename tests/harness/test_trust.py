@@ -246,6 +246,26 @@ def test_a_token_override_never_reaches_files_names_or_logs(tmp_path):
     assert "done:" in (run_dir / "run.log").read_text()  # run.py logs to the run folder through Hydra
 
 
+def test_a_run_in_process_scrubs_what_its_task_wrote_even_when_it_fails(tmp_path, monkeypatch):
+    """run_task, not run.py, scrubs the run folder, so a run made by experiments.launch is scrubbed too."""
+    from experiments import tasks
+
+    def leaky(cfg, run_dir, method):  # a task that writes the token into a log and then fails
+        (run_dir / "wandb").mkdir()
+        (run_dir / "wandb" / "debug.log").write_text(f"token={cfg.model.load_kwargs.token}\n")
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(tasks.TASKS, "macs", leaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        launch.run("debug=tiny", "task=macs", f"output_root={tmp_path}", f"+model.load_kwargs.token={SECRET}")
+    (log,) = tmp_path.rglob("debug.log")
+    assert SECRET not in log.read_text() and "token=" in log.read_text()
+    for path in tmp_path.rglob("*"):
+        assert SECRET not in str(path)
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
 # 5. batches ----------------------------------------------------------------------------------------------
 
 def test_batch_size_is_in_the_key_and_batches_agree_within_one_grey_level():
