@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from experiments import resolvers  # noqa: F401  (registers the config resolvers)
 from experiments.checks import ConfigError
 from experiments.command_line import check as check_command_line
-from experiments.runs import print_table, run_task
+from experiments.runs import print_table, run_task, scrub_run
 from experiments.sinks import remove_stub
 
 log = logging.getLogger("run")
@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> dict:
         metrics = run_task(cfg, run_dir, record_invalid=multirun)
     except ConfigError as err:
         log.error("invalid configuration: %s", err)
+        scrub_run(cfg, run_dir)  # this line reached run.log after the task's own scrub
         if not multirun:
             remove_stub(run_dir)
             print(f"error: {err}", file=sys.stderr)
@@ -47,6 +48,7 @@ def main(cfg: DictConfig) -> dict:
             raise
         # One failing sweep cell must not lose the others: its status.json records the error.
         log.error("cell %s failed: %s: %s", run_dir.name, type(err).__name__, err)
+        scrub_run(cfg, run_dir)
         return {"status": "failed"}
     if not multirun:
         print(print_table(metrics))

@@ -27,12 +27,16 @@ def run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool = True) -> dic
     second process on the same directory waits and then finds the results instead of redoing or
     corrupting them.
     """
-    secrets = identity.secret_values(OmegaConf.to_container(cfg, resolve=True))
-    identity.scrub_tree(run_dir / ".hydra", secrets)  # before the run: Hydra records the command line there
+    scrub_run(cfg, run_dir / ".hydra")  # before the run: Hydra records the command line there
     try:
         return _run_task(cfg, run_dir, record_invalid)
     finally:
-        identity.scrub_tree(run_dir, secrets)
+        scrub_run(cfg, run_dir)
+
+
+def scrub_run(cfg: DictConfig, folder: Path) -> None:
+    """Replaces every secret value of cfg in the text files under folder (run.log, W&B files, ...)."""
+    identity.scrub_tree(folder, identity.secret_values(OmegaConf.to_container(cfg, resolve=True)))
 
 
 def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
