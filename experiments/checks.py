@@ -121,6 +121,12 @@ def validate(cfg: DictConfig):
     if dtype == "float16" and resolved_device_type(str(cfg.device)) == "cpu":
         log.warning("dtype=float16 on the CPU: supported by torch but slow and less accurate than float32; "
                     "use dtype=auto (float32) or bfloat16 unless you are testing half precision")
+    if (cfg.metrics.get("image_reward") or {}).get("enabled"):
+        from .metrics import imagereward
+
+        if not imagereward.available():
+            raise ConfigError("metrics.image_reward.enabled=true needs the ImageReward package: "
+                              "pip install -e '.[imagereward]' (or set metrics.image_reward.enabled=false)")
     data = cfg.data
     limit = data.get("limit")
     if limit is not None and (not _is_int(limit) or limit < -1):

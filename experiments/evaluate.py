@@ -55,6 +55,15 @@ def image_metrics(cfg, run_dir, prompts, folders, variant, method, records) -> d
             scores = scorer.score(images[name], [p.text for p in prompts])
             put(name, "clip_score", scores.tolist())
             out["clip_score" if name == variant else "clip_score_full"] = scores.mean().item()
+    if (m.get("image_reward") or {}).get("enabled"):
+        from .metrics import imagereward
+
+        log.info("metrics: ImageReward (%s) on %d image(s) ...", m.image_reward.model, len(prompts) * len(names))
+        scorer = imagereward.load(m.image_reward.model)
+        for name in names:
+            scores = imagereward.image_reward(images[name], [p.text for p in prompts], scorer)
+            put(name, "image_reward", scores)
+            out["image_reward" if name == variant else "image_reward_full"] = sum(scores) / len(scores)
     if method is not None and m.fidelity:
         from .metrics.fidelity import fidelity
 

@@ -1,15 +1,27 @@
-"""ImageReward (human-preference score), an optional extra: pip install -e '.[imagereward]'."""
+"""ImageReward (human-preference score, as the peers' papers report it on DrawBench), an optional extra:
+`pip install -e '.[imagereward]'`, then `metrics.image_reward.enabled=true` (e.g. with `metrics=paper`)."""
 
 from __future__ import annotations
 
 
-def image_reward(images, prompts, model: str = "ImageReward-v1.0", device: str | None = None) -> dict:
+def available() -> bool:
+    """Whether the ImageReward package is installed (checked before any model loads)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ImageReward") is not None
+
+
+def load(model: str = "ImageReward-v1.0", device: str | None = None):
+    """The ImageReward scorer (its `score(prompt, image)` gives one image's reward)."""
     try:
         import ImageReward as RM
     except ImportError as err:
         raise RuntimeError("ImageReward is not installed: pip install -e '.[imagereward]'") from err
     import torch
 
-    scorer = RM.load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores = [float(scorer.score(prompt, image)) for image, prompt in zip(images, prompts)]
-    return {"image_reward": sum(scores) / len(scores), "per_image": scores}
+    return RM.load(model, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def image_reward(images, prompts, scorer) -> list[float]:
+    """The reward of each image for its prompt."""
+    return [float(scorer.score(prompt, image)) for image, prompt in zip(images, prompts)]

@@ -128,3 +128,32 @@ def test_fid_cli_runs_the_same_code(tmp_path, capsys, monkeypatch):
     fid.main(["--images", str(tmp_path / "a"), "--ref", str(tmp_path / "b"), "--cache", str(tmp_path / "cache")])
     out = json.loads(capsys.readouterr().out)
     assert out["num_images"] == 12 and out["num_reference"] == 12 and out["fid"] > 0
+
+
+def test_image_reward_is_wired_into_the_metrics_behind_its_extra(tmp_path, monkeypatch):
+    """With the extra missing the run stops before loading a model; with a scorer (here a stub) every image
+    gets its reward, and the run reports the means with their intervals."""
+    from experiments import launch
+    from experiments.checks import ConfigError
+    from experiments.metrics import imagereward
+
+    args = ["debug=tiny", "data.limit=2", "metrics.latency.enabled=false", "metrics.macs=false",
+            "metrics.image_reward.enabled=true", f"output_root={tmp_path}"]
+    monkeypatch.setattr(imagereward, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[imagereward\]'"):
+        launch.run(*args)
+    assert not (tmp_path / "full_images").exists()
+
+    class Stub:
+        def score(self, prompt, image):
+            return len(prompt) / 10 + image.getpixel((0, 0))[0] / 255
+
+    monkeypatch.setattr(imagereward, "available", lambda: True)
+    monkeypatch.setattr(imagereward, "load", lambda model, device=None: Stub())
+    run_dir, metrics = launch.run(*args)
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    assert all("image_reward" in r for r in records)
+    for key in ("image_reward", "image_reward_full"):
+        rewards = [r["image_reward"] for r in records if (r["variant"] == "full") == key.endswith("_full")]
+        assert metrics[key] == pytest.approx(sum(rewards) / len(rewards))
+        assert metrics[f"{key}_lo"] <= metrics[key] <= metrics[f"{key}_hi"]
