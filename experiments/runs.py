@@ -98,8 +98,10 @@ def _finished(folder: Path):
     return recorded, status, metrics
 
 
-def _code_of(recorded: dict) -> str:
-    return ((recorded.get("material") or {}).get("code") or {}).get("sha256") or "unknown"
+def _made_by(recorded: dict) -> str:
+    """The code that made a run's results: the code it reused them from, else the code it is keyed by."""
+    return (recorded.get("reused_code_from") or ((recorded.get("material") or {}).get("code") or {}).get("sha256")
+            or "unknown")
 
 
 def _same_config_other_code(recorded: dict, key: str, config_key: str) -> bool:
@@ -132,9 +134,9 @@ def finished_here(run_dir: Path, key: str, config_key: str, code: str, reuse_oth
         return None
     if not reuse_other_code:
         log.warning("%s holds results made by other code (code %s, now %s); redoing it (reuse_other_code=true "
-                    "reuses them, marked stale_code)", run_dir, _code_of(recorded)[:12], code[:12])
+                    "reuses them, marked stale_code)", run_dir, _made_by(recorded)[:12], code[:12])
         return None
-    mark = {"reused_code_from": recorded.get("reused_code_from") or _code_of(recorded)}
+    mark = {"reused_code_from": _made_by(recorded)}
     write_json(run_dir / "status.json", {**status, **mark})
     write_json(run_dir / "run_key.json", {**recorded, **mark})
     log.warning("%s was made by other code (code %s, now %s); reused as asked (reuse_other_code=true) and "
@@ -162,7 +164,7 @@ def reuse_sibling(run_dir: Path, key: str, config_key: str | None = None, code: 
     if not other_code:
         return None
     folder, recorded, metrics = max(other_code, key=lambda f: (f[0] / "metrics.json").stat().st_mtime_ns)
-    theirs = recorded.get("reused_code_from") or _code_of(recorded)
+    theirs = _made_by(recorded)
     if not reuse_other_code:
         log.warning("%s holds this configuration's results made by other code (code %s, now %s); computing them "
                     "anew (reuse_other_code=true reuses them, marked stale_code)", folder, theirs[:12], code[:12])
