@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-TASKS = ("generate", "macs", "latency")
+TASKS = ("generate", "macs", "latency", "compare")
 
 
 class ConfigError(ValueError):
@@ -89,6 +89,8 @@ def validate(cfg: DictConfig):
     method = method_config(cfg)
     if method is not None:
         _check_method(cfg, method, steps, rows * cols)
+    if task == "compare":
+        _check_compare(cfg, method)
     if task == "macs":
         if method is not None and method.offline_schedule(steps, rows * cols) is None:
             raise ConfigError(f"task=macs counts MACs from the image tokens a method recomputes per step, known before "
@@ -185,6 +187,39 @@ def method_config(cfg: DictConfig):
     except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
         cause = err.__cause__ or err
         raise ConfigError(f"method={cfg.method.name}: {cause}") from err
+
+
+def _check_compare(cfg: DictConfig, method) -> None:
+    """task=compare: a method with a compute knob, a known variant, targets in (0, 1), no sweep level."""
+    from .compare import VARIANTS, Plan
+
+    if method is None:
+        raise ConfigError("task=compare compares a method with the full model: method=none is not allowed")
+    if cfg.get("level") is not None:
+        raise ConfigError(f"level={cfg.level} is not allowed with task=compare: the comparison moves the method's "
+                          "knob itself (leave level unset)")
+    compare = cfg.get("compare") or {}
+    if compare.get("variant") not in VARIANTS:
+        raise ConfigError(f"compare.variant={compare.get('variant')!r} is invalid; allowed: {', '.join(VARIANTS)}")
+    targets = list(compare.get("targets") or [])
+    if not targets or not all(_is_num(t) and 0 < t < 1 for t in targets):
+        raise ConfigError(f"compare.targets={targets} is invalid; allowed: a list of executed-MACs reductions in "
+                          "(0, 1), e.g. [0.4, 0.5, 0.6]")
+    n = compare.get("calibration_prompts")
+    if not _is_int(n) or n < 1:
+        raise ConfigError(f"compare.calibration_prompts={n!r} is invalid; allowed: an integer >= 1")
+    tol = compare.get("tolerance")
+    if not _is_num(tol) or not 0 < tol < 0.1:
+        raise ConfigError(f"compare.tolerance={tol!r} is invalid; allowed: a reduction in (0, 0.1), e.g. 0.01")
+    try:
+        plan = Plan.of(cfg.method)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    fields = {f.name for f in __import__("dataclasses").fields(method)}
+    for name in [plan.knob, *plan.tune]:
+        if name not in fields:
+            raise ConfigError(f"method={cfg.method.name}: `{name}` (its knob or a tuned field) is not a field of "
+                              f"{type(method).__name__}; fields: {', '.join(sorted(fields))}")
 
 
 def build_method(config: dict):

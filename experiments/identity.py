@@ -279,6 +279,15 @@ def key_material(cfg: dict) -> dict:
         "seed": cfg.get("seed"), "dtype": cfg.get("dtype"), "device": resolved_device_type(cfg.get("device", "auto")),
         "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"),
     })
+    if cfg.get("task") == "compare":  # what the comparison searches, and on which calibration prompts
+        method = cfg.get("method") or {}
+        calib = {**data, "split": "calibration", "limit": (cfg.get("compare") or {}).get("calibration_prompts")}
+        try:
+            calib_digest = _prompts_digest_cached(json.dumps(calib, sort_keys=True, default=str), _file_mtime(calib.get("calibration_path")))
+        except Exception as err:
+            calib_digest = f"unavailable: {type(err).__name__}: {err}"
+        material["compare"] = {**(cfg.get("compare") or {}), "calibration_sha256": calib_digest,
+                               **{k: method.get(k) for k in ("knob", "levels", "knob_range", "tune")}}
     if cfg.get("compile"):  # compiled kernels round differently
         material["compile"] = [cfg.get("compile"), cfg.get("compile_mode")]
     return material

@@ -63,6 +63,15 @@ class AtTarget:
         w = mixture_weight(self.target, self.cells[0].reduction.mean(), self.cells[1].reduction.mean())
         return f"{self.cells[0].setting} ({1 - w:.0%}) + {self.cells[1].setting} ({w:.0%})"
 
+    @property
+    def reduction(self) -> float:
+        """The mean executed-MACs reduction over the prompts: the cell's, or the mixture's (the target)."""
+        if len(self.cells) == 1:
+            return float(self.cells[0].reduction.mean())
+        a, b = (c.reduction.mean() for c in self.cells)
+        w = mixture_weight(self.target, a, b)
+        return float((1 - w) * a + w * b)
+
     def means(self, metric: str, idx: np.ndarray) -> np.ndarray:
         """The method's mean of `metric` at the target over the prompts of each resample.  idx [B, P] -> [B]"""
         if len(self.cells) == 1:

@@ -140,8 +140,9 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
             write_report(paired, sweep_dir, spec, ref, title=f"{model['name']} ({rows * cols} image tokens): "
                          f"{ref.rpartition('=')[2]} - {spec.value}, paired over {int(paired['prompts'].max())} "
                          "prompts (95% band)")
-    from . import peers
+    from . import peers, targets
 
+    targets.write_report(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
     if peers.is_peers_sweep(frame):
         peers.write_report(frame, sweep_dir)
     return frame

@@ -1,6 +1,7 @@
 """The tasks `run.py` dispatches to (`TASKS`), each `(cfg, run_dir, method config) -> flat metrics`:
 `generate` (the full model's and the method's images, then evaluation), `macs` (MACs counted offline,
-experiments/macs.py) and `latency` (timing only, experiments/latency.py). The run lifecycle around them
+experiments/macs.py), `latency` (timing only, experiments/latency.py) and `compare` (one method in one
+variant of the fair comparison, experiments/compare.py). The run lifecycle around them
 (validation, the run key, locks, reuse) is experiments/runs.py.
 """
 
@@ -60,4 +61,11 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path, method) -> dict | None
     return metrics
 
 
-TASKS = {"generate": generate_and_evaluate, "macs": macs.count, "latency": latency.measure}
+def compare(cfg: DictConfig, run_dir: Path, method) -> dict:
+    """`task=compare`: one method in one variant of the fair comparison (experiments/compare.py)."""
+    from .compare import compare_task
+
+    return compare_task(cfg, run_dir, method)
+
+
+TASKS = {"generate": generate_and_evaluate, "macs": macs.count, "latency": latency.measure, "compare": compare}

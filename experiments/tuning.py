@@ -71,3 +71,37 @@ def best(candidates: Sequence, score: Callable[[object], float | None]):
     if not scored:
         return None
     return max(scored, key=lambda t: (t[0], -t[1]))[2]  # ties: the earlier (simpler) candidate
+
+
+def find_knob(reduction_of: Callable[[float], float], lo: float, hi: float, target: float, tol: float = 0.005,
+              max_iter: int = 8) -> Found | None:
+    """`bisect_knob` with the bracket cut where the line through its ends meets the target (regula falsi,
+    Illinois rule) instead of at its middle: the same guarantee (the target stays bracketed) in a few
+    evaluations when the reduction is nearly linear in the knob, as a keep ratio's is. Falls back to the
+    middle when the line leaves the bracket's inner part (a stepwise reduction, such as a threshold's)."""
+    r_lo, r_hi = reduction_of(lo), reduction_of(hi)
+    if not min(r_lo, r_hi) - tol <= target <= max(r_lo, r_hi) + tol:
+        return None
+    best = min((Found(lo, r_lo), Found(hi, r_hi)), key=lambda f: abs(f.reduction - target))
+    f_lo, f_hi, side = r_lo - target, r_hi - target, 0
+    for _ in range(max_iter):
+        if abs(best.reduction - target) <= tol:
+            break
+        mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else (lo + hi) / 2
+        if not lo + 0.02 * (hi - lo) <= mid <= hi - 0.02 * (hi - lo):
+            mid = (lo + hi) / 2
+        r_mid = reduction_of(mid)
+        if abs(r_mid - target) < abs(best.reduction - target):
+            best = Found(mid, r_mid)
+        f_mid = r_mid - target
+        if (f_mid > 0) == (f_hi > 0):  # the target lies between lo and mid
+            hi, f_hi = mid, f_mid
+            if side == -1:
+                f_lo /= 2
+            side = -1
+        else:
+            lo, f_lo = mid, f_mid
+            if side == 1:
+                f_hi /= 2
+            side = 1
+    return best

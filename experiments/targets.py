@@ -1,0 +1,192 @@
+"""The comparison's report: every method and variant at every compute target, paired with CAT.
+
+Reads the cells of a `sweep=peers` run (task=compare, experiments/compare.py) and writes
+
+- `targets.csv` / `targets.md`: one row per (method, variant, target) the method reaches: the setting (one
+  setting, or two mixed per prompt), the executed-MACs reduction on the evaluation prompts, PSNR / SSIM /
+  adherence with 95% intervals over prompts, and for each metric the paired difference with CAT at the
+  same target and variant (`d_cat`, 95% interval) and its verdict (experiments.matched: better / worse /
+  equivalent / undetermined);
+- `figures/targets_<metric>.png`: each method's tuned variant along the targets (solid, 95% band), its
+  authors' setting dashed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .matched import AtTarget, Cell, at_target, compare, resamples
+
+REFERENCE = "cat"
+METRICS = ("psnr", "ssim", "adherence")
+
+
+def load_cells(sweep_dir: Path, cells: list[str] | None = None) -> list[dict]:
+    """The compare cells of a sweep: each {"method", "variant", "plan", "rows": {key: per-prompt values}}."""
+    out = []
+    for folder in sorted(Path(sweep_dir).iterdir()):
+        plan_path = folder / "compare.json"
+        if not plan_path.exists() or (cells is not None and folder.name not in cells):
+            continue
+        plan = json.loads(plan_path.read_text())
+        rows = {}
+        for key in plan.get("cells", []):
+            path = folder / "cells" / f"{key}.json"
+            if path.exists():
+                rows[key] = json.loads(path.read_text())
+        out.append({"method": plan["method"], "variant": plan["variant"], "plan": plan, "rows": rows,
+                    "folder": folder.name})
+    return out
+
+
+def _cell(row: dict, label: str) -> Cell:
+    values = {m: row[m] for m in METRICS if m in row}
+    return Cell.of(label, row["reduction"], values)
+
+
+def reach(entry: dict, target: float, tol: float = 0.01) -> AtTarget | None:
+    """How one (method, variant) reaches `target` on the evaluation prompts: the cells its plan chose there;
+    a single cell off the target by more than `tol` on these prompts is mixed per prompt with the nearest
+    evaluated cell of the same variant on the other side (None when there is none)."""
+    chosen = entry["plan"]["targets"].get(f"{target:g}")
+    if not chosen:
+        return None
+    cells = [_cell(entry["rows"][k], label) for k, label in zip(chosen["cells"], chosen["labels"]) if k in entry["rows"]]
+    if len(cells) != len(chosen["cells"]):
+        return None
+    cells.sort(key=lambda c: c.reduction.mean())
+    if len(cells) == 2 or abs(cells[0].reduction.mean() - target) <= tol:
+        return AtTarget(target, tuple(cells))
+    labels = {k: lab for t in entry["plan"]["targets"].values() for k, lab in zip(t["cells"], t["labels"])}
+    everything = [_cell(row, labels.get(k, k)) for k, row in entry["rows"].items()]
+    return at_target(everything, target, tol)
+
+
+def table(entries: list[dict], targets: list[float], reference: str = REFERENCE, tol: float = 0.01) -> pd.DataFrame:
+    """One row per (method, variant, target) reached; paired with the reference method's same variant."""
+    prompts = {tuple(row["indices"]) for e in entries for row in e["rows"].values()}
+    if len(prompts) > 1:
+        raise ValueError("the compare cells were evaluated on different prompts; pair only cells of one sweep")
+    if not prompts:
+        return pd.DataFrame()
+    idx = resamples(len(next(iter(prompts))))
+    by = {(e["method"], e["variant"]): e for e in entries}
+    rows = []
+    for (method, variant), entry in sorted(by.items()):
+        ref_entry = by.get((reference, variant))
+        for target in targets:
+            mine = reach(entry, target, tol)
+            if mine is None:
+                continue
+            ref = reach(ref_entry, target, tol) if ref_entry is not None and method != reference else None
+            row = {"method": method, "variant": variant, "target": target, "setting": mine.setting,
+                   "reduction": mine.reduction}
+            for metric in METRICS:
+                if not all(metric in c.values for c in mine.cells):
+                    continue
+                has_ref = ref is not None and all(metric in c.values for c in ref.cells)
+                res = compare(mine, ref if has_ref else None, metric, idx)
+                prefix = "" if metric == "psnr" else f"{metric}_"
+                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = res[metric], res[f"{metric}_lo"], res[f"{metric}_hi"]
+                if has_ref:
+                    row[f"{prefix}d_cat"], row[f"{prefix}d_cat_lo"], row[f"{prefix}d_cat_hi"] = res["d"], res["d_lo"], res["d_hi"]
+                    row[f"{prefix}verdict"] = res["verdict"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(frame: pd.DataFrame, title: str) -> str:
+    """targets.md: per target, a table of methods and variants with intervals and verdicts against CAT."""
+    lines = [f"# {title}", "",
+             "Every method at matched executed-MACs reductions (counted on the evaluated batches), paired with CAT "
+             "at the same target and variant over the same prompts and seeds. `d_cat` = method - CAT with its "
+             "95% bootstrap interval; verdict: better / worse when that interval excludes 0, equivalent when the "
+             "90% interval lies within the margin (PSNR 0.5 dB, SSIM 0.005, adherence 0.02), else undetermined. "
+             "A setting `a (x%) + b (y%)` is a per-prompt mixture of two real settings that spends the target's "
+             "MACs; it is never a setting of its own.", ""]
+    fmt = lambda v, lo, hi, nd: "" if pd.isna(v) else f"{v:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"  # noqa: E731
+    for target, part in frame.groupby("target"):
+        lines += [f"## {100 * target:.0f}% fewer executed MACs", "",
+                  "| method | variant | setting | reduction | PSNR (dB) | d_cat PSNR | verdict | SSIM d_cat | verdict | "
+                  "adherence | adherence d_cat | verdict |", "|" + "---|" * 12]
+        for _, r in part.sort_values(["variant", "psnr"], ascending=[True, False]).iterrows():
+            get = lambda k: r.get(k, np.nan)  # noqa: E731
+            lines.append(" | ".join([
+                f"| {r.method}", r.variant, str(r.setting).replace("|", "/"), f"{100 * r.reduction:.1f}%",
+                fmt(get("psnr"), get("psnr_lo"), get("psnr_hi"), 2), fmt(get("d_cat"), get("d_cat_lo"), get("d_cat_hi"), 2),
+                str(get("verdict")) if not pd.isna(get("verdict")) else "",
+                fmt(get("ssim_d_cat"), get("ssim_d_cat_lo"), get("ssim_d_cat_hi"), 4),
+                str(get("ssim_verdict")) if not pd.isna(get("ssim_verdict")) else "",
+                fmt(get("adherence"), get("adherence_lo"), get("adherence_hi"), 3),
+                fmt(get("adherence_d_cat"), get("adherence_d_cat_lo"), get("adherence_d_cat_hi"), 3),
+                (str(get("adherence_verdict")) if not pd.isna(get("adherence_verdict")) else "") + " |"]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure(frame: pd.DataFrame, metric: str, path: Path, title: str) -> Path | None:
+    """Each method's tuned variant along the targets (solid line, 95% band), its authors' setting dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if frame.empty or metric not in frame:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = {}
+    for method, part in frame.groupby("method"):
+        for variant, style in (("tuned", "-"), ("authors", "--")):
+            rows = part[part.variant == variant].sort_values("reduction")
+            if rows.empty or rows[metric].isna().all():
+                continue
+            x = 100 * rows.reduction.to_numpy()
+            kw = {"color": colors[method]} if method in colors else {}
+            (line,) = ax.plot(x, rows[metric], style, marker="o", ms=3, label=f"{method} ({variant})", **kw)
+            colors[method] = line.get_color()
+            if variant == "tuned":
+                ax.fill_between(x, rows[f"{metric}_lo"], rows[f"{metric}_hi"], color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("executed-MACs reduction (%)")
+    ax.set_ylabel({"psnr": "PSNR to full model (dB)", "ssim": "SSIM to full model",
+                   "adherence": "prompt adherence"}.get(metric, metric))
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def write_report(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
+    """targets.csv, targets.md and figures/targets_*.png of a comparison sweep (empty frame: not one)."""
+    from .sinks import write_text
+
+    entries = load_cells(sweep_dir, cells)
+    if not entries:
+        return pd.DataFrame()
+    targets = sorted({float(t) for e in entries for t in e["plan"]["targets"]})
+    frame = table(entries, targets)
+    if frame.empty:
+        return frame
+    n = len(next(iter(next(e for e in entries if e["rows"])["rows"].values()))["indices"])
+    title = f"{sweep_title(sweep_dir, entries)}: {n} evaluation prompts"
+    write_text(Path(sweep_dir) / "targets.csv", frame.to_csv(index=False))
+    write_text(Path(sweep_dir) / "targets.md", markdown(frame, title) + "\n")
+    for metric in METRICS:
+        figure(frame, metric, Path(sweep_dir) / "figures" / f"targets_{metric}.png", title)
+    return frame
+
+
+def sweep_title(sweep_dir: Path, entries: list[dict]) -> str:
+    import yaml
+
+    cfg = yaml.safe_load((Path(sweep_dir) / entries[0]["folder"] / "config.yaml").read_text()) or {}
+    model = cfg.get("model", {})
+    shift = (model.get("scheduler") or {}).get("shift")
+    return f"{model.get('name', '?')} ({model.get('steps', '?')} steps{f', shift {shift}' if shift else ''})"
