@@ -30,7 +30,7 @@ from ..engine.state import GenerationState, keep_output, load_plan
 from ..engine.stats import StepRecord
 from ..engine.token_handle import TokenHandle, check_cache_dtype
 from ..families import family_of_class
-from .base import MethodConfig, min_ratio, register
+from .base import MethodConfig, check, min_ratio, register
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
@@ -115,28 +115,28 @@ class CATConfig(MethodConfig):
     def __post_init__(self) -> None:
         object.__setattr__(self, "cluster_quotas", tuple(self.cluster_quotas))
         object.__setattr__(self, "legacy", tuple(self.legacy))
-        _check(all(x in LEGACY for x in self.legacy), "legacy", self.legacy, f"a list of {', '.join(LEGACY)}")
-        _check(_is_num(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "keep_ratio", self.keep_ratio, "a float in (0, 1]")
-        _check(_is_int(self.reference_offset) and self.reference_offset >= 1,
-               "reference_offset", self.reference_offset, "an integer >= 1")
-        _check(_is_int(self.warmup_steps) and self.warmup_steps >= self.reference_offset + 1,
-               "warmup_steps", self.warmup_steps,
-               f"an integer >= reference_offset + 1 = {self.reference_offset + 1} "
-               "(a reference step and a clustering step are needed)")
-        _check(_is_int(self.num_clusters) and self.num_clusters >= 1,
-               "num_clusters", self.num_clusters, "an integer >= 1 (and at most the number of image tokens)")
-        _check(_is_num(self.cluster_feature_weight) and self.cluster_feature_weight >= 0.0, "cluster_feature_weight", self.cluster_feature_weight, "a float >= 0")
-        _check(_is_int(self.kmeans_iters) and self.kmeans_iters >= 1, "kmeans_iters", self.kmeans_iters, "an integer >= 1")
-        _check(_is_int(self.seed), "seed", self.seed, "an integer")
-        _check(_is_num(self.staleness_decay) and 0.0 <= self.staleness_decay < 1.0, "staleness_decay", self.staleness_decay, "a float in [0, 1)")
-        _check(_is_num(self.cluster_share) and 0.0 <= self.cluster_share <= 1.0, "cluster_share", self.cluster_share, "a float in [0, 1]")
-        _check(_is_num(self.quota_unit) and 0.0 < self.quota_unit <= 1.0, "quota_unit", self.quota_unit, "a float in (0, 1]")
-        _check(len(self.cluster_quotas) >= 1 and all(_is_int(q) and q >= 0 for q in self.cluster_quotas),
-               "cluster_quotas", self.cluster_quotas, "a non-empty tuple of integers >= 0")
-        _check(_is_num(self.first_cluster_cap) and 0.0 < self.first_cluster_cap <= 1.0, "first_cluster_cap", self.first_cluster_cap, "a float in (0, 1]")
-        _check(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
-        _check(self.cache_dtype in CACHE_DTYPES, "cache_dtype", self.cache_dtype,
-               "null (the model's dtype), bfloat16, float16 or float8_e4m3fn (keys/values; outputs then bfloat16)")
+        check(all(x in LEGACY for x in self.legacy), self, "legacy", f"a list of {', '.join(LEGACY)}")
+        check(_is_num(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, self, "keep_ratio", "a float in (0, 1]")
+        check(_is_int(self.reference_offset) and self.reference_offset >= 1, self,
+              "reference_offset", "an integer >= 1")
+        check(_is_int(self.warmup_steps) and self.warmup_steps >= self.reference_offset + 1, self,
+              "warmup_steps",
+              f"an integer >= reference_offset + 1 = {self.reference_offset + 1} "
+              "(a reference step and a clustering step are needed)")
+        check(_is_int(self.num_clusters) and self.num_clusters >= 1, self,
+              "num_clusters", "an integer >= 1 (and at most the number of image tokens)")
+        check(_is_num(self.cluster_feature_weight) and self.cluster_feature_weight >= 0.0, self, "cluster_feature_weight", "a float >= 0")
+        check(_is_int(self.kmeans_iters) and self.kmeans_iters >= 1, self, "kmeans_iters", "an integer >= 1")
+        check(_is_int(self.seed), self, "seed", "an integer")
+        check(_is_num(self.staleness_decay) and 0.0 <= self.staleness_decay < 1.0, self, "staleness_decay", "a float in [0, 1)")
+        check(_is_num(self.cluster_share) and 0.0 <= self.cluster_share <= 1.0, self, "cluster_share", "a float in [0, 1]")
+        check(_is_num(self.quota_unit) and 0.0 < self.quota_unit <= 1.0, self, "quota_unit", "a float in (0, 1]")
+        check(len(self.cluster_quotas) >= 1 and all(_is_int(q) and q >= 0 for q in self.cluster_quotas), self,
+              "cluster_quotas", "a non-empty tuple of integers >= 0")
+        check(_is_num(self.first_cluster_cap) and 0.0 < self.first_cluster_cap <= 1.0, self, "first_cluster_cap", "a float in (0, 1]")
+        check(self.policy in POLICIES, self, "policy", f"one of {', '.join(POLICIES)}")
+        check(self.cache_dtype in CACHE_DTYPES, self, "cache_dtype",
+              "null (the model's dtype), bfloat16, float16 or float8_e4m3fn (keys/values; outputs then bfloat16)")
 
     def num_kept(self, num_tokens: int) -> int:
         """K, the number of image tokens recomputed per sample in a pruned step (at least 1)."""
@@ -184,17 +184,17 @@ class CATConfig(MethodConfig):
 
     def check_steps(self, num_steps: int) -> None:
         """With no pruned step CAT would change nothing: the warm-up must be shorter than the schedule."""
-        _check(self.warmup_steps < num_steps, "warmup_steps", self.warmup_steps,
-               f"smaller than the number of steps ({num_steps}), or CAT changes nothing")
+        check(self.warmup_steps < num_steps, self, "warmup_steps",
+              f"smaller than the number of steps ({num_steps}), or CAT changes nothing")
 
     def check_tokens(self, num_tokens: int) -> None:
         """Checks the settings that depend on the image size, once it is known (the harness before loading a
         model; the library at the first transformer call of a generation)."""
-        _check(self.num_clusters <= num_tokens, "num_clusters", self.num_clusters,
-               f"at most the number of image tokens ({num_tokens})")
-        _check(round(self.keep_ratio * num_tokens) >= 1, "keep_ratio", self.keep_ratio,
-               f"large enough to keep at least one token: round({self.keep_ratio:g} x {num_tokens}) = "
-               f"{round(self.keep_ratio * num_tokens)} of the {num_tokens} image tokens; {min_ratio(num_tokens)}")
+        check(self.num_clusters <= num_tokens, self, "num_clusters",
+              f"at most the number of image tokens ({num_tokens})")
+        check(round(self.keep_ratio * num_tokens) >= 1, self, "keep_ratio",
+              f"large enough to keep at least one token: round({self.keep_ratio:g} x {num_tokens}) = "
+              f"{round(self.keep_ratio * num_tokens)} of the {num_tokens} image tokens; {min_ratio(num_tokens)}")
 
 
 def token_schedule(config: CATConfig | None, num_inference_steps: int, num_image_tokens: int) -> list[int]:
@@ -210,11 +210,6 @@ def _is_int(value) -> bool:
 
 def _is_num(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(ok: bool, field: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"CATConfig.{field}={value!r} is invalid: {field} must be {allowed}.")
 
 
 def phase_of(step: int, config: CATConfig) -> str:

@@ -98,6 +98,7 @@ class StepsConfig(MethodConfig):
 
     name: ClassVar[str] = "steps"
     handle: ClassVar[type] = StepsHandle
+    has_warmup: ClassVar[bool] = False  # every step it runs is full: no warm-up to set
 
     num_steps: int = 14
 

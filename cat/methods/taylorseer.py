@@ -20,7 +20,7 @@ import torch
 from ..engine.diffusers_cache import DiffusersCacheHandle
 from ..engine.stats import MethodStats, StepRecord
 from ..families import FORECAST, family_for
-from .base import MethodConfig, check, is_int, register
+from .base import MethodConfig, check, check_warmup_steps, is_int, register
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -34,7 +34,7 @@ class TaylorSeerConfig(MethodConfig):
     name: ClassVar[str] = "taylorseer"
     cache_interval: int = 5
     max_order: int = 2
-    disable_cache_before_step: int = 3
+    warmup_steps: int = 3  # diffusers' `disable_cache_before_step`
     disable_cache_after_step: int | None = None
     factors_dtype: str | None = None  # None: keep each module's output dtype, as the authors do
     cache_modules: tuple[str, ...] | None = None  # regexes (re.fullmatch); None: the family's FORECAST modules
@@ -42,11 +42,11 @@ class TaylorSeerConfig(MethodConfig):
     def __post_init__(self):
         check(is_int(self.cache_interval) and self.cache_interval >= 1, self, "cache_interval", "an integer >= 1")
         check(is_int(self.max_order) and 0 <= self.max_order <= 4, self, "max_order", "an integer in [0, 4]")
-        check(is_int(self.disable_cache_before_step) and self.disable_cache_before_step >= 1, self,
-              "disable_cache_before_step", "an integer >= 1 (the first step has nothing to forecast from)")
+        check(is_int(self.warmup_steps) and self.warmup_steps >= 1, self,
+              "warmup_steps", "an integer >= 1 (the first step has nothing to forecast from)")
         after = self.disable_cache_after_step
-        check(after is None or (is_int(after) and after >= self.disable_cache_before_step), self,
-              "disable_cache_after_step", "None or an integer >= disable_cache_before_step")
+        check(after is None or (is_int(after) and after >= self.warmup_steps), self,
+              "disable_cache_after_step", "None or an integer >= warmup_steps")
         check(self.factors_dtype is None or self.factors_dtype in _DTYPES, self, "factors_dtype",
               f"None or one of {sorted(_DTYPES)}")
         modules = self.cache_modules
@@ -60,8 +60,7 @@ class TaylorSeerConfig(MethodConfig):
         return cls(cache_interval=1), cls()
 
     def check_steps(self, num_steps: int) -> None:
-        check(self.disable_cache_before_step < num_steps, self, "disable_cache_before_step",
-              f"smaller than the number of steps ({num_steps}), or TaylorSeer changes nothing")
+        check_warmup_steps(self, num_steps)
 
 
 def _compiles(pattern: str) -> bool:
@@ -100,7 +99,7 @@ class TaylorSeerHandle(DiffusersCacheHandle):
         except TypeError as err:
             raise TypeError(f"{err} Or give the modules to forecast: TaylorSeerConfig(cache_modules=[...]).") from None
         apply_taylorseer_cache(self.transformer, TaylorSeerCacheConfig(
-            cache_interval=c.cache_interval, disable_cache_before_step=c.disable_cache_before_step,
+            cache_interval=c.cache_interval, disable_cache_before_step=c.warmup_steps,
             disable_cache_after_step=c.disable_cache_after_step, max_order=c.max_order,
             taylor_factors_dtype=None if c.factors_dtype is None else _DTYPES[c.factors_dtype],
             cache_identifiers=list(patterns),
