@@ -30,7 +30,7 @@ from ..engine.state import GenerationState, keep_output, load_plan
 from ..engine.stats import StepRecord
 from ..engine.token_handle import TokenHandle, check_cache_dtype
 from ..families import family_of_class
-from .base import MethodConfig, check, min_ratio, register
+from .base import MethodConfig, architecture, check, min_ratio, register
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
@@ -89,6 +89,28 @@ class CATConfig(MethodConfig):
             cluster walk by the globally noisiest tokens; ``"no_staleness"`` fills the whole budget
             from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K
             noisiest tokens; ``"random"`` takes K uniformly random tokens (seeded).
+
+    The authors' setting, `CATConfig.authors(family, num_steps)` (ada-cheng/CAT-Pruning @3b88889, for
+    SD3-medium only: it is the nearest code for FLUX and PixArt as well, so every family gets the same
+    values). `num_clusters` (20 in their code) is left out: it stays with the model config, as a model
+    with few tokens needs fewer; `seed`, `policy`, `cache_dtype` and `legacy` are this project's.
+
+    | field | value | source (`example_sd3.py`; `qcache/modules/proj_out.py`, `QCacheProjOut.forward`) |
+    |---|---|---|
+    | keep_ratio | 0.3 | example_sd3.py `select_factor` |
+    | warmup_steps | 8 at 28 steps; the share kept at other step counts (`authors_warmup`) | example_sd3.py `stop_idx_dict` 5: the reference at step 6, the first selection at step 7 |
+    | reference_offset | 1 | `forward`: the noise cached at one step, the clusters made at the next |
+    | cluster_feature_weight | 0.05 | `add_positional_encoding` (`features*0.05 + pos_enc`) |
+    | kmeans_iters | 300 | `forward`: scikit-learn's `KMeans(n_clusters=20, random_state=0)`, max_iter 300 |
+    | staleness_decay | 0.5 | `forward` (`self.counts *= 0.5`) |
+    | cluster_share | 0.25 | `forward` (`[:int(slice_idx * 0.25)]`) |
+    | quota_unit, cluster_quotas | 0.05, (3, 2, 1) | `forward` (`slice_idx // 5 * 0.25`, `k_ * (3-i)`) |
+    | first_cluster_cap | 0.10 | `forward` (`slice_idx // 10` per cluster at the first selection) |
+    | smooth_first | True | `forward` (`graph_pool`: mean, mean and max over grid neighbours) |
+    | prune_attention, prune_ff | True, True | example_sd3.py `select_factor` of `joint_attn` and `ff` |
+
+    Their example runs 28 steps and gives no rule for other counts; the warm-up keeps its share of the
+    steps (as `for_steps`). Where ours deviates from their code: docs/method.md.
     """
 
     name: ClassVar[str] = "cat"
@@ -159,6 +181,15 @@ class CATConfig(MethodConfig):
     @classmethod
     def for_steps(cls, num_steps: int) -> dict:
         return {"warmup_steps": cls.authors_warmup(num_steps)}
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """The authors' SD3-medium setting for every family (see the class docstring)."""
+        architecture(cls, family, num_steps)
+        return {"keep_ratio": 0.3, "warmup_steps": cls.authors_warmup(num_steps), "reference_offset": 1,
+                "cluster_feature_weight": 0.05, "kmeans_iters": 300, "staleness_decay": 0.5, "cluster_share": 0.25,
+                "quota_unit": 0.05, "cluster_quotas": (3, 2, 1), "first_cluster_cap": 0.10, "smooth_first": True,
+                "prune_attention": True, "prune_ff": True}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["CATConfig", "CATConfig"]:

@@ -19,15 +19,30 @@ import torch
 
 from ..engine.diffusers_cache import DiffusersCacheHandle, diffusers_blocks
 from ..engine.stats import MethodStats, StepRecord
-from .base import MethodConfig, check, check_warmup, check_warmup_steps, is_num, register
+from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_num, register
 
 
 @register
 @dataclass(frozen=True)
 class FBCacheConfig(MethodConfig):
-    """First-Block Cache. Default: ParaAttention's default for FLUX (0.08). `threshold=0` never skips: bit-exact.
+    """First-Block Cache. Default 0.08: the value ParaAttention's FLUX guide calls FLUX's default
+    (`doc/fastest_flux.md`); its code passes 0.05 (below). `threshold=0` never skips: bit-exact.
     `warmup_steps`: leading steps never skipped (1: step 0 only, which has nothing cached to skip with; the
-    authors' `warmup_steps=0` computes step 0 for the same reason)."""
+    authors' `warmup_steps=0` computes step 0 for the same reason).
+
+    The authors' setting per architecture, `FBCacheConfig.authors(family, num_steps)` (chengzeyi/ParaAttention
+    @58e476d, the last commit with per-model defaults; at HEAD 4de137c the threshold defaults to 0.0, off,
+    unless passed). No SD3 and no PixArt adapter: MMDiT follows the FLUX adapter; PixArt the Wan adapter,
+    the nearest: a DiT with cross-attention to the text and AdaLN from the timestep, as PixArt.
+
+    | field | MMDiT (FLUX adapter) | PixArt (Wan adapter) |
+    |---|---|---|
+    | threshold | 0.05: `src/para_attn/first_block_cache/diffusers_adapters/flux.py` `apply_cache_on_pipe` (`residual_diff_threshold`) | 0.03: `diffusers_adapters/wan.py` `apply_cache_on_pipe` |
+    | warmup_steps | 1: `first_block_cache/utils.py` `CacheContext.warmup_steps = 0` (step 0 computes: nothing cached) | 1 (the same) |
+
+    Where ours still deviates: the threshold is model-specific, and the PixArt value is another model's
+    (Wan's, a video model whose adapter also keeps separate caches for the two CFG halves).
+    """
 
     name: ClassVar[str] = "fbcache"
     threshold: float = 0.08
@@ -40,6 +55,12 @@ class FBCacheConfig(MethodConfig):
 
     def check_steps(self, num_steps: int) -> None:
         check_warmup_steps(self, num_steps)
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """ParaAttention's FLUX adapter on MMDiT, its Wan adapter on PixArt (see the class docstring)."""
+        threshold = 0.05 if architecture(cls, family, num_steps) == "mmdit" else 0.03
+        return {"threshold": threshold, "warmup_steps": 1}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["FBCacheConfig", "FBCacheConfig"]:

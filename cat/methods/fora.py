@@ -35,7 +35,7 @@ from diffusers.hooks import ModelHook
 
 from ..engine.module_cache import ModuleCacheHandle, ReuseHook, StepState
 from ..engine.stats import MethodStats, StepRecord
-from .base import MethodConfig, check, check_warmup, check_warmup_steps, is_int, register
+from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_int, register
 
 HOOK_NAME = "fora"
 
@@ -44,6 +44,18 @@ HOOK_NAME = "fora"
 @dataclass(frozen=True)
 class FORAConfig(MethodConfig):
     """FORA (Selvaraju et al. 2024, arXiv 2407.01425).
+
+    The authors' setting, `FORAConfig.authors(family, num_steps)`: FORA's only code is for DiT
+    (prathebaselva/FORA @acde628), and its schedule does not depend on the architecture, so it is the
+    authors' setting for both classes (PixArt's block is DiT's plus cross-attention; MMDiT has no FORA code).
+
+    | field | MMDiT (SD3, FLUX) and PixArt | source (FORA @acde628) |
+    |---|---|---|
+    | interval | 3 | README.md sampling commands `--cache-threshold 3` |
+    | warmup_steps | 1 (step 0; the countdown rule does the rest, at any step count) | src/models.py `DiTBlock.forward`: computes iff `step == numstep-1 or step % cache_threshold == 0`, the step counted down (src/diffusion/gaussian_diffusion.py `p_sample_loop_progressive`) |
+
+    Ours follows it exactly (`fora_computes`); the cached modules are the family's attention and
+    feed-forward modules, the natural extension of DiT's attn and mlp.
 
     Attributes:
         interval: the cache is refreshed every `interval` steps (the authors' `--cache-threshold`,
@@ -62,6 +74,12 @@ class FORAConfig(MethodConfig):
 
     def check_steps(self, num_steps: int) -> None:
         check_warmup_steps(self, num_steps)
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """The authors' DiT setting for every family (see the class docstring): interval 3, step 0 full."""
+        architecture(cls, family, num_steps)
+        return {"interval": 3, "warmup_steps": 1}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["FORAConfig", "FORAConfig"]:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..engine.diffusers_cache import DiffusersCacheHandle, diffusers_blocks
 from ..engine.stats import StepRecord
-from .base import MethodConfig, check, check_warmup, check_warmup_steps, is_int, is_num, register
+from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_int, is_num, register
 from .fbcache import BlockSkipStats
 
 
@@ -51,6 +51,24 @@ class MagCacheConfig(MethodConfig):
         forced_steps: 0-based steps that are always computed, their error accumulators reset as at any
             computed step (the authors' FLUX code never skips the step at index 11 of 28; see `authors`).
         mag_ratios: the magnitude ratios per step, calibrated per model (None: diffusers' for FLUX).
+
+    The authors' setting per architecture, `MagCacheConfig.authors(family, num_steps)` (Zehong-Ma/MagCache
+    @df81cb1; no SD3 and no PixArt code: MMDiT follows their FLUX code, the nearest MMDiT with one rectified-
+    flow transformer call per step; PixArt their Open-Sora v1.2 code, the nearest: STDiT3 is a
+    PixArt-alpha-derived cross-attention DiT). `mag_ratios` is left out: it is calibrated per model.
+
+    | field | MMDiT: `MagCache4FLUX/magcache_flux.py` | PixArt: `eval/magcache/experiments/opensora.py` |
+    |---|---|---|
+    | threshold | 0.24 (`magcache_thresh`, module level) | 0.12 (`eval_ours`, `magcache_thresh`) |
+    | max_skip_steps | 5 (`K`) | 3 (`eval_ours`, `K`) |
+    | retention_ratio | 0.1: int(0.1 T + 0.5) leading steps (`magcache_forward`) | 0.2 (`eval_ours`: `skip_time = 6 # 30*0.2=6`, their only step count 30; scaled as their FLUX code scales it) |
+    | warmup_steps | None (from retention_ratio) | None (from retention_ratio) |
+    | forced_steps | the steps s with round(s 27 / (T - 1)) == 11 (`magcache_forward`): 11 at 28 steps, 20 at 50, 8 at 20 | () |
+
+    Where ours still deviates: the skip rule is diffusers' (`hooks/mag_cache.py`, the authors' FLUX rule
+    with `abs` and ratio[t]). Their Open-Sora code takes the square root of its ratios, accumulates
+    `1 - ratio` without `abs` and reads ratio[t-1] (`magcache_forward`); ours applies the FLUX rule to
+    PixArt's calibrated ratios.
     """
 
     name: ClassVar[str] = "magcache"
@@ -84,6 +102,19 @@ class MagCacheConfig(MethodConfig):
     def examples(cls, num_steps: int) -> tuple["MagCacheConfig", "MagCacheConfig"]:
         ratios = tuple(1.0 - 0.01 * i for i in range(num_steps))  # as a calibration would give them
         return cls(threshold=0.0, mag_ratios=ratios), cls(threshold=1.0, mag_ratios=ratios)
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """Their FLUX setting on MMDiT (with its forced step mapped to `num_steps`), their Open-Sora setting on
+        PixArt (see the class docstring)."""
+        if architecture(cls, family, num_steps) == "mmdit":
+            # their test, `np.round(cnt * ((28 - 1) / (num_steps - 1))) != 11`, rounds half to even as round does
+            forced = () if num_steps < 2 else tuple(
+                s for s in range(num_steps) if round(s * ((28 - 1) / (num_steps - 1))) == 11)
+            return {"threshold": 0.24, "max_skip_steps": 5, "retention_ratio": 0.1, "warmup_steps": None,
+                    "forced_steps": forced}
+        return {"threshold": 0.12, "max_skip_steps": 3, "retention_ratio": 0.2, "warmup_steps": None,
+                "forced_steps": ()}
 
     def missing_calibration(self, transformer_class: str) -> str | None:
         if self.mag_ratios is not None or transformer_class in DEFAULT_RATIOS:

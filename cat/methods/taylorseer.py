@@ -20,7 +20,7 @@ import torch
 from ..engine.diffusers_cache import DiffusersCacheHandle
 from ..engine.stats import MethodStats, StepRecord
 from ..families import FORECAST, family_for
-from .base import MethodConfig, check, check_warmup_steps, is_int, register
+from .base import MethodConfig, architecture, check, check_warmup_steps, is_int, register
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -28,8 +28,32 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 @register
 @dataclass(frozen=True)
 class TaylorSeerConfig(MethodConfig):
-    """TaylorSeer. Defaults: the authors' FLUX "fast" setting (full step every 5, 2nd-order forecast, 3 full
-    warm-up steps). `cache_interval=1` (or a warm-up covering every step) computes everything: bit-exact."""
+    """TaylorSeer. Defaults: a full step every 5, a 2nd-order forecast, 3 full warm-up steps (this project's
+    first choice: diffusers' defaults with order 2; the authors' code has no such setting, see below).
+    `cache_interval=1` (or a warm-up covering every step) computes everything: bit-exact. `warmup_steps` is
+    diffusers' `disable_cache_before_step`.
+
+    The authors' setting per architecture, `TaylorSeerConfig.authors(family, num_steps)` (Shenyi-Z/TaylorSeer
+    @288776d; no SD3 and no PixArt code: MMDiT follows their FLUX code, PixArt their DiT code, the nearest: a
+    PixArt block is DiT's block plus cross-attention, sampled as DiT is, where FLUX is a rectified-flow MMDiT).
+    The warm-up is fixed in their code at any step count, and so are the interval and the order.
+
+    | field | MMDiT (SD3, FLUX) | PixArt (DiT code) |
+    |---|---|---|
+    | cache_interval | 6: `TaylorSeer-FLUX/src/flux/modules/cache_functions/cache_init.py` `cache_init` (`fresh_threshold`) | 4: `TaylorSeer-DiT/sample.py` (`--interval` default) |
+    | max_order | 1: same `cache_init` (`max_order`) | 4: `TaylorSeer-DiT/sample.py` (`--max-order` default) |
+    | warmup_steps | 3: same `cache_init` (`first_enhance`); `cal_type.py` `cal_type` (`step < first_enhance`) | 2: `TaylorSeer-DiT/cache_functions/cache_init.py` `cache_init` (`first_enhance`); `cal_type.py` `cal_type` |
+    | factors_dtype | None (the module's dtype, as theirs) | None |
+    | disable_cache_after_step | None (none in their code) | None |
+
+    Where ours still deviates: the refresh phase. Their `cal_type` counts from the last full step (full
+    when `cache_counter == interval - 1`): at 28 steps FLUX's 0, 1, 2, 8, 14, 20, 26 and DiT's 0, 1, 5, 9,
+    ..., 25. diffusers' hook computes when `(step - warmup_steps - 1) % cache_interval == 0`, the first
+    refresh two steps after the warm-up: 0, 1, 2, 4, 10, 16, 22 and 0, 1, 3, 7, ..., 27 for the same
+    settings (`taylorseer_cache.py` `_measure_should_compute`). And diffusers updates the Taylor factors at
+    every warm-up step, where their `taylor_utils` `derivative_approximation` starts the first-order
+    difference only at step first_enhance - 1.
+    """
 
     name: ClassVar[str] = "taylorseer"
     cache_interval: int = 5
@@ -54,6 +78,15 @@ class TaylorSeerConfig(MethodConfig):
             object.__setattr__(self, "cache_modules", modules := tuple(modules))
         check(modules is None or (len(modules) > 0 and all(isinstance(p, str) and _compiles(p) for p in modules)),
               self, "cache_modules", "None or a non-empty sequence of valid regular expressions")
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """Their FLUX setting on MMDiT, their DiT setting on PixArt (see the class docstring)."""
+        if architecture(cls, family, num_steps) == "mmdit":
+            return {"cache_interval": 6, "max_order": 1, "warmup_steps": 3, "factors_dtype": None,
+                    "disable_cache_after_step": None}
+        return {"cache_interval": 4, "max_order": 4, "warmup_steps": 2, "factors_dtype": None,
+                "disable_cache_after_step": None}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["TaylorSeerConfig", "TaylorSeerConfig"]:

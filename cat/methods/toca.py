@@ -3,16 +3,21 @@
 Zou et al. 2024, "Accelerating Diffusion Transformers with Token-wise Feature Caching",
 arXiv 2410.05317, ICLR 2025 (code: github.com/Shenyi-Z/ToCa). This follows their PixArt-alpha
 implementation (`PixArt-alpha-ToCa/diffusion/model/nets/PixArt.py`, `PixArtBlock.forward`, and
-`diffusion/model/cache_functions/`), the text-to-image setting closest to SD3 and PixArt here, and
-their FLUX implementation (`flux-ToCa/src/flux/modules/layers.py`, `DoubleStreamBlock`) for the
-MMDiT text stream.
+`diffusion/model/cache_functions/`) and their FLUX implementation (`flux-ToCa/src/flux/modules/layers.py`,
+`DoubleStreamBlock`, and `flux-ToCa/src/flux/modules/cache_functions/`) for the MMDiT blocks. The
+defaults are their PixArt setting; `ToCaConfig.authors(family, num_steps)` gives their setting for the
+model's architecture (their FLUX one on SD3, SD3.5 and FLUX).
 
 Steps are either full or partial:
   * Full steps ("force activation"): every module runs on every token and its output is cached.
-    Step 0 is full, then step s is full when `s % threshold == 0`, where `threshold` is re-derived at
-    every full step s as `round(interval / (1 - w + 2 w s / T))` (`force_scheduler`, w =
-    `interval_step_weight`, 0.2 in their PixArt code; T = number of steps): refreshes are a bit
-    sparser early and denser late. For 8 steps and interval 3 the full steps are 0, 4 and 6.
+    Steps 0 .. warmup_steps-1 are full (their PixArt code: step 0; their FLUX code: steps 0-2), then
+    `refresh` decides. "modulo" (their PixArt code): step s is full when `s % threshold == 0`, where
+    `threshold` is re-derived at every full step s as `round(interval / (1 - w + 2 w s / T))`
+    (`force_scheduler`, w = `interval_step_weight`, 0.2 in their PixArt code; T = number of steps):
+    refreshes are a bit sparser early and denser late. For 8 steps and interval 3 the full steps are
+    0, 4 and 6. "counter" (their FLUX code, `cal_type`): a step is full `interval` steps after the last
+    full one (their FLUX `force_scheduler` has w = 0): at 28 steps, warm-up 3 and interval 4 the full
+    steps are 0, 1, 2, 6, 10, ..., 26.
   * Partial steps: self-attention is not run at all; its cached output is reused whole (their code
     computes no attention tokens on partial steps in the final version, in all of DiT, PixArt and
     FLUX). Cross-attention and feed-forward modules run on a few "fresh" tokens only; the other
@@ -29,19 +34,27 @@ Per module type:
             spatial bonus (text tokens have no grid).
 
 Fresh tokens per module (`cache_cutfresh`): `int(r * N)` of the module's N tokens, with the ratio
-r (`fresh_ratio_scheduler`, schedule 'ToCa' of their PixArt code, clamped to [0, 1]):
+r (`fresh_ratio_scheduler`, clamped to [0, 1]). Schedule "toca" (their PixArt code's 'ToCa'):
     r = fresh_ratio * (1.9 - 1.8 s/T) * (1.6 - 1.2 l/(L-1)) * (0.6 for cross-attention, 1.6 for MLPs)
 i.e. more tokens early in sampling and in shallow layers, fewer for cross-attention (the most
-temporally redundant) and more for MLPs. Their code divides by 27 (PixArt's 28 layers); here the
-layer term uses the model's own depth L. The tokens with the highest score are recomputed:
-    score = s_base + soft_fresh_weight * staleness / interval, then the spatial bonus.
+temporally redundant) and more for MLPs. Schedule "flux" (their FLUX code's 'ToCa'): no step factor and
+no module factor,
+    r = fresh_ratio * (1.5 - l/(L-1)) * (0.4 in joint (double-stream) blocks, 1.6 in the others)
+(SD3's blocks are all joint; a PixArt block counts as single-stream). Both codes divide the layer index
+by 27, PixArt's depth minus one, also in FLUX's 19 double-stream blocks; here the layer term uses the
+model's own depth L, as the PixArt schedule was meant (on SD3-medium's 24 blocks the factor falls to 0.5
+instead of their literal 0.65; FLUX's double-stream blocks would reach 0.5 instead of 0.83). The tokens
+with the highest score are recomputed:
+    score = s_base + soft_fresh_weight * staleness / interval, then the spatial bonus (`spatial_bonus`).
 `staleness` counts, per token and module, the partial steps since the token was last recomputed
 (their cache-frequency score s3, reset at full steps); the bonus (s4, uniform spatial distribution)
-adds 0.4 x its score to the best token of every 4x4 cell of the image grid.
+adds 0.4 x its score to the best token of every 4x4 cell of the image grid (their FLUX code has it
+commented out).
 
-The score their PixArt results use as s_base ('attention': entropy of the cross-attention map of
-the layer) needs attention probabilities, which PyTorch's fused SDPA kernel does not return. Their
-non-attention options are offered instead (`score`):
+The score their results use as s_base ('attention') needs attention probabilities, which PyTorch's
+fused SDPA kernel does not return: on PixArt the entropy of the layer's cross-attention map, on FLUX
+the attention each key token receives in the block's joint attention (mean over heads and queries) at
+the last full step. Their non-attention options are offered instead (`score`):
     "straight"   a constant, so staleness and the spatial bonus alone decide (default; no deviation
                  from their code for this option);
     "norm"       L2 norm of the module's input tokens, L2-normalised over the tokens;
@@ -67,7 +80,7 @@ from diffusers.hooks import ModelHook
 from ..engine.module_cache import ModuleCacheHandle, ReuseHook, StepState
 from ..engine.stats import MethodStats, StepRecord
 from ..engine.tokens import gather_tokens, scatter_tokens_
-from .base import MethodConfig, check, check_warmup, check_warmup_steps, is_int, is_num, register
+from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_int, is_num, register
 
 HOOK_NAME = "toca"
 
@@ -96,6 +109,35 @@ class ToCaConfig(MethodConfig):
     """ToCa (Zou et al. 2024, arXiv 2410.05317, ICLR 2025). Defaults: the authors' PixArt-alpha
     command in their README (`--fresh_threshold 3 --fresh_ratio 0.30 --soft_fresh_weight 0.25
     --ratio_scheduler ToCa --force_fresh global`) and their PixArt `force_scheduler` (0.2).
+
+    The authors' setting per architecture, `ToCaConfig.authors(family, num_steps)` (Shenyi-Z/ToCa
+    @e84096f; their code has no SD3 version: SD3's joint blocks are FLUX's double-stream blocks). No value
+    depends on the step count (their step factor and refresh threshold read s/T themselves).
+
+    | field | MMDiT (SD3, FLUX): in `flux-ToCa/src/flux/modules/cache_functions/` | PixArt: in `PixArt-alpha-ToCa/diffusion/model/` |
+    |---|---|---|
+    | interval | 4: `cache_init.py` `cache_init` (`fresh_threshold`) | 3: README.md command `--fresh_threshold 3` |
+    | fresh_ratio | 0.1: `cache_init` (`fresh_ratio`) | 0.30: README.md command |
+    | warmup_steps | 3, fixed at any T: `cal_type.py` `cal_type` (`step <= 2`) | 1: `cache_functions/global_force_fresh.py` `global_force_fresh` (step 0) |
+    | refresh | "counter": `cal_type` (`cache_counter == fresh_interval - 1`) | "modulo": `global_force_fresh` (`step % cal_threshold == 0`) |
+    | interval_step_weight | 0.0: `force_scheduler.py` `force_scheduler` | 0.2: `cache_functions/force_scheduler.py` `force_scheduler` |
+    | ratio_schedule | "flux": `fresh_ratio_scheduler.py` `fresh_ratio_scheduler` ('ToCa': step weight 0, layer weight 0.5, stream weight 0.6) | "toca": `cache_functions/fresh_ratio_scheduler.py` ('ToCa') |
+    | spatial_bonus | False: `cache_cutfresh.py` `cache_cutfresh` (the bonus line commented out) | True: `cache_functions/cache_cutfresh.py` `cache_cutfresh` (0.4, 4x4) |
+    | soft_fresh_weight | 0.25: `cache_init` | 0.25: README.md command |
+    | score | "straight" (deviation, below) | "straight" (deviation, below) |
+
+    Where ours still deviates: (1) the score. Theirs is 'attention': on FLUX the attention each token
+    receives (`flux-ToCa/src/flux/math.py` `attention`, mean of the softmax map over heads and queries),
+    on PixArt the entropy of the cross-attention map (`cache_functions/scores.py` `attn_score`); SDPA
+    returns no attention map. The nearest available score is "straight": it keeps every other term of
+    their score as it is (staleness, and the bonus on PixArt) and adds no signal of its own, where
+    "norm" would score the modulated LayerNorm output a hook sees, nearly constant over tokens, and
+    "similarity" measures another thing. (2) The layer factor divides by the model's depth minus one,
+    not their literal 27 (module docstring). (3) PixArt: where the re-derived threshold changes, their
+    test runs per layer after layer 0 re-derived it, so only layer 0 is full at that step
+    (`nets/PixArt.py` `PixArtBlock.forward`; at 28 steps step 8); ours makes the whole step full. (4)
+    MMDiT: on partial steps they re-apply the attention output projection to the cached attention; ours
+    reuses the projected output (the same values, fewer MACs).
 
     Attributes:
         interval: base number of steps between full refreshes (`fresh_threshold`); 1 is the full model.
@@ -156,6 +198,17 @@ class ToCaConfig(MethodConfig):
         if self.is_identity:
             return False
         return self.ratio_schedule == "toca" or (self.refresh == "modulo" and self.interval_step_weight != 0)
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """Their FLUX setting on MMDiT, their PixArt-alpha setting on PixArt (see the class docstring)."""
+        if architecture(cls, family, num_steps) == "mmdit":
+            return {"interval": 4, "fresh_ratio": 0.1, "ratio_schedule": "flux", "score": "straight",
+                    "soft_fresh_weight": 0.25, "interval_step_weight": 0.0, "warmup_steps": 3, "refresh": "counter",
+                    "spatial_bonus": False}
+        return {"interval": 3, "fresh_ratio": 0.30, "ratio_schedule": "toca", "score": "straight",
+                "soft_fresh_weight": 0.25, "interval_step_weight": 0.2, "warmup_steps": 1, "refresh": "modulo",
+                "spatial_bonus": True}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["ToCaConfig", "ToCaConfig"]:
