@@ -16,10 +16,11 @@ from .base import (
     STEP_CACHED,
     Family,
     family_for,
+    family_names,
     family_of_class,
     find_modules,
     supported_models,
 )
 
 __all__ = ["ATTENTION", "FEED_FORWARD", "FORECAST", "JOINT", "STEP_CACHED", "Family", "family_for",
-           "family_of_class", "find_modules", "supported_models"]
+           "family_names", "family_of_class", "find_modules", "supported_models"]

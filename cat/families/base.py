@@ -78,6 +78,11 @@ def supported_models(kind: str | None = None) -> tuple[str, ...]:
     return tuple(sorted(c for c, f in _REGISTRY.items() if kind is None or kind in f.modules))
 
 
+def family_names() -> tuple[str, ...]:
+    """The names of the registered families (as `family:` in conf/model/*.yaml)."""
+    return tuple(sorted({f.name for f in _REGISTRY.values()}))
+
+
 def family_of_class(class_name: str) -> Family | None:
     return _REGISTRY.get(class_name)
 

@@ -16,18 +16,25 @@ so defining the class is all it takes:
         def __post_init__(self): check(is_int(self.interval) and self.interval >= 1, self, "interval", "an integer >= 1")
 
 The experiment harness asks a config, never a name: the methods below (what the step count and the
-model allow, the defaults that depend on the step count, example settings, the run key's ignored
-fields, the offline MACs schedule, calibration).
+model allow, the defaults that depend on the step count, the authors' setting per architecture class,
+example settings, the run key's ignored fields, the offline MACs schedule, calibration), and
+`has_warmup`: every method but the fewer-steps one has a field `warmup_steps`, the number of leading
+steps it computes in full (`with_warmup` sets it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ..engine.handle import MethodHandle
 
 METHODS: dict[str, type["MethodConfig"]] = {}
+
+# The authors' code each `cat.families` family follows: "mmdit" (the authors' MMDiT / FLUX code) for SD3,
+# SD3.5 and FLUX; "pixart" (their PixArt code, or the nearest they have) for PixArt-alpha and -Sigma.
+ARCHITECTURES = {"flux": "mmdit", "pixart": "pixart", "sd3": "mmdit"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class MethodConfig:
 
     name: ClassVar[str] = ""
     handle: ClassVar[type[MethodHandle] | None] = None
+    # Whether the config has a field `warmup_steps`: the number of leading steps computed in full (an
+    # integer >= 1, smaller than the step count). Only the fewer-steps method has none.
+    has_warmup: ClassVar[bool] = True
 
     def check_steps(self, num_steps: int) -> None:
         """Checks the settings that depend on the step count (called before any model loads)."""
@@ -56,6 +66,15 @@ class MethodConfig:
         """The defaults that depend on the step count, at `num_steps` (the authors' values chosen for their
         step count, scaled); conf files read them through the `for_steps` resolver."""
         return {}
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """The field values the authors' code fixes for the architecture class of `family` (a `cat.families`
+        name: "sd3" and "flux" follow the authors' MMDiT / FLUX code, "pixart" their PixArt code or the nearest
+        they have) at `num_steps` steps, so that `cls(**cls.authors(family, num_steps))` is their setting. Fields
+        that depend on the model's size rather than its architecture are left out, and so are fields the authors
+        have no value for. Each method's docstring says which file and function every value follows."""
+        raise NotImplementedError(f"{cls.__name__} declares no authors' setting")
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["MethodConfig", "MethodConfig"]:
@@ -80,6 +99,42 @@ class MethodConfig:
     def calibrate(cls, pipe, prompts: list[str], num_inference_steps: int, **call_kwargs) -> dict:
         """The fields `missing_calibration` asks for, measured on `pipe` at `num_inference_steps`."""
         raise NotImplementedError(f"{cls.__name__} needs no calibration")
+
+
+def architecture(config_cls: type[MethodConfig], family: str, num_steps: int) -> str:
+    """"mmdit" or "pixart": the authors' code `config_cls.authors(family, num_steps)` follows; ValueError
+    naming the allowed families for another family, or for a step count that is not an integer >= 1."""
+    if family not in ARCHITECTURES:
+        raise ValueError(f"{config_cls.__name__}.authors: family={family!r} is invalid: family must be one of "
+                         f"{', '.join(sorted(ARCHITECTURES))}.")
+    if not is_int(num_steps) or num_steps < 1:
+        raise ValueError(f"{config_cls.__name__}.authors: num_steps={num_steps!r} is invalid: num_steps must be "
+                         f"an integer >= 1.")
+    return ARCHITECTURES[family]
+
+
+def with_warmup(config: MethodConfig, warmup_steps: int | None) -> MethodConfig:
+    """A copy of `config` with `warmup_steps` leading full steps (validated as the config validates it);
+    ValueError for a method without a warm-up (`has_warmup` is False: the fewer-steps method)."""
+    if not type(config).has_warmup:
+        raise ValueError(f"{type(config).__name__} has no warm-up (has_warmup is False): it computes every step "
+                         f"it runs in full")
+    return dataclasses.replace(config, warmup_steps=warmup_steps)
+
+
+def check_warmup(config: MethodConfig, allow_none: bool = False) -> None:
+    """Validates `warmup_steps`: an integer >= 1 (or None where `allow_none`)."""
+    value = config.warmup_steps
+    check((allow_none and value is None) or (is_int(value) and value >= 1), config, "warmup_steps",
+          ("None or " if allow_none else "") + "an integer >= 1")
+
+
+def check_warmup_steps(config: MethodConfig, num_steps: int) -> None:
+    """Refuses a warm-up that covers every step (the method would change nothing)."""
+    value = config.warmup_steps
+    check(value is None or value < num_steps, config, "warmup_steps",
+          f"smaller than the number of steps ({num_steps}), or {type(config).__name__.removesuffix('Config')} "
+          f"changes nothing")
 
 
 def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:

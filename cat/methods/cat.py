@@ -30,7 +30,7 @@ from ..engine.state import GenerationState, keep_output, load_plan
 from ..engine.stats import StepRecord
 from ..engine.token_handle import TokenHandle, check_cache_dtype
 from ..families import family_of_class
-from .base import MethodConfig, min_ratio, register
+from .base import MethodConfig, architecture, check, min_ratio, register
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
@@ -89,6 +89,28 @@ class CATConfig(MethodConfig):
             cluster walk by the globally noisiest tokens; ``"no_staleness"`` fills the whole budget
             from clusters and then by noise, ignoring staleness; ``"noise_only"`` takes the K
             noisiest tokens; ``"random"`` takes K uniformly random tokens (seeded).
+
+    The authors' setting, `CATConfig.authors(family, num_steps)` (ada-cheng/CAT-Pruning @3b88889, for
+    SD3-medium only: it is the nearest code for FLUX and PixArt as well, so every family gets the same
+    values). `num_clusters` (20 in their code) is left out: it stays with the model config, as a model
+    with few tokens needs fewer; `seed`, `policy`, `cache_dtype` and `legacy` are this project's.
+
+    | field | value | source (`example_sd3.py`; `qcache/modules/proj_out.py`, `QCacheProjOut.forward`) |
+    |---|---|---|
+    | keep_ratio | 0.3 | example_sd3.py `select_factor` |
+    | warmup_steps | 8 at 28 steps; the share kept at other step counts (`authors_warmup`) | example_sd3.py `stop_idx_dict` 5: the reference at step 6, the first selection at step 7 |
+    | reference_offset | 1 | `forward`: the noise cached at one step, the clusters made at the next |
+    | cluster_feature_weight | 0.05 | `add_positional_encoding` (`features*0.05 + pos_enc`) |
+    | kmeans_iters | 300 | `forward`: scikit-learn's `KMeans(n_clusters=20, random_state=0)`, max_iter 300 |
+    | staleness_decay | 0.5 | `forward` (`self.counts *= 0.5`) |
+    | cluster_share | 0.25 | `forward` (`[:int(slice_idx * 0.25)]`) |
+    | quota_unit, cluster_quotas | 0.05, (3, 2, 1) | `forward` (`slice_idx // 5 * 0.25`, `k_ * (3-i)`) |
+    | first_cluster_cap | 0.10 | `forward` (`slice_idx // 10` per cluster at the first selection) |
+    | smooth_first | True | `forward` (`graph_pool`: mean, mean and max over grid neighbours) |
+    | prune_attention, prune_ff | True, True | example_sd3.py `select_factor` of `joint_attn` and `ff` |
+
+    Their example runs 28 steps and gives no rule for other counts; the warm-up keeps its share of the
+    steps (as `for_steps`). Where ours deviates from their code: docs/method.md.
     """
 
     name: ClassVar[str] = "cat"
@@ -115,28 +137,28 @@ class CATConfig(MethodConfig):
     def __post_init__(self) -> None:
         object.__setattr__(self, "cluster_quotas", tuple(self.cluster_quotas))
         object.__setattr__(self, "legacy", tuple(self.legacy))
-        _check(all(x in LEGACY for x in self.legacy), "legacy", self.legacy, f"a list of {', '.join(LEGACY)}")
-        _check(_is_num(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, "keep_ratio", self.keep_ratio, "a float in (0, 1]")
-        _check(_is_int(self.reference_offset) and self.reference_offset >= 1,
-               "reference_offset", self.reference_offset, "an integer >= 1")
-        _check(_is_int(self.warmup_steps) and self.warmup_steps >= self.reference_offset + 1,
-               "warmup_steps", self.warmup_steps,
-               f"an integer >= reference_offset + 1 = {self.reference_offset + 1} "
-               "(a reference step and a clustering step are needed)")
-        _check(_is_int(self.num_clusters) and self.num_clusters >= 1,
-               "num_clusters", self.num_clusters, "an integer >= 1 (and at most the number of image tokens)")
-        _check(_is_num(self.cluster_feature_weight) and self.cluster_feature_weight >= 0.0, "cluster_feature_weight", self.cluster_feature_weight, "a float >= 0")
-        _check(_is_int(self.kmeans_iters) and self.kmeans_iters >= 1, "kmeans_iters", self.kmeans_iters, "an integer >= 1")
-        _check(_is_int(self.seed), "seed", self.seed, "an integer")
-        _check(_is_num(self.staleness_decay) and 0.0 <= self.staleness_decay < 1.0, "staleness_decay", self.staleness_decay, "a float in [0, 1)")
-        _check(_is_num(self.cluster_share) and 0.0 <= self.cluster_share <= 1.0, "cluster_share", self.cluster_share, "a float in [0, 1]")
-        _check(_is_num(self.quota_unit) and 0.0 < self.quota_unit <= 1.0, "quota_unit", self.quota_unit, "a float in (0, 1]")
-        _check(len(self.cluster_quotas) >= 1 and all(_is_int(q) and q >= 0 for q in self.cluster_quotas),
-               "cluster_quotas", self.cluster_quotas, "a non-empty tuple of integers >= 0")
-        _check(_is_num(self.first_cluster_cap) and 0.0 < self.first_cluster_cap <= 1.0, "first_cluster_cap", self.first_cluster_cap, "a float in (0, 1]")
-        _check(self.policy in POLICIES, "policy", self.policy, f"one of {', '.join(POLICIES)}")
-        _check(self.cache_dtype in CACHE_DTYPES, "cache_dtype", self.cache_dtype,
-               "null (the model's dtype), bfloat16, float16 or float8_e4m3fn (keys/values; outputs then bfloat16)")
+        check(all(x in LEGACY for x in self.legacy), self, "legacy", f"a list of {', '.join(LEGACY)}")
+        check(_is_num(self.keep_ratio) and 0.0 < self.keep_ratio <= 1.0, self, "keep_ratio", "a float in (0, 1]")
+        check(_is_int(self.reference_offset) and self.reference_offset >= 1, self,
+              "reference_offset", "an integer >= 1")
+        check(_is_int(self.warmup_steps) and self.warmup_steps >= self.reference_offset + 1, self,
+              "warmup_steps",
+              f"an integer >= reference_offset + 1 = {self.reference_offset + 1} "
+              "(a reference step and a clustering step are needed)")
+        check(_is_int(self.num_clusters) and self.num_clusters >= 1, self,
+              "num_clusters", "an integer >= 1 (and at most the number of image tokens)")
+        check(_is_num(self.cluster_feature_weight) and self.cluster_feature_weight >= 0.0, self, "cluster_feature_weight", "a float >= 0")
+        check(_is_int(self.kmeans_iters) and self.kmeans_iters >= 1, self, "kmeans_iters", "an integer >= 1")
+        check(_is_int(self.seed), self, "seed", "an integer")
+        check(_is_num(self.staleness_decay) and 0.0 <= self.staleness_decay < 1.0, self, "staleness_decay", "a float in [0, 1)")
+        check(_is_num(self.cluster_share) and 0.0 <= self.cluster_share <= 1.0, self, "cluster_share", "a float in [0, 1]")
+        check(_is_num(self.quota_unit) and 0.0 < self.quota_unit <= 1.0, self, "quota_unit", "a float in (0, 1]")
+        check(len(self.cluster_quotas) >= 1 and all(_is_int(q) and q >= 0 for q in self.cluster_quotas), self,
+              "cluster_quotas", "a non-empty tuple of integers >= 0")
+        check(_is_num(self.first_cluster_cap) and 0.0 < self.first_cluster_cap <= 1.0, self, "first_cluster_cap", "a float in (0, 1]")
+        check(self.policy in POLICIES, self, "policy", f"one of {', '.join(POLICIES)}")
+        check(self.cache_dtype in CACHE_DTYPES, self, "cache_dtype",
+              "null (the model's dtype), bfloat16, float16 or float8_e4m3fn (keys/values; outputs then bfloat16)")
 
     def num_kept(self, num_tokens: int) -> int:
         """K, the number of image tokens recomputed per sample in a pruned step (at least 1)."""
@@ -159,6 +181,15 @@ class CATConfig(MethodConfig):
     @classmethod
     def for_steps(cls, num_steps: int) -> dict:
         return {"warmup_steps": cls.authors_warmup(num_steps)}
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """The authors' SD3-medium setting for every family (see the class docstring)."""
+        architecture(cls, family, num_steps)
+        return {"keep_ratio": 0.3, "warmup_steps": cls.authors_warmup(num_steps), "reference_offset": 1,
+                "cluster_feature_weight": 0.05, "kmeans_iters": 300, "staleness_decay": 0.5, "cluster_share": 0.25,
+                "quota_unit": 0.05, "cluster_quotas": (3, 2, 1), "first_cluster_cap": 0.10, "smooth_first": True,
+                "prune_attention": True, "prune_ff": True}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["CATConfig", "CATConfig"]:
@@ -184,17 +215,17 @@ class CATConfig(MethodConfig):
 
     def check_steps(self, num_steps: int) -> None:
         """With no pruned step CAT would change nothing: the warm-up must be shorter than the schedule."""
-        _check(self.warmup_steps < num_steps, "warmup_steps", self.warmup_steps,
-               f"smaller than the number of steps ({num_steps}), or CAT changes nothing")
+        check(self.warmup_steps < num_steps, self, "warmup_steps",
+              f"smaller than the number of steps ({num_steps}), or CAT changes nothing")
 
     def check_tokens(self, num_tokens: int) -> None:
         """Checks the settings that depend on the image size, once it is known (the harness before loading a
         model; the library at the first transformer call of a generation)."""
-        _check(self.num_clusters <= num_tokens, "num_clusters", self.num_clusters,
-               f"at most the number of image tokens ({num_tokens})")
-        _check(round(self.keep_ratio * num_tokens) >= 1, "keep_ratio", self.keep_ratio,
-               f"large enough to keep at least one token: round({self.keep_ratio:g} x {num_tokens}) = "
-               f"{round(self.keep_ratio * num_tokens)} of the {num_tokens} image tokens; {min_ratio(num_tokens)}")
+        check(self.num_clusters <= num_tokens, self, "num_clusters",
+              f"at most the number of image tokens ({num_tokens})")
+        check(round(self.keep_ratio * num_tokens) >= 1, self, "keep_ratio",
+              f"large enough to keep at least one token: round({self.keep_ratio:g} x {num_tokens}) = "
+              f"{round(self.keep_ratio * num_tokens)} of the {num_tokens} image tokens; {min_ratio(num_tokens)}")
 
 
 def token_schedule(config: CATConfig | None, num_inference_steps: int, num_image_tokens: int) -> list[int]:
@@ -210,11 +241,6 @@ def _is_int(value) -> bool:
 
 def _is_num(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check(ok: bool, field: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"CATConfig.{field}={value!r} is invalid: {field} must be {allowed}.")
 
 
 def phase_of(step: int, config: CATConfig) -> str:

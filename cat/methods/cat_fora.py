@@ -23,7 +23,12 @@ from .cat import CATConfig, CATHandle
 @dataclass(frozen=True)
 class CATFORAConfig(CATConfig):
     """CAT's settings plus `reuse_interval`: after the warm-up, steps t0, t0+N, t0+2N, ... are CAT
-    pruned steps and the others reuse every module's cached output (N=1: plain CAT)."""
+    pruned steps and the others reuse every module's cached output (N=1: plain CAT).
+
+    The authors' setting, `CATFORAConfig.authors(family, num_steps)`: CAT's (`CATConfig.authors`). The
+    composition is this project's: no authors' code runs it, so `reuse_interval` has no authors' value and
+    keeps its default (FORA's interval 3 was chosen for full steps, not for CAT's pruned ones).
+    """
 
     name: ClassVar[str] = "cat_fora"
     handle: ClassVar[type] = CATHandle
@@ -33,6 +38,11 @@ class CATFORAConfig(CATConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(is_int(self.reuse_interval) and self.reuse_interval >= 1, self, "reuse_interval", "an integer >= 1")
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """CAT's authors' values; `reuse_interval` has none (see the class docstring)."""
+        return super().authors(family, num_steps)
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["CATFORAConfig", "CATFORAConfig"]:

@@ -2,7 +2,8 @@
 arXiv 2411.19108) with the first block's residual as the change indicator.
 
 Block 0 always runs; when the relative L1 change of its residual since the last fully computed step is below
-`threshold`, the remaining blocks are skipped and their cached residual is added instead. Implemented here as
+`threshold`, the remaining blocks are skipped and their cached residual is added instead. The first
+`warmup_steps` steps (default 1: step 0, which has nothing cached yet) are never skipped. Implemented here as
 small diffusers `ModelHook`s because `diffusers.hooks.apply_first_block_cache` breaks on SD3 (its last block
 returns no text stream). The shared plumbing (cache context, generation resets, exact removal) is
 `cat/engine/diffusers_cache.py`.
@@ -18,20 +19,48 @@ import torch
 
 from ..engine.diffusers_cache import DiffusersCacheHandle, diffusers_blocks
 from ..engine.stats import MethodStats, StepRecord
-from .base import MethodConfig, check, is_num, register
+from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_num, register
 
 
 @register
 @dataclass(frozen=True)
 class FBCacheConfig(MethodConfig):
-    """First-Block Cache. Default: ParaAttention's default for FLUX (0.08). `threshold=0` never skips: bit-exact."""
+    """First-Block Cache. Default 0.08: the value ParaAttention's FLUX guide calls FLUX's default
+    (`doc/fastest_flux.md`); its code passes 0.05 (below). `threshold=0` never skips: bit-exact.
+    `warmup_steps`: leading steps never skipped (1: step 0 only, which has nothing cached to skip with; the
+    authors' `warmup_steps=0` computes step 0 for the same reason).
+
+    The authors' setting per architecture, `FBCacheConfig.authors(family, num_steps)` (chengzeyi/ParaAttention
+    @58e476d, the last commit with per-model defaults; at HEAD 4de137c the threshold defaults to 0.0, off,
+    unless passed). No SD3 and no PixArt adapter: MMDiT follows the FLUX adapter; PixArt the Wan adapter,
+    the nearest: a DiT with cross-attention to the text and AdaLN from the timestep, as PixArt.
+
+    | field | MMDiT (FLUX adapter) | PixArt (Wan adapter) |
+    |---|---|---|
+    | threshold | 0.05: `src/para_attn/first_block_cache/diffusers_adapters/flux.py` `apply_cache_on_pipe` (`residual_diff_threshold`) | 0.03: `diffusers_adapters/wan.py` `apply_cache_on_pipe` |
+    | warmup_steps | 1: `first_block_cache/utils.py` `CacheContext.warmup_steps = 0` (step 0 computes: nothing cached) | 1 (the same) |
+
+    Where ours still deviates: the threshold is model-specific, and the PixArt value is another model's
+    (Wan's, a video model whose adapter also keeps separate caches for the two CFG halves).
+    """
 
     name: ClassVar[str] = "fbcache"
     threshold: float = 0.08
+    warmup_steps: int = 1
 
     def __post_init__(self):
         check(is_num(self.threshold) and math.isfinite(self.threshold) and self.threshold >= 0, self, "threshold",
               "a finite number >= 0")
+        check_warmup(self)
+
+    def check_steps(self, num_steps: int) -> None:
+        check_warmup_steps(self, num_steps)
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """ParaAttention's FLUX adapter on MMDiT, its Wan adapter on PixArt (see the class docstring)."""
+        threshold = 0.05 if architecture(cls, family, num_steps) == "mmdit" else 0.03
+        return {"threshold": threshold, "warmup_steps": 1}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["FBCacheConfig", "FBCacheConfig"]:
@@ -58,6 +87,7 @@ class _FBCState:
         self.head_output = None  # (hidden, encoder) after block 0 at that call
         self.tail_residual = None  # (hidden, encoder) residual of the remaining blocks at that call
         self.skip = False
+        self.calls = 0  # calls of this cache context so far (its steps: one call per step and context)
 
 
 def _split(output, meta):
@@ -86,9 +116,10 @@ def _fbc_hooks():
     class FBCHeadHook(ModelHook):
         _is_stateful = True
 
-        def __init__(self, state_manager, threshold: float, counts):
+        def __init__(self, state_manager, threshold: float, warmup_steps: int, counts):
             super().__init__()
             self.state_manager, self.threshold, self.counts = state_manager, threshold, counts
+            self.warmup_steps = warmup_steps
 
         def initialize_hook(self, module):
             self.meta = TransformerBlockRegistry.get(unwrap_module(module).__class__)
@@ -102,7 +133,9 @@ def _fbc_hooks():
             hidden, encoder = _split(output, meta)
             residual = hidden - hidden_in
             state = self.state_manager.get_state()
-            state.skip = state.tail_residual is not None and self._relative_change(residual, state) < self.threshold
+            step, state.calls = state.calls, state.calls + 1
+            state.skip = (step >= self.warmup_steps and state.tail_residual is not None
+                          and self._relative_change(residual, state) < self.threshold)
             if state.skip:
                 hidden_res, encoder_res = state.tail_residual
                 if encoder is not None and encoder_res is not None:
@@ -175,7 +208,7 @@ class FBCacheHandle(DiffusersCacheHandle):
         counts = lambda: self._counts  # noqa: E731 (the dict is replaced at each generation)
         head_hook, block_hook = self.hook_names
         HookRegistry.check_if_exists_or_initialize(blocks[0][1]).register_hook(
-            head_cls(manager, self.config.threshold, counts), head_hook)
+            head_cls(manager, self.config.threshold, self.config.warmup_steps, counts), head_hook)
         for i, (_, block) in enumerate(blocks[1:], start=2):
             HookRegistry.check_if_exists_or_initialize(block).register_hook(
                 block_cls(manager, i == len(blocks), counts), block_hook)

@@ -16,7 +16,8 @@ when `t == T-1 or t % interval == 0`. In the 0-based order the pipeline runs (k 
 step 0 plus every step k with `(T-1-k) % interval == 0`, which always includes the last step.
 For 250 steps and interval 3 this is k % 3 == 0; for 8 steps it is k = 0, 1, 4, 7. The step count
 T is read from the pipeline's scheduler; for a bare transformer give it with
-`handle.reset(num_steps=T)`, or the schedule falls back to `k % interval == 0`.
+`handle.reset(num_steps=T)`, or the schedule falls back to `k % interval == 0`. `warmup_steps`
+(default 1: step 0, the authors' only leading full step) computes steps 0 .. warmup_steps-1 as well.
 
 The modules are the family's `STEP_CACHED` ones (`cat/families/`): SD3 / SD3.5's `attn` (joint
 attention, returns the image and text outputs), `attn2` (SD3.5 dual-attention blocks), `ff`,
@@ -34,7 +35,7 @@ from diffusers.hooks import ModelHook
 
 from ..engine.module_cache import ModuleCacheHandle, ReuseHook, StepState
 from ..engine.stats import MethodStats, StepRecord
-from .base import MethodConfig, check, is_int, register
+from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_int, register
 
 HOOK_NAME = "fora"
 
@@ -44,16 +45,41 @@ HOOK_NAME = "fora"
 class FORAConfig(MethodConfig):
     """FORA (Selvaraju et al. 2024, arXiv 2407.01425).
 
+    The authors' setting, `FORAConfig.authors(family, num_steps)`: FORA's only code is for DiT
+    (prathebaselva/FORA @acde628), and its schedule does not depend on the architecture, so it is the
+    authors' setting for both classes (PixArt's block is DiT's plus cross-attention; MMDiT has no FORA code).
+
+    | field | MMDiT (SD3, FLUX) and PixArt | source (FORA @acde628) |
+    |---|---|---|
+    | interval | 3 | README.md sampling commands `--cache-threshold 3` |
+    | warmup_steps | 1 (step 0; the countdown rule does the rest, at any step count) | src/models.py `DiTBlock.forward`: computes iff `step == numstep-1 or step % cache_threshold == 0`, the step counted down (src/diffusion/gaussian_diffusion.py `p_sample_loop_progressive`) |
+
+    Ours follows it exactly (`fora_computes`); the cached modules are the family's attention and
+    feed-forward modules, the natural extension of DiT's attn and mlp.
+
     Attributes:
         interval: the cache is refreshed every `interval` steps (the authors' `--cache-threshold`,
             3 in their README's sampling commands). 1 computes every step (the full model, bit-exact).
+        warmup_steps: leading steps computed in full (1: step 0 only, as the authors' schedule); the
+            countdown schedule applies after them.
     """
 
     name: ClassVar[str] = "fora"
     interval: int = 3
+    warmup_steps: int = 1
 
     def __post_init__(self) -> None:
         check(is_int(self.interval) and self.interval >= 1, self, "interval", "an integer >= 1")
+        check_warmup(self)
+
+    def check_steps(self, num_steps: int) -> None:
+        check_warmup_steps(self, num_steps)
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """The authors' DiT setting for every family (see the class docstring): interval 3, step 0 full."""
+        architecture(cls, family, num_steps)
+        return {"interval": 3, "warmup_steps": 1}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["FORAConfig", "FORAConfig"]:
@@ -61,12 +87,13 @@ class FORAConfig(MethodConfig):
 
     def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
         """All tokens on the steps that run the modules, none on the ones that reuse their outputs."""
-        return [num_tokens if fora_computes(s, num_steps, self.interval) else 0 for s in range(num_steps)]
+        return [num_tokens if fora_computes(s, num_steps, self.interval, self.warmup_steps) else 0
+                for s in range(num_steps)]
 
 
-def fora_computes(step: int, num_steps: int | None, interval: int) -> bool:
+def fora_computes(step: int, num_steps: int | None, interval: int, warmup_steps: int = 1) -> bool:
     """Whether FORA runs the modules at 0-based step `step` of `num_steps` (see the module docstring)."""
-    if step == 0:
+    if step < warmup_steps:
         return True
     if num_steps is None:
         return step % interval == 0
@@ -101,7 +128,7 @@ class _FORAState(StepState):
         self.records: list[StepRecord] = []
 
     def _plan(self) -> None:
-        self.compute = fora_computes(self.step, self.num_steps, self.config.interval)
+        self.compute = fora_computes(self.step, self.num_steps, self.config.interval, self.config.warmup_steps)
         self.records.append(StepRecord(self.step, "full" if self.compute else "reuse",
                                        self.num_tokens if self.compute else 0))
 

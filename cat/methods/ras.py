@@ -33,7 +33,7 @@ import torch
 from ..engine.state import GenerationState, keep_output, load_plan
 from ..engine.stats import StepRecord
 from ..engine.token_handle import TokenHandle
-from .base import MethodConfig, check, is_int, is_num, min_ratio, register, scale_steps
+from .base import MethodConfig, architecture, check, is_int, is_num, min_ratio, register, scale_steps
 
 METRICS = ("std", "l2norm")
 
@@ -47,6 +47,28 @@ class RASHandle(TokenHandle):
 class RASConfig(MethodConfig):
     """Defaults: the authors' SD3 script (28 steps): sample ratio 0.5, dense until step 4, dense
     error-reset steps 12 and 20, starvation scale 1, high ratio 0.3, metric std.
+
+    The authors' setting per architecture, `RASConfig.authors(family, num_steps)` (microsoft/RAS @a9c5ec8).
+    MMDiT follows their SD3 script (the same diffusers transformer as SD3 and SD3.5; FLUX has no RAS code);
+    PixArt their Lumina-Next-T2I script, the nearest code: a single-stream DiT with cross-attention to
+    the text, as PixArt, where SD3 attends jointly.
+
+    | field | MMDiT: `scripts/Stable_Diffusion_3_example.sh` (28 steps) | PixArt: `scripts/Lumina_Next_T2I_example.sh` (30 steps) |
+    |---|---|---|
+    | sample_ratio | 0.5 (`--sample_ratio`) | 0.5 (`--sample_ratio`; a moving ratio around it, below) |
+    | warmup_steps | 4 (`--scheduler_start_step`), scaled by T/28, at least 4 | 4 (`--scheduler_start_step`), scaled by T/30, at least 4 |
+    | error_reset_steps | 12, 20 (`--error_reset_steps`), scaled by T/28 | 12, 22 (`--error_reset_steps`), scaled by T/30 |
+    | end_step | None (`--scheduler_end_step 28` = T) | None (`--scheduler_end_step 30` = T) |
+    | starvation_scale | 1 (`--starvation_scale`) | 0.1 (not passed: `src/ras/utils/ras_argparser.py` default) |
+    | high_ratio | 0.3 (`--high_ratio`) | 1.0 (not passed: `ras_argparser.py` default) |
+    | metric | "std" (`--metric`) | "std" (`--metric`) |
+
+    Step indices: their scripts give them per run, with no rule for other step counts; they are scaled here
+    by T over the script's step count (`scale_steps`), the warm-up never below the 4 their README recommends
+    as a minimum ("scheduler_start_step ... at least 4"). At 28 steps on MMDiT this is their script exactly.
+    Where ours still deviates (PixArt): their Lumina script moves the number of recomputed tokens by
+    `--skip_num_step 256` every `--skip_num_step_length 4` steps (`ras_manager.py`: sample ratio 0.69 falling
+    to 0.31 over the sparse steps at their resolution); ours has no such knob and keeps 0.5 throughout.
 
     Attributes:
         sample_ratio: fraction of image tokens recomputed in a sparse step (1.0: every token); one that
@@ -105,6 +127,18 @@ class RASConfig(MethodConfig):
         at 12 and 20."""
         return {"warmup_steps": scale_steps(4, num_steps),
                 "error_reset_steps": [scale_steps(12, num_steps), scale_steps(20, num_steps)]}
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """Their SD3 script on MMDiT, their Lumina-Next-T2I script on PixArt, step indices scaled (see the class
+        docstring)."""
+        if architecture(cls, family, num_steps) == "mmdit":
+            steps, resets, starvation, high = 28, (12, 20), 1.0, 0.3
+        else:
+            steps, resets, starvation, high = 30, (12, 22), 0.1, 1.0
+        return {"sample_ratio": 0.5, "warmup_steps": max(4, scale_steps(4, num_steps, steps)),
+                "error_reset_steps": tuple(scale_steps(s, num_steps, steps) for s in resets), "end_step": None,
+                "starvation_scale": starvation, "high_ratio": high, "metric": "std"}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["RASConfig", "RASConfig"]:

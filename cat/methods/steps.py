@@ -25,7 +25,7 @@ from diffusers.hooks import ModelHook
 from ..engine.clock import outside_schedule
 from ..engine.hooks import attach_hook
 from ..engine.stats import MethodStats, StepRecord
-from .base import MethodConfig, MethodHandle, check, is_int, register, scale_steps
+from .base import MethodConfig, MethodHandle, architecture, check, is_int, register, scale_steps
 
 HOOK_NAME = "steps"
 
@@ -94,10 +94,15 @@ class StepsConfig(MethodConfig):
             `num_inference_steps=num_steps` and raises if `num_steps > R`; a pipeline call that runs
             another step count raises at its first transformer call (see the module docstring for what
             cannot be checked).
+
+    The authors' setting, `StepsConfig.authors(family, num_steps)`: there are no authors (fewer steps is the
+    baseline every paper compares with). It returns the setting that halves the steps, round(T / 2) and at
+    least 1, for every family, the same as `for_steps`. `has_warmup` is False: every step it runs is full.
     """
 
     name: ClassVar[str] = "steps"
     handle: ClassVar[type] = StepsHandle
+    has_warmup: ClassVar[bool] = False  # every step it runs is full: no warm-up to set
 
     num_steps: int = 14
 
@@ -114,6 +119,12 @@ class StepsConfig(MethodConfig):
     @classmethod
     def for_steps(cls, num_steps: int) -> dict:
         """Half the reference's steps."""
+        return {"num_steps": scale_steps(14, num_steps)}
+
+    @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """No authors: half the steps (see the class docstring)."""
+        architecture(cls, family, num_steps)
         return {"num_steps": scale_steps(14, num_steps)}
 
     @classmethod

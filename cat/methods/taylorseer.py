@@ -20,7 +20,7 @@ import torch
 from ..engine.diffusers_cache import DiffusersCacheHandle
 from ..engine.stats import MethodStats, StepRecord
 from ..families import FORECAST, family_for
-from .base import MethodConfig, check, is_int, register
+from .base import MethodConfig, architecture, check, check_warmup_steps, is_int, register
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -28,13 +28,37 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 @register
 @dataclass(frozen=True)
 class TaylorSeerConfig(MethodConfig):
-    """TaylorSeer. Defaults: the authors' FLUX "fast" setting (full step every 5, 2nd-order forecast, 3 full
-    warm-up steps). `cache_interval=1` (or a warm-up covering every step) computes everything: bit-exact."""
+    """TaylorSeer. Defaults: a full step every 5, a 2nd-order forecast, 3 full warm-up steps (this project's
+    first choice: diffusers' defaults with order 2; the authors' code has no such setting, see below).
+    `cache_interval=1` (or a warm-up covering every step) computes everything: bit-exact. `warmup_steps` is
+    diffusers' `disable_cache_before_step`.
+
+    The authors' setting per architecture, `TaylorSeerConfig.authors(family, num_steps)` (Shenyi-Z/TaylorSeer
+    @288776d; no SD3 and no PixArt code: MMDiT follows their FLUX code, PixArt their DiT code, the nearest: a
+    PixArt block is DiT's block plus cross-attention, sampled as DiT is, where FLUX is a rectified-flow MMDiT).
+    The warm-up is fixed in their code at any step count, and so are the interval and the order.
+
+    | field | MMDiT (SD3, FLUX) | PixArt (DiT code) |
+    |---|---|---|
+    | cache_interval | 6: `TaylorSeer-FLUX/src/flux/modules/cache_functions/cache_init.py` `cache_init` (`fresh_threshold`) | 4: `TaylorSeer-DiT/sample.py` (`--interval` default) |
+    | max_order | 1: same `cache_init` (`max_order`) | 4: `TaylorSeer-DiT/sample.py` (`--max-order` default) |
+    | warmup_steps | 3: same `cache_init` (`first_enhance`); `cal_type.py` `cal_type` (`step < first_enhance`) | 2: `TaylorSeer-DiT/cache_functions/cache_init.py` `cache_init` (`first_enhance`); `cal_type.py` `cal_type` |
+    | factors_dtype | None (the module's dtype, as theirs) | None |
+    | disable_cache_after_step | None (none in their code) | None |
+
+    Where ours still deviates: the refresh phase. Their `cal_type` counts from the last full step (full
+    when `cache_counter == interval - 1`): at 28 steps FLUX's 0, 1, 2, 8, 14, 20, 26 and DiT's 0, 1, 5, 9,
+    ..., 25. diffusers' hook computes when `(step - warmup_steps - 1) % cache_interval == 0`, the first
+    refresh two steps after the warm-up: 0, 1, 2, 4, 10, 16, 22 and 0, 1, 3, 7, ..., 27 for the same
+    settings (`taylorseer_cache.py` `_measure_should_compute`). And diffusers updates the Taylor factors at
+    every warm-up step, where their `taylor_utils` `derivative_approximation` starts the first-order
+    difference only at step first_enhance - 1.
+    """
 
     name: ClassVar[str] = "taylorseer"
     cache_interval: int = 5
     max_order: int = 2
-    disable_cache_before_step: int = 3
+    warmup_steps: int = 3  # diffusers' `disable_cache_before_step`
     disable_cache_after_step: int | None = None
     factors_dtype: str | None = None  # None: keep each module's output dtype, as the authors do
     cache_modules: tuple[str, ...] | None = None  # regexes (re.fullmatch); None: the family's FORECAST modules
@@ -42,11 +66,11 @@ class TaylorSeerConfig(MethodConfig):
     def __post_init__(self):
         check(is_int(self.cache_interval) and self.cache_interval >= 1, self, "cache_interval", "an integer >= 1")
         check(is_int(self.max_order) and 0 <= self.max_order <= 4, self, "max_order", "an integer in [0, 4]")
-        check(is_int(self.disable_cache_before_step) and self.disable_cache_before_step >= 1, self,
-              "disable_cache_before_step", "an integer >= 1 (the first step has nothing to forecast from)")
+        check(is_int(self.warmup_steps) and self.warmup_steps >= 1, self,
+              "warmup_steps", "an integer >= 1 (the first step has nothing to forecast from)")
         after = self.disable_cache_after_step
-        check(after is None or (is_int(after) and after >= self.disable_cache_before_step), self,
-              "disable_cache_after_step", "None or an integer >= disable_cache_before_step")
+        check(after is None or (is_int(after) and after >= self.warmup_steps), self,
+              "disable_cache_after_step", "None or an integer >= warmup_steps")
         check(self.factors_dtype is None or self.factors_dtype in _DTYPES, self, "factors_dtype",
               f"None or one of {sorted(_DTYPES)}")
         modules = self.cache_modules
@@ -56,12 +80,20 @@ class TaylorSeerConfig(MethodConfig):
               self, "cache_modules", "None or a non-empty sequence of valid regular expressions")
 
     @classmethod
+    def authors(cls, family: str, num_steps: int) -> dict:
+        """Their FLUX setting on MMDiT, their DiT setting on PixArt (see the class docstring)."""
+        if architecture(cls, family, num_steps) == "mmdit":
+            return {"cache_interval": 6, "max_order": 1, "warmup_steps": 3, "factors_dtype": None,
+                    "disable_cache_after_step": None}
+        return {"cache_interval": 4, "max_order": 4, "warmup_steps": 2, "factors_dtype": None,
+                "disable_cache_after_step": None}
+
+    @classmethod
     def examples(cls, num_steps: int) -> tuple["TaylorSeerConfig", "TaylorSeerConfig"]:
         return cls(cache_interval=1), cls()
 
     def check_steps(self, num_steps: int) -> None:
-        check(self.disable_cache_before_step < num_steps, self, "disable_cache_before_step",
-              f"smaller than the number of steps ({num_steps}), or TaylorSeer changes nothing")
+        check_warmup_steps(self, num_steps)
 
 
 def _compiles(pattern: str) -> bool:
@@ -100,7 +132,7 @@ class TaylorSeerHandle(DiffusersCacheHandle):
         except TypeError as err:
             raise TypeError(f"{err} Or give the modules to forecast: TaylorSeerConfig(cache_modules=[...]).") from None
         apply_taylorseer_cache(self.transformer, TaylorSeerCacheConfig(
-            cache_interval=c.cache_interval, disable_cache_before_step=c.disable_cache_before_step,
+            cache_interval=c.cache_interval, disable_cache_before_step=c.warmup_steps,
             disable_cache_after_step=c.disable_cache_after_step, max_order=c.max_order,
             taylor_factors_dtype=None if c.factors_dtype is None else _DTYPES[c.factors_dtype],
             cache_identifiers=list(patterns),

@@ -150,7 +150,7 @@ def test_accelerating_setting_skips_work_stays_close_and_removes_exactly(family,
 
 @pytest.mark.parametrize("config", [
     TaylorSeerConfig(cache_interval=1),
-    TaylorSeerConfig(disable_cache_before_step=STEPS),
+    TaylorSeerConfig(warmup_steps=STEPS),
     FBCacheConfig(threshold=0),
     MagCacheConfig(threshold=0, mag_ratios=(1.0,) * STEPS),  # all-1.0 ratios: diffusers' `<=` alone would skip
     MagCacheConfig(max_skip_steps=0, mag_ratios=(1.0,) * STEPS),
@@ -187,6 +187,25 @@ def test_bare_transformer_restarts_when_the_timestep_goes_up(name):
         assert torch.equal(run(), base) and module_state(transformer) == state
 
 
+def test_magcache_forced_steps_are_computed_and_reset_the_accumulated_error(family):
+    """A forced step is computed even where the error would allow a skip, and the error restarts there, as at
+    the authors' FLUX step 11 of 28 (`MagCache4FLUX/magcache_flux.py`, `magcache_forward`)."""
+    ratios = tuple(1.0 - 0.01 * i for i in range(STEPS))
+    config = MagCacheConfig(threshold=1.0, mag_ratios=ratios)  # retention: int(0.1 x 8 + 0.5) = 1 step
+    with apply(family.pipe, config) as handle:
+        family.generate()
+        free = handle.stats.skipped_calls
+    assert free == [1, 2, 3, 4, 5, 7]  # at most 5 consecutive skips, then step 6 computes
+    with apply(family.pipe, MagCacheConfig(threshold=1.0, mag_ratios=ratios, forced_steps=(2,))) as handle:
+        family.generate()
+        stats = handle.stats
+    assert stats.skipped_calls == [1, 3, 4, 5, 6, 7]  # step 2 computed, the count of skips restarts after it
+    assert [r.phase for r in stats.steps] == ["full", "skipped", "full"] + ["skipped"] * 5
+    with apply(family.pipe, MagCacheConfig(threshold=1.0, mag_ratios=ratios, forced_steps=[2, 6])) as handle:
+        family.generate()
+        assert handle.stats.skipped_calls == [1, 3, 4, 5, 7]
+
+
 def test_magcache_without_ratios_asks_for_calibration_and_leaves_nothing_patched():
     transformer = testing.tiny_sd3_transformer()
     state = module_state(transformer)
@@ -208,7 +227,7 @@ def test_applying_the_same_method_twice_is_refused():
     (TaylorSeerConfig, {"cache_interval": 0}, "cache_interval"),
     (TaylorSeerConfig, {"cache_interval": 2.0}, "cache_interval"),
     (TaylorSeerConfig, {"max_order": -1}, "max_order"),
-    (TaylorSeerConfig, {"disable_cache_before_step": 0}, "disable_cache_before_step"),
+    (TaylorSeerConfig, {"warmup_steps": 0}, "warmup_steps"),
     (TaylorSeerConfig, {"disable_cache_after_step": 1}, "disable_cache_after_step"),
     (TaylorSeerConfig, {"factors_dtype": "float64"}, "factors_dtype"),
     (TaylorSeerConfig, {"cache_modules": ["transformer_blocks.*.(attn"]}, "cache_modules"),
@@ -221,6 +240,10 @@ def test_applying_the_same_method_twice_is_refused():
     (MagCacheConfig, {"mag_ratios": [1.0]}, "mag_ratios"),
     (MagCacheConfig, {"mag_ratios": [1.0, 0.0]}, "mag_ratios"),
     (MagCacheConfig, {"mag_ratios": "1.0, 0.9"}, "mag_ratios"),
+    (MagCacheConfig, {"forced_steps": [-1]}, "forced_steps"),
+    (MagCacheConfig, {"forced_steps": 11}, "forced_steps"),
+    (MagCacheConfig, {"warmup_steps": 0}, "warmup_steps"),
+    (FBCacheConfig, {"warmup_steps": 0}, "warmup_steps"),
 ])
 def test_invalid_fields_raise_naming_the_field(cls, kwargs, field):
     with pytest.raises(ValueError, match=rf"^{cls.__name__}\.{field}=.* is invalid: {field} must be "):
@@ -228,8 +251,8 @@ def test_invalid_fields_raise_naming_the_field(cls, kwargs, field):
 
 
 def test_step_dependent_checks_and_normalised_fields():
-    with pytest.raises(ValueError, match=r"TaylorSeerConfig\.disable_cache_before_step=8 is invalid"):
-        TaylorSeerConfig(disable_cache_before_step=8).check_steps(8)
+    with pytest.raises(ValueError, match=r"TaylorSeerConfig\.warmup_steps=8 is invalid"):
+        TaylorSeerConfig(warmup_steps=8).check_steps(8)
     TaylorSeerConfig().check_steps(8)
     with pytest.raises(ValueError, match=r"MagCacheConfig\.retention_ratio=1 is invalid"):
         MagCacheConfig(retention_ratio=1).check_steps(8)

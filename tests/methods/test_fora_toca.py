@@ -8,7 +8,7 @@ import torch
 from cat import testing
 from cat import apply
 from cat.methods.fora import FORAConfig
-from cat.methods.toca import ToCaConfig, fresh_count, spatial_bonus
+from cat.methods.toca import ToCaConfig, fresh_count, full_steps, spatial_bonus
 
 STEPS = 8
 PROMPTS = ["a red circle", "a blue square"]
@@ -241,6 +241,9 @@ def test_skip_layer_guidance_call_is_left_alone():
         (ToCaConfig, {"score": "attention"}, "score"),
         (ToCaConfig, {"soft_fresh_weight": -1}, "soft_fresh_weight"),
         (ToCaConfig, {"interval_step_weight": 1.0}, "interval_step_weight"),
+        (ToCaConfig, {"refresh": "every"}, "refresh"),
+        (ToCaConfig, {"spatial_bonus": 1}, "spatial_bonus"),
+        (ToCaConfig, {"ratio_schedule": "FLUX"}, "ratio_schedule"),
     ],
 )
 def test_bad_fields_name_the_field(cls, kwargs, field):
@@ -251,7 +254,8 @@ def test_bad_fields_name_the_field(cls, kwargs, field):
 def test_defaults_are_the_authors():
     assert FORAConfig().interval == 3
     assert ToCaConfig() == ToCaConfig(interval=3, fresh_ratio=0.30, ratio_schedule="toca", score="straight",
-                                      soft_fresh_weight=0.25, interval_step_weight=0.2)
+                                      soft_fresh_weight=0.25, interval_step_weight=0.2, warmup_steps=1,
+                                      refresh="modulo", spatial_bonus=True)
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (6, 5)])
@@ -279,3 +283,80 @@ def test_constant_schedules_need_no_step_count():
     assert stats.full_steps == (0, 3, 6)
     assert set(stats.fresh_tokens["transformer_blocks.1.ff"][s] for s in stats.partial_steps) == {int(0.3 * 256)}
     assert torch.isfinite(out).all() and not torch.equal(out, family.base)
+
+
+# --- the authors' FLUX setting on MMDiT: counter refresh, "flux" ratio schedule, no spatial bonus ------------
+
+# flux-ToCa (cache_init.py, cal_type.py, force_scheduler.py, fresh_ratio_scheduler.py): steps 0-2 full, then a
+# full step 4 steps after the last one; fresh ratio 0.1 x layer factor (1.5 - l/(L-1)) x 0.4 in double-stream
+# blocks; no step factor, no module factor, no spatial bonus.
+TOCA_FLUX = ToCaConfig(interval=4, fresh_ratio=0.1, ratio_schedule="flux", interval_step_weight=0.0, warmup_steps=3,
+                       refresh="counter", spatial_bonus=False)
+
+
+def test_counter_refresh_gives_the_authors_flux_full_steps():
+    assert full_steps(TOCA_FLUX, 28) == (0, 1, 2, 6, 10, 14, 18, 22, 26)
+    assert full_steps(TOCA_FLUX, 50) == (0, 1, 2) + tuple(range(6, 50, 4))  # the warm-up stays 3 steps
+    assert full_steps(TOCA_FLUX, 20) == (0, 1, 2, 6, 10, 14, 18)
+    # the counter ignores interval_step_weight (and the run key does too)
+    assert full_steps(ToCaConfig(**{**vars(TOCA_FLUX), "interval_step_weight": 0.2}), 28) == full_steps(TOCA_FLUX, 28)
+    assert TOCA_FLUX.key_ignores() == ("interval_step_weight",) and ToCaConfig().key_ignores() == ()
+    # the modulo rule is today's: the default's full steps at 8 and 28 steps
+    assert full_steps(TOCA_DEFAULT, 8) == (0, 4, 6)
+    assert full_steps(TOCA_DEFAULT, 28) == (0, 4, 8, 9, 12, 15, 18, 21, 24, 27)
+
+
+def test_flux_ratio_schedule_follows_the_formula():
+    # int(clamp(0.1 * (1.5 - l / (L - 1)) * stream) * N), in float32; stream 0.4 joint, 1.6 otherwise
+    assert fresh_count(TOCA_FLUX, 4096, 5, 28, 0, 24, "mlp", joint=True) == 245  # 0.06 x 4096 = 245.76
+    assert fresh_count(TOCA_FLUX, 4096, 20, 28, 23, 24, "mlp", joint=True) == 81  # 0.02 x 4096 = 81.92
+    assert fresh_count(TOCA_FLUX, 4096, 5, None, 12, 25, "mlp", joint=True) == 163  # 0.04 x 4096 = 163.84
+    assert fresh_count(TOCA_FLUX, 256, 5, 28, 0, 28, "mlp", joint=False) == 61  # 0.24 x 256 = 61.44
+    assert fresh_count(TOCA_FLUX, 256, 5, 28, 0, 28, "cross-attn", joint=False) == 61  # no module factor
+
+
+def test_authors_flux_setting_on_tiny_sd3_at_28_steps():
+    """Full steps 0,1,2,6,...,26; at every partial step each token-wise module recomputes the formula's count:
+    block 0 of 2: 0.1 x 1.5 x 0.4 = 0.06, block 1: 0.1 x 0.5 x 0.4 = 0.02 of its tokens."""
+    family = Family("sd3")
+    with apply(family.pipe, TOCA_FLUX) as handle, count_runs(family) as runs:
+        out = family.generate(steps=28)
+        stats = handle.stats
+    assert stats.full_steps == (0, 1, 2, 6, 10, 14, 18, 22, 26)
+    expected = {"transformer_blocks.0.ff": (256, 15), "transformer_blocks.1.ff": (256, 5),
+                "transformer_blocks.0.ff_context": (333, 19)}  # 77 + 256 text tokens: int(0.06 x 333) = 19
+    assert set(stats.fresh_tokens) == set(expected)
+    for name, (total, fresh) in expected.items():
+        assert stats.total_tokens[name] == total
+        assert [stats.fresh_tokens[name][s] for s in stats.partial_steps] == [fresh] * len(stats.partial_steps), name
+    for name in ("0.attn", "1.attn"):  # joint attention: reused whole on partial steps
+        assert _steps_run(runs, name) == list(stats.full_steps)
+    assert torch.isfinite(out).all()
+
+
+def test_the_spatial_bonus_switch_changes_the_selection_only():
+    family = Family("pixart")
+    with apply(family.pipe, ToCaConfig()):
+        with_bonus = family.generate()
+        assert all(h.spatial for h in _token_hooks(family.pipe))
+    with apply(family.pipe, ToCaConfig(spatial_bonus=False)) as handle:
+        without = family.generate()
+        assert not any(h.spatial for h in _token_hooks(family.pipe))
+        stats = handle.stats
+    assert stats.full_steps == (0, 4, 6)  # the schedules are unchanged
+    assert not torch.equal(with_bonus, without) and torch.isfinite(without).all()
+
+
+def _token_hooks(pipe):
+    from cat.methods.toca import _TokenHook
+
+    return [h for m in pipe.transformer.modules() if (r := vars(m).get("_diffusers_hook"))
+            for h in r.hooks.values() if isinstance(h, _TokenHook)]
+
+
+def test_counter_and_flux_schedules_need_no_step_count():
+    family = Family("sd3")
+    with apply(family.pipe.transformer, TOCA_FLUX) as handle:
+        out = family.generate()
+        assert handle.stats.full_steps == (0, 1, 2, 6)
+    assert torch.isfinite(out).all()
