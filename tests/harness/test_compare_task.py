@@ -18,10 +18,10 @@ def read(run_dir, name):
 
 
 def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompts_only(tmp_path):
-    run_dir, metrics = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.3,0.5]",
+    run_dir, metrics = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
     plan = read(run_dir, "compare.json")
-    assert metrics["targets_reached"] == 2 and set(plan["targets"]) == {"0.3", "0.5"}
+    assert metrics["targets_reached"] == 2 and set(plan["targets"]) == {"0.2", "0.35"}
     evaluated = {i for key in plan["cells"] for i in read(run_dir / "cells", f"{key}.json")["indices"]}
     calibrated = {i for path in (run_dir / "calibration").glob("*.json") for i in read(path.parent, path.name)["indices"]}
     assert evaluated == {0, 1, 2, 3} and calibrated and not calibrated & evaluated  # the calibration split
@@ -32,7 +32,7 @@ def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompt
         assert len(row["reduction"]) == len(row["psnr"]) == 4  # per prompt
         assert abs(sum(row["reduction"]) / 4 - float(target)) <= 0.01  # counted on the evaluated batches
         assert (run_dir / "cells" / key / "00000.png").exists()
-    again_dir, again = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.3,0.5]",
+    again_dir, again = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
     assert again_dir == run_dir and again == metrics
 

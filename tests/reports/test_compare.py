@@ -46,10 +46,17 @@ def test_a_plan_needs_a_knob_and_a_domain_and_drops_null_grid_entries():
         Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [1.0, 0.1]})
 
 
+def test_the_authors_variant_is_the_authors_setting_for_the_models_architecture():
+    mmdit, pixart = variant_base(cat.ToCaConfig(), "authors", "sd3", 28), variant_base(cat.ToCaConfig(), "authors", "pixart", 28)
+    assert (mmdit.interval, mmdit.fresh_ratio, mmdit.warmup_steps) == (4, 0.1, 3)
+    assert (pixart.interval, pixart.fresh_ratio, pixart.warmup_steps) == (3, 0.3, 1)
+    seer = variant_base(cat.TaylorSeerConfig(), "authors", "flux", 28)
+    assert (seer.cache_interval, seer.max_order, seer.warmup_steps) == (6, 1, 3)
+
+
 def test_shared_warmup_gives_every_method_cats_warmup_and_skips_a_method_without_one():
-    fora = variant_base(cat.FORAConfig(), "shared_warmup", "sd3", 28) if hasattr(cat.FORAConfig(), "warmup_steps") else None
-    if fora is not None:
-        assert fora.warmup_steps == cat.CATConfig.authors_warmup(28) == 8
+    for config in (cat.FORAConfig(), cat.ToCaConfig(), cat.TaylorSeerConfig(), cat.FBCacheConfig()):
+        assert variant_base(config, "shared_warmup", "sd3", 28).warmup_steps == cat.CATConfig.authors_warmup(28) == 8
     ras = variant_base(cat.RASConfig(), "shared_warmup", "sd3", 28)
     assert ras.warmup_steps == 8
     assert variant_base(cat.StepsConfig(), "shared_warmup", "sd3", 28) is None
