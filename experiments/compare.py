@@ -280,6 +280,7 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
         return r if r is not None else calibration.reduction(config, describe(config, base, plan.knob))
 
     chosen: dict = {}
+    learned: dict = {}  # the offline search's last miss (see offline_search)
     for target in cfg.compare.targets:
         options = []
         for config in pool:
@@ -288,7 +289,7 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
                 found = None
                 if config.offline_schedule(steps, num_tokens) is not None:
                     found = offline_search(lambda v, c=config: with_knob(c, v), reduction, lo, hi, float(target), tol / 2,
-                                           steps, num_tokens)
+                                           steps, num_tokens, learned=learned)
                 if found is None:
                     found = find_knob(lambda v, c=config: _finite(reduction(with_knob(c, v))), lo, hi, float(target),
                                       tol / 2)
@@ -333,15 +334,18 @@ def token_share_reduction(config, num_steps: int, num_tokens: int) -> float:
 
 
 def offline_search(config_of, reduction, lo: float, hi: float, target: float, tol: float, num_steps: int,
-                   num_tokens: int, rounds: int = 4):
+                   num_tokens: int, rounds: int = 4, learned: dict | None = None):
     """The knob search for a method whose token schedule is known before it runs: the knob is found on the
     token-share reduction (no model call), the MAC counter counts that setting, and the token-share target is
-    moved by the counter's miss; a few counts instead of one per bisection step. None when this does not
-    reach the target within `tol` (the caller then bisects on counted MACs)."""
+    moved by the counter's miss; a few counts instead of one per bisection step. `learned` carries the last
+    miss from one search to the next (the token share and the MACs differ by a nearly constant offset for one
+    method), so most searches need one count. None when this does not reach the target within `tol` (the
+    caller then bisects on counted MACs)."""
     from .tuning import Found, find_knob
 
     share = lambda v: _finite(_safe(lambda: token_share_reduction(config_of(v), num_steps, num_tokens)))  # noqa: E731
-    aim, best = target, None
+    learned = {} if learned is None else learned
+    aim, best = target + learned.get("offset", 0.0), None
     for _ in range(rounds):
         guess = find_knob(share, lo, hi, aim, tol / 4, max_iter=40)
         if guess is None:
@@ -349,6 +353,7 @@ def offline_search(config_of, reduction, lo: float, hi: float, target: float, to
         counted = Found(guess.value, reduction(config_of(guess.value)))
         if best is None or abs(counted.reduction - target) < abs(best.reduction - target):
             best = counted
+        learned["offset"] = aim + (target - counted.reduction) - target
         if abs(counted.reduction - target) <= tol:
             break
         aim += target - counted.reduction

@@ -156,7 +156,7 @@ def _cached(fn):
     """Memoises a MAC count on its (hashable) description: sweep cells repeat the same counts."""
     import functools
 
-    return functools.lru_cache(maxsize=64)(fn)
+    return functools.lru_cache(maxsize=4096)(fn)
 
 
 @_cached
