@@ -103,17 +103,17 @@ def validate(cfg: DictConfig):
     if cfg.get("compile") not in (True, False):
         raise ConfigError(f"compile={cfg.get('compile')!r} is invalid; allowed: true, false")
     if cfg.get("compile"):
+        if task == "generate" and cfg.metrics.get("macs"):
+            raise ConfigError("compile=true with metrics.macs=true is refused: executed MACs are counted by a flop "
+                              "counter inside every transformer call, and under it torch.compile runs the compiled "
+                              "blocks eagerly, so the counted images would not be the compiled ones. Set "
+                              "metrics.macs=false (task=macs counts a fixed-schedule method offline), or compile=false")
         import cat
 
         try:
             cat.check_compile(cfg.get("compile_mode", "default"), resolved_device_type(str(cfg.device)))
         except (ValueError, RuntimeError) as err:
             raise ConfigError(str(err)) from err
-        if task == "generate" and cfg.metrics.get("macs"):
-            raise ConfigError("compile=true with metrics.macs=true is refused: executed MACs are counted by a flop "
-                              "counter inside every transformer call, and under it torch.compile runs the compiled "
-                              "blocks eagerly, so the counted images would not be the compiled ones. Set "
-                              "metrics.macs=false (task=macs counts a fixed-schedule method offline), or compile=false")
     if not _is_int(cfg.get("seed")):
         raise ConfigError(f"seed={cfg.get('seed')!r} is invalid; allowed: an integer")
     try:
