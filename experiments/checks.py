@@ -105,6 +105,11 @@ def validate(cfg: DictConfig):
     if cfg.get("compile") not in (True, False):
         raise ConfigError(f"compile={cfg.get('compile')!r} is invalid; allowed: true, false")
     if cfg.get("compile"):
+        if task == "generate" and cfg.metrics.get("macs"):
+            raise ConfigError("compile=true with metrics.macs=true is refused: executed MACs are counted by a flop "
+                              "counter inside every transformer call, and under it torch.compile runs the compiled "
+                              "blocks eagerly, so the counted images would not be the compiled ones. Set "
+                              "metrics.macs=false (task=macs counts a fixed-schedule method offline), or compile=false")
         import cat
 
         try:

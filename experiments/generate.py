@@ -65,23 +65,43 @@ def run_batch(pipe, batch: list[Prompt], seed: int, call_kwargs: dict) -> list:
 
 
 def generate(pipe, work: list[Batch], folder: Path, seed: int, call_kwargs: dict, overwrite: bool = False,
-             on_batch=None, desc: str = "generate") -> int:
-    """Generates every batch of `work` with a missing image (all with `overwrite`) into `folder`, whole,
-    writing the images that are missing; returns how many batches were generated.
+             on_batch=None, desc: str = "generate", macs: bool = False, redo=None) -> int:
+    """Generates every unfinished batch of `work` (all with `overwrite`) into `folder`, whole, writing the
+    images that are missing; returns how many batches were generated.
+
+    A batch is finished when its images exist and, with `macs`, its line of `folder/macs.jsonl` does
+    (experiments/macs.py: each pipeline call runs under a `MacsMeter`, and the batch's transformer MACs are
+    appended after its images, so a line says its batch is complete and counted); `redo(number, batch)`
+    names a further reason to generate a batch again (what the caller records of it is missing). A batch
+    generated again reproduces the images it has, so every image and its count come from one call.
 
     `on_batch(number, batch, images)` is called after each generated batch.
     """
+    import contextlib
+
+    from . import macs as macs_
+
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [(n, batch) for n, batch in work
-            if overwrite or not all(image_path(folder, p.index).exists() for p in batch)]
-    for number, batch in tqdm(todo, desc=desc, disable=not todo, leave=False):
-        images = run_batch(pipe, batch, seed, call_kwargs)
-        for prompt, image in zip(batch, images):
-            path = image_path(folder, prompt.index)
-            if overwrite or not path.exists():  # a batch resumed whole reproduces the images it has
-                atomic_write(path, lambda f, image=image: image.save(f, format="PNG"))
-        if on_batch is not None:
-            on_batch(number, batch, images)
+    lines = macs_.read_batch_records(folder) if macs else {}
+
+    def finished(number: int, batch: list[Prompt]) -> bool:
+        return (all(image_path(folder, p.index).exists() for p in batch)
+                and (not macs or macs_.counted(lines, number, [p.index for p in batch]))
+                and not (redo is not None and redo(number, batch)))
+
+    todo = [(n, batch) for n, batch in work if overwrite or not finished(n, batch)]
+    with macs_.MacsMeter(pipe.transformer) if macs and todo else contextlib.nullcontext() as meter:
+        for number, batch in tqdm(todo, desc=desc, disable=not todo, leave=False):
+            images = run_batch(pipe, batch, seed, call_kwargs)
+            batch_macs = meter.take() if macs else None
+            for prompt, image in zip(batch, images):
+                path = image_path(folder, prompt.index)
+                if overwrite or not path.exists():  # a batch resumed whole reproduces the images it has
+                    atomic_write(path, lambda f, image=image: image.save(f, format="PNG"))
+            if macs:
+                macs_.append_batch_record(folder, macs_.batch_record(number, [p.index for p in batch], batch_macs))
+            if on_batch is not None:
+                on_batch(number, batch, images)
     return len(todo)
 
 
@@ -152,9 +172,11 @@ def generate_images(cfg, pipe, method, run_dir: Path, prompts: list[Prompt], kwa
     """The full model's images (from the shared cache, generated where missing) and the method's, in the
     run's folders `images/full/` and `images/<method>/`; returns the folders by variant.
 
-    Processes share out whole batches, so an image never depends on the number of processes. The method
-    reports what it did on the run's first batch (`record_first_batch`), generated once more when a
-    resumed run already had its images.
+    Processes share out whole batches, so an image never depends on the number of processes. With
+    `metrics.macs` every batch's executed transformer MACs are counted while it is generated and kept next
+    to its images (`macs.jsonl`, in the shared cache for the full model's): a batch whose images exist
+    without its count is generated again, whole. The method reports what it did on the run's first batch
+    (`record_first_batch`); a resumed run that lacks that record generates the first batch again, whole.
     """
     import cat
 
@@ -165,6 +187,7 @@ def generate_images(cfg, pipe, method, run_dir: Path, prompts: list[Prompt], kwa
     variant = cfg.method.name
     folders = {"full": run_dir / "images" / "full", variant: run_dir / "images" / variant}
     shared_full = full_image_cache(cfg, kwargs, dtype, device)
+    count = bool(cfg.metrics.macs)
     with state.split_between_processes(batches(prompts, cfg.batch_size)) as mine:
         # The full model's images depend only on model, prompts, seed, call, dtype, device, batch size and
         # code: shared by every run and sweep cell with the same ones. Locked: concurrent cells wait, then reuse.
@@ -173,7 +196,7 @@ def generate_images(cfg, pipe, method, run_dir: Path, prompts: list[Prompt], kwa
                                                                                cfg.compile_mode):
             if state.num_processes == 1:  # another rank may be writing its share
                 clean_temporaries(shared_full)
-            generate(pipe, list(mine), shared_full, cfg.seed, kwargs, cfg.overwrite, desc="full model")
+            generate(pipe, list(mine), shared_full, cfg.seed, kwargs, cfg.overwrite, desc="full model", macs=count)
         link_images(shared_full, folders["full"], [p.index for _, batch in mine for p in batch])
         if method is not None:
             with cat.apply(pipe, method, compile=cfg.compile, compile_mode=cfg.compile_mode) as handle:
@@ -183,12 +206,12 @@ def generate_images(cfg, pipe, method, run_dir: Path, prompts: list[Prompt], kwa
                     if number == 0:
                         record_first_batch(handle, batch, run_dir, prompts[0].text)
 
+                def unrecorded(number, batch) -> bool:  # the first batch of a run resumed without its record
+                    if number == 0 and first_batch_missing(run_dir):
+                        log.info("%s: generating the first batch again for the method's statistics", variant)
+                        return True
+                    return False
+
                 generate(pipe, list(mine), folders[variant], cfg.seed, method_kwargs, cfg.overwrite,
-                         on_batch=first_batch, desc=variant)
-                if state.is_main_process and first_batch_missing(run_dir):
-                    # the first batch's images were already there (a resumed run): generate it once more,
-                    # whole, for what the method reports of it
-                    log.info("%s: generating the first batch again for the method's statistics", variant)
-                    first = batches(prompts, cfg.batch_size)[0][1]
-                    first_batch(0, first, run_batch(pipe, first, cfg.seed, method_kwargs))
+                         on_batch=first_batch, desc=variant, macs=count, redo=unrecorded)
     return folders

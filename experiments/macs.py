@@ -1,7 +1,11 @@
 """MACs, counted by a tool: `torch.utils.flop_counter.FlopCounterMode`. MACs = FLOPs / 2.
 
-Executed MACs (every `task=generate` run): a counter is active inside every transformer call while the full
-model and the method generate, so whatever a method skipped, forecast or pruned is simply not counted.
+Executed MACs (every `task=generate` run with `metrics.macs`): a counter is active inside every transformer
+call (`MacsMeter`) while the full model and the method generate the very batches whose images are
+evaluated, so whatever a method skipped, forecast or pruned is simply not counted, and a method whose
+decisions depend on the batch is counted on the batches that made its images. Each batch's count is one
+line of `macs.jsonl` next to its images (`BATCH_RECORDS`; experiments/generate.py writes them, `executed`
+reads them back for the run's metrics and per-image records).
 
 Offline MACs (`task=macs`), on `meta`-device models built from the real configs (no weights, no memory):
 the method's config gives its schedule (`offline_schedule`: image tokens recomputed per step); the
@@ -17,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -43,27 +49,73 @@ def count_macs(fn, *args, **kwargs) -> int:
     return counter.get_total_flops() // 2
 
 
+class MacsMeter:
+    """Counts the MACs of every call of `module` (a transformer) while installed: a flop counter is active
+    inside each call (forward pre and post hooks), so whatever a method skipped, forecast or pruned is
+    simply not counted, and dynamic methods report what they realised, counted by the same tool as
+    everyone else. Counting does not change the outputs (tests/harness/test_executed_macs.py).
+
+        with MacsMeter(pipe.transformer) as meter:
+            pipe(...)                 # one batch
+            batch_macs = meter.take()  # MACs since the last take
+
+    Not under torch.compile: an active dispatch mode makes dynamo run compiled code eagerly (the counted
+    outputs would not be the compiled ones, and the code stays eager afterwards); `MacsMeter` refuses a
+    module with compiled blocks (`compiled_inside`).
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self._counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
+        self._flops = 0  # since the last take
+        self._depth = 0  # a nested call of the module is counted by the outer one
+        self._handles: list = []
+
+    def __enter__(self) -> "MacsMeter":
+        if compiled_inside(self.module):
+            raise RuntimeError(f"MacsMeter cannot count {type(self.module).__name__}: it holds torch.compile'd "
+                               "modules, which a flop counter would make run eagerly")
+        self._handles = [self.module.register_forward_pre_hook(self._pre),
+                         self.module.register_forward_hook(self._post, always_call=True)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._depth:  # left from inside a call (an exception in a hook): close the counter
+            self._depth = 0
+            self._counter.__exit__(None, None, None)
+
+    def _pre(self, module, args) -> None:
+        self._depth += 1
+        if self._depth == 1:
+            self._counter.__enter__()  # starts from zero
+
+    def _post(self, module, args, output) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            self._counter.__exit__(None, None, None)
+            self._flops += self._counter.get_total_flops()
+
+    def take(self) -> int:
+        """MACs counted since the last `take` (or since installed)."""
+        flops, self._flops = self._flops, 0
+        return flops // 2
+
+
+def compiled_inside(module: torch.nn.Module) -> bool:
+    """Whether `module` or one of its submodules runs torch.compile'd code (`Module.compile`)."""
+    return any(vars(m).get("_compiled_call_impl") is not None for m in module.modules())
+
+
 def realised_transformer_macs(pipe, call) -> int:
-    """Transformer MACs that actually ran during `call()`: a flop counter is active inside every
-    transformer call (whatever a method skipped, forecast or pruned is simply not counted), so
-    dynamic methods report what they realised, counted by the same tool as everyone else."""
-    total = [0]
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM)
-
-    def pre(module, args):
-        counter.__enter__()
-
-    def post(module, args, output):
-        counter.__exit__(None, None, None)
-        total[0] += counter.get_total_flops()
-
-    handles = [pipe.transformer.register_forward_pre_hook(pre), pipe.transformer.register_forward_hook(post)]
-    try:
+    """Transformer MACs that actually ran during `call()` (`MacsMeter` on `pipe.transformer`)."""
+    with MacsMeter(pipe.transformer) as meter:
         call()
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0] // 2
+        return meter.take()
 
 
 @dataclass
@@ -218,27 +270,99 @@ def count(cfg, run_dir, method) -> dict:
     return report_for_model(model_cfg, method).as_metrics()
 
 
-def executed(pipe, cfg, method, prompts, kwargs) -> dict:
-    """Executed transformer MACs per image of the full model and of the method, counted while they run
-    on the first `metrics.macs_prompts` prompts (one batch, the run's seeds)."""
-    from .generate import generators
+BATCH_RECORDS = "macs.jsonl"  # one line per generated batch, in the folder of its images
 
-    sample = prompts[: max(1, int(cfg.metrics.get("macs_prompts", 4)))]
 
-    def call(**overrides):
-        pipe([p.text for p in sample], generator=generators(cfg, sample), **{**kwargs, **overrides})
+def batch_record(number: int, indices: list[int], macs: int) -> dict:
+    """The line of one generated batch: its number in the run, its prompts' indices, the transformer MACs
+    of its pipeline call (all its images, both CFG halves), and those per prompt."""
+    return {"batch": number, "indices": list(indices), "transformer_macs": int(macs),
+            "transformer_macs_per_prompt": macs / len(indices)}
 
-    log.info("counting executed MACs: full model, %d prompt(s) ...", len(sample))
-    full = realised_transformer_macs(pipe, call) / len(sample)
-    out = {"transformer_macs_full": full, "transformer_macs_per_step_full": full / cfg.model.steps,
-           "macs_prompts": len(sample)}
-    if method is None:
-        return out
-    log.info("counting executed MACs: %s, %d prompt(s) ...", cfg.method.name, len(sample))
-    with cat.apply(pipe, method) as handle:
-        overrides = handle.call_overrides(kwargs["num_inference_steps"])
-        done = realised_transformer_macs(pipe, lambda: call(**overrides)) / len(sample)
-    out.update({"transformer_macs": done, "macs_reduction": 1.0 - done / full})
+
+def append_batch_record(folder: Path, record: dict) -> None:
+    """Appends a batch's line to `folder/macs.jsonl` in one `write` on a file opened for appending: the
+    processes of a launch, each writing its own batches, never interleave or lose each other's lines; a
+    line torn by a crash is ignored when read (its batch is generated again)."""
+    path = Path(folder) / BATCH_RECORDS
+    line = json.dumps(record, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # after a torn line: start a line of our own
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_batch_records(folder: Path) -> dict[int, dict]:
+    """The lines of `folder/macs.jsonl` by batch number (a batch generated again: its last line); torn or
+    foreign lines are skipped."""
+    try:
+        text = (Path(folder) / BATCH_RECORDS).read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+            out[int(record["batch"])] = record
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
+
+
+def counted(records: dict[int, dict], number: int, indices: list[int]) -> bool:
+    """Whether `records` hold the count of batch `number` made of exactly these prompts."""
+    record = records.get(number)
+    return record is not None and record.get("indices") == list(indices) and "transformer_macs" in record
+
+
+def write_batch_records(folder: Path, records: list[dict]) -> None:
+    """Writes `folder/macs.jsonl` anew (atomically): these lines, by batch number."""
+    from .sinks import write_lines
+
+    write_lines(Path(folder) / BATCH_RECORDS, sorted(records, key=lambda r: r["batch"]))
+
+
+def executed(run_batches: list, sources: dict[str, Path], folders: dict[str, Path], steps: int,
+             rows: list[dict]) -> dict:
+    """The run's executed transformer MACs, from the lines its batches left (`macs.jsonl`): per image the
+    mean over the evaluated prompts of each prompt's share of its batch (batch MACs / batch size), for the
+    full model (`transformer_macs_full`) and the method (`transformer_macs`), and `macs_reduction` =
+    1 - method / full. Every record (one per image) gets its prompt's `transformer_macs`, and the method's
+    its `macs_reduction`.
+
+    `sources`: the folder whose `macs.jsonl` holds each variant's lines (the shared cache for the full
+    model's images); `folders`: the run's image folders, which get a copy of the run's lines (one per batch,
+    by number), so a run folder is complete on its own. RuntimeError when a batch has no line.
+    """
+    per_prompt: dict[str, dict[int, float]] = {}
+    for name, source in sources.items():
+        found = read_batch_records(source)
+        mine = []
+        for number, batch in run_batches:
+            indices = [p.index for p in batch]
+            if not counted(found, number, indices):
+                raise RuntimeError(f"no executed-MACs line for batch {number} (prompts {indices}) in "
+                                   f"{Path(source) / BATCH_RECORDS}")
+            mine.append(found[number])
+        write_batch_records(folders[name], mine)
+        per_prompt[name] = {i: r["transformer_macs_per_prompt"] for r in mine for i in r["indices"]}
+    full = per_prompt.pop("full")
+    mean_full = sum(full.values()) / len(full)
+    out = {"transformer_macs_full": mean_full, "transformer_macs_per_step_full": mean_full / steps}
+    method, done = next(iter(per_prompt.items()), (None, {}))  # the method's variant, if the run has one
+    if method is not None:
+        mean = sum(done.values()) / len(done)
+        out.update({"transformer_macs": mean, "macs_reduction": 1.0 - mean / mean_full})
+    for row in rows:
+        if row["variant"] == "full":
+            row["transformer_macs"] = full[row["index"]]
+        elif row["variant"] == method:
+            row["transformer_macs"] = done[row["index"]]
+            row["macs_reduction"] = 1.0 - done[row["index"]] / full[row["index"]]
     return out
 
 

@@ -20,14 +20,15 @@ log = logging.getLogger(__name__)
 
 
 def generate_and_evaluate(cfg: DictConfig, run_dir: Path, method) -> dict | None:
-    """`task=generate`: images of the full model and of the method on the same prompts and seeds, then their
-    metrics, executed MACs, timing, figures and logging. Under several processes only the main one
-    evaluates (None elsewhere)."""
+    """`task=generate`: images of the full model and of the method on the same prompts and seeds (their
+    executed MACs counted as they are generated), then their metrics, timing, figures and logging. Under
+    several processes only the main one evaluates (None elsewhere)."""
     from accelerate import PartialState
 
     from .evaluate import image_metrics, records
     from .figures import run_figures
-    from .generate import FIRST_BATCH, call_kwargs, generate_images, generators, run_prompts
+    from .generate import (FIRST_BATCH, batches, call_kwargs, full_image_cache, generate_images, generators,
+                           run_prompts)
     from .pipelines import load_pipeline, pick_device, pick_dtype
     from .sinks import log_run
 
@@ -48,8 +49,11 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path, method) -> dict | None
     metrics = {"num_images": len(prompts), "dtype": str(dtype).removeprefix("torch.")}
     metrics.update(read_json(run_dir / FIRST_BATCH) or {})
     metrics.update(image_metrics(cfg, run_dir, prompts, folders, variant, method, rows))
-    if cfg.metrics.macs:
-        metrics.update(macs.executed(pipe, cfg, method, prompts, kwargs))
+    if cfg.metrics.macs:  # counted while the evaluated images were generated
+        sources = {"full": full_image_cache(cfg, kwargs, dtype, device)}  # the shared cache's lines
+        if method is not None:
+            sources[variant] = folders[variant]
+        metrics.update(macs.executed(batches(prompts, cfg.batch_size), sources, folders, cfg.model.steps, rows))
     if cfg.metrics.latency.enabled:
         sample = prompts[: cfg.metrics.latency.num_prompts]
         call = lambda **o: pipe([p.text for p in sample], generator=generators(cfg, sample), **{**kwargs, **o})  # noqa: E731

@@ -24,8 +24,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-TINY_RUN = ("debug=tiny", "data.limit=2", "batch_size=2", "model.steps=4", "metrics.latency.repeats=2",
-            "metrics.macs_prompts=2")
+TINY_RUN = ("debug=tiny", "data.limit=2", "batch_size=2", "model.steps=4", "metrics.latency.repeats=2")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Two CPU processes (accelerate's PartialState over torch.distributed/gloo) give the single-process result."""
+"""Two CPU processes (accelerate's PartialState over torch.distributed/gloo) give the single-process result: the
+images, the metrics, and the executed MACs each process counted on its own batches."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["debug=tiny", "data.limit=4", "metrics.latency.enabled=false"]
+ARGS = ["debug=tiny", "data.limit=4", "batch_size=2", "metrics.latency.enabled=false"]  # a batch per process
 
 
 @pytest.mark.slow
@@ -26,8 +27,10 @@ def test_two_processes_merge_to_the_single_process_result(tmp_path):
     multi, single = (next((tmp_path / k / "runs").glob("*/*")) for k in ("multi", "single"))
     assert json.loads((multi / "metrics.json").read_text()) == json.loads((single / "metrics.json").read_text())
     for variant in ("full", "cat"):
-        names = sorted(p.name for p in (single / "images" / variant).iterdir())
-        assert names == sorted(p.name for p in (multi / "images" / variant).iterdir()) and len(names) == 4
+        names = sorted(p.name for p in (single / "images" / variant).glob("*.png"))
+        assert names == sorted(p.name for p in (multi / "images" / variant).glob("*.png")) and len(names) == 4
+        lines = (multi / "images" / variant / "macs.jsonl").read_text()
+        assert lines == (single / "images" / variant / "macs.jsonl").read_text() and len(lines.splitlines()) == 2
         for name in names:
             a = np.asarray(Image.open(multi / "images" / variant / name))
             b = np.asarray(Image.open(single / "images" / variant / name))

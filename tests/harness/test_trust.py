@@ -295,8 +295,8 @@ def test_the_run_folder_records_code_versions_log_and_real_images(tiny_run):
         assert prov[key], key
     assert record["key"].startswith(run_dir.name.rsplit("-", 1)[1])
     assert any(line.startswith("done:") for line in tiny_run.info)
-    images = list((run_dir / "images" / "full").iterdir())
-    assert len(images) == 2
+    images = list((run_dir / "images" / "full").glob("*.png"))
+    assert len(images) == 2 and (run_dir / "images" / "full" / "macs.jsonl").exists()
     for image in images:
         assert not image.is_symlink() and image.stat().st_size > 0
 
