@@ -24,6 +24,9 @@ class LayerCache:
     key: torch.Tensor | None = None  # [B, heads, N, head_dim] (attention only)
     value: torch.Tensor | None = None  # [B, heads, N, head_dim] (attention only)
     out: torch.Tensor | None = None  # [B, N, C] output before the block's gate
+    # [B, N, C] each token's output at its computation before the one in `out` (only while a timeline
+    # forecasts module outputs: `GenerationState.forecast`)
+    prev: torch.Tensor | None = None
 
 
 @dataclass
@@ -45,15 +48,21 @@ class GenerationState:
     freq: torch.Tensor | None = None  # [P, N] selection frequency f
     prev_out: torch.Tensor | None = None  # [B, N, D] output tokens of the previous step (a buffer, updated in place)
     quotas: torch.Tensor | None = None  # [k] per-rank cluster quotas (constant within a generation)
+    # [B, N, 1] per-token forecast coefficients of the current pruned step, None = unselected tokens reuse
+    # their cached module outputs (see `tokens.update_output`); set by a timeline that forecasts
+    forecast: torch.Tensor | None = None
+    timestep: object = None  # the current call's `timestep` argument (a tensor or a number; None if not given)
+    extra: dict = field(default_factory=dict)  # a timeline's own per-generation tensors (counted in cache_bytes)
     # Per-layer caches by module name. Each is also held by its module (processor or feed-forward
     # wrapper), which reads it without a per-layer lookup; see `Runtime.layer_caches`.
     caches: dict[str, LayerCache] = field(default_factory=dict)
     records: list[StepRecord] = field(default_factory=list)
 
     def cache_bytes(self) -> int:
-        """Bytes this generation holds: per-layer K/V and outputs, previous output, reference, staleness, labels."""
-        return tensor_bytes([(c.key, c.value, c.out) for c in self.caches.values()], self.prev_out, self.ref,
-                            self.freq, self.labels)
+        """Bytes this generation holds: per-layer K/V and outputs (and older outputs when forecasting), previous
+        output, reference, staleness, labels, and a timeline's own tensors."""
+        return tensor_bytes([(c.key, c.value, c.out, c.prev) for c in self.caches.values()], self.prev_out,
+                            self.ref, self.freq, self.labels, self.forecast, self.extra)
 
     def stats(self) -> GenerationStats:
         def cpu(t):

@@ -55,6 +55,7 @@ class TransformerHook(ModelHook):
             config = getattr(module, "config", None)
             state.channels = (getattr(config, "in_channels", None), getattr(config, "out_channels", None))
             state.num_steps = run.clock.num_steps(self.scheduler)
+        state.timestep = kwargs.get("timestep")
         run.timeline.begin_step(state, run.config, state.grid)
         return args, kwargs
 

@@ -74,6 +74,24 @@ def update_tokens(cache_t: torch.Tensor, index: torch.Tensor, rows: torch.Tensor
     return cache_t if cache_t.dtype == rows.dtype else cache_t.to(rows.dtype)
 
 
+def update_output(cache, index: torch.Tensor, rows: torch.Tensor, forecast: torch.Tensor | None = None) -> torch.Tensor:
+    """A pruned module's output for every token: the fresh rows written into `cache.out` in place (as
+    `update_tokens`), the other tokens' cached outputs, or, given per-token coefficients rho ([B, N, 1],
+    zero at the fresh tokens), their first-order forecast from their last two computations:
+    out + rho * (out - prev), `cache.prev` holding each token's output before its newest one. The fresh
+    tokens' newest cached output moves into `cache.prev` first (one write per buffer). A [text, image]
+    cache (FLUX single-stream) gets rho zero on its text rows.  [B, N, C] <- [B, K, C]
+    """
+    if forecast is None:
+        return update_tokens(cache.out, index, rows)
+    scatter_tokens_(cache.prev, index, gather_tokens(cache.out, index))
+    last = update_tokens(cache.out, index, rows)
+    rho = forecast.to(rows.dtype)
+    if rho.shape[1] < last.shape[1]:
+        rho = torch.nn.functional.pad(rho, (0, 0, last.shape[1] - rho.shape[1], 0))
+    return last + rho * (last - cache.prev.to(rows.dtype))
+
+
 def _flat(index: torch.Tensor, n: int) -> torch.Tensor:
     """Row numbers in a flattened [B*N] batch.  [B, K] -> [B*K]"""
     return (index + torch.arange(index.shape[0], device=index.device)[:, None] * n).reshape(-1)

@@ -7,7 +7,7 @@ import torch
 
 from .runtime import Runtime
 from .state import GenerationState
-from .tokens import cache_dtype, gather_tokens, joint_rows, store, update_tokens
+from .tokens import cache_dtype, gather_tokens, joint_rows, store, update_output
 
 
 class PrunedTokenwise(torch.nn.Module):
@@ -46,7 +46,7 @@ class PrunedTokenwise(torch.nn.Module):
             index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
         x = hidden_states if self.gathered else gather_tokens(hidden_states, index)  # [B, K, C]
         rows = self.module(x, *args, **kwargs)  # [B, K, C]
-        return update_tokens(cache.out, index, rows)  # [B, N, C]
+        return update_output(cache, index, rows, state.forecast)  # [B, N, C]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}" + (", joint=True" if self.joint else "")

@@ -18,7 +18,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import gather_tokens, joint_rows, scatter_tokens_
+from ..tokens import gather_tokens, joint_rows, scatter_tokens_, update_output
 
 
 def _rotate_rows(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ class CATFluxAttnProcessor:
             if plan is None:
                 cache.out = out
                 return out
-            return scatter_tokens_(cache.out, rows, out)  # [B, T+N, C]
+            return update_output(cache, rows, out, state.forecast)  # [B, T+N, C]
         context_out, out = out.split_with_sizes([num_text, out.shape[1] - num_text], dim=1)
         out = attn.to_out[0](out.contiguous())
         out = attn.to_out[1](out)  # [B, K, C]
@@ -99,5 +99,5 @@ class CATFluxAttnProcessor:
         if plan is None:
             cache.out = out
         else:
-            out = scatter_tokens_(cache.out, plan, out)  # [B, N, C]
+            out = update_output(cache, plan, out, state.forecast)  # [B, N, C]
         return out, context_out

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_tokens
+from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_output
 
 
 class CATJointAttnProcessor:
@@ -100,7 +100,7 @@ class CATJointAttnProcessor:
         if plan is None:
             cache.out = store(out, cache_dtype(self.runtime.config, "out"))
         else:
-            out = update_tokens(cache.out, plan, out)  # [B, N, C]
+            out = update_output(cache, plan, out, state.forecast)  # [B, N, C]
 
         if encoder_hidden_states is not None:
             return out, context_out

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_tokens
+from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_output
 
 
 class CATAttnProcessor:
@@ -77,4 +77,4 @@ class CATAttnProcessor:
         if plan is None:
             cache.out = store(out, cache_dtype(self.runtime.config, "out"))
             return out
-        return update_tokens(cache.out, plan, out)  # [B, N, C]
+        return update_output(cache, plan, out, state.forecast)  # [B, N, C]
