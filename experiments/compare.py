@@ -95,11 +95,10 @@ def describe(config, base, knob: str) -> str:
     return ", ".join(parts)
 
 
-def variant_base(method, variant: str, family: str, num_steps: int):
-    """The variant's setting before its compute knob moves: the authors' (over the YAML's), with CAT's
-    warm-up for `shared_warmup`; None when the variant does not apply to the method."""
-    import cat
-
+def variant_base(method, variant: str, family: str, num_steps: int, shared_warmup: int | None = None):
+    """The variant's setting before its compute knob moves: the authors' (over the YAML's), with the reference
+    method's warm-up (`shared_warmup`, CAT's) for variant `shared_warmup`; None when the variant does not apply
+    to the method."""
     cls = type(method)
     try:
         authors = cls.authors(family, num_steps)
@@ -110,8 +109,20 @@ def variant_base(method, variant: str, family: str, num_steps: int):
     if variant == "shared_warmup":
         if not getattr(cls, "has_warmup", True) or not hasattr(base, "warmup_steps"):
             return None
-        return dataclasses.replace(base, warmup_steps=cat.CATConfig.authors_warmup(num_steps))
+        if shared_warmup is None:
+            raise ValueError("variant shared_warmup needs the reference method's warm-up")
+        return dataclasses.replace(base, warmup_steps=shared_warmup)
     return base
+
+
+def reference_warmup(reference: str, family: str, num_steps: int) -> int | None:
+    """The warm-up of the reference method's authors' setting (`paired_reference`: CAT's 8 of 28 steps)."""
+    import cat
+
+    try:
+        return cat.METHODS[reference].authors(family, num_steps).get("warmup_steps")
+    except (KeyError, NotImplementedError):
+        return None
 
 
 def candidates(base, plan: Plan, variant: str, num_steps: int, num_tokens: int) -> list:
@@ -261,7 +272,7 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
 
     plan = Plan.of(cfg.method)
     variant, steps = cfg.compare.variant, int(cfg.model.steps)
-    base = variant_base(method, variant, family, steps)
+    base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps))
     if base is None:
         return {}
     pool = candidates(base, plan, variant, steps, num_tokens)

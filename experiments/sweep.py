@@ -142,7 +142,8 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
                          "prompts (95% band)")
     from . import peers, targets
 
-    targets.write_report(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
+    targets.write_report(sweep_dir, cells if cells is not None else current_cells(sweep_dir),
+                         reference if reference and "=" not in reference else None)
     if peers.is_peers_sweep(frame):
         peers.write_report(frame, sweep_dir)
     return frame

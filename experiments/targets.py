@@ -1,4 +1,5 @@
-"""The comparison's report: every method and variant at every compute target, paired with CAT.
+"""The comparison's report: every method and variant at every compute target, paired with the reference
+method (`paired_reference`, CAT).
 
 Reads the cells of a `sweep=peers` run (task=compare, experiments/compare.py) and writes
 
@@ -21,7 +22,6 @@ import pandas as pd
 
 from .matched import AtTarget, Cell, at_target, compare, resamples
 
-REFERENCE = "cat"
 METRICS = ("psnr", "ssim", "adherence")
 
 
@@ -66,7 +66,7 @@ def reach(entry: dict, target: float, tol: float = 0.01) -> AtTarget | None:
     return at_target(everything, target, tol)
 
 
-def table(entries: list[dict], targets: list[float], reference: str = REFERENCE, tol: float = 0.01) -> pd.DataFrame:
+def table(entries: list[dict], targets: list[float], reference: str, tol: float = 0.01) -> pd.DataFrame:
     """One row per (method, variant, target) reached; paired with the reference method's same variant."""
     prompts = {tuple(row["indices"]) for e in entries for row in e["rows"].values()}
     if len(prompts) > 1:
@@ -163,19 +163,22 @@ def figure(frame: pd.DataFrame, metric: str, path: Path, title: str) -> Path | N
     return path
 
 
-def write_report(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
-    """targets.csv, targets.md and figures/targets_*.png of a comparison sweep (empty frame: not one)."""
+def write_report(sweep_dir: Path, cells: list[str] | None = None, reference: str | None = None) -> pd.DataFrame:
+    """targets.csv, targets.md and figures/targets_*.png of a comparison sweep (empty frame: not one), every
+    method paired with `reference` (default: conf/config.yaml's `paired_reference`)."""
+    from .config_files import default_setting
     from .sinks import write_text
 
+    reference = reference or str(default_setting("paired_reference"))
     entries = load_cells(sweep_dir, cells)
     if not entries:
         return pd.DataFrame()
     targets = sorted({float(t) for e in entries for t in e["plan"]["targets"]})
-    frame = table(entries, targets)
+    frame = table(entries, targets, reference)
     if frame.empty:
         return frame
     n = len(next(iter(next(e for e in entries if e["rows"])["rows"].values()))["indices"])
-    title = f"{sweep_title(sweep_dir, entries)}: {n} evaluation prompts"
+    title = f"{sweep_title(sweep_dir, entries)}: {n} evaluation prompts, paired with {reference}"
     write_text(Path(sweep_dir) / "targets.csv", frame.to_csv(index=False))
     write_text(Path(sweep_dir) / "targets.md", markdown(frame, title) + "\n")
     for metric in METRICS:

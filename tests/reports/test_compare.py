@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import cat
-from experiments.compare import Plan, candidates, describe, setting_key, variant_base
+from experiments.compare import Plan, candidates, describe, reference_warmup, setting_key, variant_base
 from experiments.targets import load_cells, table, write_report
 from experiments.tuning import find_knob
 
@@ -56,8 +56,8 @@ def test_the_authors_variant_is_the_authors_setting_for_the_models_architecture(
 
 def test_shared_warmup_gives_every_method_cats_warmup_and_skips_a_method_without_one():
     for config in (cat.FORAConfig(), cat.ToCaConfig(), cat.TaylorSeerConfig(), cat.FBCacheConfig()):
-        assert variant_base(config, "shared_warmup", "sd3", 28).warmup_steps == cat.CATConfig.authors_warmup(28) == 8
-    ras = variant_base(cat.RASConfig(), "shared_warmup", "sd3", 28)
+        assert variant_base(config, "shared_warmup", "sd3", 28, reference_warmup("cat", "sd3", 28)).warmup_steps == 8
+    ras = variant_base(cat.RASConfig(), "shared_warmup", "sd3", 28, 8)
     assert ras.warmup_steps == 8
     assert variant_base(cat.StepsConfig(), "shared_warmup", "sd3", 28) is None
 
@@ -103,7 +103,7 @@ def test_the_report_pairs_each_method_with_cat_at_the_same_target_and_variant(tm
                 {"r=0.4": (0.5, base + rng.normal(0, 0.1, P), ones)})
     _write_cell(tmp_path / "fora_a", "fora", "authors", {0.5: ["interval=3"]},
                 {"interval=3": (0.6, base - 1, ones)})
-    frame = table(load_cells(tmp_path), [0.5]).set_index(["method", "variant"])
+    frame = table(load_cells(tmp_path), [0.5], "cat").set_index(["method", "variant"])
     fora = frame.loc[("fora", "tuned")]
     assert fora.setting == "interval=2 (50%) + interval=3 (50%)" and fora.reduction == pytest.approx(0.5)
     assert fora.d_cat == pytest.approx(0.5, abs=0.1) and fora.d_cat_lo <= fora.d_cat <= fora.d_cat_hi
@@ -127,4 +127,4 @@ def test_cells_evaluated_on_different_prompts_are_never_paired(tmp_path):
     row["indices"] = list(range(1, P + 1))
     (other / "cells" / "b.json").write_text(json.dumps(row))
     with pytest.raises(ValueError, match="different prompts"):
-        table(load_cells(tmp_path), [0.5])
+        table(load_cells(tmp_path), [0.5], "cat")
