@@ -1,6 +1,10 @@
-"""`cat_forecast`: CAT with a token budget that moves across the pruned steps, and forecast module outputs.
+"""`cat_budget`: CAT with a token budget that moves across the pruned steps (and, optionally, forecast
+module outputs for the tokens a step leaves out).
 
-Two changes to CAT, each off by default (the defaults are plain CAT, bit for bit):
+Two changes to CAT, each off by default (the defaults are plain CAT, bit for bit). Measured on the
+embedded default model (docs/results.md, "A CAT variant at equal compute"): a falling budget beats flat
+CAT at equal MACs; the forecast loses to copying at every setting tried, and costs one more output
+cache per module.
 
 1. Budget schedule (`schedule_slope`, `schedule_block`). The pruned steps recompute K_j tokens instead
    of a flat K, with the same total: sum_j K_j = (pruned steps) x K, K from CAT's keep ratio, which stays
@@ -56,7 +60,7 @@ FORECAST_TIMES = ("step", "timestep")
 
 @register
 @dataclass(frozen=True)
-class CATForecastConfig(CATConfig):
+class CATBudgetConfig(CATConfig):
     """CAT's settings plus a budget schedule across the pruned steps and forecast module outputs.
 
     Attributes:
@@ -74,7 +78,7 @@ class CATForecastConfig(CATConfig):
             their own (null: yes without a forecast, no with one).
     """
 
-    name: ClassVar[str] = "cat_forecast"
+    name: ClassVar[str] = "cat_budget"
     handle: ClassVar[type] = CATHandle
 
     schedule_slope: float = 0.0
@@ -102,7 +106,7 @@ class CATForecastConfig(CATConfig):
         return self.forecast == 0 if self.output_caching is None else self.output_caching
 
     @classmethod
-    def examples(cls, num_steps: int) -> tuple["CATForecastConfig", "CATForecastConfig"]:
+    def examples(cls, num_steps: int) -> tuple["CATBudgetConfig", "CATBudgetConfig"]:
         nothing, fast = super().examples(num_steps)
         return nothing, dataclasses.replace(fast, schedule_slope=0.5, schedule_block=2, forecast=1.0)
 
@@ -123,13 +127,13 @@ class CATForecastConfig(CATConfig):
             return [num_tokens] * num_steps
         return list(self.budgets(num_steps, num_tokens))
 
-    def at_budget(self, budget: int, num_tokens: int) -> "CATForecastConfig":
+    def at_budget(self, budget: int, num_tokens: int) -> "CATBudgetConfig":
         """This config with a flat budget of `budget` tokens (what one step's selection runs with)."""
         return _at_budget(self, int(budget), int(num_tokens))
 
 
 @functools.lru_cache(maxsize=256)
-def _budgets(config: CATForecastConfig, num_steps: int, num_tokens: int) -> tuple[int, ...]:
+def _budgets(config: CATBudgetConfig, num_steps: int, num_tokens: int) -> tuple[int, ...]:
     pruned = [s for s in range(num_steps) if plain.phase_of(s, config) == "pruned"]
     per_pruned = schedule(len(pruned), config.num_kept(num_tokens), num_tokens, config.schedule_slope,
                           config.schedule_block)
@@ -140,7 +144,7 @@ def _budgets(config: CATForecastConfig, num_steps: int, num_tokens: int) -> tupl
 
 
 @functools.lru_cache(maxsize=256)
-def _at_budget(config: CATForecastConfig, budget: int, num_tokens: int) -> CATForecastConfig:
+def _at_budget(config: CATBudgetConfig, budget: int, num_tokens: int) -> CATBudgetConfig:
     if budget == config.num_kept(num_tokens):
         return config
     level = dataclasses.replace(config, keep_ratio=budget / num_tokens)
@@ -197,7 +201,7 @@ def _clip_keeping_total(values: list[float], sizes: list[int], total: float, lo:
     return [min(hi, max(lo, v)) for v in values]
 
 
-def begin_step(state: GenerationState, config: CATForecastConfig, grid: tuple[int, int]) -> None:
+def begin_step(state: GenerationState, config: CATBudgetConfig, grid: tuple[int, int]) -> None:
     """CAT's step; when forecasting, also fills the caches at step t0-2 and sets this step's rho."""
     plain.begin_step(state, config, grid)
     state.forecast = None
@@ -216,7 +220,7 @@ def begin_step(state: GenerationState, config: CATForecastConfig, grid: tuple[in
         state.forecast = coefficients(state, config, n)
 
 
-def end_step(state: GenerationState, config: CATForecastConfig, out: torch.Tensor) -> torch.Tensor:
+def end_step(state: GenerationState, config: CATBudgetConfig, out: torch.Tensor) -> torch.Tensor:
     """CAT's output caching and selection, selecting at the next step's budget; without output caching,
     the unselected tokens' own outputs.  [B, N, D] -> [B, N, D]"""
     n = out.shape[1]
@@ -238,14 +242,14 @@ def end_step(state: GenerationState, config: CATForecastConfig, out: torch.Tenso
     return kept
 
 
-def _generation_budgets(state: GenerationState, config: CATForecastConfig, n: int) -> tuple[int, ...]:
+def _generation_budgets(state: GenerationState, config: CATBudgetConfig, n: int) -> tuple[int, ...]:
     if state.num_steps is None:
         raise ValueError(f"{type(config).__name__}.schedule_slope={config.schedule_slope!r} needs the number "
                          "of steps: call the pipeline, or handle.reset(num_steps=...) for a bare transformer")
     return config.budgets(state.num_steps, n)
 
 
-def coefficients(state: GenerationState, config: CATForecastConfig, n: int) -> torch.Tensor:
+def coefficients(state: GenerationState, config: CATBudgetConfig, n: int) -> torch.Tensor:
     """rho of this pruned step for every token ([B, N, 1], a buffer of the generation, updated in place),
     zero at the plan; then the planned tokens' times move on (their newest time becomes the older one,
     this step's the newest)."""
@@ -272,7 +276,7 @@ def coefficients(state: GenerationState, config: CATForecastConfig, n: int) -> t
     return rho
 
 
-def _time(state: GenerationState, config: CATForecastConfig):
+def _time(state: GenerationState, config: CATBudgetConfig):
     """This step's time: the step index (a number) or the call's timestep (a one-element tensor)."""
     if config.forecast_time == "step":
         return float(state.step)

@@ -1,4 +1,4 @@
-"""cat_forecast: CAT with a budget schedule across the pruned steps and forecast module outputs.
+"""cat_budget: CAT with a budget schedule across the pruned steps and forecast module outputs.
 
 Plain CAT bit for bit at its defaults, the full model at keep ratio 1, exact remove; the budget schedule
 keeps the flat schedule's total; the value a module hands on for an unselected token is the first-order
@@ -14,7 +14,7 @@ import torch
 
 import cat
 from cat import testing
-from cat.methods.cat_forecast import CATForecastConfig, schedule
+from cat.methods.cat_budget import CATBudgetConfig, schedule
 from tests.adapters.families import FAMILIES, INPUTS
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -45,14 +45,14 @@ def test_defaults_are_cat_bit_for_bit_keep_one_is_the_full_model_and_remove_is_e
     plain = dict(warmup_steps=4, num_clusters=4)
     with cat.apply(pipe, cat.CATConfig(**plain)):
         cat_out = _generate(pipe, family)
-    with cat.apply(pipe, CATForecastConfig(**plain)):
+    with cat.apply(pipe, CATBudgetConfig(**plain)):
         assert torch.equal(_generate(pipe, family), cat_out)
     everything = dict(schedule_slope=1.0, schedule_block=2, forecast=1.0, forecast_time="timestep")
-    with cat.apply(pipe, CATForecastConfig(keep_ratio=1.0, **plain, **everything)):
+    with cat.apply(pipe, CATBudgetConfig(keep_ratio=1.0, **plain, **everything)):
         assert torch.equal(_generate(pipe, family), base)
-    with cat.apply(pipe, CATForecastConfig(**plain, **everything)) as handle:
+    with cat.apply(pipe, CATBudgetConfig(**plain, **everything)) as handle:
         forecast = _generate(pipe, family)
-        assert handle.stats.tokens_per_step == CATForecastConfig(**plain, **everything).offline_schedule(STEPS, 256)
+        assert handle.stats.tokens_per_step == CATBudgetConfig(**plain, **everything).offline_schedule(STEPS, 256)
     assert torch.isfinite(forecast).all() and not torch.equal(forecast, cat_out)
     assert torch.equal(_generate(pipe, family), base)
     assert _attrs(pipe) == before and hasattr(pipe.transformer, "_diffusers_hook") == hooked
@@ -82,7 +82,7 @@ def test_an_unselected_token_gets_the_extrapolation_from_its_own_last_two_comput
     steps, t0 = 12, 4
     sigmas = torch.linspace(1.0, 0.05, steps)
     timesteps = 1000 * 3.0 * sigmas / (1 + 2.0 * sigmas)  # a shift-3 schedule: uneven spacing
-    config = CATForecastConfig(keep_ratio=0.25, warmup_steps=t0, num_clusters=4, forecast=damping,
+    config = CATBudgetConfig(keep_ratio=0.25, warmup_steps=t0, num_clusters=4, forecast=damping,
                                forecast_max=most, forecast_time=time)
     seen = {name: [] for name in WATCHED[family]}
     hooks = []
@@ -130,7 +130,7 @@ def test_the_forecast_reaches_the_output_only_without_output_caching():
     outs = {}
     for label, extra in {"cat": {}, "copy": dict(output_caching=False), "forecast": dict(forecast=1.0),
                          "forecast_cached": dict(forecast=1.0, output_caching=True)}.items():
-        with cat.apply(pipe, CATForecastConfig(**plain, **extra)) as handle:
+        with cat.apply(pipe, CATBudgetConfig(**plain, **extra)) as handle:
             outs[label] = _generate(pipe, "sd3")
             last = handle.stats.steps[-1]
         assert last.phase == "pruned"
@@ -141,10 +141,10 @@ def test_the_forecast_reaches_the_output_only_without_output_caching():
 def test_cache_bytes_count_one_more_output_buffer_per_module_and_the_times():
     pipe = FAMILIES["sd3"].pipeline()
     plain = dict(warmup_steps=4, num_clusters=4)
-    with cat.apply(pipe, CATForecastConfig(**plain)) as handle:
+    with cat.apply(pipe, CATBudgetConfig(**plain)) as handle:
         _generate(pipe, "sd3")
         copy_bytes = handle.cache_bytes()
-    with cat.apply(pipe, CATForecastConfig(**plain, forecast=1.0)) as handle:
+    with cat.apply(pipe, CATBudgetConfig(**plain, forecast=1.0)) as handle:
         _generate(pipe, "sd3")
         state = handle.runtime.last_state()
         outputs = sum(c.out.numel() * c.out.element_size() for c in state.caches.values() if c.out is not None)
@@ -160,7 +160,7 @@ def test_cache_bytes_count_one_more_output_buffer_per_module_and_the_times():
 def test_the_budget_schedule_keeps_the_flat_total_in_few_levels(num_steps, warmup, ratio, slope, block):
     n = 256
     flat = cat.CATConfig(keep_ratio=ratio, warmup_steps=warmup).offline_schedule(num_steps, n)
-    config = CATForecastConfig(keep_ratio=ratio, warmup_steps=warmup, schedule_slope=slope, schedule_block=block)
+    config = CATBudgetConfig(keep_ratio=ratio, warmup_steps=warmup, schedule_slope=slope, schedule_block=block)
     moving = config.offline_schedule(num_steps, n)
     assert len(moving) == num_steps and sum(moving) == sum(flat)
     assert moving[:warmup] == flat[:warmup]
@@ -174,7 +174,7 @@ def test_the_budget_schedule_keeps_the_flat_total_in_few_levels(num_steps, warmu
         assert pruned[0] > pruned[-1] and all(a >= b - 1 for a, b in zip(pruned, pruned[1:]))
     else:
         assert pruned[0] < pruned[-1]
-    assert CATForecastConfig(keep_ratio=ratio, warmup_steps=warmup).offline_schedule(num_steps, n) == flat
+    assert CATBudgetConfig(keep_ratio=ratio, warmup_steps=warmup).offline_schedule(num_steps, n) == flat
 
 
 def test_schedule_shape_and_exact_total():
@@ -208,7 +208,7 @@ def test_compiled_forecast_matches_eager_and_never_recompiles(slope):
     """Forecasting adds no graph (full, cache-filling and pruned steps, as CAT); a budget schedule adds
     one pruned-step graph per distinct budget; nothing compiles again in later generations."""
     pipe = testing.tiny_sd3_pipeline(num_layers=3)
-    config = CATForecastConfig(warmup_steps=4, num_clusters=4, forecast=1.0, schedule_slope=slope, schedule_block=2)
+    config = CATBudgetConfig(warmup_steps=4, num_clusters=4, forecast=1.0, schedule_slope=slope, schedule_block=2)
     levels = len(set(config.offline_schedule(STEPS, 256)[config.warmup_steps:]))
     eager, first, second, frames, again = _compiled(pipe, config)
     torch.testing.assert_close(first, eager, rtol=1e-4, atol=1e-4)
@@ -222,7 +222,7 @@ def test_pruned_forecast_step_is_one_graph_without_breaks():
     from torch._dynamo.utils import counters
 
     transformer, inputs = testing.tiny_sd3_transformer(num_layers=3), INPUTS["sd3"](2)
-    config = CATForecastConfig(warmup_steps=2, num_clusters=4, forecast=1.0)
+    config = CATBudgetConfig(warmup_steps=2, num_clusters=4, forecast=1.0)
     outs = []
     for compiled in (False, True):
         torch._dynamo.reset()
@@ -248,17 +248,17 @@ def test_pruned_forecast_step_is_one_graph_without_breaks():
 ])
 def test_bad_fields_are_named_with_their_range(field, value):
     with pytest.raises(ValueError, match=rf"{field}={value!r} is invalid: {field} must be"):
-        CATForecastConfig(**{field: value})
+        CATBudgetConfig(**{field: value})
 
 
 def test_the_run_key_ignores_the_fields_an_off_feature_never_reads():
-    assert set(CATForecastConfig().key_ignores()) == {"schedule_block", "forecast_max", "forecast_time"}
-    assert CATForecastConfig(schedule_slope=0.5, forecast=1.0).key_ignores() == ()
+    assert set(CATBudgetConfig().key_ignores()) == {"schedule_block", "forecast_max", "forecast_time"}
+    assert CATBudgetConfig(schedule_slope=0.5, forecast=1.0).key_ignores() == ()
 
 
 def test_a_schedule_on_a_bare_transformer_needs_the_step_count():
     transformer, inputs = testing.tiny_sd3_transformer(), INPUTS["sd3"](2)
-    config = CATForecastConfig(warmup_steps=2, num_clusters=4, schedule_slope=0.5)
+    config = CATBudgetConfig(warmup_steps=2, num_clusters=4, schedule_slope=0.5)
     with torch.no_grad(), cat.apply(transformer, config) as handle:
         handle.reset(cfg_pairs=True)
         transformer(**inputs)
