@@ -56,17 +56,29 @@ def test_ablation_sweep_is_a_multirun_over_policy_keep_and_clusters_with_enough_
     assert cfg.data.limit >= 32  # paired intervals need prompts
 
 
-def test_peers_sweep_covers_every_method_over_its_levels():
+def test_peers_sweep_compares_every_method_in_every_variant_with_a_knob_it_can_move():
+    import dataclasses
+
     import cat
+    from experiments.checks import method_config
+    from experiments.compare import Plan
 
     cfg = _compose(["sweep=peers"], hydra=True)
     params = cfg.hydra.sweeper.params
     methods = params["method"].split(",")
     assert set(methods) == set(cat.METHODS) | {"cat_random"}  # the registered methods and random tokens
-    assert params["level"] == "0,1,2,3" and cfg.data.limit >= 32
+    assert params["compare.variant"] == "authors,tuned,shared_warmup" and cfg.task == "compare"
+    assert cfg.data.limit >= 32
     for name in methods:
-        method = _compose([f"method={name}", "level=3"]).method
-        assert len(method.levels) == 4 and method.knob in method.config
+        composed = _compose([f"method={name}"])
+        plan = Plan.of(composed.method)
+        fields = {f.name for f in dataclasses.fields(method_config(composed))}
+        assert plan.knob in fields and set(plan.tune) <= fields, name
+        assert plan.continuous or len(plan.levels) >= 2, name
+        grid = 1
+        for values in plan.tune.values():
+            grid *= len(values)
+        assert grid <= 6, f"{name}: a tuning grid of {grid} settings"  # the sweep's runtime
 
 
 @pytest.mark.parametrize("overrides, message", [

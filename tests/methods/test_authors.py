@@ -46,6 +46,10 @@ EXPECTED = {
     ("cat", "pixart", 28): {**CAT, "warmup_steps": 8},
     ("cat", "pixart", 20): {**CAT, "warmup_steps": 6},
     # CAT + FORA: CAT's values (the composition has no authors)
+    ("cat_budget", "sd3", 28): {**CAT, "warmup_steps": 8},  # CAT's authors; the budget is this project's
+    ("cat_budget", "sd3", 50): {**CAT, "warmup_steps": 14},
+    ("cat_budget", "pixart", 28): {**CAT, "warmup_steps": 8},
+    ("cat_budget", "pixart", 20): {**CAT, "warmup_steps": 6},
     ("cat_fora", "sd3", 28): {**CAT, "warmup_steps": 8},
     ("cat_fora", "sd3", 20): {**CAT, "warmup_steps": 6},
     ("cat_fora", "pixart", 28): {**CAT, "warmup_steps": 8},
@@ -165,7 +169,7 @@ def test_every_authors_setting_runs_on_a_tiny_model(family):
     pipe = testing.tiny_sd3_pipeline() if family == "sd3" else testing.tiny_pixart_pipeline()
     extra = {"max_sequence_length": 8} if family == "sd3" else {"use_resolution_binning": False,
                                                                "max_sequence_length": 16, "clean_caption": False}
-    model_fields = {"cat": {"num_clusters": 4}, "cat_fora": {"num_clusters": 4},
+    model_fields = {"cat": {"num_clusters": 4}, "cat_fora": {"num_clusters": 4}, "cat_budget": {"num_clusters": 4},
                     "magcache": {"mag_ratios": tuple(1.0 - 0.01 * i for i in range(steps))}}
 
     def generate(overrides=None):

@@ -23,7 +23,7 @@ CALL = {
 WITH_WARMUP = sorted(name for name, cls in cat.METHODS.items() if cls.has_warmup)
 # Today's defaults: each leaves the method's output as it was before the field existed (FORA, ToCa and
 # FBCache compute step 0 only; MagCache takes its warm-up from retention_ratio).
-DEFAULTS = {"cat": 8, "cat_fora": 8, "fbcache": 1, "fora": 1, "magcache": None, "ras": 4, "taylorseer": 3,
+DEFAULTS = {"cat": 8, "cat_budget": 8, "cat_fora": 8, "fbcache": 1, "fora": 1, "magcache": None, "ras": 4, "taylorseer": 3,
             "toca": 1}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
