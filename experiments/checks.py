@@ -7,6 +7,8 @@ allowed; `run.py` prints it without a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import logging
 import numbers
@@ -220,7 +222,7 @@ def _check_compare(cfg: DictConfig, method) -> None:
         plan = Plan.of(cfg.method)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    fields = {f.name for f in __import__("dataclasses").fields(method)}
+    fields = {f.name for f in dataclasses.fields(method)}
     for name in [plan.knob, *plan.tune]:
         if name not in fields:
             raise ConfigError(f"method={cfg.method.name}: `{name}` (its knob or a tuned field) is not a field of "

@@ -22,7 +22,7 @@ The chosen settings are then run on the evaluation prompts (the run's `data`), w
 on every batch that makes the evaluated images (per prompt: the batch's count over its size), PSNR and SSIM
 against the full model's images, and the prompt-adherence judge where the prompt set has one. A cell's
 files: `compare.json` (the plan: targets, the settings chosen for each and how), `cells/<key>.json` and
-`cells/<key>/` (per-prompt values and images of one evaluated setting) and `calibration/<key>.json` (every
+`cells/<key>/` (per-prompt values and images of one evaluated setting) and `calibration/` (the same for every
 calibration measurement). A resumed run, or another cell asking for the same setting on the same prompts,
 reuses them (they are also kept beside the full model's cached images). The sweep's report (`experiments.targets`) pairs every method with CAT at the
 same target and variant.
@@ -147,71 +147,63 @@ def candidates(base, plan: Plan, variant: str, num_steps: int, num_tokens: int) 
 
 class Bench:
     """Runs method settings on a fixed prompt list and measures them: executed MACs per prompt (counted on
-    the batches that make the images), PSNR / SSIM against the full model, the adherence judge.
+    the batches that make the images, `experiments.generate.generate` with its `macs.jsonl`), PSNR / SSIM
+    against the full model, the adherence judge.
 
-    Each setting's values are kept as `<key>.json` (with its images when `images`) in `shared`, beside the
-    full model's cached images of the same prompts (same model, seed, batches and code), so that another cell
-    of the sweep asking for the same setting (CAT's authors' and shared-warm-up variants, a tuned setting
-    equal to the authors') reads it instead of running it again; the run's own copy goes to `folder`."""
+    Each setting's images and `<key>.json` are kept in `shared`, beside the full model's cached images of the
+    same prompts (same model, seed, batches and code), so that another cell of the sweep asking for the same
+    setting (CAT's authors' and shared-warm-up variants, a tuned setting equal to the authors') reads it
+    instead of running it again; the run's own copy goes to `folder`."""
 
-    def __init__(self, cfg, pipe, kwargs: dict, prompts, full_folder: Path, folder: Path, judge=None, images=True):
+    def __init__(self, cfg, pipe, kwargs: dict, prompts, full_folder: Path, folder: Path, judge=None):
         self.cfg, self.pipe, self.kwargs, self.prompts = cfg, pipe, kwargs, prompts
-        self.full_folder, self.folder, self.judge, self.images = full_folder, folder, judge, images
+        self.full_folder, self.folder, self.judge = full_folder, folder, judge
         self.shared = full_folder.with_name(full_folder.name + "-settings")
         self.memo: dict[str, dict] = {}
-        self._full_images = None
-        self._full_macs = None
+        self._full = None
 
-    def full_images(self):
+    def _generate(self, folder: Path, kwargs: dict, desc: str) -> tuple[list, list[float]]:
+        """The prompts' images in `folder` (generated where missing, whole batches, counted) and each
+        prompt's transformer MACs (its batch's count over the batch's size)."""
         from PIL import Image
 
         from .generate import batches, generate, image_path
+        from .macs import read_batch_records
 
-        if self._full_images is None:
-            generate(self.pipe, batches(self.prompts, self.cfg.batch_size), self.full_folder, self.cfg.seed,
-                     self.kwargs, desc="full model")
-            self._full_images = []
-            for p in self.prompts:
-                with Image.open(image_path(self.full_folder, p.index)) as image:
-                    self._full_images.append(image.convert("RGB"))
-        return self._full_images
+        generate(self.pipe, batches(self.prompts, self.cfg.batch_size), folder, self.cfg.seed, kwargs, desc=desc,
+                 macs=True)
+        per_prompt = {i: r["transformer_macs_per_prompt"] for r in read_batch_records(folder).values()
+                      for i in r["indices"]}
+        images = []
+        for p in self.prompts:
+            with Image.open(image_path(folder, p.index)) as image:
+                images.append(image.convert("RGB"))
+        return images, [per_prompt[p.index] for p in self.prompts]
 
-    def full_macs(self) -> float:
-        """The full model's transformer MACs per prompt (its shapes do not depend on the prompt)."""
-        from .generate import run_batch
-        from .macs import realised_transformer_macs
-
-        if self._full_macs is None:
-            first = self.prompts[:1]
-            self._full_macs = realised_transformer_macs(
-                self.pipe, lambda: run_batch(self.pipe, first, self.cfg.seed, self.kwargs))
-        return self._full_macs
+    def full(self) -> tuple[list, list[float]]:
+        """The full model's images and per-prompt MACs (the shared cache, generated where missing)."""
+        if self._full is None:
+            self._full = self._generate(self.full_folder, self.kwargs, "full model")
+        return self._full
 
     def _stored(self, key: str) -> dict | None:
+        from .generate import link_images
+
         indices = [p.index for p in self.prompts]
         for folder in (self.folder, self.shared):
             row = read_json(folder / f"{key}.json")
-            if row is not None and row.get("indices") == indices and (not self.images or (folder / key).is_dir()):
+            if row is not None and row.get("indices") == indices:
                 if folder != self.folder:
-                    self._keep(key, row, folder / key if self.images else None)
+                    link_images(folder / key, self.folder / key, indices)
+                    write_json(self.folder / f"{key}.json", row)
                 return row
         return None
-
-    def _keep(self, key: str, row: dict, images_from: Path | None) -> None:
-        from .generate import link_images
-
-        if images_from is not None:
-            link_images(images_from, self.folder / key, row["indices"])
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_json(self.folder / f"{key}.json", row)
 
     def run(self, config, label: str = "") -> dict:
         import cat
 
-        from .generate import batches, image_path, run_batch
-        from .macs import realised_transformer_macs
+        from .generate import link_images
         from .metrics.fidelity import fidelity
-        from .sinks import atomic_write
 
         key = setting_key(config)
         if key in self.memo:
@@ -219,32 +211,21 @@ class Bench:
         if (row := self._stored(key)) is not None:
             self.memo[key] = {**row, "setting": label or row.get("setting", "")}
             return self.memo[key]
-        full = self.full_images()
-        full_macs = self.full_macs()
-        images, macs = [], []
+        full, full_macs = self.full()
         log.info("compare: %s on %d prompt(s): %s", type(config).name, len(self.prompts), label or key)
         with cat.apply(self.pipe, config) as handle:
             kwargs = {**self.kwargs, **handle.call_overrides(self.kwargs["num_inference_steps"])}
-            for _, batch in batches(self.prompts, self.cfg.batch_size):
-                out = []
-                counted = realised_transformer_macs(
-                    self.pipe, lambda b=batch: out.extend(run_batch(self.pipe, b, self.cfg.seed, kwargs)))
-                images += out
-                macs += [counted / len(batch)] * len(batch)
+            images, macs = self._generate(self.shared / key, kwargs, type(config).name)
         fid = fidelity(images, full)["per_image"]
         row = {"key": key, "setting": label, "method": type(config).name,
                "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
                "indices": [p.index for p in self.prompts], "transformer_macs": macs, "transformer_macs_full": full_macs,
-               "reduction": [1.0 - m / full_macs for m in macs], "psnr": fid["psnr"], "ssim": fid["ssim"]}
+               "reduction": [1.0 - m / f for m, f in zip(macs, full_macs)], "psnr": fid["psnr"], "ssim": fid["ssim"]}
         if self.judge is not None:
             row["adherence"] = [float(self.judge(img, p.text)["score"]) for img, p in zip(images, self.prompts)]
-        if self.images:
-            (self.shared / key).mkdir(parents=True, exist_ok=True)
-            for p, img in zip(self.prompts, images):
-                atomic_write(image_path(self.shared / key, p.index), lambda f, img=img: img.save(f, format="PNG"))
-        self.shared.mkdir(parents=True, exist_ok=True)
-        write_json(self.shared / f"{key}.json", row)  # last: its presence says the setting is complete
-        self._keep(key, row, self.shared / key if self.images else None)
+        write_json(self.shared / f"{key}.json", row)  # after its images: its presence says the setting is complete
+        link_images(self.shared / key, self.folder / key, row["indices"])
+        write_json(self.folder / f"{key}.json", row)
         self.memo[key] = row
         return row
 
@@ -267,14 +248,16 @@ def offline_reduction(model: dict, config, num_steps: int, num_tokens: int) -> f
 
 def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str, num_tokens: int) -> dict:
     """The variant's settings for every target, chosen on the calibration prompts:
-    {target: {"settings": [(config, label)], "weights": [...], "score": calibration PSNR or None, "how": str}}."""
+    {target: {"settings": [(config, label)], "weights": [...], "score": calibration PSNR or None, "how": str}};
+    None when the variant does not apply to the method."""
+    from .matched import mixture_weight
     from .tuning import bracket_knob, find_knob
 
     plan = Plan.of(cfg.method)
     variant, steps = cfg.compare.variant, int(cfg.model.steps)
     base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps))
     if base is None:
-        return {}
+        return None
     pool = candidates(base, plan, variant, steps, num_tokens)
     tol = float(cfg.compare.tolerance)
 
@@ -312,8 +295,6 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
                 found = bracket_knob(reductions, float(target), tol / 2)
                 if found is None:
                     continue
-                from .matched import mixture_weight
-
                 settings = [with_knob(config, f.value) for f in found]
                 w = float(mixture_weight(float(target), found[0].reduction, found[-1].reduction)) if len(found) == 2 else 0.0
                 weights = [1.0] if len(found) == 1 else [1.0 - w, w]
@@ -404,14 +385,15 @@ def compare_task(cfg: DictConfig, run_dir: Path, method) -> dict:
 
     calib_cfg = calibration_config(cfg)
     calibration = Bench(calib_cfg, pipe, kwargs, run_prompts(calib_cfg), full_image_cache(calib_cfg, kwargs, dtype, device),
-                        run_dir / "calibration", judge=None, images=False)
+                        run_dir / "calibration", judge=None)
     chosen = choose(cfg, method, calibration, model, cfg.model.family, num_tokens)
+    metrics: dict = {"variant": cfg.compare.variant, "applicable": chosen is not None}
+    chosen = chosen or {}
     evaluation = Bench(cfg, pipe, kwargs, run_prompts(cfg), full_image_cache(cfg, kwargs, dtype, device),
                        run_dir / "cells", judge=judge)
     plan_out = {"method": cfg.method.name, "variant": cfg.compare.variant, "knob": cfg.method.knob,
                 "calibration_prompts": len(calibration.prompts), "evaluation_prompts": len(evaluation.prompts),
                 "targets": {}}
-    metrics: dict = {"variant": cfg.compare.variant, "applicable": bool(chosen) or cfg.compare.variant != "shared_warmup"}
     for target, choice in chosen.items():
         keys = []
         for config, label in choice["settings"]:

@@ -270,27 +270,28 @@ def key_material(cfg: dict) -> dict:
         # the commit, not the revision's name: `main` at commit c and a pinned c are the same run
         material["model"] = {**{k: v for k, v in model.items() if k != "revision"}, "commit": commit}
     data = dict(cfg.get("data") or {})
-    try:
-        digest = _prompts_digest_cached(json.dumps(data, sort_keys=True, default=str), _file_mtime(data.get("path")))
-    except Exception as err:  # reported with its own message by validation; keyed so it cannot collide
-        digest = f"unavailable: {type(err).__name__}: {err}"
     material.update({
-        "data": {"name": data.get("name"), "prompts_sha256": digest},
+        "data": {"name": data.get("name"), "prompts_sha256": _prompts_digest(data, data.get("path"))},
         "seed": cfg.get("seed"), "dtype": cfg.get("dtype"), "device": resolved_device_type(cfg.get("device", "auto")),
         "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"),
     })
     if cfg.get("task") == "compare":  # what the comparison searches, and on which calibration prompts
         method = cfg.get("method") or {}
         calib = {**data, "split": "calibration", "limit": (cfg.get("compare") or {}).get("calibration_prompts")}
-        try:
-            calib_digest = _prompts_digest_cached(json.dumps(calib, sort_keys=True, default=str), _file_mtime(calib.get("calibration_path")))
-        except Exception as err:
-            calib_digest = f"unavailable: {type(err).__name__}: {err}"
-        material["compare"] = {**(cfg.get("compare") or {}), "calibration_sha256": calib_digest,
+        material["compare"] = {**(cfg.get("compare") or {}),
+                               "calibration_sha256": _prompts_digest(calib, calib.get("calibration_path")),
                                **{k: method.get(k) for k in ("knob", "levels", "knob_range", "tune")}}
     if cfg.get("compile"):  # compiled kernels round differently
         material["compile"] = [cfg.get("compile"), cfg.get("compile_mode")]
     return material
+
+
+def _prompts_digest(data: dict, file) -> str:
+    """The digest of the prompts a data config asks for (`file`: the prompt file whose edits it must see)."""
+    try:
+        return _prompts_digest_cached(json.dumps(data, sort_keys=True, default=str), _file_mtime(file))
+    except Exception as err:  # reported with its own message by validation; keyed so it cannot collide
+        return f"unavailable: {type(err).__name__}: {err}"
 
 
 def method_material(method) -> dict | None:
