@@ -102,32 +102,13 @@ def test_compiled_blocks_compile_one_graph_per_step_kind():
 @pytest.mark.parametrize("family", list(CALLS))
 def test_pruned_step_compiles_to_one_graph_without_breaks(family):
     """fullgraph=True over the pruned steps of a bare transformer: one graph for all blocks, no break."""
-    from torch._dynamo.testing import CompileCounter
-    from torch._dynamo.utils import counters
-
+    from .compiled import assert_pruned_steps_are_one_graph
     from .families import INPUTS
 
     make = {"sd3": lambda: testing.tiny_sd3_transformer(num_layers=3), "pixart": testing.tiny_pixart_transformer}
     name = {"sd3": "sd3", "pixart": "pixart_sigma"}[family]
     transformer, inputs = make[family](), INPUTS[name](2)
-    config = cat.CATConfig(warmup_steps=2, num_clusters=4)
-    outs = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        counters.clear()
-        backend = CompileCounter()
-        with torch.no_grad(), cat.apply(transformer, config) as handle:
-            handle.reset(cfg_pairs=True)
-            for _ in range(config.warmup_steps):
-                transformer(**inputs)
-            if compiled:
-                handle.compile(backend=backend, fullgraph=True)
-            outs.append([transformer(**inputs)[0] for _ in range(2)])
-            assert [r.phase for r in handle.stats.steps[-2:]] == ["pruned", "pruned"]
-    assert backend.frame_count == 1
-    assert not counters["graph_break"]
-    for got, want in zip(outs[1], outs[0]):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_pruned_steps_are_one_graph(transformer, inputs, cat.CATConfig(warmup_steps=2, num_clusters=4), 2)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])

@@ -15,6 +15,7 @@ import torch
 import cat
 from cat import testing
 from cat.methods.cat_budget import CATBudgetConfig, schedule
+from tests.adapters.compiled import assert_pruned_steps_are_one_graph
 from tests.adapters.families import FAMILIES, INPUTS
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -218,28 +219,9 @@ def test_compiled_forecast_matches_eager_and_never_recompiles(slope):
 
 
 def test_pruned_forecast_step_is_one_graph_without_breaks():
-    from torch._dynamo.testing import CompileCounter
-    from torch._dynamo.utils import counters
-
     transformer, inputs = testing.tiny_sd3_transformer(num_layers=3), INPUTS["sd3"](2)
     config = CATBudgetConfig(warmup_steps=2, num_clusters=4, forecast=1.0)
-    outs = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        counters.clear()
-        backend = CompileCounter()
-        with torch.no_grad(), cat.apply(transformer, config) as handle:
-            handle.reset(cfg_pairs=True, num_steps=6)
-            for _ in range(config.warmup_steps):
-                transformer(**inputs)
-            if compiled:
-                handle.compile(backend=backend, fullgraph=True)
-            outs.append([transformer(**inputs)[0] for _ in range(3)])
-            assert [r.phase for r in handle.stats.steps[-3:]] == ["pruned"] * 3
-    assert backend.frame_count == 1
-    assert not counters["graph_break"]
-    for got, want in zip(outs[1], outs[0]):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert_pruned_steps_are_one_graph(transformer, inputs, config, 3, num_steps=6)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -11,14 +11,9 @@ import torch
 import cat
 from cat import testing
 
+from .tiny import CALL, PROMPTS, STEPS, tiny_family
+
 ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ["a red circle", "a blue square"]
-STEPS = 10
-CALL = {
-    "sd3": (testing.tiny_sd3_pipeline, {"max_sequence_length": 8}),
-    "pixart": (testing.tiny_pixart_pipeline, {"use_resolution_binning": False, "max_sequence_length": 16,
-                                              "clean_caption": False}),
-}
 # Each method's own example settings for this schedule: one that changes nothing, one that accelerates.
 EXAMPLES = {name: cls.examples(STEPS) for name, cls in cat.METHODS.items()}
 DO_NOTHING = {name: pair[0] for name, pair in EXAMPLES.items()}
@@ -30,14 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module", params=list(CALL))
 def family(request):
-    make, kwargs = CALL[request.param]
-    pipe = make()
-
-    def generate(overrides=None):
-        return pipe(PROMPTS, guidance_scale=5.0, height=32, width=32, output_type="latent",
-                    generator=[torch.Generator().manual_seed(i) for i in range(2)],
-                    **{"num_inference_steps": STEPS, **kwargs, **(overrides or {})}).images
-
+    pipe, generate = tiny_family(request.param)
     return pipe, generate, generate()
 
 

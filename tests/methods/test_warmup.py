@@ -6,20 +6,13 @@ method, read from the steps its handle reports."""
 import dataclasses
 
 import pytest
-import torch
 
 import cat
-from cat import testing
 from cat.methods.base import with_warmup
 
-STEPS = 10
+from .tiny import CALL, STEPS, tiny_family
+
 TOKENS = 16 * 16  # image tokens of a 32x32 image on both tiny models
-PROMPTS = ["a red circle", "a blue square"]
-CALL = {
-    "sd3": (testing.tiny_sd3_pipeline, {"max_sequence_length": 8}),
-    "pixart": (testing.tiny_pixart_pipeline, {"use_resolution_binning": False, "max_sequence_length": 16,
-                                              "clean_caption": False}),
-}
 WITH_WARMUP = sorted(name for name, cls in cat.METHODS.items() if cls.has_warmup)
 # Today's defaults: each leaves the method's output as it was before the field existed (FORA, ToCa and
 # FBCache compute step 0 only; MagCache takes its warm-up from retention_ratio).
@@ -31,15 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module", params=list(CALL))
 def family(request):
-    make, kwargs = CALL[request.param]
-    pipe = make()
-
-    def generate(overrides=None):
-        return pipe(PROMPTS, guidance_scale=5.0, height=32, width=32, output_type="latent",
-                    generator=[torch.Generator().manual_seed(i) for i in range(2)],
-                    **{"num_inference_steps": STEPS, **kwargs, **(overrides or {})}).images
-
-    return pipe, generate
+    return tiny_family(request.param)
 
 
 def test_every_method_but_fewer_steps_has_a_warmup_field_with_todays_default():
