@@ -10,8 +10,10 @@ paired reference of conf/config.yaml (`paired_reference`, CAT) at its library de
 count; `--method <name> --set field=value` picks another (one with an offline schedule). Printed: the
 MACs ratio (counted with FlopCounterMode on a meta copy), the wall-clock ratio of an accelerated step and
 of the whole schedule, their quotient (speedup efficiency), the overhead of the method's own per-step
-work (for methods on the token engine) as a fraction of a full step, and the memory its caches take. The
-last line is `speedup_efficiency=<value>`.
+work (for methods on the token engine) as a fraction of a full step, and the memory its caches take. A
+variant of CAT (e.g. `--method cat_budget --set forecast=0.5`) is also timed against plain CAT at the same
+keep ratio in the same turns: its extra time per pruned step (schedule, forecast) as a share of a full step,
+added to the selection overhead, and both speedup efficiencies.
 """
 
 from __future__ import annotations
@@ -104,14 +106,15 @@ def accelerated_from(schedule: list[int], num_tokens: int) -> int:
 
 
 def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: int, repeats: int = 20,
-                   prompts: int = 1) -> float | None:
+                   prompts: int = 1, steps: int | None = None) -> float | None:
     """Per-step time of the method's own work outside the transformer (for a token-engine method: output
     caching, scores, selection), from its first accelerated step `first` on; None for other methods."""
     if not hasattr(method, "timeline"):
         return None
     timeline = method.timeline()
     n = grid * grid
-    state = GenerationState(cfg_pairs=True)
+    steps = max(steps or 0, first + 2 + repeats)  # a schedule long enough for the timed steps
+    state = GenerationState(cfg_pairs=True, num_steps=steps)
     outs = [torch.randn(2 * prompts, n, channels, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     for step in range(first + 2):
         timeline.begin_step(state, method, (grid, grid))
@@ -123,6 +126,26 @@ def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: in
         timeline.end_step(state, method, outs[step % 3])
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def plain_cat(method: cat.MethodConfig) -> cat.MethodConfig | None:
+    """For a variant of CAT (a subclass of its config, e.g. cat_budget): plain CAT with the same CAT fields,
+    timed beside it so that what the variant adds (a schedule, a forecast) shows as a difference at the same
+    total MACs; None for CAT itself and for every other method."""
+    import dataclasses
+
+    from cat.methods.cat import CATConfig
+
+    if type(method) is CATConfig or not isinstance(method, CATConfig):
+        return None
+    names = {f.name for f in dataclasses.fields(CATConfig) if f.init}
+    return CATConfig(**{k: getattr(method, k) for k in names})
+
+
+def overhead_per_step(times: dict, method: str, base: str, pruned: int, steps: int) -> list[float]:
+    """Per turn: the method's extra time over `base` per pruned step, as a share of a full step (the full
+    schedule's time of the same turn over its steps)."""
+    return [(m - b) / pruned / (f / steps) for m, b, f in zip(times[method], times[base], times["full"])]
 
 
 def peak_rss_mb() -> float:
@@ -233,12 +256,22 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                     return timed(lambda: [model(**x) for _ in range(steps)])
 
             variants["peer"] = peer_schedule
+        baseline = plain_cat(method)
+        if baseline is not None:
+            def cat_schedule():
+                with cat.apply(model, baseline) as handle:
+                    handle.reset(cfg_pairs=True, num_steps=steps)
+                    return timed(lambda: [model(**x) for _ in range(steps)])
+
+            variants["cat"] = cat_schedule
+            baseline_steps, _, _ = transformer_macs(meta, x_meta, steps, baseline, cfg_pairs=True)
+            baseline_macs = sum(baseline_steps)
         counts = {}
         if compile:
             compiled, counts = compiled_variants(model, x, method, steps)
             variants.update(compiled)
         times = in_turns(variants, schedule_repeats)  # eager and compiled alike, in the same turns
-    select = selection_time(method, grid, 4 * channels, first, prompts=prompts)
+    select = selection_time(method, grid, 4 * channels, first, prompts=prompts, steps=steps)
     macs_speedup = macs_full * steps / macs_method
     wall_speedup = paired_speedup(times, "full", "method")
     out = {}
@@ -259,6 +292,15 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                    peer_macs_speedup=macs_full * steps / peer_macs)
     if select is not None:
         out["selection_overhead"] = select / full_step
+    if baseline is not None:
+        # what the variant adds over CAT at the same keep ratio (its schedule, its forecast), per pruned step
+        pruned = sum(1 for tokens in method.offline_schedule(steps, n) if tokens < n)
+        added = overhead_per_step(times, "method", "cat", pruned, steps)
+        cat_speedup = paired_speedup(times, "full", "cat")
+        out.update(overhead_vs_cat=statistics.median(added), overhead_vs_cat_range=f"{min(added):+.4f} to {max(added):+.4f}",
+                   overhead_total=statistics.median(added) + out.get("selection_overhead", 0.0),
+                   cat_macs_speedup=macs_full * steps / baseline_macs, cat_speedup_eager=cat_speedup,
+                   cat_speedup_efficiency=cat_speedup / (macs_full * steps / baseline_macs))
     if extra_lean is not None:
         out["cache_mb_lean"] = extra_lean / 2**20
     return {**out,
@@ -378,13 +420,19 @@ def main(argv=None) -> None:
     ]
     if "selection_overhead" in r:
         rows.append(("selection overhead / full step", f"{100 * r['selection_overhead']:.2f}%"))
+    if "overhead_vs_cat" in r:
+        rows += [("extra time over CAT per pruned step / full step", f"{100 * r['overhead_vs_cat']:+.2f}% "
+                  f"(turns {r['overhead_vs_cat_range']})"),
+                 ("selection + the variant's extra / full step", f"{100 * r['overhead_total']:.2f}%"),
+                 ("efficiency, method / CAT (wall / MACs)", f"{r['speedup_efficiency']:.3f} / {r['cat_speedup_efficiency']:.3f}")]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     keys = ["speedup_eager", "speedup_eager_range", "speedup_efficiency", "speedup_compiled", "speedup_compiled_range",
             "speedup_compiled_vs_eager_full", "compiled_minus_eager", "compiled_minus_eager_range", "graphs",
             "recompiles", "graph_breaks",
-            "selection_overhead", "cache_mb", "cache_mb_lean", "peak_mb", "peer_name", "peer_speedup",
+            "selection_overhead", "overhead_vs_cat", "overhead_vs_cat_range", "overhead_total", "cat_speedup_eager",
+            "cat_macs_speedup", "cat_speedup_efficiency", "cache_mb", "cache_mb_lean", "peak_mb", "peer_name", "peer_speedup",
             "peer_macs_speedup"]
     for key in keys:
         if key in r:

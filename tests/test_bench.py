@@ -78,3 +78,24 @@ def test_compiled_bench_reports_one_graph_per_step_kind():
                   method=cat.CATConfig(warmup_steps=3, num_clusters=4))
     assert r["graphs"] <= 3 and r["recompiles"] == 0 and r["graph_breaks"] == 0
     assert r["speedup_compiled"] > 0 and r["speedup_compiled_vs_eager_full"] > 0
+
+
+def test_a_cat_variant_is_timed_against_plain_cat():
+    from cat.methods.cat_budget import CATBudgetConfig
+
+    method = CATBudgetConfig(warmup_steps=2, num_clusters=4, schedule_slope=1.0, schedule_block=1, forecast=0.5)
+    assert bench.plain_cat(method) == cat.CATConfig(warmup_steps=2, num_clusters=4)
+    assert bench.plain_cat(cat.CATConfig()) is None and bench.plain_cat(cat.METHODS["fora"]()) is None
+    r = bench.run(layers=1, heads=2, grid=8, text=8, steps=6, repeats=1, method=method, schedule_repeats=2)
+    # the same total MACs as plain CAT at its keep ratio; the extra time is a share of a full step
+    assert r["cat_macs_speedup"] == pytest.approx(r["macs_speedup_schedule"], rel=0.02)
+    low, high = (float(v) for v in r["overhead_vs_cat_range"].split(" to "))
+    assert low <= r["overhead_vs_cat"] <= high
+    assert r["overhead_total"] == pytest.approx(r["overhead_vs_cat"] + r["selection_overhead"])
+    assert r["cat_speedup_efficiency"] > 0
+
+
+def test_overhead_per_step_is_a_share_of_a_full_step():
+    times = {"full": [28.0, 28.0], "method": [11.0, 12.0], "cat": [10.0, 10.0]}
+    # 20 pruned steps of a 28-step schedule; a full step takes 1 s: 1 s over 20 steps = 5% of a step
+    assert bench.overhead_per_step(times, "method", "cat", 20, 28) == pytest.approx([0.05, 0.10])
