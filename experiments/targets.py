@@ -8,6 +8,8 @@ Reads the cells of a `sweep=peers` run (task=compare, experiments/compare.py) an
   adherence with 95% intervals over prompts, and for each metric the paired difference with CAT at the
   same target and variant (`d_cat`, 95% interval) and its verdict (experiments.matched: better / worse /
   equivalent / undetermined);
+- with another reference (`python -m experiments.targets SWEEP_DIR --reference cat_budget`):
+  `targets_vs_<reference>.csv/md`, the differences named `d_<reference>` (a CAT variant against every peer);
 - `figures/targets_<metric>.png`: each method's tuned variant along the targets (solid, 95% band), its
   authors' setting dashed.
 """
@@ -67,13 +69,15 @@ def reach(entry: dict, target: float, tol: float = 0.01) -> AtTarget | None:
 
 
 def table(entries: list[dict], targets: list[float], reference: str, tol: float = 0.01) -> pd.DataFrame:
-    """One row per (method, variant, target) reached; paired with the reference method's same variant."""
+    """One row per (method, variant, target) reached; paired with the reference method's same variant (the
+    differences in `d_<reference>`, `<metric>_d_<reference>`: `d_cat` against CAT)."""
     prompts = {tuple(row["indices"]) for e in entries for row in e["rows"].values()}
     if len(prompts) > 1:
         raise ValueError("the compare cells were evaluated on different prompts; pair only cells of one sweep")
     if not prompts:
         return pd.DataFrame()
     idx = resamples(len(next(iter(prompts))))
+    d = f"d_{reference}"
     by = {(e["method"], e["variant"]): e for e in entries}
     rows = []
     for (method, variant), entry in sorted(by.items()):
@@ -93,17 +97,19 @@ def table(entries: list[dict], targets: list[float], reference: str, tol: float 
                 prefix = "" if metric == "psnr" else f"{metric}_"
                 row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = res[metric], res[f"{metric}_lo"], res[f"{metric}_hi"]
                 if has_ref:
-                    row[f"{prefix}d_cat"], row[f"{prefix}d_cat_lo"], row[f"{prefix}d_cat_hi"] = res["d"], res["d_lo"], res["d_hi"]
+                    row[f"{prefix}{d}"], row[f"{prefix}{d}_lo"], row[f"{prefix}{d}_hi"] = res["d"], res["d_lo"], res["d_hi"]
                     row[f"{prefix}verdict"] = res["verdict"]
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def markdown(frame: pd.DataFrame, title: str) -> str:
-    """targets.md: per target, a table of methods and variants with intervals and verdicts against CAT."""
+def markdown(frame: pd.DataFrame, title: str, reference: str = "cat") -> str:
+    """targets.md: per target, a table of methods and variants with intervals and verdicts against the
+    reference (CAT)."""
+    d, who = f"d_{reference}", "CAT" if reference == "cat" else reference
     lines = [f"# {title}", "",
-             "Every method at matched executed-MACs reductions (counted on the evaluated batches), paired with CAT "
-             "at the same target and variant over the same prompts and seeds. `d_cat` = method - CAT with its "
+             f"Every method at matched executed-MACs reductions (counted on the evaluated batches), paired with {who} "
+             f"at the same target and variant over the same prompts and seeds. `{d}` = method - {who} with its "
              "95% bootstrap interval; verdict: better / worse when that interval excludes 0, equivalent when the "
              "90% interval lies within the margin (PSNR 0.5 dB, SSIM 0.005, adherence 0.02), else undetermined. "
              "A setting `a (x%) + b (y%)` is a per-prompt mixture of two real settings that spends the target's "
@@ -111,18 +117,18 @@ def markdown(frame: pd.DataFrame, title: str) -> str:
     fmt = lambda v, lo, hi, nd: "" if pd.isna(v) else f"{v:.{nd}f} [{lo:.{nd}f}, {hi:.{nd}f}]"  # noqa: E731
     for target, part in frame.groupby("target"):
         lines += [f"## {100 * target:.0f}% fewer executed MACs", "",
-                  "| method | variant | setting | reduction | PSNR (dB) | d_cat PSNR | verdict | SSIM d_cat | verdict | "
-                  "adherence | adherence d_cat | verdict |", "|" + "---|" * 12]
+                  f"| method | variant | setting | reduction | PSNR (dB) | {d} PSNR | verdict | SSIM {d} | verdict | "
+                  f"adherence | adherence {d} | verdict |", "|" + "---|" * 12]
         for _, r in part.sort_values(["variant", "psnr"], ascending=[True, False]).iterrows():
             get = lambda k: r.get(k, np.nan)  # noqa: E731
             lines.append(" | ".join([
                 f"| {r.method}", r.variant, str(r.setting).replace("|", "/"), f"{100 * r.reduction:.1f}%",
-                fmt(get("psnr"), get("psnr_lo"), get("psnr_hi"), 2), fmt(get("d_cat"), get("d_cat_lo"), get("d_cat_hi"), 2),
+                fmt(get("psnr"), get("psnr_lo"), get("psnr_hi"), 2), fmt(get(d), get(f"{d}_lo"), get(f"{d}_hi"), 2),
                 str(get("verdict")) if not pd.isna(get("verdict")) else "",
-                fmt(get("ssim_d_cat"), get("ssim_d_cat_lo"), get("ssim_d_cat_hi"), 4),
+                fmt(get(f"ssim_{d}"), get(f"ssim_{d}_lo"), get(f"ssim_{d}_hi"), 4),
                 str(get("ssim_verdict")) if not pd.isna(get("ssim_verdict")) else "",
                 fmt(get("adherence"), get("adherence_lo"), get("adherence_hi"), 3),
-                fmt(get("adherence_d_cat"), get("adherence_d_cat_lo"), get("adherence_d_cat_hi"), 3),
+                fmt(get(f"adherence_{d}"), get(f"adherence_{d}_lo"), get(f"adherence_{d}_hi"), 3),
                 (str(get("adherence_verdict")) if not pd.isna(get("adherence_verdict")) else "") + " |"]))
         lines.append("")
     return "\n".join(lines)
@@ -165,11 +171,13 @@ def figure(frame: pd.DataFrame, metric: str, path: Path, title: str) -> Path | N
 
 def write_report(sweep_dir: Path, cells: list[str] | None = None, reference: str | None = None) -> pd.DataFrame:
     """targets.csv, targets.md and figures/targets_*.png of a comparison sweep (empty frame: not one), every
-    method paired with `reference` (default: conf/config.yaml's `paired_reference`)."""
+    method paired with `reference` (default: conf/config.yaml's `paired_reference`); with another reference,
+    targets_vs_<reference>.csv/md and no figures (they do not depend on the reference)."""
     from .config_files import default_setting
     from .sinks import write_text
 
-    reference = reference or str(default_setting("paired_reference"))
+    default = str(default_setting("paired_reference"))
+    reference = reference or default
     entries = load_cells(sweep_dir, cells)
     if not entries:
         return pd.DataFrame()
@@ -179,8 +187,11 @@ def write_report(sweep_dir: Path, cells: list[str] | None = None, reference: str
         return frame
     n = len(next(iter(next(e for e in entries if e["rows"])["rows"].values()))["indices"])
     title = f"{sweep_title(sweep_dir, entries)}: {n} evaluation prompts, paired with {reference}"
-    write_text(Path(sweep_dir) / "targets.csv", frame.to_csv(index=False))
-    write_text(Path(sweep_dir) / "targets.md", markdown(frame, title) + "\n")
+    stem = "targets" if reference == default else f"targets_vs_{reference}"
+    write_text(Path(sweep_dir) / f"{stem}.csv", frame.to_csv(index=False))
+    write_text(Path(sweep_dir) / f"{stem}.md", markdown(frame, title, reference) + "\n")
+    if reference != default:
+        return frame
     for metric in METRICS:
         figure(frame, metric, Path(sweep_dir) / "figures" / f"targets_{metric}.png", title)
     return frame
@@ -193,3 +204,28 @@ def sweep_title(sweep_dir: Path, entries: list[dict]) -> str:
     model = cfg.get("model", {})
     shift = (model.get("scheduler") or {}).get("shift")
     return f"{model.get('name', '?')} ({model.get('steps', '?')} steps{f', shift {shift}' if shift else ''})"
+
+
+def main(argv=None) -> None:
+    """`python -m experiments.targets SWEEP_DIR [--reference METHOD]`: the report of a finished (or
+    partly finished) comparison sweep, against CAT or another method of the sweep."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--reference", default=None, help="a method of the sweep (default: paired_reference, cat)")
+    args = p.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        raise SystemExit(f"{args.sweep_dir}: not a folder (a sweep=peers output folder is expected)")
+    entries = load_cells(args.sweep_dir)
+    methods = sorted({e["method"] for e in entries})
+    if not entries:
+        raise SystemExit(f"{args.sweep_dir}: no compare cells (compare.json) in it")
+    if args.reference is not None and args.reference not in methods:
+        raise SystemExit(f"--reference {args.reference}: not a method of this sweep; its methods: {', '.join(methods)}")
+    frame = write_report(args.sweep_dir, reference=args.reference)
+    print(f"{len(frame)} rows written to {args.sweep_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ the tuning grid, and the report that pairs every method with CAT at each target.
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import cat
@@ -128,3 +129,21 @@ def test_cells_evaluated_on_different_prompts_are_never_paired(tmp_path):
     (other / "cells" / "b.json").write_text(json.dumps(row))
     with pytest.raises(ValueError, match="different prompts"):
         table(load_cells(tmp_path), [0.5], "cat")
+
+
+def test_a_report_against_another_method_names_its_differences_after_it(tmp_path, capsys):
+    from experiments import targets
+
+    base = np.random.default_rng(1).normal(35, 3, P)
+    ones = np.ones(P)
+    _write_cell(tmp_path / "cat", "cat", "tuned", {0.5: ["k=0.3"]}, {"k=0.3": (0.5, base, ones)})
+    _write_cell(tmp_path / "cb", "cat_budget", "tuned", {0.5: ["k=0.3,s=1"]}, {"k=0.3,s=1": (0.5, base + 1, ones)})
+    _write_cell(tmp_path / "fora", "fora", "tuned", {0.5: ["interval=2"]}, {"interval=2": (0.5, base - 1, ones)})
+    targets.main([str(tmp_path), "--reference", "cat_budget"])
+    frame = pd.read_csv(tmp_path / "targets_vs_cat_budget.csv").set_index("method")
+    assert frame.loc["fora", "d_cat_budget"] == pytest.approx(-2) and frame.loc["cat", "d_cat_budget"] == pytest.approx(-1)
+    assert frame.loc["fora", "verdict"] == "worse" and "d_cat" not in frame
+    assert "`d_cat_budget` = method - cat_budget" in (tmp_path / "targets_vs_cat_budget.md").read_text()
+    assert not (tmp_path / "targets.csv").exists()  # the CAT report is another file
+    with pytest.raises(SystemExit, match="not a method of this sweep; its methods: cat, cat_budget, fora"):
+        targets.main([str(tmp_path), "--reference", "toca"])
