@@ -133,3 +133,30 @@ def test_model_scheduler_overrides_rebuild_the_pipeline_scheduler_and_unknown_on
     assert with_scheduler(pipe, {"shift": 3.0}).scheduler.config.shift == 3.0
     with pytest.raises(ValueError, match="model.scheduler: shfit is not a setting of FlowMatchEulerDiscreteScheduler"):
         with_scheduler(pipe, {"shfit": 3.0})
+
+
+def test_every_tuned_grid_can_take_cats_warmup():
+    """`tuned` searches a grid that holds CAT's warm-up for every method with one, so that tuning can find at
+    least what `shared_warmup` runs (a tuned row below the shared-warm-up row would be the grid's fault)."""
+    import dataclasses
+    import itertools
+
+    import cat
+    from experiments.checks import method_config
+    from experiments.compare import Plan, reference_warmup, variant_base
+
+    cat_warmup = reference_warmup("cat", "sd3", 28)
+    assert cat_warmup == 8
+    params = _compose(["sweep=peers"], hydra=True).hydra.sweeper.params
+    for name in params["method"].split(","):
+        composed = _compose([f"method={name}"])
+        config = method_config(composed)
+        if not type(config).has_warmup:
+            continue
+        plan = Plan.of(composed.method)
+        base = variant_base(config, "tuned", "sd3", 28)
+        warmups = set()
+        for values in [()] + list(itertools.product(*plan.tune.values())):
+            setting = dataclasses.replace(base, **dict(zip(plan.tune, values)))
+            warmups.add(setting.retained_steps(28) if isinstance(setting, cat.MagCacheConfig) else setting.warmup_steps)
+        assert cat_warmup in warmups, f"{name}: the tuned grid's warm-ups {sorted(warmups)} leave out CAT's 8"
