@@ -80,6 +80,7 @@ def test_compiled_bench_reports_one_graph_per_step_kind():
     assert r["speedup_compiled"] > 0 and r["speedup_compiled_vs_eager_full"] > 0
 
 
+@pytest.mark.slow
 def test_a_cat_variant_is_timed_against_plain_cat():
     from cat.methods.cat_budget import CATBudgetConfig
 
