@@ -103,10 +103,10 @@ def table(entries: list[dict], targets: list[float], reference: str, tol: float 
     return pd.DataFrame(rows)
 
 
-def markdown(frame: pd.DataFrame, title: str, reference: str = "cat") -> str:
+def markdown(frame: pd.DataFrame, title: str, reference: str) -> str:
     """targets.md: per target, a table of methods and variants with intervals and verdicts against the
     reference (CAT)."""
-    d, who = f"d_{reference}", "CAT" if reference == "cat" else reference
+    d, who = f"d_{reference}", reference
     lines = [f"# {title}", "",
              f"Every method at matched executed-MACs reductions (counted on the evaluated batches), paired with {who} "
              f"at the same target and variant over the same prompts and seeds. `{d}` = method - {who} with its "

@@ -128,20 +128,6 @@ def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: in
     return statistics.median(times)
 
 
-def plain_cat(method: cat.MethodConfig) -> cat.MethodConfig | None:
-    """For a variant of CAT (a subclass of its config, e.g. cat_budget): plain CAT with the same CAT fields,
-    timed beside it so that what the variant adds (a schedule, a forecast) shows as a difference at the same
-    total MACs; None for CAT itself and for every other method."""
-    import dataclasses
-
-    from cat.methods.cat import CATConfig
-
-    if type(method) is CATConfig or not isinstance(method, CATConfig):
-        return None
-    names = {f.name for f in dataclasses.fields(CATConfig) if f.init}
-    return CATConfig(**{k: getattr(method, k) for k in names})
-
-
 def overhead_per_step(times: dict, method: str, base: str, pruned: int, steps: int) -> list[float]:
     """Per turn: the method's extra time over `base` per pruned step, as a share of a full step (the full
     schedule's time of the same turn over its steps)."""
@@ -256,14 +242,14 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                     return timed(lambda: [model(**x) for _ in range(steps)])
 
             variants["peer"] = peer_schedule
-        baseline = plain_cat(method)
+        baseline = method.base()  # a variant is timed against the method it varies
         if baseline is not None:
-            def cat_schedule():
+            def base_schedule():
                 with cat.apply(model, baseline) as handle:
                     handle.reset(cfg_pairs=True, num_steps=steps)
                     return timed(lambda: [model(**x) for _ in range(steps)])
 
-            variants["cat"] = cat_schedule
+            variants["base"] = base_schedule
             baseline_steps, _, _ = transformer_macs(meta, x_meta, steps, baseline, cfg_pairs=True)
             baseline_macs = sum(baseline_steps)
         counts = {}
@@ -295,8 +281,8 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
     if baseline is not None:
         # what the variant adds over CAT at the same keep ratio (its schedule, its forecast), per pruned step
         pruned = sum(1 for tokens in method.offline_schedule(steps, n) if tokens < n)
-        added = overhead_per_step(times, "method", "cat", pruned, steps)
-        cat_speedup = paired_speedup(times, "full", "cat")
+        added = overhead_per_step(times, "method", "base", pruned, steps)
+        cat_speedup = paired_speedup(times, "full", "base")
         out.update(overhead_vs_cat=statistics.median(added), overhead_vs_cat_range=f"{min(added):+.4f} to {max(added):+.4f}",
                    overhead_total=statistics.median(added) + out.get("selection_overhead", 0.0),
                    cat_macs_speedup=macs_full * steps / baseline_macs, cat_speedup_eager=cat_speedup,

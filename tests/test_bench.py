@@ -85,8 +85,8 @@ def test_a_cat_variant_is_timed_against_plain_cat():
     from cat.methods.cat_budget import CATBudgetConfig
 
     method = CATBudgetConfig(warmup_steps=2, num_clusters=4, schedule_slope=1.0, schedule_block=1, forecast=0.5)
-    assert bench.plain_cat(method) == cat.CATConfig(warmup_steps=2, num_clusters=4)
-    assert bench.plain_cat(cat.CATConfig()) is None and bench.plain_cat(cat.METHODS["fora"]()) is None
+    assert method.base() == cat.CATConfig(warmup_steps=2, num_clusters=4)
+    assert cat.CATConfig().base() is None and cat.METHODS["fora"]().base() is None
     r = bench.run(layers=1, heads=2, grid=8, text=8, steps=6, repeats=1, method=method, schedule_repeats=2)
     # the same total MACs as plain CAT at its keep ratio; the extra time is a share of a full step
     assert r["cat_macs_speedup"] == pytest.approx(r["macs_speedup_schedule"], rel=0.02)

@@ -91,6 +91,12 @@ class MethodConfig:
         offline, `task=macs`); None when the method decides while it runs."""
         return None
 
+    def base(self) -> "MethodConfig | None":
+        """For a variant of another method (a subclass of its config): that method with the same fields,
+        timed beside it by the speed benchmark so that what the variant adds shows as a difference at the
+        same settings; None for a method that varies none."""
+        return None
+
     def missing_calibration(self, transformer_class: str) -> str | None:
         """What the method still needs measured on this model before it can run (None: nothing)."""
         return None

@@ -20,7 +20,7 @@ the device with quotas made at the clustering step.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -199,6 +199,13 @@ class CATConfig(MethodConfig):
     def key_ignores(self) -> tuple[str, ...]:
         """The clustering fields, under the policies that make no clusters."""
         return CLUSTER_FIELDS if self.policy in POLICIES_WITHOUT_CLUSTERS else ()
+
+    def base(self) -> CATConfig | None:
+        """A variant of CAT (a subclass: a schedule, a forecast, a hybrid) is timed against plain CAT with
+        the same CAT fields; CAT itself varies none."""
+        if type(self) is CATConfig:
+            return None
+        return CATConfig(**{f.name: getattr(self, f.name) for f in fields(CATConfig) if f.init})
 
     def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
         """All tokens in the warm-up, K in pruned steps (none in `reuse` steps); all of them when nothing
