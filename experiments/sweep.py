@@ -108,7 +108,8 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
                   contrast: dict | None = None) -> pd.DataFrame:
     """summary.csv/md, trends.md and paired.csv/md (each cell against `reference`: a method name or
     "column=value"; default: conf/config.yaml's `paired_reference`), the contrast report the sweep file
-    declares (`contrast`, experiments/contrast.py), and the peers report for a peers sweep."""
+    declares (`contrast`, experiments/contrast.py), and the peers report for a peers sweep. A comparison
+    sweep (task=compare) writes targets.csv/md instead of paired.csv/md: its pairs are keyed by target."""
     from .config_files import default_setting
 
     frame = collect(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
@@ -119,9 +120,15 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
     text = trends(frame)
     if text:
         write_text(sweep_dir / "trends.md", text)
-    from .stats import paired_against
+    from . import peers, targets
 
     reference = reference or str(default_setting("paired_reference"))
+    compared = targets.write_report(sweep_dir, cells if cells is not None else current_cells(sweep_dir),
+                                    reference if "=" not in reference else None)
+    if not compared.empty:  # a comparison sweep: targets.md is its paired report, keyed by target
+        return frame
+    from .stats import paired_against
+
     paired = paired_against(frame, sweep_dir, reference=reference)
     if not paired.empty:
         ref = reference if "=" in reference else f"method={reference}"
@@ -140,10 +147,6 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
             write_report(paired, sweep_dir, spec, ref, title=f"{model['name']} ({rows * cols} image tokens): "
                          f"{ref.rpartition('=')[2]} - {spec.value}, paired over {int(paired['prompts'].max())} "
                          "prompts (95% band)")
-    from . import peers, targets
-
-    targets.write_report(sweep_dir, cells if cells is not None else current_cells(sweep_dir),
-                         reference if reference and "=" not in reference else None)
     if peers.is_peers_sweep(frame):
         peers.write_report(frame, sweep_dir)
     return frame

@@ -143,25 +143,25 @@ def figure(frame: pd.DataFrame, metric: str, path: Path, title: str) -> Path | N
 
     if frame.empty or metric not in frame:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = {}
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    methods = sorted(frame.method.unique())
+    palette = plt.get_cmap("tab20")  # the ten strong hues first, then their light shades: no colour is reused
+    colors = {m: palette((2 * i) % 20 + (2 * i) // 20 % 2) for i, m in enumerate(methods)}
     for method, part in frame.groupby("method"):
         for variant, style in (("tuned", "-"), ("authors", "--")):
             rows = part[part.variant == variant].sort_values("reduction")
             if rows.empty or rows[metric].isna().all():
                 continue
             x = 100 * rows.reduction.to_numpy()
-            kw = {"color": colors[method]} if method in colors else {}
-            (line,) = ax.plot(x, rows[metric], style, marker="o", ms=3, label=f"{method} ({variant})", **kw)
-            colors[method] = line.get_color()
+            ax.plot(x, rows[metric], style, marker="o", ms=3, color=colors[method], label=f"{method} ({variant})")
             if variant == "tuned":
-                ax.fill_between(x, rows[f"{metric}_lo"], rows[f"{metric}_hi"], color=line.get_color(), alpha=0.12)
+                ax.fill_between(x, rows[f"{metric}_lo"], rows[f"{metric}_hi"], color=colors[method], alpha=0.12)
     ax.set_xlabel("executed-MACs reduction (%)")
     ax.set_ylabel({"psnr": "PSNR to full model (dB)", "ssim": "SSIM to full model",
                    "adherence": "prompt adherence"}.get(metric, metric))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot, not over it
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
