@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     for summary in sorted(args.root.rglob("summary.csv")):
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
-        for extra in ("trends.md", "paired.md", "at_50.md"):
+        for extra in ("trends.md", "paired.md", "at_50.md", "targets.md"):
             if (summary.parent / extra).exists():
                 (args.out / f"sweep_{summary.parent.name}_{extra}").write_text((summary.parent / extra).read_text())
         print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")
