@@ -30,6 +30,7 @@ def test_cat_at_28_and_50_steps_against_the_paper(sd3):
     assert r28.step_macs[:8] == [r28.step_macs[0]] * 8 and len(set(r28.step_macs[8:])) == 1
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_pruned_step_macs_fall_with_keep_ratio(sd3):
     steps = [report_for_model(sd3, cat.CATConfig(keep_ratio=k, warmup_steps=2), 3).step_macs[-1] for k in (0.2, 0.5, 0.8)]
     assert steps[0] < steps[1] < steps[2]
@@ -40,7 +41,8 @@ def test_pixart_sigma_full_step():
     assert rep.transformer_macs_full == pytest.approx(6.63e12, rel=5e-3)
 
 
-@pytest.mark.parametrize("name", ["sd35_medium", "sd35_large", "pixart_alpha", "flux_dev", "flux_schnell"])
+@pytest.mark.parametrize("name", ["sd35_medium", "pixart_alpha", "flux_schnell"] + [  # the larger twins: slow
+    pytest.param(n, marks=pytest.mark.slow) for n in ("sd35_large", "flux_dev")])
 def test_every_family_counts_and_prunes(name):
     cfg = load_model_config(name)
     rep = report_for_model({**cfg, "macs": {**cfg["macs"], "text_encoders": None, "vae": None}},

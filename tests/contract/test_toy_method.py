@@ -94,6 +94,7 @@ def python(project: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_a_toy_method_is_discovered_runs_and_joins_the_peers_sweep(project, tmp_path):
     code = ("import cat; from cat.methods.toy import ToyConfig; "
             "assert cat.METHODS['toy'] is ToyConfig and cat.__file__.startswith(r'%s'); print('found')" % project)

@@ -38,6 +38,7 @@ def one_line_error(proc) -> str:
 
 # unknown override keys ------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_a_typo_in_a_sweep_started_the_documented_way_names_the_key(tmp_path):
     proc = run("sweep=keep_ratio", "method.config.keep_ratio=0.2,0.3", "method.config.warmup_stepz=3",
                f"output_root={tmp_path}")
@@ -100,6 +101,7 @@ def test_a_read_only_output_root_is_named(tmp_path):
 
 # prompt files ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_a_prompt_file_that_is_not_utf8_is_one_line_and_leaves_no_run_folder(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes("a large red circle on the left\n".encode() + b"caf\xe9 on the right\n")

@@ -80,7 +80,8 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.startswith(".") and p.name not in skip}
 
 
-@pytest.mark.parametrize("kill", ["metrics", "method_images", "full_images"])
+@pytest.mark.parametrize("kill", ["metrics"] + [  # the other two phases run with the slow tests
+    pytest.param(k, marks=pytest.mark.slow) for k in ("method_images", "full_images")])
 def test_a_run_killed_in_any_phase_resumes_to_the_files_and_metrics_of_an_uninterrupted_run(tmp_path, kill):
     args = ("data.limit=5", "batch_size=2")  # batches {0, 1}, {2, 3}, {4}
     run_dir, metrics = run_here(tmp_path / "clean", *args)

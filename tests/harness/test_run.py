@@ -52,6 +52,7 @@ def test_bad_override_fails_before_loading_a_model(tmp_path):
     assert not (tmp_path / "full_images").exists()
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_macs_task_needs_no_weights(tmp_path):
     run_dir, metrics = launch.run("task=macs", "model=sd3_medium", "logger=none", f"output_root={tmp_path}")
     assert "transformer_macs_per_step_full" in print_table(metrics)
@@ -59,6 +60,7 @@ def test_macs_task_needs_no_weights(tmp_path):
     assert metrics["transformer_macs_per_step_full"] == pytest.approx(8.904e12, rel=5e-3)
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_sweep_records_failures_keeps_the_others_and_resumes(tmp_path):
     args = ["-m", "debug=tiny", f"output_root={tmp_path}", "group=smoke", "metrics=fast", "data.limit=2",
             "method=cat,cat_random", "method.config.keep_ratio=0.3,1.5"]

@@ -44,6 +44,7 @@ def runs(root: Path) -> list[Path]:
 
 # 1. identity ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_the_shipped_28_and_50_step_experiments_never_share_results(tmp_path, caplog):
     caplog.set_level("INFO")
     for exp in ("sd3_parti_28", "sd3_parti_50"):
@@ -120,6 +121,7 @@ def test_leftover_temporaries_and_a_corrupt_metrics_file_are_survived(tiny_run, 
     assert "already done" in caplog.text
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_two_processes_on_one_run_directory_do_the_work_once(tmp_path):
     args = [sys.executable, "run.py", "debug=tiny", f"output_root={tmp_path}", "data.limit=2",
             "metrics.latency.enabled=false"]
@@ -149,6 +151,7 @@ def test_a_summary_that_cannot_be_written_fails_loudly(tmp_path, monkeypatch, ca
     assert "could not be written" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_a_sweep_over_prompt_file_paths_stays_flat(tmp_path):
     files = []
     for name, text in (("a.txt", "a large red circle on the left"), ("b.txt", "a small blue square on the right")):
@@ -187,6 +190,7 @@ def test_bad_settings_are_named_before_anything_loads(override, message):
         validate(cfg_of("debug=tiny", *override.split()))
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda_is_a_one_line_error(tmp_path):
     proc = run("debug=tiny", f"output_root={tmp_path}", "device=cuda", check=False)
@@ -233,6 +237,7 @@ def test_the_scrubber_matches_secret_keys_exactly():
     assert clean["logger"]["api_key"] == "<redacted>"
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_a_token_override_never_reaches_files_names_or_logs(tmp_path):
     proc = run("debug=tiny", f"output_root={tmp_path}", "data.limit=2", "metrics.latency.enabled=false",
                "logger=wandb", f"+model.load_kwargs.token={SECRET}", env={"WANDB_MODE": "offline"})
@@ -303,6 +308,7 @@ def test_the_run_folder_records_code_versions_log_and_real_images(tiny_run):
 
 # 7. help -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_help_describes_the_groups_and_main_options():
     proc = run("--help")
     for text in ("Configuration groups", "method: ", "model: ", "batch_size=16", "data.limit", "sweep=peers"):

@@ -20,6 +20,7 @@ def _script(name, *args):
                           capture_output=True, text=True, timeout=300).stdout
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_tables(results, tiny_run, tmp_path):
     import pandas as pd
 
@@ -35,6 +36,7 @@ def test_tables(results, tiny_run, tmp_path):
     assert "tabular" in tex and "tiny" in tex
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 def test_figures(results, tmp_path):
     import numpy as np
     from PIL import Image

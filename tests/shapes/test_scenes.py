@@ -161,6 +161,7 @@ def test_low_resolution_steps_keep_each_token_at_its_place():
     torch.testing.assert_close(crop, full[2:6, 2:6])
 
 
+@pytest.mark.slow  # long: runs in CI's second step (pytest -m slow)
 @pytest.mark.skipif(not (scenes.MODEL_DIR / "model_index.json").exists(), reason="the scene model is not in assets/")
 def test_shipped_scene_model_has_1024_tokens_and_beats_chance():
     import torch
