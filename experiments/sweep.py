@@ -112,7 +112,8 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
     sweep (task=compare) writes targets.csv/md instead of paired.csv/md: its pairs are keyed by target."""
     from .config_files import default_setting
 
-    frame = collect(sweep_dir, cells if cells is not None else current_cells(sweep_dir))
+    cells = cells if cells is not None else current_cells(sweep_dir)
+    frame = collect(sweep_dir, cells)
     if frame.empty:
         return frame
     write_text(sweep_dir / "summary.csv", frame.to_csv(index=False))
@@ -123,8 +124,7 @@ def write_summary(sweep_dir: Path, cells: list[str] | None = None, reference: st
     from . import peers, targets
 
     reference = reference or str(default_setting("paired_reference"))
-    compared = targets.write_report(sweep_dir, cells if cells is not None else current_cells(sweep_dir),
-                                    reference if "=" not in reference else None)
+    compared = targets.write_report(sweep_dir, cells, reference if "=" not in reference else None)
     if not compared.empty:  # a comparison sweep: targets.md is its paired report, keyed by target
         return frame
     from .stats import paired_against

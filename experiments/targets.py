@@ -105,7 +105,7 @@ def table(entries: list[dict], targets: list[float], reference: str, tol: float 
 
 def markdown(frame: pd.DataFrame, title: str, reference: str) -> str:
     """targets.md: per target, a table of methods and variants with intervals and verdicts against the
-    reference (CAT)."""
+    reference method (`d_<reference>`)."""
     d, who = f"d_{reference}", reference
     lines = [f"# {title}", "",
              f"Every method at matched executed-MACs reductions (counted on the evaluated batches), paired with {who} "
