@@ -12,6 +12,7 @@ from .api import apply, check_compile, compile_blocks
 from .engine.stats import GenerationStats, MethodStats, StepRecord
 from .families import supported_models
 from .methods import METHODS, MethodConfig, MethodHandle, register
+from .methods.base import is_int, is_num
 from .methods.cat import POLICIES, CATConfig, CATHandle, token_schedule
 from .methods.cat_fora import CATFORAConfig
 from .methods.fbcache import FBCacheConfig
@@ -44,6 +45,8 @@ __all__ = [
     "calibrate_magcache",
     "check_compile",
     "compile_blocks",
+    "is_int",
+    "is_num",
     "register",
     "supported_models",
     "token_schedule",

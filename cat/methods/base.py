@@ -29,12 +29,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..engine.handle import MethodHandle
+from ..families import ARCHITECTURES  # family name -> the authors' code it follows ("mmdit" or "pixart")
 
 METHODS: dict[str, type["MethodConfig"]] = {}
-
-# The authors' code each `cat.families` family follows: "mmdit" (the authors' MMDiT / FLUX code) for SD3,
-# SD3.5 and FLUX; "pixart" (their PixArt code, or the nearest they have) for PixArt-alpha and -Sigma.
-ARCHITECTURES = {"flux": "mmdit", "pixart": "pixart", "sd3": "mmdit"}
 
 
 @dataclass(frozen=True)
@@ -152,10 +149,12 @@ def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:
 
 
 def is_int(value) -> bool:
+    """An integer, not a bool (`True` is an `int` to Python): what every config's and the harness's checks ask."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_num(value) -> bool:
+    """A real number (int or float), not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

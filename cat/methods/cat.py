@@ -30,7 +30,7 @@ from ..engine.state import GenerationState, keep_output, load_plan
 from ..engine.stats import StepRecord
 from ..engine.token_handle import TokenHandle, check_cache_dtype
 from ..families import family_of_class
-from .base import MethodConfig, architecture, check, min_ratio, register
+from .base import MethodConfig, architecture, check, is_int as _is_int, is_num as _is_num, min_ratio, register
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
@@ -240,14 +240,6 @@ def token_schedule(config: CATConfig | None, num_inference_steps: int, num_image
     if config is None:
         return [num_image_tokens] * num_inference_steps
     return config.offline_schedule(num_inference_steps, num_image_tokens)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def phase_of(step: int, config: CATConfig) -> str:
