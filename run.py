@@ -18,11 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from experiments import resolvers  # noqa: F401  (registers the config resolvers)
-from experiments.checks import ConfigError
-from experiments.command_line import check as check_command_line
-from experiments.runs import print_table, run_task, scrub_run
-from experiments.sinks import remove_stub
+from experiments.base.config_files import ConfigError
+from experiments.base.files import remove_stub
+from experiments.lifecycle import resolvers  # noqa: F401  (registers the config resolvers)
+from experiments.lifecycle.command_line import check as check_command_line
+from experiments.lifecycle.runs import print_table, run_task, scrub_run
 
 log = logging.getLogger("run")
 

@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cat  # noqa: E402
-from cat.engine import GenerationState  # noqa: E402
-from cat.families import family_for  # noqa: E402
-from experiments.config_files import default_setting  # noqa: E402
-from experiments.macs import build_on_meta, count_macs, transformer_macs  # noqa: E402
+import cat
+from cat.engine import GenerationState
+from cat.families import family_for
+from experiments.base.config_files import default_setting
+from experiments.run.macs import build_on_meta, count_macs, transformer_macs
 
 
 def library_config(name: str, steps: int, changes: list[str] = ()) -> cat.MethodConfig:
@@ -50,9 +46,9 @@ def conf_config(steps: int, overrides: list[str] = ()) -> cat.MethodConfig:
     `steps` steps."""
     from hydra import compose, initialize_config_dir
 
-    from experiments import resolvers  # noqa: F401  (registers the config resolvers)
-    from experiments.checks import method_config
-    from experiments.config_files import CONF
+    from experiments.base.config_files import CONF
+    from experiments.lifecycle import resolvers  # noqa: F401  (registers the config resolvers)
+    from experiments.tasks.validation import method_config
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return method_config(compose("config", overrides=[f"model.steps={steps}", *overrides]))
@@ -95,7 +91,7 @@ def in_turns(variants: dict, repeats: int) -> dict:
 
 def paired_speedup(times: dict, base: str, other: str) -> float:
     """Median over turns of base / other, each ratio from two neighbouring timings."""
-    from experiments.latency import paired_ratio
+    from experiments.run.latency import paired_ratio
 
     return paired_ratio(times[base], times[other])
 
@@ -146,7 +142,7 @@ def compiled_variants(model, x, method, steps: int, mode: str = "default") -> tu
     schedules: graphs compiled in the first, recompiles in the second, graph breaks."""
     from torch._dynamo.utils import counters
 
-    from experiments.latency import compiled_blocks
+    from experiments.run.pipelines import compiled_blocks
 
     def full():
         with compiled_blocks(model, True, mode):
@@ -312,9 +308,10 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
     model (conf's default method unless `overrides` say `method=...`) in the same run, eager and, with
     `compile`, compiled; `warmup` untimed and `repeats` timed pipeline calls each, with device
     synchronisation; medians, spreads and peak memory."""
-    from experiments.config_files import load_model_config
-    from experiments.latency import compare
-    from experiments.pipelines import load_pipeline, pick_device, pick_dtype
+    from experiments.base.devices import pick_device, pick_dtype
+    from experiments.base.models import load_model_config
+    from experiments.run.latency import compare
+    from experiments.run.pipelines import load_pipeline
 
     model = load_model_config(name)
     dev = pick_device(device)

@@ -13,16 +13,11 @@ dtype, seed).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments import resolvers  # noqa: E402,F401
+from experiments.lifecycle import resolvers  # noqa: F401
 
 
 def mean(values: list):
@@ -38,11 +33,12 @@ def rounded(value):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from experiments.data import prompts_of
-    from experiments.generate import call_kwargs, generators
-    from experiments.pipelines import load_pipeline, pick_device, pick_dtype
-    from experiments.resolvers import calibration_file
-    from experiments.sinks import write_json
+    from experiments.base.config_files import calibration_file
+    from experiments.base.devices import pick_device, pick_dtype
+    from experiments.base.files import write_json
+    from experiments.prompts.sets import prompts_of
+    from experiments.run.generate import call_kwargs, generators
+    from experiments.run.pipelines import load_pipeline
 
     if cfg.method.get("config") is None:
         raise SystemExit("calibrate.py needs a method: python scripts/calibrate.py method=<name> ...")

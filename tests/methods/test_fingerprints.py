@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import cat  # noqa: E402
-from experiments import resolvers  # noqa: E402,F401  (registers the config resolvers)
+from experiments.lifecycle import resolvers  # noqa: E402,F401  (registers the config resolvers)
 
 RECORD = Path(__file__).with_name("fingerprints.json")
 # Conf files renamed since the recording, by recorded name: random.yaml was cat_random.yaml under a second

@@ -102,7 +102,7 @@ def test_apply_dispatches_on_the_config_type_and_refuses_strangers():
 
 def test_realised_macs_of_cat_match_the_meta_device_count():
     """The executed-MACs counter (run with the real tensors) agrees with the meta-device count of CAT's schedule."""
-    from experiments.macs import realised_transformer_macs, report_from_config
+    from experiments.run.macs import realised_transformer_macs, report_from_config
 
     pipe = testing.tiny_sd3_pipeline()
     config = cat.CATConfig(keep_ratio=0.3, warmup_steps=4, num_clusters=4)

@@ -1,6 +1,6 @@
 """Fewer steps and the step caches sample from what the full model samples from: the same initial noise, the
 same first timestep and the same scheduler shift, through the harness's own batch call
-(`experiments.generate.run_batch`). A method whose lead or lag came from another noise or sampler would
+(`experiments.run.generate.run_batch`). A method whose lead or lag came from another noise or sampler would
 not be measuring what it claims; this rules it out on the tiny SD3 pipeline for every method."""
 
 import pytest
@@ -8,8 +8,8 @@ import torch
 
 import cat
 from cat import testing
-from experiments.data import Prompt
-from experiments.generate import run_batch
+from experiments.prompts.sets import Prompt
+from experiments.run.generate import run_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
