@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from .images import load_any, load_folder, to_tensor
 from .registry import Metric, Scoring, register
 
 
 def _metric(feature, weights_path: str | None):
+    # imported here: the registry imports this module with every run, most of which compute no FID
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     kwargs = {"feature_extractor_weights_path": weights_path} if weights_path and isinstance(feature, int) else {}
     try:
         return FrechetInceptionDistance(feature=feature, normalize=True, reset_real_features=False, **kwargs)

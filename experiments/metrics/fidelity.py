@@ -9,7 +9,6 @@ import argparse
 import json
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .images import load_folder, to_tensor
 from .registry import Metric, Scoring, register
@@ -17,11 +16,16 @@ from .registry import Metric, Scoring, register
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR of images in [0, 1] against their references.  [N, 3, H, W] x2 -> [N]"""
+    # torchmetrics is imported when a metric is computed, not with the registry (it slows every run's start)
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM.  [N, 3, H, W] x2 -> [N]"""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
 
 

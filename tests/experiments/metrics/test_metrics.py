@@ -121,9 +121,11 @@ def test_clip_score_cli_with_a_local_transformers_clip(tmp_path, capsys):
 
 
 def test_fid_cli_runs_the_same_code(tmp_path, capsys, monkeypatch):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     _save(tmp_path / "a", _images(12, 0))
     _save(tmp_path / "b", _images(12, 1))
-    monkeypatch.setattr(fid, "_metric", lambda feature, weights: fid.FrechetInceptionDistance(
+    monkeypatch.setattr(fid, "_metric", lambda feature, weights: FrechetInceptionDistance(
         feature=SmallExtractor(), normalize=True, reset_real_features=False))
     fid.main(["--images", str(tmp_path / "a"), "--ref", str(tmp_path / "b"), "--cache", str(tmp_path / "cache")])
     out = json.loads(capsys.readouterr().out)
