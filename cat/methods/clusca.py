@@ -70,7 +70,9 @@ class ClusCaConfig(MethodConfig):
     | kmeans_iters | 10: `flux/cluster_utils/Kmeans.py` `Kmeans.__init__` (`max_iters=10`, `p=1`), called by `cluster_utils/__init__.py` `get_cluster_info` | 100: `cluster_utils/Kmeans.py` `Kmeans.__init__` (`max_iters=100`, `p=1`) |
     | warmup_steps | 3, fixed at any T: `cache_functions/cache_init.py` `cache_init` (mode 'ClusCa', `first_enhance`); `cal_type` (`step < first_enhance`) | 2: `cache_functions/cache_init.py` `cache_init` (`first_enhance`); `cal_type` (the first two steps of the countdown) |
 
-    Their other ClusCa code agrees on MMDiT: the diffusers FLUX port (`ascend/flux/clusca_flux/`) uses 16
+    (Their FLUX `cluster_utils/__init__.py` `cluster_scheduler` reads a key `topk` that `cache_init` never sets;
+    the HiCache repository's copy of the same code, yiming-l21/CFGCache @bf339cb, reads `k`, with the same
+    defaults.) Their other ClusCa code agrees on MMDiT: the diffusers FLUX port (`ascend/flux/clusca_flux/`) uses 16
     clusters, order 1, warm-up 3 with interval 6 and ratio 0.007; HunyuanVideo's `sample.sh` 32 clusters and
     0.01. The PixArt ratio 0.0 is the DiT script's default (the representatives' rows only).
 

@@ -244,3 +244,44 @@ def test_clusca_and_hicache_macs_counted_while_running_match_the_offline_schedul
         assert full == pytest.approx(meta.transformer_macs_full, rel=1e-3)
         assert meta.transformer_macs * (1 - 1e-3) <= counted <= meta.transformer_macs * (1 + 1e-3) + overhead
         assert counted < 0.75 * full
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    (ClusCaConfig, "interval", 0), (ClusCaConfig, "max_order", 5), (ClusCaConfig, "num_clusters", 0),
+    (ClusCaConfig, "propagation_ratio", 1.5), (ClusCaConfig, "kmeans_iters", 0), (HiCacheConfig, "interval", 0),
+    (HiCacheConfig, "max_order", -1), (HiCacheConfig, "scale", 0.0), (HiCacheConfig, "scale", float("inf")),
+])
+def test_bad_fields_are_named_with_their_range(cls, field, value):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field}={value!r} is invalid: {field} must be"):
+        cls(**{field: value})
+
+
+def test_more_clusters_than_tokens_is_refused_before_any_model_loads():
+    ClusCaConfig(num_clusters=16).check_tokens(16)
+    with pytest.raises(ValueError, match=r"num_clusters=17 is invalid: num_clusters must be at most the number of "
+                                         r"image tokens \(16\)"):
+        ClusCaConfig(num_clusters=17).check_tokens(16)
+
+
+def test_the_schedules_the_harness_reads():
+    assert ClusCaConfig().offline_schedule(10, 256) == [256, 256, 256, 16, 16, 16, 16, 256, 16, 16]
+    assert HiCacheConfig().offline_schedule(10, 256) == [256, 256, 256, 0, 0, 0, 0, 0, 0, 256]
+    assert HiCacheConfig(interval=1).offline_schedule(4, 9) == [9] * 4
+    assert HiCacheConfig(max_order=0).key_ignores() == ("scale",) and HiCacheConfig().key_ignores() == ()
+
+
+@pytest.mark.parametrize("name", ["sd3", "pixart"])
+def test_cached_steps_read_nothing_back_from_the_device(name):
+    """On the `meta` device a tensor has no values, so any read (`.item()`, `torch.equal`, branching on a value)
+    fails: both methods run their cached steps there (k-means, on full steps, skips its stopping test)."""
+    with torch.device("meta"):
+        transformer = MAKERS[name]()
+    inputs = family_for(transformer).example_inputs(transformer.config, BATCH, LATENT, LATENT, TEXT, device="meta")
+    for config in (ClusCaConfig(interval=3, warmup_steps=1, num_clusters=4), HiCacheConfig(interval=3, warmup_steps=1)):
+        with torch.no_grad(), cat.apply(transformer, config) as handle:
+            handle.reset(cfg_pairs=False)
+            for _ in range(4):
+                out = transformer(**inputs)[0]
+            cached = "cluster" if isinstance(config, ClusCaConfig) else "forecast"
+            assert [r.phase for r in handle.stats.steps] == ["full", cached, cached, "full"]
+        assert out.device.type == "meta"
