@@ -25,6 +25,13 @@ TAYLORSEER_MMDIT = {"cache_interval": 6, "max_order": 1, "warmup_steps": 3, "fac
                     "disable_cache_after_step": None}
 TAYLORSEER_PIXART = {"cache_interval": 4, "max_order": 4, "warmup_steps": 2, "factors_dtype": None,
                      "disable_cache_after_step": None}
+# The forecasting caches: ClusCa (Shenyi-Z/Cache4Diffusion @91a1949: flux/clusca-flux on MMDiT, dit/clusca-dit
+# on PixArt) and HiCache (yiming-l21/CFGCache @bf339cb: the README's FLUX launcher, for every class)
+CLUSCA_MMDIT = {"interval": 5, "max_order": 1, "num_clusters": 16, "propagation_ratio": 0.005, "kmeans_iters": 10,
+                "warmup_steps": 3}
+CLUSCA_PIXART = {"interval": 4, "max_order": 4, "num_clusters": 16, "propagation_ratio": 0.0, "kmeans_iters": 100,
+                 "warmup_steps": 2}
+HICACHE = {"interval": 7, "max_order": 2, "scale": 0.5, "warmup_steps": 3}
 
 
 def ras(warmup, resets, starvation, high):
@@ -90,6 +97,15 @@ EXPECTED = {
     ("fbcache", "sd3", 50): {"threshold": 0.05, "warmup_steps": 1},
     ("fbcache", "pixart", 28): {"threshold": 0.03, "warmup_steps": 1},
     ("fbcache", "pixart", 20): {"threshold": 0.03, "warmup_steps": 1},
+    # ClusCa and HiCache: nothing scales with the step count
+    ("clusca", "sd3", 28): CLUSCA_MMDIT,
+    ("clusca", "sd3", 50): CLUSCA_MMDIT,
+    ("clusca", "pixart", 28): CLUSCA_PIXART,
+    ("clusca", "pixart", 50): CLUSCA_PIXART,
+    ("hicache", "sd3", 28): HICACHE,
+    ("hicache", "sd3", 50): HICACHE,
+    ("hicache", "pixart", 28): HICACHE,
+    ("hicache", "pixart", 20): HICACHE,
     # fewer steps: no authors; half the steps
     ("steps", "sd3", 28): {"num_steps": 14},
     ("steps", "sd3", 50): {"num_steps": 25},
