@@ -20,6 +20,8 @@ DEFAULTS = {"cat": 8, "cat_budget": 8, "cat_fora": 8, "fbcache": 1, "fora": 1, "
             "toca": 1}
 # The forecasting caches (their authors' FLUX warm-up, 3 steps)
 DEFAULTS.update({"clusca": 3, "hicache": 3})
+DEFAULTS |= {"dbcache": 8, "fastercache": 10, "pab": 1, "teacache": 1}  # the field's caches (issue 36): the authors'
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
