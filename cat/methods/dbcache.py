@@ -6,7 +6,7 @@ is compared with the one of the last computed step: when the relative L1 differe
 at the last computed step is added to the Fn output instead; the last `bn_blocks` blocks (Bn) always run, on
 that result. With `taylorseer_order` k >= 1 (cache-dit's TaylorSeer calibrator) the middle residual of a cached
 step is not reused but forecast by a Taylor expansion of order k in the step index, from the residuals of the
-last computed steps (`cat.core.taylor`). The first `warmup_steps` steps always compute, and at most
+last computed steps (`cat.core.forecast`). The first `warmup_steps` steps always compute, and at most
 `max_cached_steps` steps in all and `max_continuous_cached_steps` in a row are cached. Implemented, like
 `fbcache`, as small diffusers `ModelHook`s on the blocks; the shared plumbing (cache context, generation resets,
 exact removal) is `cat/engine/diffusers_cache.py`.
@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.taylor import taylor_forecast, taylor_update
+from ..core.forecast import forecast, update_factors
 from ..engine.diffusers_cache import DiffusersCacheHandle, diffusers_blocks
 from ..engine.stats import StepRecord
 from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_int, is_num, register
@@ -264,7 +264,7 @@ def _dbc_hooks():
             if not self.order:
                 return state.residual
             elapsed = state.step - state.computed_at
-            return {name: taylor_forecast(factors, elapsed) for name, factors in state.factors.items()}
+            return {name: forecast(factors, elapsed) for name, factors in state.factors.items()}
 
         def _record(self, output, state) -> None:
             hidden, encoder = _split(output, self.meta)
@@ -275,8 +275,9 @@ def _dbc_hooks():
                 residual["encoder"] = encoder - fn_encoder
             if self.order:
                 window = 0 if state.computed_at is None else state.step - state.computed_at
-                state.factors = {name: taylor_update(state.factors.get(name, [None] * (self.order + 1)), value,
-                                                     window, differences=state.step - 1 > 1)
+                differences = state.step - 1 > 1
+                state.factors = {name: update_factors(state.factors.get(name) if differences else None, value,
+                                                      window, self.order)
                                  for name, value in residual.items()}
             else:
                 state.residual = residual
