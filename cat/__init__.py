@@ -51,3 +51,11 @@ __all__ = [
     "supported_models",
     "token_schedule",
 ]
+
+# The field's step and block caches (issue 36): DBCache, TeaCache, Pyramid Attention Broadcast, FasterCache.
+from .methods.dbcache import DBCacheConfig  # noqa: E402
+from .methods.fastercache import FasterCacheConfig  # noqa: E402
+from .methods.pab import PABConfig  # noqa: E402
+from .methods.teacache import TeaCacheConfig  # noqa: E402
+
+__all__ += ["DBCacheConfig", "FasterCacheConfig", "PABConfig", "TeaCacheConfig"]

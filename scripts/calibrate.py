@@ -5,10 +5,11 @@
 
 Runs the method's calibration (its config's `calibrate`: for MagCache the full model in diffusers'
 calibration mode) on the first `data.limit` prompts of the data set's calibration split, which is never
-evaluated, one call per prompt with the run's seed, averages
-what it measured over the prompts, and writes assets/<method>/<model>-<steps>.json, which the method's
-conf file reads (`${calibrated:<field>}`). Takes the same overrides as run.py (model, data, device,
-dtype, seed).
+evaluated, one call per prompt with the run's seed, combines what it measured over the prompts (the config's
+`combine_calibrations`: a mean, or TeaCache's fit over every prompt's points), and writes
+assets/<method>/<model>-<steps>.json with the guidance scale it was made at, which the method's conf file
+reads (`${calibrated:<field>}`) for that model, step count and guidance scale. Takes the same overrides as
+run.py (model, data, device, dtype, seed).
 """
 
 from __future__ import annotations
@@ -18,13 +19,6 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.lifecycle import resolvers  # noqa: F401
-
-
-def mean(values: list):
-    """The mean of numbers, or of equally long sequences of numbers element by element (cut to the shortest)."""
-    if isinstance(values[0], (list, tuple)):
-        return [sum(v[i] for v in values) / len(values) for i in range(min(map(len, values)))]
-    return sum(values) / len(values)
 
 
 def rounded(value):
@@ -51,7 +45,7 @@ def main(cfg: DictConfig) -> None:
     kwargs = call_kwargs(cfg)
     steps = kwargs.pop("num_inference_steps")
     measured = [method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0], **kwargs) for p in prompts]
-    fields = {name: rounded(mean([m[name] for m in measured])) for name in measured[0]}
+    fields = {name: rounded(value) for name, value in method.combine_calibrations(measured).items()}
     out = calibration_file(cfg.method.name, cfg.model.name, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"model": cfg.model.name, "steps": steps, "prompts": len(prompts), "split": "calibration",

@@ -7,6 +7,7 @@
   (token-wise modules), `token_handle.py` (the step hook and the install).
 - `module_cache.py`: FORA's and ToCa's hooks on cached modules; `diffusers_cache.py`: the handles built
   on diffusers' own cache hooks (TaylorSeer, FBCache, MagCache).
+- `forecast_cache.py`: the forecasting caches' schedule and hooks (HiCache, ClusCa), on `module_cache.py`.
 """
 
 from .clock import GenerationClock, outside_schedule

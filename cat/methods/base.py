@@ -103,6 +103,13 @@ class MethodConfig:
         """The fields `missing_calibration` asks for, measured on `pipe` at `num_inference_steps`."""
         raise NotImplementedError(f"{cls.__name__} needs no calibration")
 
+    @classmethod
+    def combine_calibrations(cls, measured: list[dict]) -> dict:
+        """One calibration from several `calibrate` results (scripts/calibrate.py measures one per prompt, each
+        with its own seed): by default the mean of every field, element by element for sequences (cut to the
+        shortest). A method whose fields are not means of per-prompt values (a fit) combines them itself."""
+        return {name: _mean([m[name] for m in measured]) for name in measured[0]}
+
 
 def architecture(config_cls: type[MethodConfig], family: str, num_steps: int) -> str:
     """"mmdit" or "pixart": the authors' code `config_cls.authors(family, num_steps)` follows; ValueError
@@ -146,6 +153,13 @@ def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:
         raise ValueError(f"{config_cls.__name__} needs a `name`")
     METHODS[config_cls.name] = config_cls
     return config_cls
+
+
+def _mean(values: list):
+    """The mean of numbers, or of equally long sequences of numbers element by element (cut to the shortest)."""
+    if isinstance(values[0], (list, tuple)):
+        return [sum(v[i] for v in values) / len(values) for i in range(min(map(len, values)))]
+    return sum(values) / len(values)
 
 
 def is_int(value) -> bool:

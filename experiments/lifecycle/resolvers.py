@@ -9,8 +9,9 @@ holds only its knob, its levels and what differs from the defaults.
 config's default for the knob (step-dependent ones from `for_steps`).
 `for_steps`: a step-dependent default of the method's config class at `model.steps` (its `for_steps`:
 e.g. CAT's warm-up, the authors' share of 8 full steps of 28).
-`calibrated`: a field a method's calibration measured for this model and step count
-(`assets/<method>/<model>-<steps>.json`, written by scripts/calibrate.py), or null when not calibrated.
+`calibrated`: a field a method's calibration measured for this model, step count and guidance scale
+(`assets/<method>/<model>-<steps>.json`, written by scripts/calibrate.py), or null when not calibrated at this
+step count; one made at another guidance scale is refused unless `method.calibration` asks for it.
 `peers`: the methods `sweep=peers` visits: every registered method, then the extra conf/method files named.
 `run_id`: the run directory's name, a readable prefix plus the hash of everything that changes the
 run's output (experiments/run/keys.py).
@@ -28,7 +29,7 @@ from omegaconf import OmegaConf
 
 import cat
 
-from ..base.config_files import calibration_file
+from ..base.config_files import ROOT, calibration_file
 from ..run.keys import run_id
 from ..tasks.registry import help_lines
 
@@ -77,8 +78,26 @@ def level(*, _root_):
 
 
 def calibrated(field: str, *, _root_):
-    path = calibration_file(_root_.method.name, _root_.model.name, _root_.model.steps)
-    return json.loads(path.read_text())[field] if path.exists() else None
+    """`field` of the method's calibration for this model, step count and guidance scale, or None when there is
+    none for this step count (the method's `missing_calibration` then stops the run). A calibration made at another
+    guidance scale is refused; `method.calibration.steps` / `method.calibration.guidance_scale` ask explicitly for
+    one made at another step count (which the method then stretches or reuses) or guidance scale."""
+    wanted = OmegaConf.select(_root_, "method.calibration", default=None) or {}
+    steps = wanted.get("steps") or _root_.model.steps
+    path = calibration_file(_root_.method.name, _root_.model.name, steps)
+    if not path.exists():
+        return None
+    stored = json.loads(path.read_text())
+    accepted = wanted.get("guidance_scale")
+    guidance = _root_.model.guidance_scale if accepted is None else accepted
+    made_at = stored.get("guidance_scale")
+    if made_at is not None and float(made_at) != float(guidance):
+        raise ValueError(
+            f"{path.relative_to(ROOT)} was calibrated at guidance_scale={made_at}, this run uses model.guidance_scale="
+            f"{_root_.model.guidance_scale}: calibrate at this guidance scale (python scripts/calibrate.py "
+            f"method={_root_.method.name} model={_root_.model.name} model.steps={steps} model.guidance_scale="
+            f"{_root_.model.guidance_scale}) or reuse it explicitly with method.calibration.guidance_scale={made_at}")
+    return stored[field]
 
 
 def peers(*extra: str) -> str:
