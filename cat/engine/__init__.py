@@ -1,7 +1,8 @@
 """The machinery methods share.
 
 - `handle.py`: the handle every method's handle extends (exact undo, compile); `clock.py`: the one
-  generation clock; `stats.py`: the statistics every handle reports; `hooks.py`: patches with inverses.
+  generation clock; `stats.py`: the statistics every handle reports; `patching.py`: attach a hook, swap a
+  submodule, set an attribute, each with its exact inverse.
 - The token engine (cat, cat_fora, random tokens, RAS): `runtime.py`, `state.py` (per-generation state,
   output caching), `tokens.py` (gather/scatter, cache dtypes), `processors/` (attention), `wrappers.py`
   (token-wise modules), `token_handle.py` (the step hook and the install).

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .hooks import set_instance_attr
+from .patching import set_instance_attr
 
 
 def outside_schedule(kwargs: dict) -> bool:

@@ -115,7 +115,7 @@ class DiffusersCacheHandle(MethodHandle):
                     manager.set_context(None)
             return output
 
-        from .hooks import set_instance_attr
+        from .patching import set_instance_attr
 
         set_instance_attr(t, "forward", forward, self._undo)
 

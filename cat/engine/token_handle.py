@@ -16,7 +16,7 @@ from diffusers.hooks import ModelHook
 from ..families import ATTENTION, FEED_FORWARD, JOINT, family_for
 from .clock import outside_schedule
 from .handle import MethodHandle
-from .hooks import attach_hook, swap_in
+from .patching import attach_hook, swap_in
 from .processors import make_processor
 from .runtime import ContextReceiver, Runtime
 from .stats import GenerationStats

@@ -23,7 +23,7 @@ from typing import ClassVar
 from diffusers.hooks import ModelHook
 
 from ..engine.clock import outside_schedule
-from ..engine.hooks import attach_hook
+from ..engine.patching import attach_hook
 from ..engine.stats import MethodStats, StepRecord
 from .base import MethodConfig, MethodHandle, architecture, check, is_int, register, scale_steps
 
