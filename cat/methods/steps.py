@@ -34,6 +34,8 @@ class StepsHandle(MethodHandle):
     """The method is the call override; on a pipeline, a hook checks that each call takes it (and records
     the steps it runs, each a full one)."""
 
+    cuda_graphs = True  # it keeps no tensor
+
     def _install(self) -> None:
         if self._pipe is None or not hasattr(self._pipe, "encode_prompt"):
             return  # a bare transformer: no pipeline call whose step count could be read
