@@ -32,8 +32,8 @@ def apply(pipe_or_transformer, config: MethodConfig | None = None, compile: bool
     if compile:
         transformer = pipe_or_transformer if isinstance(pipe_or_transformer, torch.nn.Module) else \
             pipe_or_transformer.transformer
-        check_compile(compile_mode, next(transformer.parameters()).device)
         check_cuda_graphs(type(config).handle, config, compile_mode)
+        check_compile(compile_mode, next(transformer.parameters()).device)
     handle = type(config).handle(pipe_or_transformer, config).install()
     if compile:
         try:

@@ -55,7 +55,7 @@ class StepIndex:
         if "image_text" in layouts:
             self.image_text = empty(b, k + t)
             self.image_text[:, k:] = torch.arange(n, n + t, device=device)
-            self.plan = self.image_text[:, :k]  # filling the plan fills the joint rows
+            self.plan = static(self.image_text[:, :k])  # filling the plan fills the joint rows
         else:
             self.plan = empty(b, k)
         self.rows = empty(b * k)

@@ -87,7 +87,9 @@ def test_compiled_blocks_match_eager_and_never_recompile_across_generations(fami
     torch.testing.assert_close(run["first"], run["eager"], rtol=1e-4, atol=1e-4)
     assert torch.equal(run["first"], run["second"])
     assert run["again"] == run["frames"]  # no recompiles across steps of a kind, generations or prompts
-    assert run["compiled"] >= 2 and run["frames"] <= 3  # full, cache-filling and pruned steps, for all blocks
+    # full and pruned steps, for all blocks (the cache-filling step runs eagerly: the caches are allocated
+    # outside the graphs)
+    assert run["compiled"] >= 2 and run["frames"] == 2
     assert run["restored"]
 
 
@@ -96,7 +98,7 @@ def test_compiled_blocks_compile_one_graph_per_step_kind():
     the only one of its structure and stays eager; the three others are compiled."""
     run = _compiled_run("sd3", layers=4)
     assert run["compiled"] == 3
-    assert run["frames"] <= 3 and run["again"] == run["frames"]
+    assert run["frames"] == 2 and run["again"] == run["frames"]
 
 
 @pytest.mark.parametrize("family", list(CALLS))
@@ -189,6 +191,9 @@ class _HostWatch:
     ("pixart_sigma", cat.CATConfig(warmup_steps=2, num_clusters=4)),
     ("flux", cat.CATConfig(warmup_steps=2, num_clusters=4)),
     ("sd3", cat.CATConfig(warmup_steps=2, num_clusters=4, policy="no_cluster")),
+    ("sd3", cat.CATConfig(warmup_steps=2, num_clusters=4, policy="random")),
+    ("sd3", cat.CATFORAConfig(warmup_steps=2, num_clusters=4)),
+    ("sd3", cat.METHODS["cat_budget"](warmup_steps=2, num_clusters=4, forecast=1.0)),
     ("sd3", cat.RASConfig(warmup_steps=2, error_reset_steps=())),
 ])
 def test_pruned_steps_do_not_synchronise_with_the_host(name, config):
@@ -205,7 +210,7 @@ def test_pruned_steps_do_not_synchronise_with_the_host(name, config):
         with _HostWatch() as watch:
             for _ in range(2):
                 transformer(**inputs)
-        assert [r.phase for r in handle.stats.steps[-2:]] == ["pruned", "pruned"]
+        assert {r.phase for r in handle.stats.steps[-2:]} <= {"pruned", "reuse"}
     assert watch.seen == []
 
 
