@@ -31,6 +31,8 @@ class LayerCache:
     # [B, N, C] each token's output at its computation before the one in `out` (only while a timeline
     # forecasts module outputs: `GenerationState.forecast`)
     prev: torch.Tensor | None = None
+    key_scale: torch.Tensor | None = None  # [] the scale of fp8 keys and values (`tokens.keep_kv`)
+    value_scale: torch.Tensor | None = None
 
 
 @dataclass

@@ -107,11 +107,16 @@ def put_tokens(target: torch.Tensor, index: StepIndex, positions: torch.Tensor, 
     return target if target.dtype == rows.dtype else target.to(rows.dtype)
 
 
-def put_heads(target: torch.Tensor, index: StepIndex, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The same for a per-head cache.  [B, H, S, d] <- [B, H, K, d] at positions [B, K]"""
+def put_heads(target: torch.Tensor, index: StepIndex, positions: torch.Tensor, rows: torch.Tensor,
+              scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The same for a per-head cache (an fp8 one stores rows / `scale`, see `keep_kv`).
+    [B, H, S, d] <- [B, H, K, d] at positions [B, K]"""
     heads = index.heads[target.shape[1]]  # [1, H, 1]
-    target.index_put_((index.batch[:, :, None], heads, positions[:, None, :]), rows.to(target.dtype))
-    return target if target.dtype == rows.dtype else target.to(rows.dtype)
+    stored = rows if scale is None else (rows / scale).clamp(-FP8_MAX, FP8_MAX)
+    target.index_put_((index.batch[:, :, None], heads, positions[:, None, :]), stored.to(target.dtype))
+    if target.dtype == rows.dtype:
+        return target
+    return target.to(rows.dtype) if scale is None else target.to(rows.dtype) * scale
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -126,6 +131,7 @@ def scatter_tokens_(target: torch.Tensor, index: torch.Tensor, rows: torch.Tenso
 
 
 CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e4m3fn": torch.float8_e4m3fn}
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
 
 
 def cache_dtype(config, kind: str) -> torch.dtype | None:
@@ -152,6 +158,19 @@ def keep(cache, field: str, t: torch.Tensor, dtype: torch.dtype | None = None, c
         setattr(cache, field, static(t.to(dtype).contiguous()))
     else:
         setattr(cache, field, static(t.clone(memory_format=torch.contiguous_format) if copy else t.contiguous()))
+    return t
+
+
+def keep_kv(cache, field: str, t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """`keep` for keys and values. In fp8 they are stored divided by a per-tensor scale (`<field>_scale`, in
+    the compute dtype: the largest magnitude at the cache-filling step maps to fp8's largest value, and
+    rows written later are clamped to its range), so large activations neither overflow nor lose their
+    small neighbours to the format's few exponent bits; `put_heads` scales them back. Returns `t`."""
+    if dtype != torch.float8_e4m3fn:
+        return keep(cache, field, t, dtype)
+    scale = (t.abs().amax() / FP8_MAX).clamp(min=torch.finfo(t.dtype).tiny)  # [] in t's dtype
+    keep(cache, f"{field}_scale", scale, copy=True)
+    keep(cache, field, (t / scale).clamp(-FP8_MAX, FP8_MAX), dtype)
     return t
 
 

@@ -57,6 +57,25 @@ def test_fp8_caches_and_bad_compile_modes_are_named_errors():
     assert not hasattr(pipe.transformer, "_diffusers_hook")  # nothing left patched
 
 
+def test_fp8_keys_and_values_are_scaled_into_range():
+    """fp8 caches store keys and values divided by a per-tensor scale: activations far beyond fp8's range
+    (448) come back within its precision, and rows written later are clamped, never overflowing."""
+    from cat.engine.state import LayerCache
+    from cat.engine.tokens import StepIndex, keep_kv, put_heads
+
+    gen = torch.Generator().manual_seed(0)
+    key = 3000 * torch.randn(2, 4, 16, 8, generator=gen)  # [B, H, N, d]
+    cache = LayerCache()
+    keep_kv(cache, "key", key, torch.float8_e4m3fn)
+    assert cache.key.dtype == torch.float8_e4m3fn and cache.key_scale.dtype == key.dtype
+    back = cache.key.to(key.dtype) * cache.key_scale
+    assert ((back - key).abs() <= 0.07 * key.abs() + 1e-3 * key.abs().max()).all()
+    index = StepIndex(2, 3, 16, 0, (4,), frozenset(), torch.device("cpu")).load(torch.tensor([[1, 5, 9]]))
+    rows = 10 * key.abs().max() * torch.ones(2, 4, 3, 8)  # beyond the scale's range
+    out = put_heads(cache.key, index, index.plan, rows, cache.key_scale)
+    assert torch.isfinite(out).all() and torch.equal(out[:, :, [1, 5, 9]], torch.full_like(rows, 448) * cache.key_scale)
+
+
 def _compiled_run(family, layers=3, fullgraph=False):
     from torch._dynamo.testing import CompileCounter
     from torch._dynamo.utils import counters

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import cache_dtype, gather_rows, keep, put_heads, update_output
+from ..tokens import cache_dtype, gather_rows, keep, keep_kv, put_heads, update_output
 
 
 class CATJointAttnProcessor:
@@ -72,12 +72,12 @@ class CATJointAttnProcessor:
         # per cache (two writes into one buffer made inductor copy the whole cache at every step).
         if index is None:
             kv = cache_dtype(self.runtime.config, "kv")
-            keep(cache, "key", key, kv)
-            keep(cache, "value", value, kv)
+            keep_kv(cache, "key", key, kv)
+            keep_kv(cache, "value", value, kv)
         else:
             rows = index.plan if encoder_hidden_states is None else index.image_text  # [B, K(+T)]
-            key = put_heads(cache.key, index, rows, key)  # [B, H, N(+T), d]
-            value = put_heads(cache.value, index, rows, value)
+            key = put_heads(cache.key, index, rows, key, cache.key_scale)  # [B, H, N(+T), d]
+            value = put_heads(cache.value, index, rows, value, cache.value_scale)
 
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, K+T, d]
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K+T, C]

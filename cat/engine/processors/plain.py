@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import cache_dtype, gather_rows, keep, put_heads, update_output
+from ..tokens import cache_dtype, gather_rows, keep, keep_kv, put_heads, update_output
 
 
 class CATAttnProcessor:
@@ -68,11 +68,11 @@ class CATAttnProcessor:
             # the text keys and values of cross-attention stay in the compute dtype: T rows, read whole by
             # every pruned step, where a conversion would cost more than the bytes it saves
             kv = None if cross else cache_dtype(self.runtime.config, "kv")
-            keep(cache, "key", key, kv)
-            keep(cache, "value", value, kv)
+            keep_kv(cache, "key", key, kv)
+            keep_kv(cache, "value", value, kv)
         elif not cross:
-            key = put_heads(cache.key, index, index.plan, key)  # [B, H, N, d]
-            value = put_heads(cache.value, index, index.plan, value)
+            key = put_heads(cache.key, index, index.plan, key, cache.key_scale)  # [B, H, N, d]
+            value = put_heads(cache.value, index, index.plan, value, cache.value_scale)
 
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K, C]
