@@ -1,8 +1,9 @@
 """What every hook of one token-engine handle shares: the config, its timeline and the generation state.
 
 The timeline (`config.timeline()`: a module with `begin_step(state, config, grid)` and
-`end_step(state, config, out) -> out`) decides per step which tokens run (`state.plan`) and whether the
-caches are filled (`state.record`); the hooks, processors and wrappers only apply that.
+`end_step(state, config, out) -> out`) decides per step which tokens run (`state.index`, loaded by
+`state.load_plan`) and whether the caches are filled (`state.record`); the hooks, processors and
+wrappers only apply that.
 
 Compiled blocks: everything a block reaches while it runs is the same expression in every block
 (`processor.caches[runtime.context]`, a wrapper class's `forward`), so torch.compile traces one graph
