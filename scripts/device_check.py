@@ -10,6 +10,9 @@ Euler update of the latents. Sections, most important first; each prints `KEY=va
 checks the time left against its estimate and skips (saying so) what would not fit; the results are
 written to <out>/<gpu-name>.json and .md after every section (`--sections` picks some after sd3):
 
+The method is conf/config.yaml's `paired_reference` (CAT) at its authors' setting; the peers and their
+settings are data (scripts/device_check.yaml).
+
 1. sd3: SD3-medium (1024x1024: 4096 image and 333 text tokens, 28 steps), eager, CAT at the authors'
    setting: the time of a full, clustering and pruned step on the device (CUDA events) and on the host
    (the call's return, no sync: a host-bound step takes as long there), whole schedules of the full model
@@ -92,21 +95,26 @@ SMOKE = {
         num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=4, joint_attention_dim=64,
         pooled_projection_dim=64, in_channels=16, axes_dims_rope=[4, 6, 6]), 1.0),
 }
-# Peers at about CAT's MACs on SD3-medium at 28 steps (CAT at the authors' setting: 53.7% of the full
-# model's, a 1.86x MACs speedup), each from its authors' setting with its knob moved: chosen offline from
-# their MACs on `meta` (FORA 1.87x, TaylorSeer 1.87x, ToCa 1.84x, RAS 1.90x); the section counts them again.
-PEERS = {
-    "fora": {"interval": 2},
-    "taylorseer": {"cache_interval": 2},
-    "toca": {"interval": 2, "fresh_ratio": 0.1},
-    "ras": {"sample_ratio": 0.35},
-}
 
 
 def conf_model(name: str) -> dict:
     import yaml
 
     return yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+
+
+def reference() -> type[cat.MethodConfig]:
+    """The method every comparison pairs with the full model: conf/config.yaml's `paired_reference`."""
+    import yaml
+
+    return cat.METHODS[yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())["paired_reference"]]
+
+
+def peers() -> list[dict]:
+    """The peers and their settings (scripts/device_check.yaml)."""
+    import yaml
+
+    return yaml.safe_load(Path(__file__).with_suffix(".yaml").read_text())["peers"]
 
 
 class Budget:
@@ -331,7 +339,7 @@ class Check:
         diffusers.utils.logging.set_verbosity_error()  # its dtype-cast advice on random-weight models
         self.report = Report(Path(args.out), re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-"), {
             "gpu": gpu, "device": self.device, "dtype": str(self.dtype).removeprefix("torch."),
-            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "method": reference().name, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "cuda": torch.version.cuda if cuda else None})
         self.cuda = cuda
         self.sd3: dict = {}  # what later sections reuse: models, loops, eager CAT latents, step times
@@ -339,11 +347,13 @@ class Check:
     def put(self, section, key, value):
         self.report.put(section, key, value)
 
-    def cat_config(self, geometry: Geometry) -> cat.CATConfig:
-        """CAT at the authors' setting for the model's family and step count (fewer clusters on a tiny model)."""
-        family = family_for(build(geometry, "meta", torch.float32)).name
-        clusters = {"num_clusters": 4} if self.smoke else {}
-        return cat.CATConfig(**{**cat.CATConfig.authors(family, geometry.steps), **clusters})
+    def method_config(self, geometry: Geometry) -> cat.MethodConfig:
+        """The reference method at its authors' setting for the model's family and step count (on a tiny
+        model, its example setting for small models)."""
+        cls = reference()
+        if self.smoke:
+            return cls.examples(geometry.steps)[1]
+        return cls(**cls.authors(family_for(build(geometry, "meta", torch.float32)).name, geometry.steps))
 
     def section(self, name: str, estimate: float, fn: Callable[[], None]) -> None:
         if not self.budget.fits(estimate):
@@ -363,40 +373,40 @@ class Check:
         """The model and a copy with CAT applied (the same weights), their loops, and the MACs of both schedules."""
         model = build(geometry, self.device, self.dtype)
         pruned = copy.deepcopy(model)
-        config = self.cat_config(geometry)
+        config = self.method_config(geometry)
         handle = cat.apply(pruned, config)
-        full_macs, cat_macs = schedule_macs(geometry, None), schedule_macs(geometry, config)
-        self.put(key, f"{key}_macs_speedup", full_macs / cat_macs)
+        full_macs, method_macs = schedule_macs(geometry, None), schedule_macs(geometry, config)
+        self.put(key, f"{key}_macs_speedup", full_macs / method_macs)
         return dict(model=model, pruned=pruned, handle=handle, config=config, geometry=geometry,
                     full=Loop(model, geometry, self.device, self.dtype),
-                    cat=Loop(pruned, geometry, self.device, self.dtype), macs_full=full_macs,
-                    macs_speedup=full_macs / cat_macs)
+                    method=Loop(pruned, geometry, self.device, self.dtype), macs_full=full_macs,
+                    macs_speedup=full_macs / method_macs)
 
     def schedule(self, pair: dict, which: str) -> Callable[[], float]:
-        """A timed whole schedule of the full model ("full") or of CAT ("cat")."""
+        """A timed whole schedule of the full model ("full") or of the method ("method")."""
         loop, geometry = pair[which], pair["geometry"]
 
         def run() -> float:
-            if which == "cat":
+            if which == "method":
                 pair["handle"].reset(cfg_pairs=geometry.cfg, num_steps=geometry.steps)
             return timed(loop.run, self.device)
 
         return run
 
     def speedups(self, key: str, pair: dict, suffix: str = "eager") -> None:
-        times = in_turns({"full": self.schedule(pair, "full"), "cat": self.schedule(pair, "cat")}, self.turns)
-        speedup, spread = paired(times, "full", "cat")
+        times = in_turns({"full": self.schedule(pair, "full"), "method": self.schedule(pair, "method")}, self.turns)
+        speedup, spread = paired(times, "full", "method")
         prefix = "" if key == "sd3" else f"{key}_"
         self.put(key, f"{prefix}speedup_{suffix}", speedup)
         self.put(key, f"{prefix}speedup_{suffix}_range", spread)
         self.put(key, f"{prefix}schedule_full_{suffix}_s", statistics.median(times["full"]))
-        self.put(key, f"{prefix}schedule_cat_{suffix}_s", statistics.median(times["cat"]))
+        self.put(key, f"{prefix}schedule_method_{suffix}_s", statistics.median(times["method"]))
         if suffix == "eager":
             self.put(key, f"{prefix}speedup_efficiency", speedup / pair["macs_speedup"])
 
     def phases(self, pair: dict) -> None:
         """Per-phase device and host time of CAT's steps, and of the full model's."""
-        loop, handle, geometry = pair["cat"], pair["handle"], pair["geometry"]
+        loop, handle, geometry = pair["method"], pair["handle"], pair["geometry"]
         device_ms: dict[str, list[float]] = {}
         host_ms: dict[str, list[float]] = {}
         for _ in range(2):
@@ -443,7 +453,7 @@ class Check:
 
     def launches(self, pair: dict) -> None:
         """Kernels (CUDA) and aten operators of one full and one pruned step."""
-        loop, handle, geometry = pair["cat"], pair["handle"], pair["geometry"]
+        loop, handle, geometry = pair["method"], pair["handle"], pair["geometry"]
         handle.reset(cfg_pairs=geometry.cfg, num_steps=geometry.steps)
         x = loop.x0
         for i in range(handle.config.warmup_steps + 1):
@@ -459,7 +469,7 @@ class Check:
 
     def memory(self, pair: dict) -> None:
         """Peak memory of a schedule above what was allocated before it (both models' weights)."""
-        for which in ("full", "cat"):
+        for which in ("full", "method"):
             if self.cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -472,15 +482,15 @@ class Check:
 
     def run_sd3(self) -> None:
         pair = self.sd3["pair"] = self.eager_pair("sd3", self.geometries["sd3"])
-        warm = self.schedule(pair, "cat")  # first schedules: allocations, kernels' first launches
+        warm = self.schedule(pair, "method")  # first schedules: allocations, kernels' first launches
         self.schedule(pair, "full")()
         warm()
         self.phases(pair)
         self.speedups("sd3", pair)
         pair["handle"].reset(cfg_pairs=True, num_steps=pair["geometry"].steps)
-        self.sd3["eager_cat"] = pair["cat"].run()
+        self.sd3["eager_method"] = pair["method"].run()
         self.sd3["eager_full"] = pair["full"].run()
-        finite = bool(torch.isfinite(self.sd3["eager_cat"]).all() and torch.isfinite(self.sd3["eager_full"]).all())
+        finite = bool(torch.isfinite(self.sd3["eager_method"]).all() and torch.isfinite(self.sd3["eager_full"]).all())
         self.put("sd3", "latents_finite", finite)
         self.launches(pair)
         self.memory(pair)
@@ -488,7 +498,8 @@ class Check:
     def run_peers(self) -> None:
         pair = self.sd3["pair"]
         geometry, model = pair["geometry"], pair["model"]
-        for name, fields in PEERS.items():
+        for peer_setting in peers():
+            name, fields = peer_setting["method"], peer_setting["set"]
             cls = cat.METHODS[name]
             config = cls(**{**cls.authors(family_for(model).name, geometry.steps), **fields})
             estimate = 2 * self.turns * geometry.steps * self.sd3.get("full_ms", 0) / 1000 + 10
@@ -514,12 +525,12 @@ class Check:
             self.put("peers", f"peer_{name}_efficiency", speedup / macs)
             handle.remove()
             del peer, handle, loop
-        self.put("peers", "cat_speedup_eager", self.report.values.get("speedup_eager"))
+        self.put("peers", "method_speedup_eager", self.report.values.get("speedup_eager"))
 
     def run_family(self, key: str) -> None:
         pair = self.eager_pair(key, self.geometries[key])
         self.schedule(pair, "full")()
-        self.schedule(pair, "cat")()
+        self.schedule(pair, "method")()
         self.speedups(key, pair)
         pair["handle"].remove()
 
@@ -536,21 +547,21 @@ class Check:
         undo_full = cat.compile_blocks(pair["model"], mode, backend=self.backend)
         handle.compile(mode, backend=self.backend)
         try:
-            first = self.schedule(pair, "cat")()
+            first = self.schedule(pair, "method")()
             graphs = counters["stats"]["unique_graphs"]
-            steady = self.schedule(pair, "cat")()  # CUDA graphs: recorded here (warmed up in the first)
+            steady = self.schedule(pair, "method")()  # CUDA graphs: recorded here (warmed up in the first)
             for _ in range(2):
-                steady = min(steady, self.schedule(pair, "cat")())
+                steady = min(steady, self.schedule(pair, "method")())
             self.put(key, f"{key}_compile_s", first - steady)
             self.put(key, f"{key}_graphs", graphs)
             self.put(key, f"{key}_recompiles", counters["stats"]["unique_graphs"] - graphs)
             self.put(key, f"{key}_graph_breaks", sum(counters["graph_break"].values()))
             handle.reset(cfg_pairs=geometry.cfg, num_steps=geometry.steps)
-            latents = pair["cat"].run()
-            self.put(key, f"{key}_rel_err_vs_eager_cat", rel_err(latents, self.sd3["eager_cat"]))
-            if "compiled_cat" in self.sd3:
-                self.put(key, f"{key}_rel_err_vs_compiled_cat", rel_err(latents, self.sd3["compiled_cat"]))
-            self.sd3["compiled_cat" if mode == "default" else "graphed_cat"] = latents
+            latents = pair["method"].run()
+            self.put(key, f"{key}_rel_err", rel_err(latents, self.sd3["eager_method"]))  # against eager
+            if "compiled_method" in self.sd3:
+                self.put(key, f"{key}_rel_err_vs_compiled", rel_err(latents, self.sd3["compiled_method"]))
+            self.sd3["compiled_method" if mode == "default" else "graphed_method"] = latents
             self.schedule(pair, "full")()
             self.schedule(pair, "full")()
             self.put(key, f"{key}_full_rel_err_vs_eager_full", rel_err(pair["full"].run(), self.sd3["eager_full"]))

@@ -119,9 +119,10 @@ def load_plan(state: GenerationState, active: torch.Tensor | None = None) -> Ste
     b = 2 * p if state.cfg_pairs else p
     n = state.grid[0] * state.grid[1]
     buffers = state.buffers
-    key = (b, k, n, state.num_text, buffers.heads, buffers.layouts, active.device, torch.is_inference_mode_enabled())
+    signature = (b, k, n, state.num_text, buffers.heads, buffers.layouts, active.device,
+                 torch.is_inference_mode_enabled())
     index = buffers.indexes.get(k)
-    if index is None or index.key != key:
+    if index is None or index.signature != signature:
         index = buffers.indexes[k] = StepIndex(b, k, n, state.num_text, buffers.heads, buffers.layouts,
                                                active.device)
     state.index = index.load(active)

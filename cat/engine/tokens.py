@@ -50,7 +50,7 @@ class StepIndex:
             return static(torch.empty(shape, dtype=torch.long, device=device))
 
         b, n, t = batch, num_image, num_text
-        self.key = (b, k, n, t, heads, layouts, device, torch.is_inference_mode_enabled())
+        self.signature = (b, k, n, t, heads, layouts, device, torch.is_inference_mode_enabled())
         self.image_text = self.text_image = self.text_image_rows = None
         if "image_text" in layouts:
             self.image_text = empty(b, k + t)
