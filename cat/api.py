@@ -44,4 +44,4 @@ def apply(pipe_or_transformer, config: MethodConfig | None = None, compile: bool
     return handle
 
 
-__all__ = ["apply", "check_compile", "compile_blocks"]
+__all__ = ["apply", "check_compile", "check_cuda_graphs", "compile_blocks"]

@@ -184,12 +184,14 @@ def build(geometry: Geometry, device, dtype) -> torch.nn.Module:
 
 
 def inputs(model, geometry: Geometry, device, dtype) -> dict:
-    """The family's example inputs (seeded) for one call, on `device`, floats in `dtype`."""
+    """The family's example inputs (seeded) for one call, on `device`: activations in `dtype`, the timestep
+    and FLUX's guidance in float32 (as pipelines pass them)."""
     batch = 2 if geometry.cfg else 1
     x = family_for(model).example_inputs(model.config, batch, geometry.height, geometry.width, geometry.text,
                                          torch.Generator().manual_seed(0), device="meta" if device == "meta" else "cpu")
-    return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v)
-            else v for k, v in x.items()}
+    return {k: v.to(device=device, dtype=torch.float32 if k in ("timestep", "guidance") else dtype)
+            if torch.is_tensor(v) and v.is_floating_point() else v.to(device) if torch.is_tensor(v) else v
+            for k, v in x.items()}
 
 
 class Loop:
@@ -205,7 +207,7 @@ class Loop:
         s = torch.linspace(1.0, 1.0 / geometry.steps, geometry.steps, dtype=torch.float64)
         sigmas = (shift * s / (1 + (shift - 1) * s)).tolist() + [0.0]
         self.dt = [sigmas[i + 1] - sigmas[i] for i in range(geometry.steps)]
-        self.timesteps = [torch.full((self.batch,), sigma * geometry.time_scale, device=device, dtype=dtype)
+        self.timesteps = [torch.full((self.batch,), sigma * geometry.time_scale, device=device)  # float32
                           for sigma in sigmas[:-1]]
 
     def step(self, x: torch.Tensor, i: int) -> torch.Tensor:
