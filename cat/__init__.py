@@ -8,7 +8,7 @@ Every method is a config class in `cat.METHODS` (name -> class), found by import
 `cat/methods/`; `cat.apply(pipe, config)` dispatches on the config's type.
 """
 
-from .api import apply, check_compile, compile_blocks
+from .api import apply, check_compile, check_cuda_graphs, compile_blocks
 from .engine.stats import GenerationStats, MethodStats, StepRecord
 from .families import supported_models
 from .methods import METHODS, MethodConfig, MethodHandle, register
@@ -44,6 +44,7 @@ __all__ = [
     "apply",
     "calibrate_magcache",
     "check_compile",
+    "check_cuda_graphs",
     "compile_blocks",
     "is_int",
     "is_num",

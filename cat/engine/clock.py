@@ -2,7 +2,10 @@
 
 A generation starts when a pipeline call encodes its prompt (`encode_prompt`, which also says whether the
 batch holds [uncond..., cond...] CFG pairs), or, for a bare transformer (no pipeline call to observe),
-when a call's timestep is above the previous call's, or when the user calls `handle.reset(...)`. A call
+when the user calls `handle.reset(...)`, after `num_steps` calls when the schedule's length is known
+(`handle.reset(num_steps=...)`), and otherwise when a call's timestep is above the previous call's. Only
+that last rule reads the timestep; a timestep given as a device tensor is then read on the host, one
+synchronisation per call (a pipeline, or `num_steps`, avoids it). A call
 with `skip_layers` is SD3.5's skip-layer-guidance call, made on part of the batch with some blocks
 skipped: it stands outside the schedule, and each kind of handle leaves its step state alone for it.
 """
@@ -15,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .hooks import set_instance_attr
+from .patching import set_instance_attr
 
 
 def outside_schedule(kwargs: dict) -> bool:
@@ -40,6 +43,7 @@ class GenerationClock:
         self.guidance_scale: float | None = None
         self.num_steps_hint: int | None = None
         self.last_timestep: float | None = None
+        self.calls = 0  # calls of the schedule since the generation started (a bare transformer's)
         # with no pipeline call to observe, the timesteps tell when a new generation starts
         self.watches_timesteps = pipe is None or not hasattr(pipe, "encode_prompt")
 
@@ -51,6 +55,7 @@ class GenerationClock:
         if cfg_pairs is not None:
             self.cfg_pairs = cfg_pairs
         self.last_timestep = None
+        self.calls = 0
         self.on_new_generation()
 
     def observe_pipeline(self, undo: list) -> None:
@@ -73,9 +78,15 @@ class GenerationClock:
         set_instance_attr(pipe, "encode_prompt", encode_prompt, undo)
 
     def observe_call(self, transformer: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Before a transformer call of the schedule: for a bare transformer, a timestep above the
-        previous call's starts a new generation."""
+        """Before a transformer call of the schedule, for a bare transformer: the call after the last step
+        of a schedule of known length starts a new generation; without a length, a timestep above the
+        previous call's does."""
         if not self.watches_timesteps:
+            return
+        if self.num_steps_hint is not None:
+            if self.calls == self.num_steps_hint:
+                self.new_generation()
+            self.calls += 1
             return
         t = _timestep(transformer, args, kwargs)
         if t is None:

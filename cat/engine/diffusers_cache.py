@@ -136,7 +136,7 @@ class DiffusersCacheHandle(MethodHandle):
                     fn_ref.forward = forward
             return output
 
-        from .hooks import set_instance_attr
+        from .patching import set_instance_attr
 
         set_instance_attr(t, "forward", forward, self._undo)
 

@@ -5,7 +5,7 @@ import torch
 
 import cat
 from cat import testing
-from cat.engine.hooks import has_hook
+from cat.engine.patching import has_hook
 from cat.engine.token_handle import HOOK_NAME
 from experiments.run import latency
 

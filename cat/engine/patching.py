@@ -1,4 +1,5 @@
-"""Patching with exact inverses: every function here makes one change and appends its inverse to `undo`."""
+"""Patching with exact inverses: attach a diffusers hook, swap a submodule, set an instance attribute. Every
+function here makes one change and appends its inverse to `undo`."""
 
 from __future__ import annotations
 
