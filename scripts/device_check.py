@@ -52,11 +52,10 @@ from typing import Callable
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import cat
+from cat.families import family_for
 
-import cat  # noqa: E402
-from cat.families import family_for  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUDGET_S = 510  # 9 minutes, less imports and the last write
