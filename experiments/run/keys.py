@@ -136,7 +136,7 @@ def key_material(cfg: dict) -> dict:
     material.update({
         "data": {"name": data.get("name"), "prompts_sha256": _prompts_digest(data, data.get("path"))},
         "seed": cfg.get("seed"), "dtype": cfg.get("dtype"), "device": resolved_device_type(cfg.get("device", "auto")),
-        "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"),
+        "batch_size": cfg.get("batch_size"), "metrics": _without_retime(cfg.get("metrics")),
     })
     if cfg.get("task") == "compare":  # what the comparison searches, and on which calibration prompts
         method = cfg.get("method") or {}
@@ -147,6 +147,13 @@ def key_material(cfg: dict) -> dict:
     if cfg.get("compile"):  # compiled kernels round differently
         material["compile"] = [cfg.get("compile"), cfg.get("compile_mode")]
     return material
+
+
+def _without_retime(metrics):
+    """The metrics settings without `latency.retime`: a request to time a finished run again, not another run."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("latency"), dict):
+        return metrics
+    return {**metrics, "latency": {k: v for k, v in metrics["latency"].items() if k != "retime"}}
 
 
 def _prompts_digest(data: dict, file) -> str:
