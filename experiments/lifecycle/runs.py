@@ -41,7 +41,7 @@ def run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool = True) -> dic
 
 def scrub_run(cfg: DictConfig, folder: Path) -> None:
     """Replaces every secret value of cfg in the text files under folder (run.log, W&B files, ...)."""
-    scrub_tree(folder, secret_values(OmegaConf.to_container(cfg, resolve=True)))
+    scrub_tree(folder, secret_values({key: keys.plain(cfg, key) for key in cfg}))
 
 
 def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .registry import TASKS
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
+RESOLVER_PREFIX = re.compile(r"^\w+ raised while resolving interpolation: ")
 
 
 def validate(cfg: DictConfig):
@@ -183,8 +185,9 @@ def method_config(cfg: DictConfig):
     try:
         return build_method(OmegaConf.to_container(cfg.method.config, resolve=True))
     except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
-        cause = err.__cause__ or err
-        raise ConfigError(f"method={cfg.method.name}: {cause}") from err
+        cause = str(err.__cause__ or err).splitlines()[0]
+        # a resolver's refusal (a calibration made at another guidance scale) is said as the resolver says it
+        raise ConfigError(f"method={cfg.method.name}: {RESOLVER_PREFIX.sub('', cause)}") from err
 
 
 def check_method(cfg: DictConfig, method, device: bool = False) -> None:

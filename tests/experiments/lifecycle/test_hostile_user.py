@@ -168,3 +168,17 @@ def test_a_cached_noisy_timing_warns_and_retime_times_it_again(tiny_run, tmp_pat
         {k: v for k, v in metrics.items() if not k.startswith(("latency_", "denoise_", "speedup"))}
     assert json.loads((run_dir / "metrics.json").read_text()) == retimed
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "images").rglob("*.png")} == images  # images kept
+
+
+def test_a_resolver_that_refuses_is_one_line_not_a_traceback_while_hydra_names_the_folder(tmp_path, capsys):
+    """The calibration refused at another guidance scale was raised while Hydra named the run folder (run_id) and
+    while secrets were scrubbed, before validation could say it in one line."""
+    from experiments.run.keys import run_id
+
+    cfg = cfg_of("method=magcache", "model.guidance_scale=1.0", f"output_root={tmp_path}", hydra=True)
+    assert run_id(cfg)  # named by what was asked
+    run_dir = stub_run_folder(tmp_path)
+    with pytest.raises(SystemExit):
+        launch.job(cfg_of("method=magcache", "model.guidance_scale=1.0", f"output_root={tmp_path}"), run_dir, False)
+    assert capsys.readouterr().err.startswith("error: method=magcache: assets/magcache/tiny_sd3_shapes-28.json was "
+                                              "calibrated at guidance_scale=5.0")
