@@ -79,16 +79,15 @@ def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
             metrics = TASKS[cfg.task].run(cfg, run_dir, method)
         except Exception as err:
             write_json(status_file, {"status": "failed", "error": f"{type(err).__name__}: {err}",
-                                     "traceback": traceback.format_exc(), "elapsed_s": time.monotonic() - started})
+                                     "traceback": traceback.format_exc()})
             raise
         if metrics is None:
             return {}
-        elapsed = time.monotonic() - started
         write_json(metrics_file, metrics)
-        write_json(status_file, {"status": "done", "elapsed_s": elapsed})
+        write_json(status_file, {"status": "done"})  # no time in it: a resumed run ends with an uninterrupted run's files
         log.info("done: %s", ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in sorted(metrics.items())))
-        log.info("done in %s: %s", duration(elapsed), run_dir)
+        log.info("done in %s: %s", duration(time.monotonic() - started), run_dir)
     return metrics
 
 

@@ -95,10 +95,17 @@ def call_kwargs(cfg) -> dict:
 
 
 def call_pipeline(pipe, texts: list[str], generators: list[torch.Generator], kwargs: dict, progress=None):
-    """`pipe(...)` as every generation and timing of the harness calls it: `harness_call` and the run's `kwargs`."""
+    """`pipe(...)` as every generation and timing of the harness calls it: the prompts (the pipeline's first
+    argument), the rest of `harness_call` that the pipeline names, and the run's `kwargs`, which may not repeat any
+    of them (validation refuses such a `model.call_kwargs` before a model loads)."""
     accepted = inspect.signature(pipe.__call__).parameters
-    fixed = {name: value for name, value in harness_call(texts, generators, progress).items() if name in accepted}
-    return pipe(**fixed, **kwargs)
+    fixed = {name: value for name, value in harness_call(texts, generators, progress).items()
+             if name in accepted and name != "prompt"}
+    repeated = sorted(set(kwargs) & set(harness_call([], [])))
+    if repeated:
+        raise ValueError(f"pipeline call arguments the harness sets itself: {', '.join(repeated)} "
+                         "(experiments.run.generate.harness_call); they cannot come with the call's other arguments")
+    return pipe(texts, **fixed, **kwargs)
 
 
 def run_prompts(cfg) -> list[Prompt]:

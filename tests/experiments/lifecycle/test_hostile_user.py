@@ -145,7 +145,6 @@ def test_help_lists_the_groups_a_user_chooses_and_every_task():
 
 def test_a_run_says_how_long_it_took(tiny_run):
     assert any(line.startswith("done in ") and line.endswith(str(tiny_run.run_dir)) for line in tiny_run.info)
-    assert json.loads((tiny_run.run_dir / "status.json").read_text())["elapsed_s"] > 0
     assert "speedup_spread" in tiny_run.metrics and tiny_run.metrics["speedup_noisy"] in (0, 1)
 
 

@@ -29,8 +29,8 @@ class Recording:
     def __init__(self):
         self.kwargs = None
 
-    def __call__(self, **kwargs):
-        self.kwargs = kwargs
+    def __call__(self, prompt, **kwargs):
+        self.kwargs = {"prompt": prompt, **kwargs}
         return type("Out", (), {"images": []})()
 
 
@@ -47,6 +47,8 @@ def test_every_argument_the_harness_passes_is_one_call_kwargs_may_not_set():
         with pytest.raises(ConfigError, match=rf"model.call_kwargs.{name} is not allowed: the harness passes {name}"):
             gen.check_call_kwargs({"call_kwargs": {name: None}})
     gen.check_call_kwargs({"call_kwargs": own})
+    with pytest.raises(ValueError, match=r"pipeline call arguments the harness sets itself: output_type "):
+        gen.run_batch(pipe, [Prompt(0, "a red circle")], 0, {**kwargs, "output_type": "latent"})
 
 
 @pytest.mark.parametrize("key, value, source", [
