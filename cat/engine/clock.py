@@ -122,7 +122,7 @@ class GenerationClock:
                 self.new_generation()
             self.calls += 1
             return
-        t = _timestep(transformer, args, kwargs)
+        t = call_timestep(transformer, args, kwargs)
         if t is None:
             return
         if self.last_timestep is not None and t > self.last_timestep:
@@ -137,7 +137,8 @@ class GenerationClock:
         return self.num_steps_hint
 
 
-def _timestep(transformer, args: tuple, kwargs: dict) -> float | None:
+def call_timestep(transformer, args: tuple, kwargs: dict) -> float | None:
+    """The `timestep` argument of a transformer call as a number (a host read of a tensor; None if absent)."""
     timestep = kwargs.get("timestep")
     if timestep is None and args:
         try:
