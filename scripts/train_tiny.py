@@ -675,13 +675,13 @@ def main(argv=None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "training_log.txt").write_text("")
         tokenizer = build_tokenizer(data, args.arch)
-        encoders, transformer = build_models(len(tokenizer), data, args)
         if args.vae_from:
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL.from_pretrained(args.vae_from, use_safetensors=True, local_files_only=True)
         else:
-            vae = build_vae(data)
+            vae = build_vae(data)  # first: the seeded initialisation order of the shipped SD3 models
+        encoders, transformer = build_models(len(tokenizer), data, args)
     pixels, captions = render_dataset(data, args.images, args.seed)
     log(f"rendered {len(pixels)} training images ({data.name}, {data.image_size}x{data.image_size})")
     if args.resume or args.vae_from:
