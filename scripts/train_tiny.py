@@ -318,9 +318,12 @@ def write_card(out: Path, data: Data) -> dict:
             flags += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
         flags += f" --timestep-shift {st['timestep_shift']:g}" if st.get("timestep_shift") else ""
         flags += " --bf16" if st.get("bf16") else ""
+        flags += " --cpu-clock" if st.get("cpu_clock") else ""
         first = " with the VAE" if not i and not info.get("vae_from") else ""
         commands.append(f"`{base}{flags}` ({st['steps']} steps, {st['minutes']:g} min{first})")
     stages_text = ", then ".join(commands) or f"`{base}`"
+    clock_note = (" (a `--cpu-clock` stage's minutes are the CPU time it got over its threads)"
+                  if any(st.get("cpu_clock") for st in recorded_stages(info)) else "")
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
     grid = data.image_size // 4
     layers, hidden = info.get("layers", "?"), 32 * int(info.get("heads", 3))
@@ -369,7 +372,7 @@ can be seen on a machine with no GPU and no network.
 - Data: {info.get('images', '?')} renders of {data.about}; the bundled prompts
   (`experiments/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
 - Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
-  {info.get('minutes', '?')} minutes in all on 2 shared CPU cores, seed {info.get('seed', 0)}. Log: `training_log.txt`.
+  {info.get('minutes', '?')} minutes in all on 2 shared CPU cores{clock_note}, seed {info.get('seed', 0)}. Log: `training_log.txt`.
 
 ## Scores
 
@@ -435,13 +438,16 @@ def pooled_positions(embed, factor: int):
 class TrainingClock:
     """Seconds spent training: wall-clock time between ticks, except a gap far longer than the
     typical one (the job was paused, e.g. with SIGSTOP while something else was timed), which counts
-    as one typical interval."""
+    as one typical interval. `source` is the time it reads: wall-clock by default; `cpu_seconds` counts
+    only the CPU time the job got, so a job slowed down by other work on the machine spends its budget
+    as slowly as it trains."""
 
-    def __init__(self, seconds: float = 0.0, pause: float = 120.0):
-        self.seconds, self.pause, self.last, self.typical = seconds, pause, time.time(), None
+    def __init__(self, seconds: float = 0.0, pause: float = 120.0, source: Callable[[], float] | None = None):
+        self.source = source or time.time
+        self.seconds, self.pause, self.last, self.typical = seconds, pause, self.source(), None
 
     def tick(self) -> float:
-        now = time.time()
+        now = self.source()
         gap, self.last = now - self.last, now
         if gap > self.pause and self.typical is not None:
             gap = self.typical
@@ -451,7 +457,13 @@ class TrainingClock:
         return self.seconds
 
     def skip(self) -> None:
-        self.last = time.time()
+        self.last = self.source()
+
+
+def cpu_seconds(threads: int) -> Callable[[], float]:
+    """The process's CPU time over its thread count: a second of it is a second of the job's threads all
+    at work (on a quiet machine, close to wall-clock time)."""
+    return lambda: time.process_time() / threads
 
 
 def state_dir(args) -> Path:
@@ -477,7 +489,8 @@ def claim_state(args):
 
 # A stage's own options (with their defaults): kept in the training state, so an interrupted stage
 # continues with them.
-STAGE_OPTIONS = {"low_res_share": 0.0, "low_res_batch": None, "bf16": False, "timestep_shift": 1.0}
+STAGE_OPTIONS = {"low_res_share": 0.0, "low_res_batch": None, "bf16": False, "timestep_shift": 1.0,
+                 "cpu_clock": False}
 
 
 def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) -> None:
@@ -620,7 +633,10 @@ def main(argv=None) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="run the training forward passes under bfloat16 autocast (weights, optimizer and EMA stay "
                         "float32): about 1.3x more steps a minute on CPUs with AMX or AVX512-BF16")
-    p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
+    p.add_argument("--cpu-clock", action="store_true",
+                   help="count --minutes in the CPU time the job gets (over --threads) instead of wall-clock time: "
+                        "on a shared machine a low-priority job then trains as long as asked, however slowly")
+    p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints (wall-clock)")
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out captions scored at every save")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -726,7 +742,7 @@ def main(argv=None) -> None:
     low_latents = F.avg_pool2d(latents, 2) if args.low_res_share else None
     heldout = data.captions("heldout", args.eval_prompts, 1)
     budget, last_save = args.minutes * 60, time.time()
-    clock = TrainingClock(done_seconds)
+    clock = TrainingClock(done_seconds, source=cpu_seconds(args.threads) if args.cpu_clock else None)
     while True:
         elapsed = clock.tick()
         lr = args.lr * min(1.0, (step + 1) / 300) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
@@ -779,6 +795,8 @@ def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines
         stage |= {"low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch}
     if args.bf16:
         stage["bf16"] = True
+    if args.cpu_clock:
+        stage["cpu_clock"] = True
     if args.timestep_shift != 1.0:
         stage["timestep_shift"] = args.timestep_shift
     stages = recorded_stages(previous) + [stage]

@@ -95,3 +95,19 @@ def test_pixart_training_saves_a_pixart_sigma_pipeline_and_resumes(tmp_path):
     train.main(args + ["--resume", "--low-res-share", "0.5", "--bf16"])
     again = json.loads((out / "training.json").read_text())
     assert again["arch"] == "pixart" and len(again["stages"]) == 2 and again["stages"][1]["low_res_share"] == 0.5
+
+
+def test_the_cpu_clock_spends_the_budget_only_as_fast_as_the_job_gets_the_cpu(monkeypatch):
+    """`--cpu-clock`: on a busy machine a low-priority job's steps take longer in wall-clock time but not
+    in the CPU time it gets, and that is what it counts (over its threads)."""
+    cpu = [100.0]
+    monkeypatch.setattr(train.time, "process_time", lambda: cpu[0])
+    clock = train.TrainingClock(seconds=5.0, source=train.cpu_seconds(2))
+    for _ in range(4):  # four steps of 1 s on both threads, however long they took on the wall
+        cpu[0] += 2.0
+        clock.tick()
+    assert clock.seconds == 9.0
+    cpu[0] += 6.0  # an evaluation at a save
+    clock.skip()
+    cpu[0] += 2.0
+    assert clock.tick() == 10.0
