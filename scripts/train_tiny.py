@@ -30,7 +30,6 @@ import copy
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +38,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 
 @dataclass(frozen=True)
@@ -60,8 +56,8 @@ class Data:
 
 
 def shapes_data() -> Data:
-    from experiments.shapes import adherence, grammar, load_prompts
-    from experiments.shapes.render import render
+    from experiments.prompts.shapes import adherence, grammar, load_prompts
+    from experiments.prompts.shapes.render import render
 
     return Data(
         "shapes", 64, 16,
@@ -69,14 +65,14 @@ def shapes_data() -> Data:
         captions=lambda split, n, seed: [grammar.caption(s) for s in grammar.sample_scenes(grammar.split(split), n, seed)],
         render=lambda text, size, seed: render(grammar.parse(text), size, seed=seed),
         adherence=adherence, prompts=load_prompts,
-        about='captions of one or two coloured shapes (`experiments/shapes`: "a large red circle on the left", '
+        about='captions of one or two coloured shapes (`experiments/prompts/shapes`: "a large red circle on the left", '
               '"a small blue square above a large green triangle", "three yellow circles")',
     )
 
 
 def scenes_data() -> Data:
-    from experiments.scenes import adherence, grammar, load_prompts
-    from experiments.scenes.render import render
+    from experiments.prompts.scenes import adherence, grammar, load_prompts
+    from experiments.prompts.scenes.render import render
 
     return Data(
         "scenes", 128, 48, words=grammar.vocabulary,
@@ -84,7 +80,7 @@ def scenes_data() -> Data:
         render=lambda text, size, seed: render(grammar.parse(text), size, seed=seed),
         adherence=adherence, prompts=load_prompts,
         about="captions of two to four coloured shapes, each at a named cell of a 3x3 grid, on a plain, striped "
-              'or checkered background (`experiments/scenes`: "a large red circle at the top left, a small blue '
+              'or checkered background (`experiments/prompts/scenes`: "a large red circle at the top left, a small blue '
               'square in the center and a large green triangle at the bottom right, on a striped background")',
     )
 
@@ -229,7 +225,7 @@ def make_pipeline(arch: str, tokenizer, encoders, vae, transformer, shift: float
 def load_saved(arch: str, out: Path):
     """The pipeline saved in `out`, offline, from safetensors."""
     if arch == "sd3":
-        from experiments.shapes import load_pipeline
+        from experiments.prompts.shapes import load_pipeline
 
         return load_pipeline(out)
     from diffusers import PixArtSigmaPipeline
@@ -292,7 +288,7 @@ def write_card(out: Path, data: Data) -> dict:
             return pipe(prompts, **call).images
 
     full = images()
-    from experiments.config_files import default_setting
+    from experiments.base.config_files import default_setting
 
     reference = cat.METHODS[str(default_setting("paired_reference"))]  # the method the model card reports
     cat_images = images(reference(num_clusters=clusters))
@@ -365,18 +361,18 @@ pipeline_tag: text-to-image
 # {out.name}
 
 A small text-to-image diffusion transformer of the {title} architecture, trained from
-scratch on the CPU on a procedural data set (`experiments/{data.name}`), so that CAT's token dynamics
+scratch on the CPU on a procedural data set (`experiments/prompts/{data.name}`), so that CAT's token dynamics
 can be seen on a machine with no GPU and no network.
 
 {about}
 - Data: {info.get('images', '?')} renders of {data.about}; the bundled prompts
-  (`experiments/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
+  (`experiments/prompts/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
 - Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
   {info.get('minutes', '?')} minutes in all on 2 shared CPU cores{clock_note}, seed {info.get('seed', 0)}. Log: `training_log.txt`.
 
 ## Scores
 
-Prompt adherence from the weight-free judge of `experiments.{data.name}` (colour segmentation and
+Prompt adherence from the weight-free judge of `experiments.prompts.{data.name}` (colour segmentation and
 geometry; 1.0 = every check passes), on the {len(prompts)} held-out prompts, {steps} steps, guidance
 {guidance}, seed i for prompt i:
 

@@ -1,4 +1,6 @@
-"""CAT's algorithm as pure, batched tensor functions (torch only; no modules, no diffusers)."""
+"""CAT's algorithm as pure, batched tensor functions (torch only; no modules, no diffusers). The forecasting
+caches' math is in its own modules: `forecast` (finite-difference factors, Taylor and scaled-Hermite forecasts)
+and `propagation` (ClusCa's k-means, representatives and propagated update)."""
 
 from .kmeans import kmeans, kmeans_plus_plus
 from .scoring import (

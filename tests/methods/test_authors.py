@@ -25,6 +25,13 @@ TAYLORSEER_MMDIT = {"cache_interval": 6, "max_order": 1, "warmup_steps": 3, "fac
                     "disable_cache_after_step": None}
 TAYLORSEER_PIXART = {"cache_interval": 4, "max_order": 4, "warmup_steps": 2, "factors_dtype": None,
                      "disable_cache_after_step": None}
+# The forecasting caches: ClusCa (Shenyi-Z/Cache4Diffusion @91a1949: flux/clusca-flux on MMDiT, dit/clusca-dit
+# on PixArt) and HiCache (yiming-l21/CFGCache @bf339cb: the README's FLUX launcher, for every class)
+CLUSCA_MMDIT = {"interval": 5, "max_order": 1, "num_clusters": 16, "propagation_ratio": 0.005, "kmeans_iters": 10,
+                "warmup_steps": 3}
+CLUSCA_PIXART = {"interval": 4, "max_order": 4, "num_clusters": 16, "propagation_ratio": 0.0, "kmeans_iters": 100,
+                 "warmup_steps": 2}
+HICACHE = {"interval": 7, "max_order": 2, "scale": 0.5, "warmup_steps": 3}
 
 
 def ras(warmup, resets, starvation, high):
@@ -35,6 +42,22 @@ def ras(warmup, resets, starvation, high):
 def magcache(threshold, skips, retention, forced):
     return {"threshold": threshold, "max_skip_steps": skips, "retention_ratio": retention, "warmup_steps": None,
             "forced_steps": forced}
+
+
+# The field's step and block caches (issue 36).
+DBCACHE = {"threshold": 0.12, "fn_blocks": 1, "bn_blocks": 0, "warmup_steps": 8, "max_cached_steps": None,
+           "max_continuous_cached_steps": 3, "taylorseer_order": 0}
+PAB_MMDIT = {"spatial_range": 2, "spatial_timesteps": (100.0, 850.0), "cross_range": None,
+             "cross_timesteps": (100.0, 800.0), "warmup_steps": 1}
+PAB_PIXART = {"spatial_range": 2, "spatial_timesteps": (100.0, 800.0), "cross_range": 6,
+              "cross_timesteps": (100.0, 800.0), "warmup_steps": 1}
+
+
+def fastercache(attention, weight, steps):
+    warmup, uncond, low_end, high_start = steps
+    return {"attention_interval": attention, "attention_weight": weight, "uncond_interval": 5, "warmup_steps": warmup,
+            "uncond_start": uncond, "low_freq_end": low_end, "high_freq_start": high_start, "alpha_low": 1.1,
+            "alpha_high": 1.1}
 
 
 # (method, architecture class, steps) -> the authors' values. 28 steps, and 50 or 20 where a value scales or is
@@ -90,6 +113,38 @@ EXPECTED = {
     ("fbcache", "sd3", 50): {"threshold": 0.05, "warmup_steps": 1},
     ("fbcache", "pixart", 28): {"threshold": 0.03, "warmup_steps": 1},
     ("fbcache", "pixart", 20): {"threshold": 0.03, "warmup_steps": 1},
+    # ClusCa and HiCache: nothing scales with the step count
+    ("clusca", "sd3", 28): CLUSCA_MMDIT,
+    ("clusca", "sd3", 50): CLUSCA_MMDIT,
+    ("clusca", "pixart", 28): CLUSCA_PIXART,
+    ("clusca", "pixart", 50): CLUSCA_PIXART,
+    ("hicache", "sd3", 28): HICACHE,
+    ("hicache", "sd3", 50): HICACHE,
+    ("hicache", "pixart", 28): HICACHE,
+    ("hicache", "pixart", 20): HICACHE,
+    # --- the field's step and block caches (issue 36) ---
+    # DBCache (vipshop/cache-dit @f86744a): their example runner's defaults for every model, the warm-up fixed
+    ("dbcache", "sd3", 28): DBCACHE,
+    ("dbcache", "sd3", 50): DBCACHE,
+    ("dbcache", "pixart", 28): DBCACHE,
+    ("dbcache", "pixart", 20): DBCACHE,
+    # TeaCache (ali-vilab/TeaCache @7c10efc): TeaCache4FLUX on MMDiT, their Latte code on PixArt; nothing scales
+    ("teacache", "sd3", 28): {"threshold": 0.6, "warmup_steps": 1, "compute_last_step": True},
+    ("teacache", "sd3", 50): {"threshold": 0.6, "warmup_steps": 1, "compute_last_step": True},
+    ("teacache", "pixart", 28): {"threshold": 0.1, "warmup_steps": 1, "compute_last_step": True},
+    ("teacache", "pixart", 20): {"threshold": 0.1, "warmup_steps": 1, "compute_last_step": True},
+    # PAB (NUS-HPC-AI-Lab/VideoSys @4cce477): CogVideoX's setting on MMDiT, Latte's on PixArt; timesteps, not steps
+    ("pab", "sd3", 28): PAB_MMDIT,
+    ("pab", "sd3", 50): PAB_MMDIT,
+    ("pab", "pixart", 28): PAB_PIXART,
+    ("pab", "pixart", 20): PAB_PIXART,
+    # FasterCache (Vchitect/FasterCache @02d05ef): CogVideoX on MMDiT, Latte on PixArt, their steps of 50 scaled
+    ("fastercache", "sd3", 28): fastercache(3, 0.3, (10, 10, 22, 16)),
+    ("fastercache", "sd3", 50): fastercache(3, 0.3, (17, 17, 39, 29)),
+    ("fastercache", "sd3", 20): fastercache(3, 0.3, (7, 7, 16, 12)),
+    ("fastercache", "pixart", 28): fastercache(2, 0.5, (8, 10, 24, 25)),
+    ("fastercache", "pixart", 50): fastercache(2, 0.5, (15, 17, 43, 44)),
+    ("fastercache", "pixart", 20): fastercache(2, 0.5, (6, 7, 17, 18)),
     # fewer steps: no authors; half the steps
     ("steps", "sd3", 28): {"num_steps": 14},
     ("steps", "sd3", 50): {"num_steps": 25},
@@ -121,6 +176,7 @@ def test_model_size_fields_are_left_out():
     assert "num_clusters" not in cat.CATConfig.authors("sd3", 28)
     assert "mag_ratios" not in cat.MagCacheConfig.authors("sd3", 28)
     assert "reuse_interval" not in cat.CATFORAConfig.authors("sd3", 28)  # no authors for the composition
+    assert "coefficients" not in cat.TeaCacheConfig.authors("sd3", 28)
 
 
 def test_toca_mmdit_setting_is_full_at_the_authors_steps():
@@ -170,7 +226,8 @@ def test_every_authors_setting_runs_on_a_tiny_model(family):
     extra = {"max_sequence_length": 8} if family == "sd3" else {"use_resolution_binning": False,
                                                                "max_sequence_length": 16, "clean_caption": False}
     model_fields = {"cat": {"num_clusters": 4}, "cat_fora": {"num_clusters": 4}, "cat_budget": {"num_clusters": 4},
-                    "magcache": {"mag_ratios": tuple(1.0 - 0.01 * i for i in range(steps))}}
+                    "magcache": {"mag_ratios": tuple(1.0 - 0.01 * i for i in range(steps))},
+                    "teacache": {"coefficients": (0.0, 0.0, 0.0, 1.0, 0.0)}}
 
     def generate(overrides=None):
         return pipe(["a red circle"], guidance_scale=5.0, height=32, width=32, output_type="latent",
@@ -183,5 +240,5 @@ def test_every_authors_setting_runs_on_a_tiny_model(family):
         with cat.apply(pipe, config) as handle:
             out = generate(handle.call_overrides())
         assert torch.isfinite(out).all(), name
-        if name != "fbcache":  # its thresholds may skip nothing on a random tiny model
+        if name not in ("fbcache", "dbcache"):  # their thresholds may skip nothing on a random tiny model
             assert not torch.equal(out, base), name
