@@ -290,8 +290,9 @@ def write_card(out: Path, data: Data) -> dict:
     full = images()
     from experiments.base.config_files import default_setting
 
-    reference = cat.METHODS[str(default_setting("paired_reference"))]  # the method the model card reports
-    cat_images = images(reference(num_clusters=clusters))
+    # the method the model card reports, at its step-dependent defaults for this model's steps, as a run sets them
+    reference = cat.METHODS[str(default_setting("paired_reference"))]
+    cat_images = images(reference(num_clusters=clusters, **reference.for_steps(steps)))
     truth = [data.render(p, side, i) for i, p in enumerate(prompts)]
     scores = {
         "full_model": data.adherence(full, prompts),

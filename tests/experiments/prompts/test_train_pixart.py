@@ -111,3 +111,40 @@ def test_the_cpu_clock_spends_the_budget_only_as_fast_as_the_job_gets_the_cpu(mo
     clock.skip()
     cpu[0] += 2.0
     assert clock.tick() == 10.0
+
+
+def test_the_pixart_model_card_is_written_as_the_sd3_models_cards(tmp_path, monkeypatch):
+    """`--card-only` on a saved PixArt model: the sections and score rows of the shipped SD3 scene model's
+    card (held-out adherence of the full model and of CAT at its defaults for the model's step count, chance,
+    renders), and what is PixArt's own: pipeline, learned sigma, T5 encoder, DDPM objective, the frozen VAE and
+    every stage's command."""
+    import dataclasses
+
+    data = train.scenes_data()
+    out = tmp_path / "tiny-pixart-scenes"
+    torch.manual_seed(0)
+    tiny_pixart(data).save_pretrained(out, safe_serialization=True)
+    stages = [{"steps": 450, "minutes": 120.0, "lr": 5e-4, "low_res_share": 0.75, "low_res_batch": 32, "bf16": True},
+              {"steps": 900, "minutes": 110.0, "lr": 5e-4, "low_res_share": 0.75, "low_res_batch": 32, "bf16": True,
+               "cpu_clock": True}]
+    (out / "training.json").write_text(json.dumps({
+        "data": "scenes", "arch": "pixart", "vae_from": "assets/tiny-sd3-scenes/vae", "steps": 1350, "minutes": 230.0,
+        "stages": stages, "threads": 2, "seed": 0, "layers": 1, "heads": 1, "batch": 16, "images": 20000}))
+    monkeypatch.setitem(train.SAMPLING, "pixart", {"steps": 4, "guidance": 4.5})  # CAT's warm-up: 2 of 4
+    scores = train.write_card(out, dataclasses.replace(data, prompts=lambda: data.prompts()[:2]))
+    card = (out / "README.md").read_text()
+    shipped = (SCENE_VAE.parent / "README.md").read_text()
+
+    def outline(text):  # the front matter, the section headings and each table row's first cell
+        return [line.split("|")[1].strip() if line.startswith("|") else line
+                for line in text.splitlines() if line.startswith(("---", "## ", "|"))]
+
+    assert outline(card) == outline(shipped) and len(scores) == 4
+    for name, value in scores.items():
+        assert f"| {name.replace('_', ' ')} | {value:.3f} |" in card
+    for fact in ("PixArt-Sigma architecture", "`PixArtSigmaPipeline`", "max_sequence_length=48", "Learned sigma",
+                 "T5EncoderModel", "DDPM epsilon", "DPMSolverMultistepScheduler", "4 steps, guidance 4.5",
+                 "taken frozen from `assets/tiny-sd3-scenes/vae`", "--cpu-clock` (900 steps, 110 min)",
+                 "--arch pixart --vae-from assets/tiny-sd3-scenes/vae --images 20000 --batch 16 --layers 1 --heads 1",
+                 "1350 steps of batch 16", "CPU time it got", "2 held-out prompts"):
+        assert fact in card, fact
