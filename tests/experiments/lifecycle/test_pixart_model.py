@@ -45,6 +45,7 @@ def default_outputs(proc, output_root: Path, images: int) -> dict:
     return metrics
 
 
+@pytest.mark.slow  # 24 to 50 s on 2 busy cores (a run.py process, both variants, MACs, timing, figures)
 def test_the_pixart_model_runs_as_the_default_does(tmp_path):
     """The model's conf as shipped (PixArtSigmaPipeline from safetensors, its T5 call arguments, CAT through the
     PixArt family), on a random-weight model of its geometry: 128x128 pixels, 1024 image tokens."""
