@@ -1,17 +1,23 @@
-"""Train an embedded model from scratch on the CPU: a small SD3-architecture text-to-image model
-for one of the procedural grammars.
+"""Train an embedded model from scratch on the CPU: a small text-to-image diffusion transformer of
+the SD3 or the PixArt-Sigma architecture for one of the procedural grammars.
 
     python scripts/train_tiny.py --data shapes --out assets/tiny-sd3-shapes --minutes 45
     python scripts/train_tiny.py --data scenes --out assets/tiny-sd3-scenes --minutes 120 --threads 2
     python scripts/train_tiny.py --data scenes --out assets/tiny-sd3-scenes --resume --minutes 60
+    python scripts/train_tiny.py --arch pixart --data scenes --vae-from assets/tiny-sd3-scenes/vae --minutes 60
 
 `shapes` (the default model): 64x64 pixels, 1-2 objects, 16x16 = 256 image tokens.
 `scenes`: 128x128 pixels, 2-4 objects on textured backgrounds, 32x32 = 1024 image tokens.
 
 Stages: render a captioned data set; train a small AutoencoderKL (RGB -> 4 latent channels at half
-the side); train two tiny CLIP text encoders and an SD3Transformer2DModel (patch 2) jointly with
-rectified flow matching, the SD3 objective; keep an EMA of the weights; save a diffusers
-StableDiffusion3Pipeline folder (safetensors) every few minutes and at the end. Training resumes
+the side), or take a trained one frozen (--vae-from); train the text encoder(s) and the transformer
+(patch 2) jointly with the architecture's own objective, keeping an EMA of the weights:
+- `--arch sd3`: two tiny CLIP text encoders and an SD3Transformer2DModel, rectified flow matching;
+  saved as a StableDiffusion3Pipeline.
+- `--arch pixart`: a tiny T5 encoder and a PixArtTransformer2DModel (AdaLN-single, cross-attention to
+  the text, learned sigma), DDPM epsilon prediction with IDDPM's hybrid loss; saved as a
+  PixArtSigmaPipeline with its DPM-Solver sampler.
+A diffusers pipeline folder (safetensors) is saved every few minutes and at the end. Training resumes
 from the last save with `--resume` (the VAE, tokenizer and EMA weights of --out), so an interrupted
 run loses at most --save-every minutes; every stage is appended to training.json and the log.
 """
@@ -82,29 +88,45 @@ def scenes_data() -> Data:
 DATASETS = {"shapes": shapes_data, "scenes": scenes_data}
 
 
-def build_tokenizer(data: Data):
+def build_tokenizer(data: Data, arch: str):
+    """A word-level tokenizer over the grammar's words: CLIP's special tokens (start and end of text)
+    for SD3, T5's (padding 0, end of text 1, unknown 2; no start token) for PixArt."""
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
-    words = data.words()
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<unk>": 2}
-    for word in words:
+    bos, eos, pad = ("<|startoftext|>", "<|endoftext|>", "<|endoftext|>") if arch == "sd3" else (None, "</s>", "<pad>")
+    specials = [pad, eos, "<unk>"] if arch == "pixart" else [bos, eos, "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for word in data.words():
         vocab[word] = len(vocab)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-
+    single = f"{bos} $A {eos}" if bos else f"$A {eos}"
     tok.post_processor = TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 0), ("<|endoftext|>", 1)]
+        single=single, special_tokens=[(t, vocab[t]) for t in (bos, eos) if t]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=data.max_tokens,
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token="<unk>",
+        model_max_length=data.max_tokens,
     )
 
 
-def build_models(vocab_size: int, data: Data, args):
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
+def build_vae(data: Data):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=data.image_size, mid_block_add_attention=False,
+    )
+
+
+def build_models(vocab_size: int, data: Data, args) -> tuple[list[torch.nn.Module], torch.nn.Module]:
+    """The text encoders and the transformer of `args.arch`, freshly initialised."""
+    if args.arch == "pixart":
+        return build_pixart_models(vocab_size, data, args)
+    from diffusers import SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     def text_encoder():
@@ -114,17 +136,34 @@ def build_models(vocab_size: int, data: Data, args):
             bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_act="gelu",
         ))
 
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=data.image_size, mid_block_add_attention=False,
-    )
     transformer = SD3Transformer2DModel(
         sample_size=data.image_size // 2, patch_size=2, in_channels=4, num_layers=args.layers, attention_head_dim=32,
         num_attention_heads=args.heads, joint_attention_dim=128, caption_projection_dim=32 * args.heads,
         pooled_projection_dim=128, out_channels=4, pos_embed_max_size=data.image_size // 2,
     )
-    return text_encoder(), text_encoder(), vae, transformer
+    return [text_encoder(), text_encoder()], transformer
+
+
+def build_pixart_models(vocab_size: int, data: Data, args):
+    """A T5 v1.1-style encoder (gated GELU, relative position buckets; 3 layers, width 128) and a
+    PixArtTransformer2DModel shaped as PixArt-Sigma's (conf/model/pixart_sigma.yaml): AdaLN-single,
+    cross-attention to the T5 states, approximate-GELU feed-forward, no size conditions, and learned
+    sigma (out_channels = 2 x 4: epsilon and the interpolation of IDDPM's learned-range variance)."""
+    from diffusers import PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=128, d_kv=32, d_ff=256, num_layers=3, num_heads=4,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    transformer = PixArtTransformer2DModel(
+        sample_size=data.image_size // 2, patch_size=2, in_channels=4, out_channels=8, num_layers=args.layers,
+        attention_head_dim=32, num_attention_heads=args.heads, cross_attention_dim=32 * args.heads,
+        caption_channels=text_encoder.config.d_model, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        use_additional_conditions=False, interpolation_scale=1,
+    )
+    return [text_encoder], transformer
 
 
 def render_dataset(data: Data, n: int, seed: int):
@@ -159,25 +198,64 @@ def encode_latents(vae, pixels):
     return torch.cat([vae.encode(as_float(pixels[i:i + 128])).latent_dist.mean for i in range(0, len(pixels), 128)])
 
 
-def make_pipeline(tokenizer, te1, te2, vae, transformer, shift: float = 1.0):
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+def make_pipeline(arch: str, tokenizer, encoders, vae, transformer, shift: float = 1.0):
+    """The diffusers pipeline of `arch` with the sampler it is trained for: SD3's flow-matching Euler
+    sampler with the training's timestep shift; PixArt-Sigma's DPM-Solver++ (2nd order) over the
+    1000-step DDPM schedule with linear betas, epsilon prediction (its released scheduler config)."""
+    from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, PixArtSigmaPipeline,
+                           StableDiffusion3Pipeline)
 
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=vae,
-        text_encoder=te1, tokenizer=tokenizer, text_encoder_2=te2, tokenizer_2=copy.deepcopy(tokenizer),
-        text_encoder_3=None, tokenizer_3=None,
-    )
+    if arch == "pixart":
+        scheduler = DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+            prediction_type="epsilon", algorithm_type="dpmsolver++", solver_order=2,
+        )
+        pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=encoders[0], vae=vae, transformer=transformer,
+                                   scheduler=scheduler)
+    else:
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=vae,
+            text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1],
+            tokenizer_2=copy.deepcopy(tokenizer), text_encoder_3=None, tokenizer_3=None,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def evaluate(pipe, data: Data, prompts, steps: int, guidance: float, seed: int = 0) -> float:
+def load_saved(arch: str, out: Path):
+    """The pipeline saved in `out`, offline, from safetensors."""
+    if arch == "sd3":
+        from experiments.prompts.shapes import load_pipeline
+
+        return load_pipeline(out)
+    from diffusers import PixArtSigmaPipeline
+
+    pipe = PixArtSigmaPipeline.from_pretrained(out, use_safetensors=True, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# Each architecture's sampling settings, as its model config (conf/model/tiny_*.yaml) runs it: the model
+# card scores with these; the held-out score at every save takes 20 steps and the same guidance.
+SAMPLING = {"sd3": {"steps": 28, "guidance": 5.0}, "pixart": {"steps": 20, "guidance": 4.5}}
+
+
+def call_kwargs(arch: str, data: Data) -> dict:
+    """What a pipeline call of these models needs. SD3: no T5, so its CLIP tokens only. PixArt: its T5
+    tokens (padded to the grammar's longest caption, masked), no rescaling to the aspect-ratio bins of a
+    512-pixel model, and no caption cleaning (it needs bs4 and ftfy, and would change the trained text)."""
+    if arch == "sd3":
+        return {"max_sequence_length": 0}
+    return {"max_sequence_length": data.max_tokens, "use_resolution_binning": False, "clean_caption": False}
+
+
+def evaluate(pipe, arch: str, data: Data, prompts, steps: int, guidance: float, seed: int = 0) -> float:
     images = []
     for i in range(0, len(prompts), 16):
         chunk = prompts[i:i + 16]
         gens = [torch.Generator().manual_seed(seed + i + j) for j in range(len(chunk))]
         images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-                       height=data.image_size, width=data.image_size, max_sequence_length=0).images
+                       height=data.image_size, width=data.image_size, **call_kwargs(arch, data)).images
     return data.adherence(images, prompts)
 
 
@@ -188,20 +266,22 @@ def recorded_stages(info: dict) -> list[dict]:
     return [{"steps": info["steps"], "minutes": info["minutes"]}] if "steps" in info else []
 
 
-def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) -> dict:
+def write_card(out: Path, data: Data) -> dict:
     """Scores the saved model on the bundled held-out prompts and writes its model card (README.md)."""
     import cat
-    from experiments.prompts.shapes import load_pipeline
 
-    pipe = load_pipeline(out)
+    info = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
+    arch = info.get("arch", "sd3")
+    steps, guidance = SAMPLING[arch]["steps"], SAMPLING[arch]["guidance"]
+    pipe = load_saved(arch, out)
     prompts = data.prompts()
     side, tokens = data.image_size, (data.image_size // 4) ** 2
     clusters = 8 if tokens <= 256 else 16
 
     def images(handle_config=None):
         gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
-        call = dict(num_inference_steps=steps, guidance_scale=guidance, height=side, width=side,
-                    max_sequence_length=0, generator=gens)
+        call = dict(num_inference_steps=steps, guidance_scale=guidance, height=side, width=side, generator=gens,
+                    **call_kwargs(arch, data))
         if handle_config is None:
             return pipe(prompts, **call).images
         with cat.apply(pipe, handle_config):
@@ -210,8 +290,9 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
     full = images()
     from experiments.base.config_files import default_setting
 
-    reference = cat.METHODS[str(default_setting("paired_reference"))]  # the method the model card reports
-    cat_images = images(reference(num_clusters=clusters))
+    # the method the model card reports, at its step-dependent defaults for this model's steps, as a run sets them
+    reference = cat.METHODS[str(default_setting("paired_reference"))]
+    cat_images = images(reference(num_clusters=clusters, **reference.for_steps(steps)))
     truth = [data.render(p, side, i) for i, p in enumerate(prompts)]
     scores = {
         "full_model": data.adherence(full, prompts),
@@ -219,11 +300,13 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
         "chance_shuffled_prompts": data.adherence(full, prompts[1:] + prompts[:1]),
         "ground_truth_renders": data.adherence(truth, prompts),
     }
-    info = json.loads((out / "training.json").read_text()) if (out / "training.json").exists() else {}
     size_mb = sum(f.stat().st_size for f in out.rglob("*.safetensors")) / 2**20
     base = f"python scripts/train_tiny.py --data {data.name} --out assets/{out.name}"
-    base += "".join(f" --{key} {info[key]}" for key, default in (("images", 12000), ("batch", 32))
-                    if info.get(key, default) != default)
+    base += f" --arch {arch}" if arch != "sd3" else ""
+    base += f" --vae-from {info['vae_from']}" if info.get("vae_from") else ""
+    base += "".join(f" --{key} {info[key]}" for key, default in (("images", 12000), ("batch", 32), ("layers", 6),
+                                                                  ("heads", 3))
+                    if key in info and info[key] != default)
     commands = []
     for i, st in enumerate(recorded_stages(info)):
         flags = " --resume" if i else ""
@@ -232,33 +315,61 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
             flags += f" --low-res-share {st['low_res_share']:g} --low-res-batch {st['low_res_batch']}"
         flags += f" --timestep-shift {st['timestep_shift']:g}" if st.get("timestep_shift") else ""
         flags += " --bf16" if st.get("bf16") else ""
-        commands.append(f"`{base}{flags}` ({st['steps']} steps, {st['minutes']:g} min{' with the VAE' if not i else ''})")
+        flags += " --cpu-clock" if st.get("cpu_clock") else ""
+        first = " with the VAE" if not i and not info.get("vae_from") else ""
+        commands.append(f"`{base}{flags}` ({st['steps']} steps, {st['minutes']:g} min{first})")
     stages_text = ", then ".join(commands) or f"`{base}`"
+    clock_note = (" (a `--cpu-clock` stage's minutes are the CPU time it got over its threads)"
+                  if any(st.get("cpu_clock") for st in recorded_stages(info)) else "")
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v:.3f} |" for k, v in scores.items())
     grid = data.image_size // 4
+    layers, hidden = info.get("layers", "?"), 32 * int(info.get("heads", 3))
+    tokens_text = f"patch 2 on {side // 2}x{side // 2} latents ({grid}x{grid} = {grid * grid} image tokens)"
+    vae = ("`AutoencoderKL`, 2 levels (16, 32 channels), 4 latent channels, "
+           + (f"taken frozen from `{info['vae_from']}` (trained on the same renders; not retrained)"
+              if info.get("vae_from") else "trained first (MSE + small KL)") + ".")
+    if arch == "pixart":
+        title = "PixArt-Sigma"
+        about = f"""- Pipeline: `PixArtSigmaPipeline` (call with `max_sequence_length={data.max_tokens}, use_resolution_binning=False,
+  clean_caption=False`, {side}x{side} pixels). Weights: safetensors, {size_mb:.1f} MB in all.
+- Transformer: `PixArtTransformer2DModel`, {layers} blocks (self-attention, cross-attention to the text,
+  feed-forward; AdaLN-single timestep modulation), hidden {hidden}, {tokens_text},
+  up to {data.max_tokens} T5 tokens (masked padding). Learned sigma: 8 output channels, epsilon and variance.
+- Text encoder: a word-level T5 encoder (`T5EncoderModel`, 3 layers, width 128, gated GELU), trained jointly.
+- VAE: {vae}
+- Objective: DDPM epsilon prediction over the 1000-step linear-beta schedule with uniform timesteps, plus
+  IDDPM's variational term for the learned (range-interpolated) variance with the mean held fixed, the
+  loss PixArt-Sigma is trained with; 10% caption dropout (the empty caption) for classifier-free
+  guidance, EMA of the weights. Sampler: `DPMSolverMultistepScheduler` (DPM-Solver++, 2nd order,
+  epsilon), {steps} steps, guidance {guidance}. The pipeline drops the variance channels before the
+  solver; they are kept, and trained, so that the transformer is shaped as PixArt-Sigma's (the channel
+  layout every token method sees: CAT scores the noise channels only)."""
+    else:
+        title = "Stable Diffusion 3"
+        about = f"""- Pipeline: `StableDiffusion3Pipeline` (load with `text_encoder_3=None, tokenizer_3=None`; call with
+  `max_sequence_length=0`, {side}x{side} pixels). Weights: safetensors, {size_mb:.1f} MB in all.
+- Transformer: `SD3Transformer2DModel`, {layers} joint blocks, hidden {hidden}, {tokens_text}, \
+{data.max_tokens} text tokens.
+- Text encoders: two word-level CLIP text models (3 layers, hidden 64), trained jointly.
+- VAE: {vae}
+- Objective: rectified flow matching as in SD3 (logit-normal timesteps, velocity target), 10% caption
+  dropout for classifier-free guidance, EMA of the weights; scheduler
+  `FlowMatchEulerDiscreteScheduler(shift={pipe.scheduler.config.shift:g})` (each stage's timestep shift is in its command)."""
     (out / "README.md").write_text(f"""---
 library_name: diffusers
 pipeline_tag: text-to-image
 ---
 # {out.name}
 
-A small text-to-image diffusion transformer of the Stable Diffusion 3 architecture, trained from
+A small text-to-image diffusion transformer of the {title} architecture, trained from
 scratch on the CPU on a procedural data set (`experiments/prompts/{data.name}`), so that CAT's token dynamics
 can be seen on a machine with no GPU and no network.
 
-- Pipeline: `StableDiffusion3Pipeline` (load with `text_encoder_3=None, tokenizer_3=None`; call with
-  `max_sequence_length=0`, {side}x{side} pixels). Weights: safetensors, {size_mb:.1f} MB in all.
-- Transformer: `SD3Transformer2DModel`, {info.get('layers', '?')} joint blocks, hidden {32 * int(info.get('heads', 3))}, patch 2 on \
-{side // 2}x{side // 2} latents ({grid}x{grid} = {grid * grid} image tokens), {data.max_tokens} text tokens.
-- Text encoders: two word-level CLIP text models (3 layers, hidden 64), trained jointly.
-- VAE: `AutoencoderKL`, 2 levels (16, 32 channels), 4 latent channels, trained first (MSE + small KL).
-- Objective: rectified flow matching as in SD3 (logit-normal timesteps, velocity target), 10% caption
-  dropout for classifier-free guidance, EMA of the weights; scheduler
-  `FlowMatchEulerDiscreteScheduler(shift={pipe.scheduler.config.shift:g})` (each stage's timestep shift is in its command).
+{about}
 - Data: {info.get('images', '?')} renders of {data.about}; the bundled prompts
   (`experiments/prompts/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
 - Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
-  {info.get('minutes', '?')} minutes in all on 2 shared CPU cores, seed {info.get('seed', 0)}. Log: `training_log.txt`.
+  {info.get('minutes', '?')} minutes in all on 2 shared CPU cores{clock_note}, seed {info.get('seed', 0)}. Log: `training_log.txt`.
 
 ## Scores
 
@@ -324,13 +435,16 @@ def pooled_positions(embed, factor: int):
 class TrainingClock:
     """Seconds spent training: wall-clock time between ticks, except a gap far longer than the
     typical one (the job was paused, e.g. with SIGSTOP while something else was timed), which counts
-    as one typical interval."""
+    as one typical interval. `source` is the time it reads: wall-clock by default; `cpu_seconds` counts
+    only the CPU time the job got, so a job slowed down by other work on the machine spends its budget
+    as slowly as it trains."""
 
-    def __init__(self, seconds: float = 0.0, pause: float = 120.0):
-        self.seconds, self.pause, self.last, self.typical = seconds, pause, time.time(), None
+    def __init__(self, seconds: float = 0.0, pause: float = 120.0, source: Callable[[], float] | None = None):
+        self.source = source or time.time
+        self.seconds, self.pause, self.last, self.typical = seconds, pause, self.source(), None
 
     def tick(self) -> float:
-        now = time.time()
+        now = self.source()
         gap, self.last = now - self.last, now
         if gap > self.pause and self.typical is not None:
             gap = self.typical
@@ -340,7 +454,13 @@ class TrainingClock:
         return self.seconds
 
     def skip(self) -> None:
-        self.last = time.time()
+        self.last = self.source()
+
+
+def cpu_seconds(threads: int) -> Callable[[], float]:
+    """The process's CPU time over its thread count: a second of it is a second of the job's threads all
+    at work (on a quiet machine, close to wall-clock time)."""
+    return lambda: time.process_time() / threads
 
 
 def state_dir(args) -> Path:
@@ -366,7 +486,8 @@ def claim_state(args):
 
 # A stage's own options (with their defaults): kept in the training state, so an interrupted stage
 # continues with them.
-STAGE_OPTIONS = {"low_res_share": 0.0, "low_res_batch": None, "bf16": False, "timestep_shift": 1.0}
+STAGE_OPTIONS = {"low_res_share": 0.0, "low_res_batch": None, "bf16": False, "timestep_shift": 1.0,
+                 "cpu_clock": False}
 
 
 def save_state(args, params, opt, step: int, stage_seconds: float, final: bool) -> None:
@@ -406,11 +527,82 @@ def load_state(args, params, opt) -> dict | None:
     return meta
 
 
+def sd3_loss(pipe, transformer, x0, texts, args, data: Data, low_res: bool) -> torch.Tensor:
+    """Rectified flow matching, SD3's objective: logit-normal timesteps (shifted by --timestep-shift),
+    x_t = (1 - t) x_0 + t noise, velocity target noise - x_0."""
+    t = torch.sigmoid(torch.randn(len(x0)))  # logit-normal timesteps, as SD3
+    t = args.timestep_shift * t / (1 + (args.timestep_shift - 1) * t)
+    noise = torch.randn_like(x0)
+    xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
+    with (torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16),
+          pooled_positions(transformer.pos_embed, 2) if low_res else contextlib.nullcontext()):
+        prompt_embeds, _, pooled_text, _ = pipe.encode_prompt(
+            texts, texts, None, device=torch.device("cpu"), do_classifier_free_guidance=False, max_sequence_length=0
+        )
+        pred = transformer(hidden_states=xt, encoder_hidden_states=prompt_embeds, pooled_projections=pooled_text,
+                           timestep=t * 1000, return_dict=False)[0]
+    return F.mse_loss(pred.float(), noise - x0)
+
+
+def pixart_loss(pipe, transformer, x0, texts, args, data: Data, low_res: bool) -> torch.Tensor:
+    """PixArt-Sigma's objective: DDPM over the sampler's own 1000-step schedule, uniform timesteps,
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, epsilon target, plus the variational term that trains
+    the learned variance (`variance_bound`). A low-resolution batch needs no position trick: PixArt's patch
+    embedding lays a smaller grid's sin-cos positions over the full grid's span (its `base_size`)."""
+    scheduler = pipe.scheduler
+    t = torch.randint(scheduler.config.num_train_timesteps, (len(x0),))
+    noise = torch.randn_like(x0)
+    abar = scheduler.alphas_cumprod[t][:, None, None, None]
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        prompt_embeds, mask, _, _ = pipe.encode_prompt(
+            texts, do_classifier_free_guidance=False, device=torch.device("cpu"), max_sequence_length=data.max_tokens
+        )
+        out = transformer(xt, encoder_hidden_states=prompt_embeds, encoder_attention_mask=mask, timestep=t,
+                          added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+    eps, variance = out.float().chunk(2, dim=1)  # [B, 4, h, w] each
+    return F.mse_loss(eps, noise) + variance_bound(scheduler, x0, xt, t, eps.detach(), variance)
+
+
+def variance_bound(scheduler, x0, xt, t, eps, variance) -> torch.Tensor:
+    """IDDPM's L_vlb for a learned-range variance, in bits per dimension (added with weight 1 at 1000
+    steps, as PixArt-alpha/PixArt-sigma@9ba985e, diffusion/model/gaussian_diffusion.py,
+    `GaussianDiffusion.training_losses` / `_vb_terms_bpd`): KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),
+    p's mean from the given (detached) epsilon, so only the variance learns from it, and its log-variance
+    log beta_t * f + log betatilde_t * (1 - f), f = (variance + 1) / 2. The t = 0 term, a discretized
+    likelihood of 8-bit pixels, is left out: x_0 are latents."""
+    betas, abar = scheduler.betas, scheduler.alphas_cumprod
+    abar_prev = F.pad(abar[:-1], (1, 0), value=1.0)
+    posterior = betas * (1 - abar_prev) / (1 - abar)  # betatilde_t; 0 at t = 0, so its log is clipped there
+
+    def at(values):
+        return values[t][:, None, None, None]  # [B, 1, 1, 1]
+
+    log_posterior = at(torch.cat([posterior[1:2], posterior[1:]]).log())
+    x0_pred = (xt - at((1 - abar).sqrt()) * eps) / at(abar.sqrt())
+    mean_gap = at(betas * abar_prev.sqrt() / (1 - abar)) * (x0 - x0_pred)  # posterior mean - model mean
+    frac = (variance + 1) / 2
+    log_var = frac * at(betas.log()) + (1 - frac) * log_posterior
+    kl = 0.5 * (log_var - log_posterior - 1 + (log_posterior - log_var).exp() + mean_gap**2 * (-log_var).exp())
+    return (kl.mean(dim=(1, 2, 3)) / math.log(2.0) * (t > 0)).mean()
+
+
+LOSSES = {"sd3": sd3_loss, "pixart": pixart_loss}
+
+
+def latent_shift(arch: str, vae) -> float:
+    """The shift of the model's latent normalisation (x - shift) * scale: SD3's pipeline undoes the VAE's
+    shift_factor, PixArt's only its scaling_factor."""
+    return (vae.config.shift_factor or 0.0) if arch == "sd3" else 0.0
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=sorted(DATASETS), default="shapes", help="the grammar to train on")
+    p.add_argument("--arch", choices=sorted(LOSSES), default=None,
+                   help="the transformer architecture (default sd3; on --resume, the saved model's)")
     p.add_argument("--card-only", action="store_true", help="only score the model in --out and write its card")
-    p.add_argument("--out", type=Path, default=None, help="default: assets/tiny-sd3-<data>")
+    p.add_argument("--out", type=Path, default=None, help="default: assets/tiny-<arch>-<data>")
     p.add_argument("--state", type=Path, default=None,
                    help="folder for the resumable training state (default outputs/train_state/<out name>)")
     p.add_argument("--minutes", type=float, default=None,
@@ -419,23 +611,29 @@ def main(argv=None) -> None:
                         "interrupted stage, default: that stage's own budget, and a value given here replaces it)")
     p.add_argument("--images", type=int, default=12000)
     p.add_argument("--vae-steps", type=int, default=800)
+    p.add_argument("--vae-from", type=Path, default=None,
+                   help="an AutoencoderKL folder (safetensors) to use frozen instead of training one, e.g. "
+                        "assets/tiny-sd3-scenes/vae for the scene grammar")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--low-res-share", type=float, default=0.0,
-                   help="fraction of steps trained on 2x average-pooled latents (a quarter of the tokens, their "
-                        "positions pooled alike): a resolution curriculum that learns layout and colour several "
+                   help="fraction of steps trained on 2x average-pooled latents (a quarter of the tokens, each "
+                        "at its place in the full grid): a resolution curriculum that learns layout and colour several "
                         "times faster per image; the held-out score is always taken at full resolution")
     p.add_argument("--low-res-batch", type=int, default=None, help="batch of the low-resolution steps (default 2 x --batch)")
     p.add_argument("--timestep-shift", type=float, default=1.0,
                    help="SD3's timestep shift s, t -> s t / (1 + (s - 1) t), for the training timesteps and the saved "
                         "sampler alike: s > 1 trains more at high noise, where a larger image decides its layout "
-                        "(SD3 scales s with the square root of the token count)")
+                        "(SD3 scales s with the square root of the token count); sd3 only")
     p.add_argument("--bf16", action="store_true",
                    help="run the training forward passes under bfloat16 autocast (weights, optimizer and EMA stay "
                         "float32): about 1.3x more steps a minute on CPUs with AMX or AVX512-BF16")
-    p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints")
+    p.add_argument("--cpu-clock", action="store_true",
+                   help="count --minutes in the CPU time the job gets (over --threads) instead of wall-clock time: "
+                        "on a shared machine a low-priority job then trains as long as asked, however slowly")
+    p.add_argument("--save-every", type=float, default=6.0, help="minutes between checkpoints (wall-clock)")
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out captions scored at every save")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -449,9 +647,21 @@ def main(argv=None) -> None:
     if not args.timestep_shift > 0:
         raise SystemExit(f"--timestep-shift must be positive, got {args.timestep_shift}")
     data = DATASETS[args.data]()
+    args.out = args.out or Path("assets") / f"tiny-{args.arch or 'sd3'}-{args.data}"
+    previous = {}
+    if args.resume or args.card_only:
+        previous = json.loads((args.out / "training.json").read_text()) if (args.out / "training.json").exists() else {}
+        saved_arch = previous.get("arch", "sd3")
+        if args.arch not in (None, saved_arch):
+            raise SystemExit(f"--arch {args.arch} but {args.out} holds a {saved_arch} model; leave --arch out on --resume")
+        args.arch = saved_arch
+    args.arch = args.arch or "sd3"
+    if args.arch == "pixart" and args.timestep_shift != 1.0:
+        raise SystemExit("--timestep-shift is for --arch sd3 (flow matching); pixart trains on DDPM's uniform timesteps")
+    if args.vae_from and not (args.vae_from / "config.json").exists():
+        raise SystemExit(f"--vae-from {args.vae_from} holds no AutoencoderKL (no config.json)")
     if not args.resume:
         args.minutes = args.minutes or 45.0
-    args.out = args.out or Path("assets") / f"tiny-sd3-{args.data}"
     torch.set_num_threads(args.threads)
     if args.card_only:
         print(json.dumps(write_card(args.out, data), indent=2))
@@ -468,39 +678,44 @@ def main(argv=None) -> None:
         print(line, flush=True)
         log_lines.append(line)
 
-    previous = {}
     if args.resume:
-        from experiments.prompts.shapes import load_pipeline
-
-        saved = load_pipeline(args.out)
-        tokenizer, te1, te2, vae, transformer = (
-            saved.tokenizer, saved.text_encoder, saved.text_encoder_2, saved.vae, saved.transformer)
-        previous = json.loads((args.out / "training.json").read_text())
+        saved = load_saved(args.arch, args.out)
+        tokenizer, vae, transformer = saved.tokenizer, saved.vae, saved.transformer
+        encoders = [saved.text_encoder] + ([saved.text_encoder_2] if args.arch == "sd3" else [])
         args.layers, args.heads = previous["layers"], previous["heads"]
+        args.vae_from = previous.get("vae_from")
     else:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "training_log.txt").write_text("")
-        tokenizer = build_tokenizer(data)
-        te1, te2, vae, transformer = build_models(len(tokenizer), data, args)
+        tokenizer = build_tokenizer(data, args.arch)
+        if args.vae_from:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(args.vae_from, use_safetensors=True, local_files_only=True)
+        else:
+            vae = build_vae(data)  # first: the seeded initialisation order of the shipped SD3 models
+        encoders, transformer = build_models(len(tokenizer), data, args)
     pixels, captions = render_dataset(data, args.images, args.seed)
     log(f"rendered {len(pixels)} training images ({data.name}, {data.image_size}x{data.image_size})")
-    if args.resume:
+    if args.resume or args.vae_from:
         latents = cached_latents(args, vae, pixels, log)
-        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     else:
         train_vae(vae, pixels, args.vae_steps, log)
         latents = encode_latents(vae, pixels)  # [n, 4, side / 2, side / 2]
-        shift, scale = latents.mean().item(), 1.0 / latents.std().item()
-        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        if args.arch == "sd3":
+            vae.register_to_config(shift_factor=latents.mean().item())
+        vae.register_to_config(scaling_factor=1.0 / latents.std().item())
         cached_latents(args, vae, pixels, log, latents)
+    shift, scale = latent_shift(args.arch, vae), vae.config.scaling_factor
     latents = (latents - shift) * scale
     vae.requires_grad_(False)
     del pixels
     log(f"latents {tuple(latents.shape)}, shift {shift:.4f}, scale {scale:.4f}")
 
-    pipe = make_pipeline(tokenizer, te1, te2, vae, transformer, args.timestep_shift)
-    ema = [copy.deepcopy(m).requires_grad_(False) for m in (transformer, te1, te2)]
-    params = [*transformer.parameters(), *te1.parameters(), *te2.parameters()]
+    pipe = make_pipeline(args.arch, tokenizer, encoders, vae, transformer, args.timestep_shift)
+    trained = [transformer, *encoders]
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in trained]
+    params = [p for m in trained for p in m.parameters()]
     log(f"trainable parameters: {sum(p.numel() for p in params) / 1e6:.2f} M")
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     step, done_seconds = 0, 0.0
@@ -517,14 +732,14 @@ def main(argv=None) -> None:
         else:
             args.minutes = args.minutes or 45.0
             log(f"new stage after {previous['steps']} steps, from the EMA weights")
-    for m in (transformer, te1, te2):
+    for m in trained:
         m.train()
 
     args.low_res_batch = args.low_res_batch or 2 * args.batch
     low_latents = F.avg_pool2d(latents, 2) if args.low_res_share else None
     heldout = data.captions("heldout", args.eval_prompts, 1)
     budget, last_save = args.minutes * 60, time.time()
-    clock = TrainingClock(done_seconds)
+    clock = TrainingClock(done_seconds, source=cpu_seconds(args.threads) if args.cpu_clock else None)
     while True:
         elapsed = clock.tick()
         lr = args.lr * min(1.0, (step + 1) / 300) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget))))
@@ -534,25 +749,14 @@ def main(argv=None) -> None:
         idx = torch.randint(len(latents), (args.low_res_batch if low_res else args.batch,))
         x0 = (low_latents if low_res else latents)[idx]
         texts = ["" if random.random() < 0.1 else captions[i] for i in idx.tolist()]
-        t = torch.sigmoid(torch.randn(len(idx)))  # logit-normal timesteps, as SD3
-        t = args.timestep_shift * t / (1 + (args.timestep_shift - 1) * t)
-        noise = torch.randn_like(x0)
-        xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-        with (torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16),
-              pooled_positions(transformer.pos_embed, 2) if low_res else contextlib.nullcontext()):
-            prompt_embeds, _, pooled_text, _ = pipe.encode_prompt(
-                texts, texts, None, device=torch.device("cpu"), do_classifier_free_guidance=False, max_sequence_length=0
-            )
-            pred = transformer(hidden_states=xt, encoder_hidden_states=prompt_embeds, pooled_projections=pooled_text,
-                               timestep=t * 1000, return_dict=False)[0]
-        loss = F.mse_loss(pred.float(), noise - x0)
+        loss = LOSSES[args.arch](pipe, transformer, x0, texts, args, data, low_res)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for model, shadow in zip((transformer, te1, te2), ema):
+            for model, shadow in zip(trained, ema):
                 for p_ema, p in zip(shadow.parameters(), model.parameters()):
                     p_ema.lerp_(p, 1 - decay)
         if step % 100 == 0:
@@ -564,7 +768,7 @@ def main(argv=None) -> None:
             save(args, data, tokenizer, vae, ema, heldout, step, stage_seconds, log, log_lines, final=done,
                  previous=previous)
             save_state(args, params, opt, step, stage_seconds, final=done)
-            for m in (transformer, te1, te2):
+            for m in trained:
                 m.train()
             last_save = time.time()
             clock.skip()  # the save and its evaluation are not training time
@@ -573,28 +777,32 @@ def main(argv=None) -> None:
 
 
 def save(args, data, tokenizer, vae, ema, heldout, step, seconds, log, log_lines, final: bool, previous: dict) -> None:
-    transformer, te1, te2 = (m.eval() for m in ema)
-    pipe = make_pipeline(tokenizer, te1, te2, vae, transformer, args.timestep_shift)
+    transformer, *encoders = (m.eval() for m in ema)
+    pipe = make_pipeline(args.arch, tokenizer, encoders, vae, transformer, args.timestep_shift)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(args.out, safe_serialization=True)
     for config in args.out.glob("*/config.json"):  # a resumed model would record the machine's local path
         fields = json.loads(config.read_text())
         if fields.pop("_name_or_path", None) is not None:
             config.write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
-    score = evaluate(pipe, data, heldout, steps=20, guidance=5.0)
+    guidance = SAMPLING[args.arch]["guidance"]
+    score = evaluate(pipe, args.arch, data, heldout, steps=20, guidance=guidance)
     stage = {"steps": step, "minutes": round(seconds / 60, 1), "lr": args.lr}
     if args.low_res_share:
         stage |= {"low_res_share": args.low_res_share, "low_res_batch": args.low_res_batch}
     if args.bf16:
         stage["bf16"] = True
+    if args.cpu_clock:
+        stage["cpu_clock"] = True
     if args.timestep_shift != 1.0:
         stage["timestep_shift"] = args.timestep_shift
     stages = recorded_stages(previous) + [stage]
-    info = {"data": data.name, "steps": sum(s["steps"] for s in stages),
-            "minutes": round(sum(s["minutes"] for s in stages), 1),
+    info = {"data": data.name, **({"arch": args.arch} if args.arch != "sd3" else {}),
+            **({"vae_from": str(args.vae_from)} if args.vae_from else {}),
+            "steps": sum(s["steps"] for s in stages), "minutes": round(sum(s["minutes"] for s in stages), 1),
             "stages": stages, "threads": args.threads, "seed": args.seed,
             "layers": args.layers, "heads": args.heads, "batch": args.batch, "images": args.images,
-            "heldout_adherence_20_steps_guidance_5": round(score, 4), "final": final}
+            f"heldout_adherence_20_steps_guidance_{guidance:g}": round(score, 4), "final": final}
     (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     with open(args.out / "training_log.txt", "a") as f:
         f.write("\n".join(log_lines) + "\n")
