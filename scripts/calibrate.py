@@ -5,10 +5,11 @@
 
 Runs the method's calibration (its config's `calibrate`: for MagCache the full model in diffusers'
 calibration mode) on the first `data.limit` prompts of the data set's calibration split, which is never
-evaluated, one call per prompt with the run's seed, averages
-what it measured over the prompts, and writes assets/<method>/<model>-<steps>.json, which the method's
-conf file reads (`${calibrated:<field>}`). Takes the same overrides as run.py (model, data, device,
-dtype, seed).
+evaluated, one call per prompt with the run's seed, averages what it measured over the prompts (a method
+whose config declares `calibrates_jointly` is called once with every prompt and its configured settings,
+`config=`, and its fields are written as it returns them: a search over the prompts), and writes
+assets/<method>/<model>-<steps>.json, which the method's conf file reads (`${calibrated:<field>}`). Takes
+the same overrides as run.py (model, data, device, dtype, seed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,8 +55,14 @@ def main(cfg: DictConfig) -> None:
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
     kwargs = call_kwargs(cfg)
     steps = kwargs.pop("num_inference_steps")
-    measured = [method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0], **kwargs) for p in prompts]
-    fields = {name: rounded(mean([m[name] for m in measured])) for name in measured[0]}
+    if getattr(method, "calibrates_jointly", False):
+        # a search over all prompts at once, with the configured settings: its fields are written as returned
+        fields = method.calibrate(pipe, [p.text for p in prompts], steps, config=instantiate(cfg.method.config),
+                                  generator=generators(cfg, prompts), **kwargs)
+    else:
+        measured = [method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0], **kwargs)
+                    for p in prompts]
+        fields = {name: rounded(mean([m[name] for m in measured])) for name in measured[0]}
     out = calibration_file(cfg.method.name, cfg.model.name, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"model": cfg.model.name, "steps": steps, "prompts": len(prompts), "split": "calibration",
