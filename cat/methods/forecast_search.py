@@ -131,11 +131,11 @@ class ForecastSearchConfig(MethodConfig):
     calibrates_jointly: ClassVar[bool] = True  # scripts/calibrate.py: one call over all prompts, written as returned
     budget: float = 0.5
     schedule: str = "searched"
-    correction: str = "cluster"
+    correction: str = "none"
     num_corrected: int = 16
     gamma: float = 1.0
-    max_order: int = 1
-    basis: str = "taylor"
+    max_order: int = 2
+    basis: str = "hermite"
     scale: float = 0.5
     max_skip: int = 6
     warmup_steps: int = 1
@@ -242,13 +242,13 @@ class ForecastSearchConfig(MethodConfig):
     def authors(cls, family: str, num_steps: int) -> dict:
         """No authors: this project's defaults (the schedule, correction and forecast fields)."""
         architecture(cls, family, num_steps)
-        return {"schedule": "searched", "correction": "cluster", "num_corrected": 16, "gamma": 1.0, "max_order": 1,
-                "basis": "taylor", "max_skip": 6, "warmup_steps": 1}
+        return {"schedule": "searched", "correction": "none", "num_corrected": 16, "gamma": 1.0, "max_order": 2,
+                "basis": "hermite", "scale": 0.5, "max_skip": 6, "warmup_steps": 1}
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["ForecastSearchConfig", "ForecastSearchConfig"]:
         """Every step full; a fixed interval at half the image tokens with corrected steps (no calibration)."""
-        return cls(budget=0.0), cls(schedule="interval", num_corrected=4)
+        return cls(budget=0.0), cls(schedule="interval", correction="cluster", num_corrected=4)
 
     def key_ignores(self) -> tuple[str, ...]:
         ignored = set()

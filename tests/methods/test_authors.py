@@ -33,8 +33,8 @@ CLUSCA_PIXART = {"interval": 4, "max_order": 4, "num_clusters": 16, "propagation
                  "warmup_steps": 2}
 HICACHE = {"interval": 7, "max_order": 2, "scale": 0.5, "warmup_steps": 3}
 # The budgeted forecasting cache has no authors: its own documented defaults, for every class and step count
-FORECAST_SEARCH = {"schedule": "searched", "correction": "cluster", "num_corrected": 16, "gamma": 1.0, "max_order": 1,
-                   "basis": "taylor", "max_skip": 6, "warmup_steps": 1}
+FORECAST_SEARCH = {"schedule": "searched", "correction": "none", "num_corrected": 16, "gamma": 1.0, "max_order": 2,
+                   "basis": "hermite", "scale": 0.5, "max_skip": 6, "warmup_steps": 1}
 
 
 def ras(warmup, resets, starvation, high):
@@ -216,6 +216,6 @@ def forecast_search_calibration(steps: int) -> dict:
     with the segment's length, MACs per action in image tokens, at its defaults."""
     costs = [[float(skipped ** 2) if s + skipped < steps else None for skipped in range(1, 7)] for s in range(steps)]
     macs = {kind: {"F": 256, "f": 0, "c": 16} for kind in ("none", "cluster", "topk")}
-    settings = {"num_corrected": 16, "gamma": 1.0, "max_order": 1, "basis": "taylor", "scale": 0.5, "max_skip": 6}
+    settings = {"num_corrected": 16, "gamma": 1.0, "max_order": 2, "basis": "hermite", "scale": 0.5, "max_skip": 6}
     return {"num_steps": steps, "guidance_scale": 5.0, "settings": settings, "macs": {"model": 256, **macs},
             "costs": {"none": costs, "cluster": [[c / 2 if c else c for c in row] for row in costs], "topk": costs}}

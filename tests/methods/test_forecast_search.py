@@ -82,7 +82,7 @@ def close(a, b):
 
 def test_taylor_forecasts_follow_the_hand_computation_from_the_full_steps(transformer):
     """Order 1: at step 2, y1 + (y1 - y0); after the full step 3 (two steps after 1), y3 + x (y3 - y1) / 2."""
-    config = ForecastSearchConfig(actions="FFfFff", max_order=1, correction="none")
+    config = ForecastSearchConfig(actions="FFfFff", max_order=1, basis="taylor")
     stats, rec = run(transformer, config, 6)
     assert stats.full_steps == (0, 1, 3)
     assert [r.num_recomputed for r in stats.steps] == [TOKENS, TOKENS, 0, TOKENS, 0, 0]
@@ -116,7 +116,8 @@ def test_corrected_tokens_equal_a_full_computation_and_the_rest_follows_the_corr
     """At a corrected step each image MLP's chosen tokens are what the unpatched MLP computes for them from the
     full input; every other token is the forecast plus gamma times its cluster's representative's error
     ("cluster"), or the forecast itself ("topk"); the other modules are forecast."""
-    config = ForecastSearchConfig(actions="FFcc", num_corrected=6, gamma=gamma, correction=correction)
+    config = ForecastSearchConfig(actions="FFcc", num_corrected=6, gamma=gamma, correction=correction, max_order=1,
+                                  basis="taylor")
     originals = {name: copy.deepcopy(m) for name, m in family_for(transformer).find(transformer, STEP_CACHED)}
     stats, rec = run(transformer, config, 4)
     assert [r.phase for r in stats.steps] == ["full", "full", "corrected", "corrected"]
@@ -156,7 +157,7 @@ def test_topk_picks_rotate_by_staleness():
 
 def test_caches_are_updated_in_place_within_a_generation():
     transformer = MAKERS["sd3"]()
-    config = ForecastSearchConfig(actions="FFcFfcFc", num_corrected=4)
+    config = ForecastSearchConfig(actions="FFcFfcFc", num_corrected=4, correction="cluster")
     pointers = []
     with torch.no_grad(), cat.apply(transformer, config) as handle:
         handle.reset(cfg_pairs=True, num_steps=8)
@@ -219,7 +220,8 @@ def test_forecast_and_corrected_steps_compile_to_one_graph_each_and_never_recomp
         handle.reset(cfg_pairs=True, num_steps=len(actions))
         return [transformer(**call)[0] for call in calls]
 
-    with torch.no_grad(), cat.apply(transformer, ForecastSearchConfig(actions=actions, num_corrected=4)) as handle:
+    config = ForecastSearchConfig(actions=actions, num_corrected=4, correction="cluster")
+    with torch.no_grad(), cat.apply(transformer, config) as handle:
         eager = generation(handle)
         handle.compile(backend=backend, fullgraph=True)
         first = generation(handle)
@@ -242,7 +244,7 @@ CALL = {"guidance_scale": 5.0, "height": 32, "width": 32, "max_sequence_length":
 @pytest.fixture(scope="module")
 def calibrated():
     pipe = testing.tiny_sd3_pipeline()
-    config = ForecastSearchConfig(num_corrected=4, max_skip=2, gamma=0.5)
+    config = ForecastSearchConfig(num_corrected=4, max_skip=2, gamma=0.5, max_order=1, basis="taylor")
     found = ForecastSearchConfig.calibrate(pipe, ["a red circle"], STEPS, config=config,
                                            generator=[torch.Generator().manual_seed(0)], **CALL)
     return pipe, config, found
@@ -300,7 +302,7 @@ def test_the_searched_schedule_stays_within_its_macs_budget_as_the_counter_count
 def test_a_calibration_for_other_settings_guidance_or_steps_is_refused_unless_reused(calibrated):
     pipe, config, found = calibrated
     search = found["search"]
-    ok = dataclasses.replace(config, calibration=search, guidance_scale=5.0)
+    ok = dataclasses.replace(config, calibration=search, guidance_scale=5.0, correction="cluster")
     assert ok.missing_calibration("SD3Transformer2DModel") is None
     other = dataclasses.replace(ok, num_corrected=8)
     assert "num_corrected=8 (measured with 4)" in other.missing_calibration("SD3Transformer2DModel")
@@ -322,7 +324,7 @@ def test_a_calibration_for_other_settings_guidance_or_steps_is_refused_unless_re
 
 
 def test_a_searched_schedule_without_calibration_names_the_command():
-    config = ForecastSearchConfig()
+    config = ForecastSearchConfig(correction="cluster")
     assert "needs its segment costs measured" in config.missing_calibration("SD3Transformer2DModel")
     with pytest.raises(ValueError, match="scripts/calibrate.py method=forecast_search"):
         config.plan(28)
@@ -349,7 +351,8 @@ def test_bad_fields_are_named_with_their_range(field, value, allowed):
 def test_the_run_key_ignores_what_a_setting_never_reads():
     assert {"num_corrected", "gamma"} <= set(ForecastSearchConfig(correction="none").key_ignores())
     assert "gamma" in ForecastSearchConfig(correction="topk").key_ignores()
-    assert "scale" in ForecastSearchConfig().key_ignores()
+    assert "gamma" not in ForecastSearchConfig(correction="cluster").key_ignores()
+    assert "scale" in ForecastSearchConfig(basis="taylor").key_ignores()
     assert "scale" not in ForecastSearchConfig(basis="hermite").key_ignores()
     assert {"budget", "schedule", "calibration"} <= set(ForecastSearchConfig(actions="FFf").key_ignores())
     assert "max_skip" in ForecastSearchConfig(schedule="interval").key_ignores()
