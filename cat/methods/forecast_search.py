@@ -63,7 +63,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from diffusers.hooks import ModelHook
 
 from .. import core
 from ..core.forecast import BASES, refresh_factors_, weigh_by, weights

@@ -17,7 +17,7 @@ from numpy.polynomial import hermite as H
 import cat
 from cat import testing
 from cat.families import STEP_CACHED, family_for
-from cat.methods.forecast_search import ForecastModule, ForecastSearchConfig
+from cat.methods.forecast_search import ForecastSearchConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
