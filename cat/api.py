@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine.handle import MethodHandle, check_compile, compile_blocks
+from .engine.handle import MethodHandle, check_compile, check_cuda_graphs, compile_blocks
 from .methods import METHODS, MethodConfig
 from .methods.cat import CATConfig
 
@@ -30,7 +30,10 @@ def apply(pipe_or_transformer, config: MethodConfig | None = None, compile: bool
             f"got {type(pipe_or_transformer).__name__}"
         )
     if compile:
-        check_compile(compile_mode)
+        transformer = pipe_or_transformer if isinstance(pipe_or_transformer, torch.nn.Module) else \
+            pipe_or_transformer.transformer
+        check_cuda_graphs(type(config).handle, config, compile_mode)
+        check_compile(compile_mode, next(transformer.parameters()).device)
     handle = type(config).handle(pipe_or_transformer, config).install()
     if compile:
         try:
@@ -41,4 +44,4 @@ def apply(pipe_or_transformer, config: MethodConfig | None = None, compile: bool
     return handle
 
 
-__all__ = ["apply", "check_compile", "compile_blocks"]
+__all__ = ["apply", "check_compile", "check_cuda_graphs", "compile_blocks"]

@@ -3,6 +3,7 @@
     python scripts/bench_speed.py            # CPU defaults: about 7 minutes on 2 cores
     python scripts/bench_speed.py --peer fora --peer-set interval=2   # with a peer timed in the same turns
     python scripts/bench_speed.py --device cuda --model sd3_medium --repeats 10 --compile   # a real checkpoint
+    python scripts/bench_speed.py --device cuda --dtype bfloat16 --grid 64 --layers 24 --heads 24   # SD3-medium's size, random weights
 
 A mid-size SD3-architecture transformer with random weights (12 layers, hidden 768, 1024 image tokens,
 77 text tokens, CFG batch of 2) runs a 28-step schedule with and without the method: by default the
@@ -20,19 +21,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import cat  # noqa: E402
-from cat.engine import GenerationState  # noqa: E402
-from cat.families import family_for  # noqa: E402
-from experiments.config_files import default_setting  # noqa: E402
-from experiments.macs import build_on_meta, count_macs, transformer_macs  # noqa: E402
+import cat
+from cat.engine import GenerationState
+from cat.families import family_for
+from experiments.base.config_files import default_setting
+from experiments.run.macs import build_on_meta, count_macs, transformer_macs
 
 
 def library_config(name: str, steps: int, changes: list[str] = ()) -> cat.MethodConfig:
@@ -45,14 +42,30 @@ def library_config(name: str, steps: int, changes: list[str] = ()) -> cat.Method
     return cls(**{**cls.for_steps(steps), **{k: yaml.safe_load(v) for k, v in fields.items()}})
 
 
+def check_methods(parser: argparse.ArgumentParser, args) -> None:
+    """One line (argparse's error, exit status 2) for a method name the chosen mode does not know: a conf/method
+    file with --model or --default-geometry, a key of cat.METHODS otherwise (and for --peer), or a --set that is
+    not FIELD=VALUE."""
+    from experiments.base.config_files import CONF
+
+    conf = sorted(path.stem for path in (CONF / "method").glob("*.yaml"))
+    known = conf if args.model or args.default_geometry else sorted(cat.METHODS)
+    for flag, name, allowed in (("--method", args.method, known), ("--peer", args.peer, sorted(cat.METHODS))):
+        if name is not None and name not in allowed:
+            parser.error(f"{flag} {name!r} is invalid; allowed: {', '.join(allowed)}")
+    for change in args.changes + args.peer_changes:
+        if "=" not in change:
+            parser.error(f"--set {change!r} is invalid; allowed: FIELD=VALUE, e.g. --set warmup_steps=4")
+
+
 def conf_config(steps: int, overrides: list[str] = ()) -> cat.MethodConfig:
     """The method as run.py builds it from conf/ (the default run's model and method unless overridden) at
     `steps` steps."""
     from hydra import compose, initialize_config_dir
 
-    from experiments import resolvers  # noqa: F401  (registers the config resolvers)
-    from experiments.checks import method_config
-    from experiments.config_files import CONF
+    from experiments.base.config_files import CONF
+    from experiments.lifecycle import resolvers  # noqa: F401  (registers the config resolvers)
+    from experiments.tasks.validation import method_config
 
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return method_config(compose("config", overrides=[f"model.steps={steps}", *overrides]))
@@ -65,21 +78,36 @@ def transformer_config(layers: int, heads: int, grid: int, head_dim: int = 64, c
                 pooled_projection_dim=hidden, out_channels=channels, pos_embed_max_size=grid * 2)
 
 
-def inputs(model: torch.nn.Module, batch: int, text: int, device: str = "cpu") -> dict:
+def inputs(model: torch.nn.Module, batch: int, text: int, device: str = "cpu", dtype=torch.float32) -> dict:
     """The family's example inputs (seeded): a latent of the model's sample size, `text` text tokens."""
     side = model.config.sample_size
     x = family_for(model).example_inputs(model.config, batch, side, side, text, torch.Generator().manual_seed(0))
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()}
+    return {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) if torch.is_tensor(v) else v
+            for k, v in x.items()}
 
 
-def timed(fn) -> float:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sync(device) -> None:
+    """Waits for the device's queued work (timings on an accelerator measure work done, not work queued)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn, device="cpu") -> float:
+    sync(device)
     start = time.perf_counter()
     fn()
+    sync(device)
     return time.perf_counter() - start
 
 
-def median_time(fn, repeats: int) -> float:
-    return statistics.median(timed(fn) for _ in range(repeats))
+def median_time(fn, repeats: int, device="cpu") -> float:
+    return statistics.median(timed(fn, device) for _ in range(repeats))
 
 
 def in_turns(variants: dict, repeats: int) -> dict:
@@ -95,7 +123,7 @@ def in_turns(variants: dict, repeats: int) -> dict:
 
 def paired_speedup(times: dict, base: str, other: str) -> float:
     """Median over turns of base / other, each ratio from two neighbouring timings."""
-    from experiments.latency import paired_ratio
+    from experiments.run.latency import paired_ratio
 
     return paired_ratio(times[base], times[other])
 
@@ -106,7 +134,7 @@ def accelerated_from(schedule: list[int], num_tokens: int) -> int:
 
 
 def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: int, repeats: int = 20,
-                   prompts: int = 1, steps: int | None = None) -> float | None:
+                   prompts: int = 1, steps: int | None = None, device="cpu", dtype=torch.float32) -> float | None:
     """Per-step time of the method's own work outside the transformer (for a token-engine method: output
     caching, scores, selection), from its first accelerated step `first` on; None for other methods."""
     if not hasattr(method, "timeline"):
@@ -115,16 +143,18 @@ def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: in
     n = grid * grid
     steps = max(steps or 0, first + 2 + repeats)  # a schedule long enough for the timed steps
     state = GenerationState(cfg_pairs=True, num_steps=steps)
-    outs = [torch.randn(2 * prompts, n, channels, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    outs = [torch.randn(2 * prompts, n, channels, generator=torch.Generator().manual_seed(i)).to(device, dtype)
+            for i in range(3)]
     for step in range(first + 2):
         timeline.begin_step(state, method, (grid, grid))
         timeline.end_step(state, method, outs[step % 3])
     times = []
     for step in range(repeats):
-        start = time.perf_counter()
-        timeline.begin_step(state, method, (grid, grid))
-        timeline.end_step(state, method, outs[step % 3])
-        times.append(time.perf_counter() - start)
+        def one(step=step):
+            timeline.begin_step(state, method, (grid, grid))
+            timeline.end_step(state, method, outs[step % 3])
+
+        times.append(timed(one, device))
     return statistics.median(times)
 
 
@@ -134,27 +164,30 @@ def overhead_per_step(times: dict, method: str, base: str, pruned: int, steps: i
     return [(m - b) / pruned / (f / steps) for m, b, f in zip(times[method], times[base], times["full"])]
 
 
-def peak_rss_mb() -> float:
+def peak_mb(device="cpu") -> float:
+    """Peak memory: the device's allocations on CUDA, the process's resident set elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def compiled_variants(model, x, method, steps: int, mode: str = "default") -> tuple[dict, dict]:
+def compiled_variants(model, x, method, steps: int, mode: str = "default", device="cpu") -> tuple[dict, dict]:
     """The full model and the method with the same blocks compiled, as variants to time in turns (each a
     whole schedule), after warm-ups that compile both; and dynamo's counts over the method's first two
     schedules: graphs compiled in the first, recompiles in the second, graph breaks."""
     from torch._dynamo.utils import counters
 
-    from experiments.latency import compiled_blocks
+    from experiments.run.pipelines import compiled_blocks
 
     def full():
         with compiled_blocks(model, True, mode):
-            return timed(lambda: [model(**x) for _ in range(steps)])
+            return timed(lambda: [model(**x) for _ in range(steps)], device)
 
     def accelerated():
         with cat.apply(model, method, compile=True, compile_mode=mode) as handle:
-            return timed(lambda: schedule(handle))
+            return timed(lambda: schedule(handle), device)
 
     def schedule(handle):
         handle.reset(cfg_pairs=True, num_steps=steps)
@@ -182,32 +215,35 @@ def ratio_range(times: dict, base: str, other: str) -> str:
 def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps: int = 28, repeats: int = 3,
         threads: int | None = None, method: cat.MethodConfig | None = None, compile: bool = False,
         peer: cat.MethodConfig | None = None, head_dim: int = 64, channels: int = 16, prompts: int = 1,
-        schedule_repeats: int = 1) -> dict:
+        schedule_repeats: int = 1, device: str = "cpu", dtype: str = "float32") -> dict:
     if threads:
         torch.set_num_threads(threads)
+    precision = DTYPES[dtype]
     method = method or library_config(str(default_setting("paired_reference")), steps)
     config = transformer_config(layers, heads, grid, head_dim, channels)
     torch.manual_seed(0)
     from diffusers import SD3Transformer2DModel
 
-    model = SD3Transformer2DModel(**config).eval()
-    x = inputs(model, 2 * prompts, text)  # CFG: [uncond..., cond...]
+    with torch.device(device):
+        model = SD3Transformer2DModel(**config).to(precision).eval()
+    x = inputs(model, 2 * prompts, text, device, precision)  # CFG: [uncond..., cond...]
     n = grid * grid
 
     meta = build_on_meta("SD3Transformer2DModel", config)
-    x_meta = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in x.items()}
+    x_meta = {k: v.to("meta", torch.float32) if torch.is_tensor(v) and v.is_floating_point() else
+              v.to("meta") if torch.is_tensor(v) else v for k, v in x.items()}
     step_macs, full_macs, _ = transformer_macs(meta, x_meta, steps, method, cfg_pairs=True)
     macs_full, macs_accelerated, macs_method = full_macs[0], min(step_macs), sum(step_macs)
     first = accelerated_from(method.offline_schedule(steps, n), n)
 
     with torch.inference_mode():
         model(**x)  # warm-up
-        full_step = median_time(lambda: model(**x), repeats)
+        full_step = median_time(lambda: model(**x), repeats, device)
         with cat.apply(model, method) as handle:
             handle.reset(cfg_pairs=True, num_steps=steps)
             for _ in range(first):
                 model(**x)
-            accelerated_step = median_time(lambda: model(**x), repeats)
+            accelerated_step = median_time(lambda: model(**x), repeats, device)
             for _ in range(steps - first - 1):
                 model(**x)
             extra = handle.cache_bytes()
@@ -215,10 +251,10 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
         def method_schedule():
             with cat.apply(model, method) as handle:
                 handle.reset(cfg_pairs=True, num_steps=steps)
-                return timed(lambda: [model(**x) for _ in range(steps)])
+                return timed(lambda: [model(**x) for _ in range(steps)], device)
 
         def full_schedule_time():
-            return timed(lambda: [model(**x) for _ in range(steps)])
+            return timed(lambda: [model(**x) for _ in range(steps)], device)
 
         variants = {"full": full_schedule_time, "method": method_schedule}
         extra_lean = None
@@ -239,7 +275,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
             def peer_schedule():
                 with cat.apply(model, peer) as handle:
                     handle.reset(cfg_pairs=True, num_steps=steps)
-                    return timed(lambda: [model(**x) for _ in range(steps)])
+                    return timed(lambda: [model(**x) for _ in range(steps)], device)
 
             variants["peer"] = peer_schedule
         baseline = method.base()  # a variant is timed against the method it varies
@@ -247,17 +283,18 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
             def base_schedule():
                 with cat.apply(model, baseline) as handle:
                     handle.reset(cfg_pairs=True, num_steps=steps)
-                    return timed(lambda: [model(**x) for _ in range(steps)])
+                    return timed(lambda: [model(**x) for _ in range(steps)], device)
 
             variants["base"] = base_schedule
             baseline_steps, _, _ = transformer_macs(meta, x_meta, steps, baseline, cfg_pairs=True)
             baseline_macs = sum(baseline_steps)
         counts = {}
         if compile:
-            compiled, counts = compiled_variants(model, x, method, steps)
+            compiled, counts = compiled_variants(model, x, method, steps, device=device)
             variants.update(compiled)
         times = in_turns(variants, schedule_repeats)  # eager and compiled alike, in the same turns
-    select = selection_time(method, grid, 4 * channels, first, prompts=prompts, steps=steps)
+    select = selection_time(method, grid, 4 * channels, first, prompts=prompts, steps=steps, device=device,
+                            dtype=precision)
     macs_speedup = macs_full * steps / macs_method
     wall_speedup = paired_speedup(times, "full", "method")
     out = {}
@@ -292,7 +329,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
     return {**out,
         "method_name": method.name,
         "speedup_eager": wall_speedup, "speedup_eager_range": ratio_range(times, "full", "method"),
-        "peak_mb": peak_rss_mb(),
+        "peak_mb": peak_mb(device), "device": str(device), "dtype": dtype,
         "macs_full_step": macs_full, "macs_pruned_step": macs_accelerated,
         "macs_ratio_step": macs_accelerated / macs_full, "macs_speedup_schedule": macs_speedup,
         "time_full_step_s": full_step, "time_pruned_step_s": accelerated_step,
@@ -312,9 +349,10 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
     model (conf's default method unless `overrides` say `method=...`) in the same run, eager and, with
     `compile`, compiled; `warmup` untimed and `repeats` timed pipeline calls each, with device
     synchronisation; medians, spreads and peak memory."""
-    from experiments.config_files import load_model_config
-    from experiments.latency import compare
-    from experiments.pipelines import load_pipeline, pick_device, pick_dtype
+    from experiments.base.devices import pick_device, pick_dtype
+    from experiments.base.models import load_model_config
+    from experiments.run.latency import compare
+    from experiments.run.pipelines import load_pipeline
 
     model = load_model_config(name)
     dev = pick_device(device)
@@ -331,13 +369,14 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
     eager = compare(pipe, call, method, dev, warmup, repeats)
     out.update(speedup_eager=eager["speedup"], latency_full_s=eager["latency_full_s"], latency_s=eager["latency_s"],
                latency_full_spread_s=eager["latency_full_spread_s"], latency_spread_s=eager["latency_spread_s"],
-               peak_mb=eager["peak_memory_mb"], peak_full_mb=eager["peak_memory_full_mb"], repeats=repeats)
+               peak_mb=eager.get("peak_memory_mb"), peak_full_mb=eager.get("peak_memory_full_mb"), repeats=repeats,
+               speedup_eager_spread=eager["speedup_spread"], speedup_eager_noisy=eager["speedup_noisy"])
     if compile:
         compiled = compare(pipe, call, method, dev, warmup, repeats, compile=True, compile_mode=compile_mode)
         out.update(speedup_compiled=compiled["speedup"], latency_compiled_s=compiled["latency_s"],
                    latency_full_compiled_s=compiled["latency_full_s"],
                    speedup_compiled_vs_eager_full=eager["latency_full_s"] / compiled["latency_s"])
-    return out
+    return {k: v for k, v in out.items() if v is not None}  # peak memory: CUDA only
 
 
 def main(argv=None) -> None:
@@ -369,10 +408,13 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="also time the method with torch.compile'd blocks")
     p.add_argument("--model", default=None, help="time a model of conf/model/ end to end instead (e.g. sd3_medium)")
-    p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu, cuda, ...")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="the random-weight transformer's dtype (with --model: the model config's)")
     p.add_argument("--warmup", type=int, default=2, help="with --model: untimed calls per variant")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, reduce-overhead (CUDA graphs)")
     args = p.parse_args(argv)
+    check_methods(p, args)
     conf_overrides = ([f"method={args.method}"] if args.method else []) + args.changes
     if args.model:
         r = run_model(args.model, args.device, args.warmup, max(args.repeats, 1), args.compile, args.compile_mode,
@@ -388,12 +430,13 @@ def main(argv=None) -> None:
     else:
         method = library_config(args.method or str(default_setting("paired_reference")), args.steps, args.changes)
     peer = library_config(args.peer, args.steps, args.peer_changes) if args.peer else None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
             compile=args.compile, peer=peer, head_dim=args.head_dim, channels=args.channels, prompts=args.prompts,
-            schedule_repeats=args.schedule_repeats or 1)
+            schedule_repeats=args.schedule_repeats or 1, device=device, dtype=args.dtype)
     print(f"SD3-architecture transformer: {args.layers} layers, hidden {args.head_dim * args.heads}, {args.grid ** 2} image "
           f"tokens, {args.text} text tokens, CFG batch {2 * args.prompts}, {args.steps} steps, {method!r}, "
-          f"{r['threads']} threads")
+          f"{r['threads']} threads, {device}, {args.dtype}")
     rows = [
         ("MACs per step, full / accelerated", f"{r['macs_full_step'] / 1e9:.1f} G / {r['macs_pruned_step'] / 1e9:.1f} G"),
         ("MACs ratio, accelerated step", f"{r['macs_ratio_step']:.3f}"),

@@ -15,17 +15,12 @@ from every csv there, one line per model. Takes the same overrides as run.py.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments import resolvers  # noqa: E402,F401
-from experiments.config_files import ROOT  # noqa: E402
+from experiments.base.config_files import ROOT
+from experiments.lifecycle import resolvers  # noqa: F401
 
 OUT = ROOT / "results" / "feature_change"
 
@@ -79,8 +74,9 @@ class Recorder:
 def main(cfg: DictConfig) -> None:
     import pandas as pd
 
-    from experiments.generate import call_kwargs, prompt_seed, run_prompts
-    from experiments.pipelines import load_pipeline, pick_device, pick_dtype
+    from experiments.base.devices import pick_device, pick_dtype
+    from experiments.run.generate import call_kwargs, prompt_seed, run_prompts
+    from experiments.run.pipelines import load_pipeline
 
     prompts = run_prompts(cfg)[: max(1, int(cfg.data.limit or 8))]
     device = pick_device(cfg.device)

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import urllib.request
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.data import COCO_URL, PARTI_URL, cache_dir, load_prompts  # noqa: E402
+from experiments.prompts.sets import COCO_URL, PARTI_URL, cache_dir, load_prompts
 
 
 def fetch_parti(dest: Path) -> Path:

@@ -8,14 +8,13 @@ of the methods that record selections.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.figures import image_grid, plt, save, selection_figure  # noqa: E402
-from experiments.metrics.images import load_prompts  # noqa: E402
-from experiments.results import CONFIG, SETTINGS, knob_of, load_runs  # noqa: E402
+from experiments.base.methods import knob_of
+from experiments.metrics.images import load_prompts
+from experiments.metrics.registry import ordered, spec
+from experiments.reports.figures import image_grid, plt, save, selection_figure
+from experiments.reports.results import CONFIG, SETTINGS, load_runs
 
 
 def _label(run: Path, method: str) -> str:
@@ -66,8 +65,7 @@ def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:
     else:
         ax.axvline(100, color="k", ls="--", lw=1, label="full model (reference)")
     ax.set_xlabel("executed transformer MACs (% of full model)")
-    ax.set_ylabel({"psnr": "PSNR to full model (dB)", "ssim": "SSIM to full model",
-                   "adherence": "prompt adherence (shapes judge)"}.get(quality, quality))
+    ax.set_ylabel(spec(quality).axis_label if spec(quality) else quality)
     ax.legend(fontsize=5)
     ax.grid(alpha=0.3)
     return save(fig, out / f"quality_vs_macs_{quality}.png", pdf=True)
@@ -77,7 +75,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path)
     p.add_argument("--out", type=Path, default=Path("results/figures"))
-    p.add_argument("--quality", default=None, help="clip_score, fid, psnr, adherence (default: all present)")
+    p.add_argument("--quality", default=None, help=f"one of {', '.join(m.name for m in ordered())} (default: every "
+                   "one the runs measured)")
     p.add_argument("--grid-prompts", type=int, default=8)
     p.add_argument("--sweep-cells", action="store_true", help="also draw grids and selection maps of every sweep cell")
     args = p.parse_args(argv)
@@ -85,7 +84,7 @@ def main(argv=None) -> None:
     if runs.empty:
         raise SystemExit(f"no run with a metrics.json under {args.root}")
     made = []
-    for quality in [args.quality] if args.quality else ["adherence", "psnr", "ssim", "clip_score", "fid"]:
+    for quality in [args.quality] if args.quality else [m.name for m in ordered()]:
         made.append(quality_vs_macs(runs, quality, args.out))
     for run in runs.run:
         run = Path(run)

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments.metrics.registry import ordered
+from experiments.reports.results import SETTINGS, distinct, load_runs, varying_fields
+from experiments.run.latency import TRUST
 
-from experiments.results import SETTINGS, distinct, load_runs, varying_fields  # noqa: E402
-
-QUALITY = ["clip_score", "clip_score_full", "fid", "fid_full", "fid_vs_full", "adherence", "adherence_full",
-           "psnr", "ssim", "lpips"]
-COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", "latency_s", "latency_full_s"]
+QUALITY = [c for m in ordered() for c in m.columns]  # every registered metric, the full model's beside it
+COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", *TRUST, "latency_s", "latency_full_s"]
 KEYS = ["model", "data", "steps", "method", "knob", "knob_value"]  # then the method settings that vary
-INTERVALS = [f"{m}_{b}" for m in ("adherence", "psnr", "ssim", "lpips", "clip_score") for b in ("lo", "hi")]
+INTERVALS = [f"{m.name}_{b}" for m in ordered(per_image=True) for b in ("lo", "hi")]
 
 
 def main_table(runs: pd.DataFrame, sweeps: str = "paper_*") -> pd.DataFrame:

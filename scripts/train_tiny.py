@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 
 @dataclass(frozen=True)
@@ -54,8 +50,8 @@ class Data:
 
 
 def shapes_data() -> Data:
-    from experiments.shapes import adherence, grammar, load_prompts
-    from experiments.shapes.render import render
+    from experiments.prompts.shapes import adherence, grammar, load_prompts
+    from experiments.prompts.shapes.render import render
 
     return Data(
         "shapes", 64, 16,
@@ -63,14 +59,14 @@ def shapes_data() -> Data:
         captions=lambda split, n, seed: [grammar.caption(s) for s in grammar.sample_scenes(grammar.split(split), n, seed)],
         render=lambda text, size, seed: render(grammar.parse(text), size, seed=seed),
         adherence=adherence, prompts=load_prompts,
-        about='captions of one or two coloured shapes (`experiments/shapes`: "a large red circle on the left", '
+        about='captions of one or two coloured shapes (`experiments/prompts/shapes`: "a large red circle on the left", '
               '"a small blue square above a large green triangle", "three yellow circles")',
     )
 
 
 def scenes_data() -> Data:
-    from experiments.scenes import adherence, grammar, load_prompts
-    from experiments.scenes.render import render
+    from experiments.prompts.scenes import adherence, grammar, load_prompts
+    from experiments.prompts.scenes.render import render
 
     return Data(
         "scenes", 128, 48, words=grammar.vocabulary,
@@ -78,7 +74,7 @@ def scenes_data() -> Data:
         render=lambda text, size, seed: render(grammar.parse(text), size, seed=seed),
         adherence=adherence, prompts=load_prompts,
         about="captions of two to four coloured shapes, each at a named cell of a 3x3 grid, on a plain, striped "
-              'or checkered background (`experiments/scenes`: "a large red circle at the top left, a small blue '
+              'or checkered background (`experiments/prompts/scenes`: "a large red circle at the top left, a small blue '
               'square in the center and a large green triangle at the bottom right, on a striped background")',
     )
 
@@ -195,7 +191,7 @@ def recorded_stages(info: dict) -> list[dict]:
 def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) -> dict:
     """Scores the saved model on the bundled held-out prompts and writes its model card (README.md)."""
     import cat
-    from experiments.shapes import load_pipeline
+    from experiments.prompts.shapes import load_pipeline
 
     pipe = load_pipeline(out)
     prompts = data.prompts()
@@ -212,7 +208,7 @@ def write_card(out: Path, data: Data, steps: int = 28, guidance: float = 5.0) ->
             return pipe(prompts, **call).images
 
     full = images()
-    from experiments.config_files import default_setting
+    from experiments.base.config_files import default_setting
 
     reference = cat.METHODS[str(default_setting("paired_reference"))]  # the method the model card reports
     cat_images = images(reference(num_clusters=clusters))
@@ -247,7 +243,7 @@ pipeline_tag: text-to-image
 # {out.name}
 
 A small text-to-image diffusion transformer of the Stable Diffusion 3 architecture, trained from
-scratch on the CPU on a procedural data set (`experiments/{data.name}`), so that CAT's token dynamics
+scratch on the CPU on a procedural data set (`experiments/prompts/{data.name}`), so that CAT's token dynamics
 can be seen on a machine with no GPU and no network.
 
 - Pipeline: `StableDiffusion3Pipeline` (load with `text_encoder_3=None, tokenizer_3=None`; call with
@@ -260,13 +256,13 @@ can be seen on a machine with no GPU and no network.
   dropout for classifier-free guidance, EMA of the weights; scheduler
   `FlowMatchEulerDiscreteScheduler(shift={pipe.scheduler.config.shift:g})` (each stage's timestep shift is in its command).
 - Data: {info.get('images', '?')} renders of {data.about}; the bundled prompts
-  (`experiments/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
+  (`experiments/prompts/{data.name}/heldout_prompts.txt`, {len(prompts)} captions) were never seen in training.
 - Training: {stages_text}; {info.get('steps', '?')} steps of batch {info.get('batch', '?')},
   {info.get('minutes', '?')} minutes in all on 2 shared CPU cores, seed {info.get('seed', 0)}. Log: `training_log.txt`.
 
 ## Scores
 
-Prompt adherence from the weight-free judge of `experiments.{data.name}` (colour segmentation and
+Prompt adherence from the weight-free judge of `experiments.prompts.{data.name}` (colour segmentation and
 geometry; 1.0 = every check passes), on the {len(prompts)} held-out prompts, {steps} steps, guidance
 {guidance}, seed i for prompt i:
 
@@ -474,7 +470,7 @@ def main(argv=None) -> None:
 
     previous = {}
     if args.resume:
-        from experiments.shapes import load_pipeline
+        from experiments.prompts.shapes import load_pipeline
 
         saved = load_pipeline(args.out)
         tokenizer, te1, te2, vae, transformer = (

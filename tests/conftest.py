@@ -46,7 +46,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
 
     import torch
 
-    from experiments import launch
+    from experiments.lifecycle import launch
 
     output_root, info = tmp_path_factory.mktemp("tiny_run"), []
 

@@ -35,10 +35,9 @@ def cluster_max(delta: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tens
     [B, N, D], [B, N] -> [B, k, D]
     """
     b, _, d = delta.shape
-    out = torch.full((b, k, d), float("-inf"), device=delta.device, dtype=torch.float32)
+    out = torch.zeros(b, k, d, device=delta.device, dtype=torch.float32)  # what an empty cluster keeps
     index = labels[:, :, None].expand(-1, -1, d)  # [B, N, D]
-    out = out.scatter_reduce(1, index, delta.float(), reduce="amax", include_self=True)  # [B, k, D]
-    return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+    return out.scatter_reduce_(1, index, delta.float(), reduce="amax", include_self=False)  # [B, k, D]
 
 
 def cluster_adjacency(labels: torch.Tensor, grid: tuple[int, int], k: int) -> torch.Tensor:

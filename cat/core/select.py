@@ -11,11 +11,16 @@ import torch
 
 def order_by(*keys: torch.Tensor) -> torch.Tensor:
     """Token permutation sorting by keys[0] ascending, then keys[1], ... then index.  [B, N] each -> [B, N]"""
-    b, n = keys[0].shape
-    order = torch.arange(n, device=keys[0].device).expand(b, n)
-    for key in reversed(keys):
-        order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
+    order = torch.argsort(keys[-1], dim=1, stable=True)  # the last key first: ties by index
+    for key in reversed(keys[:-1]):
+        order = then_by(order, key)
     return order
+
+
+def then_by(order: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """`order` re-sorted by `key` ascending, ties kept in `order`'s order: `then_by(order_by(*keys), k)` is
+    `order_by(k, *keys)`.  [B, N] x2 -> [B, N]"""
+    return order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
 
 
 def positions(order: torch.Tensor) -> torch.Tensor:
@@ -28,7 +33,8 @@ def positions(order: torch.Tensor) -> torch.Tensor:
 def rank_within_cluster(order: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Rank of each token among the tokens of its own cluster, in the given order.  -> [B, N]"""
     lab = labels.gather(1, order)  # [B, N] labels in rank order
-    seen = torch.nn.functional.one_hot(lab, k).cumsum(dim=1)  # [B, N, k]
+    # one-hot rows by scatter (`one_hot` checks its input's range on the host)
+    seen = torch.zeros(*lab.shape, k, dtype=torch.long, device=lab.device).scatter_(2, lab[..., None], 1).cumsum(dim=1)  # [B, N, k]
     rank_sorted = seen.gather(2, lab[..., None]).squeeze(-1) - 1  # [B, N]
     return torch.empty_like(rank_sorted).scatter_(1, order, rank_sorted)
 
@@ -58,13 +64,15 @@ def quota_per_rank(k: int, units: tuple[int, ...], unit: int, device: torch.devi
     return torch.tensor([units[min(i, len(units) - 1)] * unit for i in range(k)], device=device)
 
 
-def take(priority: torch.Tensor, order: torch.Tensor, budget: int) -> torch.Tensor:
-    """The `budget` tokens of lowest priority value, ties broken by position in `order`.  -> [B, K]
+def take(priority: torch.Tensor, order: torch.Tensor, budget: int, position: torch.Tensor | None = None) -> torch.Tensor:
+    """The `budget` tokens of lowest priority value, ties broken by position in `order` (`position`:
+    `positions(order)`, when the caller has it).  -> [B, K]
 
     `priority` holds small non-negative integers, so (priority, position) is one integer key and one sort.
     """
     n = order.shape[1]
-    chosen = order_by(priority.long() * n + positions(order))[:, :budget]  # [B, K]
+    position = positions(order) if position is None else position
+    chosen = order_by(priority.long() * n + position)[:, :budget]  # [B, K]
     return chosen.sort(dim=1).values
 
 
@@ -74,9 +82,13 @@ def select_noise(r: torch.Tensor, budget: int) -> torch.Tensor:
 
 
 def select_random(shape: tuple[int, int], budget: int, seed: int, device: torch.device) -> torch.Tensor:
-    """K uniformly random distinct tokens per sample, from a seeded CPU generator.  -> [B, K]"""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(shape, generator=gen).argsort(dim=1)[:, :budget].sort(dim=1).values.to(device)
+    """K uniformly random distinct tokens per sample, drawn on `device` from a generator of that device
+    seeded with `seed`, so nothing is copied from the host (a CUDA device draws other numbers than the
+    CPU; the `meta` device has no generator).  -> [B, K]"""
+    device = torch.device(device)
+    gen = None if device.type == "meta" else torch.Generator(device=device).manual_seed(seed)
+    draws = torch.rand(shape, generator=gen, device=device)  # [B, N]
+    return draws.argsort(dim=1)[:, :budget].sort(dim=1).values
 
 
 def cluster_sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -151,12 +163,13 @@ def select_pruned(
         quota, _ = walk_clusters(saliency, per_rank, cluster_budget)
         picked = rank_within_cluster(noisy, labels, saliency.shape[1]) < quota.gather(1, labels)
         return take((~picked).long(), noisy, budget)
-    stale = order_by(freq, -r)  # least recently refreshed first, noisiest among equals
+    stale = then_by(noisy, freq)  # order_by(freq, -r): least recently refreshed first, noisiest among equals
     picked = cluster_picks(r, saliency, labels, freq, cluster_budget, per_rank, cap=cap_clusters,
                            orders=(noisy, stale))
-    stalest = positions(stale) < budget - cluster_budget  # [B, N]
-    priority = torch.where(picked, 0, torch.where(stalest, 1, 2))  # [B, N]
-    return take(priority, stale, budget)
+    position = positions(stale)
+    stalest = position < budget - cluster_budget  # [B, N]
+    priority = (~picked) * (2 - stalest.long())  # [B, N] 0: picked, 1: among the stalest, 2: the rest
+    return take(priority, stale, budget, position)
 
 
 def cluster_picks(
@@ -173,7 +186,10 @@ def cluster_picks(
     are cut by the budget and the stale picks come on top, so the part can exceed `cluster_budget`.
     """
     k = saliency.shape[1]
-    noisy, stale = orders if orders is not None else (order_by(-r), order_by(freq, -r))  # as the caller sorted them
+    if orders is None:
+        noisy = order_by(-r)
+        orders = noisy, then_by(noisy, freq)
+    noisy, stale = orders  # as the caller sorted them
     noise_rank = rank_within_cluster(noisy, labels, k)  # [B, N]
     stale_rank = rank_within_cluster(stale, labels, k)
     if not cap:
@@ -182,7 +198,7 @@ def cluster_picks(
         rank = positions(by_saliency(saliency))  # [B, k]
         quota = torch.minimum(per_rank.gather(0, rank.flatten()).view_as(rank), cluster_sizes(labels, k))
     noise_pick = noise_rank < quota.gather(1, labels)
-    stale_quota = torch.where(rank >= 1, quota // 2, torch.zeros_like(quota))  # [B, k]
+    stale_quota = (quota // 2) * (rank >= 1)  # [B, k]
     stale_pick = stale_rank < stale_quota.gather(1, labels)
     picked = noise_pick | stale_pick
     if not cap:
@@ -190,13 +206,13 @@ def cluster_picks(
     n = r.shape[1]
     within = torch.where(noise_pick, noise_rank, n + stale_rank)  # noise picks first, then stale ones: [0, 2N)
     # walk order (picked first, then cluster rank, then `within`) as one integer key: one sort, not three
-    walk = order_by(((~picked).long() * k + rank.gather(1, labels)) * (2 * n) + within)  # [B, N]
+    walk = order_by(((~picked) * k + rank.gather(1, labels)) * (2 * n) + within)  # [B, N]
     return picked & (positions(walk) < cluster_budget)
 
 
 def update_staleness(freq: torch.Tensor, active: torch.Tensor, decay: float) -> torch.Tensor:
-    """f <- decay * f + 1[selected].  [B, N] float, [B, K] indices -> [B, N]"""
-    hit = torch.zeros_like(freq).scatter_(1, active, 1.0)
+    """f <- decay * f + 1[selected].  [B, N] float, [B, K] indices or their [B, N] bool mask -> [B, N]"""
+    hit = active if active.dtype == torch.bool else mask_of(active, freq.shape[1])
     return decay * freq + hit
 
 

@@ -1,4 +1,5 @@
-"""What the handles built on diffusers' own cache hooks share (TaylorSeer, First-Block Cache, MagCache).
+"""What the handles built on diffusers' own cache hooks share (TaylorSeer, First-Block Cache, MagCache, DBCache,
+TeaCache, Pyramid Attention Broadcast, FasterCache).
 
 SD3Transformer2DModel and PixArtTransformer2DModel have no `CacheMixin` in diffusers 0.42, so their
 pipelines never open a `cache_context`: the handle replaces the transformer's `forward` (an instance
@@ -6,6 +7,10 @@ attribute, removed again on `remove()`) by one that opens a context around every
 pipeline already did, as FLUX's does), counts the call, and lets the method look before and after it.
 A new generation (the clock) resets the hooks' state. A call outside the schedule (SD3.5's
 skip-layer-guidance call) keeps a cache state of its own.
+
+Some diffusers hooks keep their state on the hook itself rather than in a `StateManager` (Pyramid Attention
+Broadcast, FasterCache): they know no cache context, so the handle resets them at each generation and lets a
+call outside the schedule bypass them (their `fn_ref.forward` points at the module's own forward for that call).
 """
 
 from __future__ import annotations
@@ -44,7 +49,11 @@ class DiffusersCacheHandle(MethodHandle):
                        for h in reg._hook_order if h in self.hook_names]
         if not self._hooks:
             raise ValueError(f"{type(self.config).__name__}: no module of {type(t).__name__} matched")
-        self._managers = list({id(hook.state_manager): hook.state_manager for _, hook in self._hooks}.values())
+        self._managers = list({id(m): m for _, hook in self._hooks
+                               if (m := getattr(hook, "state_manager", None)) is not None}.values())
+        # hooks holding their own state (no StateManager, no cache context): reset per generation, bypassed outside
+        self._own_state = [(m, hook) for m, hook in self._hooks
+                           if getattr(hook, "state_manager", None) is None and hook._is_stateful]
         self._invalidate_registry_cache()
         self._family = family_of_class(type(t).__name__)
         self._new_generation()
@@ -53,7 +62,8 @@ class DiffusersCacheHandle(MethodHandle):
 
     def cache_bytes(self) -> int:
         """Bytes of the tensors the hooks' states hold (every cache context)."""
-        return tensor_bytes([list(m._state_cache.values()) for m in getattr(self, "_managers", [])])
+        return tensor_bytes([list(m._state_cache.values()) for m in getattr(self, "_managers", [])],
+                            [hook.state for _, hook in getattr(self, "_own_state", [])])
 
     # --- per-method parts
     def _register_hooks(self) -> None:
@@ -78,6 +88,8 @@ class DiffusersCacheHandle(MethodHandle):
             context = manager._context  # a context the pipeline opened (FLUX) survives the reset
             manager.reset()
             manager.set_context(context)
+        for module, hook in getattr(self, "_own_state", []):
+            hook.reset_state(module)
         self._counts: dict[str, Any] = {"transformer_calls": 0, **self._fresh_counts()}
         self._steps: list[StepRecord] = []
         self._tokens: int | None = None
@@ -100,22 +112,32 @@ class DiffusersCacheHandle(MethodHandle):
             opened = [m for m in self._managers if m._context is None]
             for manager in opened:
                 manager.set_context(CacheContext(SKIP_LAYERS_CONTEXT if outside else CONTEXT))
+            bypassed = [hook.fn_ref for _, hook in self._own_state] if outside else []
+            forwards = [fn_ref.forward for fn_ref in bypassed]
+            for fn_ref in bypassed:
+                fn_ref.forward = fn_ref.original_forward
             try:
                 self._counts["transformer_calls"] += 1
                 before = {k: v for k, v in self._counts.items() if isinstance(v, int)}
+                self._call = (args, kwargs)
                 self._before_call()
                 self._starting = False
                 output = original(*args, **kwargs)
-                context = self._managers[0].context.name
+                if self._managers:
+                    context = self._managers[0].context.name
+                else:
+                    context = SKIP_LAYERS_CONTEXT if outside else CONTEXT
                 self._after_call(context)
                 if context == CONTEXT:
                     self._steps.append(self._step_record(len(self._steps), before, self._tokens))
             finally:
                 for manager in opened:
                     manager.set_context(None)
+                for fn_ref, forward in zip(bypassed, forwards):
+                    fn_ref.forward = forward
             return output
 
-        from .hooks import set_instance_attr
+        from .patching import set_instance_attr
 
         set_instance_attr(t, "forward", forward, self._undo)
 

@@ -4,6 +4,12 @@ A method's handle implements `_install` (patches the model, appending the exact 
 `self._undo`) and, when it keeps state per generation, `_new_generation` (its clock calls it). It reports
 `stats` (a `MethodStats`) and `cache_bytes()`. `remove()` undoes every change newest first, global
 settings included (torch.compile's recompile limits).
+
+CUDA graphs (`compile_mode="reduce-overhead"`) replay each compiled block on fixed addresses, in a
+memory pool whose outputs the next replay overwrites: a method is graph-safe (`cuda_graphs = True`)
+when no compiled block hands out a tensor the method keeps across calls, and every tensor it keeps is
+allocated outside the graphs and updated in place at a fixed address (the token engine; the
+fewer-steps method, which keeps nothing). The others are refused under that mode before anything changes.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ APPLIED = "_cat_method"  # the transformer attribute holding the handle applied 
 class MethodHandle:
     """An applied method. `remove()` (or leaving a `with` block) restores the model exactly."""
 
+    cuda_graphs = False  # whether compile_mode="reduce-overhead" (CUDA graphs) is safe (module docstring)
+
     def __init__(self, target, config):
         self.config = config
         self._pipe = None if isinstance(target, torch.nn.Module) else target
         self.transformer = target if self._pipe is None else target.transformer
         self._undo: list = []
-        self.clock = GenerationClock(self._pipe, self._new_generation)
+        self.clock = GenerationClock(self._pipe, self._new_generation, config.check_steps)
 
     @property
     def active(self) -> bool:
@@ -80,13 +88,18 @@ class MethodHandle:
     def _new_generation(self) -> None:
         """Called by the clock when a generation starts: drop the previous one's state."""
 
+    def _runs_eagerly(self) -> bool:
+        """Whether the current transformer call runs its blocks eagerly although they are compiled."""
+        return False
+
     def compile(self, mode: str = "default", fullgraph: bool = False, backend="inductor") -> "MethodHandle":
         """Compiles the transformer's repeated blocks in place with `torch.compile` (after the method is
         applied, so its hooks and processors are traced into the blocks' graphs; the per-step timeline
         on the transformer stays eager, outside the graphs). `remove()` undoes it too."""
+        check_cuda_graphs(type(self), self.config, mode)
         if backend == "inductor":
             check_compile(mode, _device_of(self.transformer))
-        self._undo.extend(compile_blocks(self.transformer, mode, fullgraph, backend))
+        self._undo.extend(compile_blocks(self.transformer, mode, fullgraph, backend, eager=self._runs_eagerly))
         return self
 
     def install(self) -> "MethodHandle":
@@ -140,13 +153,21 @@ def _structure(block: torch.nn.Module) -> tuple:
 
 
 def compile_blocks(transformer: torch.nn.Module, mode: str = "default", fullgraph: bool = False,
-                   backend="inductor") -> list:
-    """Compiles `repeated_blocks(transformer)` in place; returns the callables that undo it (the blocks and
-    dynamo's process-wide recompile limits, which a many-block model raises, as they were).
+                   backend="inductor", eager=None) -> list:
+    """Compiles `repeated_blocks(transformer)` in place; returns the callables that undo it (the blocks,
+    dynamo's process-wide recompile limits, which a many-block model raises, as they were, and the step
+    marker below).
 
     Every block call makes its tensor arguments contiguous first, outside the compiled code: dynamo
     guards on strides, and PixArt's first block receives the patch embedding as a transposed view,
-    which would give that block graphs of its own.
+    which would give that block graphs of its own. A call for which `eager()` holds runs the block's own
+    forward instead (a step that allocates the method's caches).
+
+    Under `mode="reduce-overhead"` every transformer call first marks a new CUDA-graph step
+    (`torch.compiler.cudagraph_mark_step_begin`): the blocks of one call then replay as one path of
+    graphs, each block at its position with its own parameters and caches as static inputs, and a call
+    may overwrite the graphs' outputs of the call before (the transformer's output comes from its eager
+    output layers, never from a graph's pool).
     """
     blocks = repeated_blocks(transformer)
     # Blocks of one structure share their graphs (one per step kind); the limits only matter for
@@ -166,8 +187,11 @@ def compile_blocks(transformer: torch.nn.Module, mode: str = "default", fullgrap
         before = vars(block).get("_compiled_call_impl", _ABSENT)
         block.compile(backend=backend, fullgraph=fullgraph, dynamic=False,
                       **({"mode": mode} if backend == "inductor" else {}))
-        block._compiled_call_impl = _contiguous_inputs(block._compiled_call_impl)
+        block._compiled_call_impl = _compiled_call(block, block._compiled_call_impl, eager)
         undo.append(lambda b=block, before=before: _restore_attr(b, "_compiled_call_impl", before))
+    if mode == "reduce-overhead":
+        marker = transformer.register_forward_pre_hook(lambda module, args: torch.compiler.cudagraph_mark_step_begin())
+        undo.append(marker.remove)
     return undo
 
 
@@ -181,19 +205,31 @@ def _restore_attr(obj, name: str, value) -> None:
         setattr(obj, name, value)
 
 
-def _contiguous_inputs(fn):
-    """fn, called with its tensor arguments made contiguous (no copy when they already are)."""
+def _compiled_call(block: torch.nn.Module, compiled, eager):
+    """The block's compiled call, its tensor arguments made contiguous (no copy when they already are);
+    the block's own call when `eager()` holds."""
 
     def call(*args, **kwargs):
+        if eager is not None and eager():
+            return block._call_impl(*args, **kwargs)
         args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
         kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        return fn(*args, **kwargs)
+        return compiled(*args, **kwargs)
 
     return call
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def check_cuda_graphs(handle_class: type, config, mode: str) -> None:
+    """Refuses `compile_mode="reduce-overhead"` for a method that is not graph-safe (module docstring)."""
+    if mode == "reduce-overhead" and not handle_class.cuda_graphs:
+        raise ValueError(f"compile_mode='reduce-overhead' (CUDA graphs) is refused for {config.name!r}: its caches "
+                         "are tensors that compiled blocks hand out and later calls read, which graph replays "
+                         "overwrite; use compile_mode=default or max-autotune (CUDA graphs serve cat, cat_fora, "
+                         "cat_budget, ras, steps and the full model)")
 
 
 def check_compile(mode: str, device: torch.device | str | None = None) -> None:

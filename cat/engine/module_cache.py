@@ -3,7 +3,7 @@
 The modules are the family's `STEP_CACHED` ones (`cat/families/`). A `StepHook` on the transformer
 advances the step before each call and lets the method plan it (`StepState._plan`); each cached module
 carries a hook of the method's own (`ReuseHook`: its whole output is reused on the steps the plan says).
-Hooks attach and detach with exact inverses (`cat/engine/hooks.py`).
+Hooks attach and detach with exact inverses (`cat/engine/patching.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..families import STEP_CACHED, family_for
 from ..families.base import block_index, check_no_chunking
 from .clock import GenerationClock, outside_schedule
 from .handle import MethodHandle
-from .hooks import attach_hook
+from .patching import attach_hook
 from .stats import tensor_bytes
 
 

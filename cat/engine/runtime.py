@@ -1,8 +1,9 @@
 """What every hook of one token-engine handle shares: the config, its timeline and the generation state.
 
 The timeline (`config.timeline()`: a module with `begin_step(state, config, grid)` and
-`end_step(state, config, out) -> out`) decides per step which tokens run (`state.plan`) and whether the
-caches are filled (`state.record`); the hooks, processors and wrappers only apply that.
+`end_step(state, config, out) -> out`) decides per step which tokens run (`state.index`, loaded by
+`state.load_plan`) and whether the caches are filled (`state.record`); the hooks, processors and
+wrappers only apply that.
 
 Compiled blocks: everything a block reaches while it runs is the same expression in every block
 (`processor.caches[runtime.context]`, a wrapper class's `forward`), so torch.compile traces one graph
@@ -16,7 +17,7 @@ from __future__ import annotations
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from .clock import GenerationClock
-from .state import GenerationState, LayerCache
+from .state import Buffers, GenerationState, LayerCache
 
 
 class Runtime:
@@ -24,6 +25,10 @@ class Runtime:
 
     Pipelines that call the transformer more than once per step (FLUX's true CFG) name each call with
     diffusers' `cache_context`; every named call then has a generation state of its own.
+
+    Each cache context keeps its layer caches and its `Buffers` across generations: a new generation
+    refills them in place when its shapes are the same (their storage, which captured CUDA graphs read,
+    stays put) and replaces them otherwise.
     """
 
     def __init__(self, config, clock: GenerationClock):
@@ -33,24 +38,37 @@ class Runtime:
         self.context: str | None = None
         self.states: dict[str | None, GenerationState] = {}
         self.layers: dict[str, dict[str | None, LayerCache]] = {}
+        self.buffers: dict[str | None, Buffers] = {}
         self.gathered_inputs: frozenset[str] = frozenset()  # modules fed the selected rows (see RowsOnly)
+        self.heads: set[int] = set()
+        self.layouts: set[str] = set()
 
     def layer_caches(self, name: str) -> dict[str | None, LayerCache]:
         """The caches of module `name`, one `LayerCache` per cache context, for the module to hold.
 
         The module reads its cache as `caches[runtime.context]`, the same expression in every block;
-        each generation state lists the same objects by name in `state.caches`. They are emptied when
-        a generation starts.
+        each generation state lists the same objects by name in `state.caches`.
         """
         return self.layers.setdefault(name, {})
+
+    def uses(self, heads: int | None = None, layouts: tuple[str, ...] = ()) -> None:
+        """What a module of the engine indexes in pruned steps (`StepIndex`): a per-head cache of `heads`
+        heads, joint sequences of `layouts`. Called at install."""
+        if heads is not None:
+            self.heads.add(heads)
+        self.layouts.update(layouts)
 
     @property
     def state(self) -> GenerationState:
         state = self.states.get(self.context)
         if state is None:
-            state = GenerationState(cfg_pairs=self.clock.cfg_pairs, guidance_scale=self.clock.guidance_scale)
+            buffers = self.buffers.get(self.context)
+            if buffers is None:
+                buffers = self.buffers[self.context] = Buffers(tuple(sorted(self.heads)), frozenset(self.layouts))
+            state = GenerationState(cfg_pairs=self.clock.cfg_pairs, guidance_scale=self.clock.guidance_scale,
+                                    buffers=buffers)
             for name, per_context in self.layers.items():
-                state.caches[name] = per_context[self.context] = LayerCache()
+                state.caches[name] = per_context.setdefault(self.context, LayerCache())
             self.states[self.context] = state
         return state
 
@@ -63,6 +81,11 @@ class Runtime:
 
     def new_generation(self) -> None:
         self.states = {}
+
+    def drop_buffers(self) -> None:
+        """Frees every cache and buffer (when the handle is removed)."""
+        self.states = {}
+        self.buffers = {}
         for per_context in self.layers.values():
             per_context.clear()
 

@@ -16,7 +16,7 @@ from diffusers.hooks import ModelHook
 from ..families import ATTENTION, FEED_FORWARD, JOINT, family_for
 from .clock import outside_schedule
 from .handle import MethodHandle
-from .hooks import attach_hook, swap_in
+from .patching import attach_hook, swap_in
 from .processors import make_processor
 from .runtime import ContextReceiver, Runtime
 from .stats import GenerationStats
@@ -45,8 +45,8 @@ class TransformerHook(ModelHook):
         if outside_schedule(kwargs):
             # run in full, outside the timeline, without touching the step counter or the caches
             state = run.state
-            self._suspended = (state.plan, state.record)
-            state.plan, state.record = None, False
+            self._suspended = (state.index, state.record)
+            state.index, state.record = None, False
             return args, kwargs
         run.clock.observe_call(module, args, kwargs)
         state = run.state
@@ -55,6 +55,8 @@ class TransformerHook(ModelHook):
             config = getattr(module, "config", None)
             state.channels = (getattr(config, "in_channels", None), getattr(config, "out_channels", None))
             state.num_steps = run.clock.num_steps(self.scheduler)
+            text = kwargs.get("encoder_hidden_states")
+            state.num_text = text.shape[1] if isinstance(text, torch.Tensor) and text.ndim == 3 else 0
         state.timestep = kwargs.get("timestep")
         run.timeline.begin_step(state, run.config, state.grid)
         return args, kwargs
@@ -65,7 +67,7 @@ class TransformerHook(ModelHook):
     def post_forward(self, module, output):
         if self._suspended is not None:
             state = self.runtime.state
-            state.plan, state.record = self._suspended
+            state.index, state.record = self._suspended
             self._suspended = None
             return output
         state = self.runtime.state
@@ -88,6 +90,8 @@ class TransformerHook(ModelHook):
 class TokenHandle(MethodHandle):
     """A method applied through the token engine. `remove()` (or a `with` block) restores the model exactly."""
 
+    cuda_graphs = True  # caches and index tensors: allocated outside the graphs, updated in place, static
+
     def __init__(self, target, config):
         super().__init__(target, config)
         self.label = type(config).__name__.removesuffix("Config")  # names the method in messages
@@ -107,6 +111,16 @@ class TokenHandle(MethodHandle):
         if hasattr(self, "runtime"):
             self.runtime.new_generation()
 
+    def remove(self) -> None:
+        super().remove()
+        self.runtime.drop_buffers()
+
+    def _runs_eagerly(self) -> bool:
+        """A step that fills the caches runs its blocks eagerly under `compile`: the caches are allocated
+        (or refilled) outside the compiled code, so no compiled block returns a tensor the engine keeps."""
+        state = self.runtime.states.get(self.runtime.context)
+        return state is not None and state.record
+
     def _install(self) -> None:
         transformer, config, run, family = self.transformer, self.config, self.runtime, self.family
         family.check(transformer, self.label)
@@ -121,7 +135,7 @@ class TokenHandle(MethodHandle):
             swap_in(transformer, name, RowsOnly(norm, run, name), self._undo)
         for name, attn in attentions:
             original = attn.processor
-            attn.set_processor(make_processor(family, original, run, name, self.label))
+            attn.set_processor(make_processor(family, attn, run, name, self.label))
             self._undo.append(lambda attn=attn, original=original: attn.set_processor(original))
         for name, ff in tokenwise:
             swap_in(transformer, name, PrunedTokenwise(ff, run, name), self._undo)

@@ -7,7 +7,7 @@ import torch
 
 from .runtime import Runtime
 from .state import GenerationState
-from .tokens import cache_dtype, gather_tokens, joint_rows, store, update_output
+from .tokens import cache_dtype, gather_rows, keep, update_output
 
 
 class PrunedTokenwise(torch.nn.Module):
@@ -31,22 +31,28 @@ class PrunedTokenwise(torch.nn.Module):
         self.joint = joint
         self.gathered = name in runtime.gathered_inputs  # a pruned step's input holds the selected rows only
         self.caches = runtime.layer_caches(name)
+        if joint:
+            runtime.uses(layouts=("text_image",))
 
     def forward(self, hidden_states, *args, **kwargs):
         run = self.runtime
         state: GenerationState = run.state
-        if state.plan is None:
+        index = state.index
+        if index is None:
             out = self.module(hidden_states, *args, **kwargs)
             if state.record:
-                self.caches[run.context].out = store(out, cache_dtype(run.config, "out"))
+                keep(self.caches[run.context], "out", out, cache_dtype(run.config, "out"))
             return out
         cache = self.caches[run.context]
-        index = state.plan
+        if index.size == 0 and not self.joint and state.forecast is None:
+            return cache.out  # a step that recomputes no image token (cat_fora's reuse): the module does not run
         if self.joint:
-            index = joint_rows(index, hidden_states.shape[1] - state.grid[0] * state.grid[1])  # [B, T+K]
-        x = hidden_states if self.gathered else gather_tokens(hidden_states, index)  # [B, K, C]
-        rows = self.module(x, *args, **kwargs)  # [B, K, C]
-        return update_output(cache, index, rows, state.forecast)  # [B, N, C]
+            positions, rows = index.text_image, index.text_image_rows  # [B, T+K], [B*(T+K)]
+        else:
+            positions, rows = index.plan, index.rows  # [B, K], [B*K]
+        x = hidden_states if self.gathered else gather_rows(hidden_states, rows)  # [B, K, C]
+        out = self.module(x, *args, **kwargs)  # [B, K, C]
+        return update_output(cache, index, out, state.forecast, positions)  # [B, N, C]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}" + (", joint=True" if self.joint else "")
@@ -66,9 +72,9 @@ class RowsOnly(torch.nn.Module):
         self.name = name
 
     def forward(self, hidden_states, *args, **kwargs):
-        plan = self.runtime.state.plan
-        if plan is not None:
-            hidden_states = gather_tokens(hidden_states, plan)  # [B, K, C]
+        index = self.runtime.state.index
+        if index is not None:
+            hidden_states = gather_rows(hidden_states, index.rows)  # [B, K, C]
         return self.module(hidden_states, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -23,6 +23,8 @@ class Family:
     Attributes:
         name: family name (as `family:` in conf/model/*.yaml), used in messages.
         transformer_classes: names of the diffusers transformer classes of the family.
+        architecture: the authors' code a method's `authors(family, n)` follows for this family: "mmdit"
+            (the MMDiT / FLUX code) or "pixart" (the PixArt code, or the nearest the authors have).
         blocks: the transformer's attributes holding its stacked blocks, in call order.
         modules: kind (ATTENTION, FEED_FORWARD, ...) -> regular expressions of qualified module names
             (`re.fullmatch`); a kind the family lacks is a method that does not support it.
@@ -45,6 +47,7 @@ class Family:
 
     name: str
     transformer_classes: tuple[str, ...]
+    architecture: str
     blocks: tuple[str, ...]
     modules: dict[str, tuple[str, ...]]
     attention_processor: type
@@ -65,11 +68,14 @@ class Family:
 
 
 _REGISTRY: dict[str, Family] = {}
+# family name -> the authors' code its methods' `authors()` settings follow (`Family.architecture`)
+ARCHITECTURES: dict[str, str] = {}
 
 
 def register(family: Family) -> Family:
     for cls in family.transformer_classes:
         _REGISTRY[cls] = family
+    ARCHITECTURES[family.name] = family.architecture
     return family
 
 

@@ -71,6 +71,7 @@ FLUX = register(
     Family(
         name="flux",
         transformer_classes=("FluxTransformer2DModel",),
+        architecture="mmdit",
         blocks=("transformer_blocks", "single_transformer_blocks"),
         modules={
             ATTENTION: (ATTENTIONS,),

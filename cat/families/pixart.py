@@ -64,6 +64,7 @@ PIXART = register(
     Family(
         name="pixart",
         transformer_classes=("PixArtTransformer2DModel",),
+        architecture="pixart",
         blocks=("transformer_blocks",),
         modules={
             ATTENTION: (ATTENTIONS,),

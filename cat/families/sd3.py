@@ -73,6 +73,7 @@ SD3 = register(
     Family(
         name="sd3",
         transformer_classes=("SD3Transformer2DModel",),
+        architecture="mmdit",
         blocks=("transformer_blocks",),
         modules={
             ATTENTION: (r"transformer_blocks\.\d+\.(attn|attn2)",),

@@ -29,12 +29,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..engine.handle import MethodHandle
+from ..families import ARCHITECTURES  # family name -> the authors' code it follows ("mmdit" or "pixart")
 
 METHODS: dict[str, type["MethodConfig"]] = {}
-
-# The authors' code each `cat.families` family follows: "mmdit" (the authors' MMDiT / FLUX code) for SD3,
-# SD3.5 and FLUX; "pixart" (their PixArt code, or the nearest they have) for PixArt-alpha and -Sigma.
-ARCHITECTURES = {"flux": "mmdit", "pixart": "pixart", "sd3": "mmdit"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +103,13 @@ class MethodConfig:
         """The fields `missing_calibration` asks for, measured on `pipe` at `num_inference_steps`."""
         raise NotImplementedError(f"{cls.__name__} needs no calibration")
 
+    @classmethod
+    def combine_calibrations(cls, measured: list[dict]) -> dict:
+        """One calibration from several `calibrate` results (scripts/calibrate.py measures one per prompt, each
+        with its own seed): by default the mean of every field, element by element for sequences (cut to the
+        shortest). A method whose fields are not means of per-prompt values (a fit) combines them itself."""
+        return {name: _mean([m[name] for m in measured]) for name in measured[0]}
+
 
 def architecture(config_cls: type[MethodConfig], family: str, num_steps: int) -> str:
     """"mmdit" or "pixart": the authors' code `config_cls.authors(family, num_steps)` follows; ValueError
@@ -151,11 +155,20 @@ def register(config_cls: type[MethodConfig]) -> type[MethodConfig]:
     return config_cls
 
 
+def _mean(values: list):
+    """The mean of numbers, or of equally long sequences of numbers element by element (cut to the shortest)."""
+    if isinstance(values[0], (list, tuple)):
+        return [sum(v[i] for v in values) / len(values) for i in range(min(map(len, values)))]
+    return sum(values) / len(values)
+
+
 def is_int(value) -> bool:
+    """An integer, not a bool (`True` is an `int` to Python): what every config's and the harness's checks ask."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_num(value) -> bool:
+    """A real number (int or float), not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -12,9 +12,10 @@ selects for the next one. The engine's hooks call `begin_step` before and `end_s
 transformer call and apply the plan these return.
 
 A pruned step allocates nothing that the blocks read and synchronises nothing with the host: the plan
-is copied into a buffer allocated once per generation (`load_plan`), output caching writes the
-recomputed rows into the previous-output buffer in place (`keep_output`), and the selection runs on
-the device with quotas made at the clustering step.
+is copied into index buffers built once (`load_plan`), output caching writes the recomputed rows into
+the previous-output buffer in place (`keep_output`), and the selection runs on the device with quotas
+made at the clustering step (the `random` policy draws on the device, from a generator of the device
+seeded per step).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..engine.state import GenerationState, keep_output, load_plan
 from ..engine.stats import StepRecord
 from ..engine.token_handle import TokenHandle, check_cache_dtype
 from ..families import family_of_class
-from .base import MethodConfig, architecture, check, min_ratio, register
+from .base import MethodConfig, architecture, check, is_int as _is_int, is_num as _is_num, min_ratio, register
 
 POLICIES = ("cat", "no_cluster", "no_staleness", "noise_only", "random")
 POLICIES_WITHOUT_CLUSTERS = ("no_cluster", "noise_only", "random")
@@ -242,14 +243,6 @@ def token_schedule(config: CATConfig | None, num_inference_steps: int, num_image
     return config.offline_schedule(num_inference_steps, num_image_tokens)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def phase_of(step: int, config: CATConfig) -> str:
     t0 = config.warmup_steps
     if step >= t0:
@@ -273,13 +266,12 @@ def begin_step(state: GenerationState, config: CATConfig, grid: tuple[int, int])
     pruning = _pruning(state, config, n)
     state.record = pruning and phase == "cluster"
     if pruning and phase == "pruned":
-        state.plan = load_plan(state)  # [B, K]
+        load_plan(state)  # [B, K]
     elif pruning and phase == "reuse":
         # step-level reuse (cat_fora): no image token is recomputed; every module returns its cache
-        b = state.active.shape[0] * (2 if state.cfg_pairs else 1)
-        state.plan = state.active.new_empty(b, 0)
+        load_plan(state, state.active[:, :0])  # [B, 0]
     else:
-        state.plan = None
+        state.index = None
 
 
 def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> torch.Tensor:
@@ -299,8 +291,8 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
     raw = out  # the model's output for every token (unselected ones from cached features)
     # Unselected tokens keep the previous step's output, so the scheduler moves them with it. A full
     # step hands back its own output (the buffer holds a copy); a pruned step hands back the buffer.
-    kept = keep_output(state, out, state.plan)
-    out = raw if state.plan is None else kept
+    kept = keep_output(state, out, state.index)
+    out = raw if state.index is None else kept
     # r, saliency and clusters come from the raw output, as in the authors' code (before output caching)
     scored = out if "scored_after_caching" in config.legacy else raw
     cond = scored[scored.shape[0] // 2 :] if state.cfg_pairs else scored  # [P, N, D]
@@ -308,7 +300,7 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
         cond = noise_channels(cond, state.channels)
     record = StepRecord(state.step, phase, n if state.plan is None else state.plan.shape[1])
     if state.plan is not None:
-        record.active = core.mask_of(state.active, n)
+        record.active = core.mask_of(state.active, n)  # [P, N] bool
 
     if phase == "reference":
         state.ref = cond.clone()
@@ -323,7 +315,7 @@ def end_step(state: GenerationState, config: CATConfig, out: torch.Tensor) -> to
             state.freq = torch.zeros_like(r)
             state.quotas = quotas(config, n, r.device)
         else:
-            state.freq = core.update_staleness(state.freq, state.active, config.staleness_decay)
+            state.freq = core.update_staleness(state.freq, record.active, config.staleness_decay)
         state.active = select(config, state, r, delta, first=phase == "cluster")
         record.noise_magnitude = r
         record.staleness = state.freq

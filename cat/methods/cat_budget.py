@@ -30,7 +30,7 @@ cache per module.
    caches (t0-2 and t0-1; no extra MACs).
 
 Where it lives: the timeline below computes rho once per pruned step ([B, N, 1], in a buffer allocated
-once per generation, on the device, no host synchronisation) and keeps each token's last two times
+once and updated in place, `Buffers.rho`, on the device, no host synchronisation) and keeps each token's last two times
 ([2, P, N]); the engine's modules apply it (`cat.engine.tokens.update_output`), reading
 `GenerationState.forecast`, with one more cache per module: `LayerCache.prev`, each token's output
 before its newest one, updated in place. Extra bytes: the sum over cached modules of B x N x C x
@@ -51,6 +51,7 @@ from typing import ClassVar
 import torch
 
 from ..engine.state import GenerationState
+from ..engine.tokens import fits, keep, static
 from . import cat as plain
 from .base import check, is_int, is_num, register
 from .cat import CATConfig, CATHandle
@@ -213,8 +214,9 @@ def begin_step(state: GenerationState, config: CATBudgetConfig, grid: tuple[int,
         state.record = True  # the token's first of two computations before pruning starts
         state.extra["warm"] = [_time(state, config)]
     elif state.step == t0 - 1:
-        for cache in state.caches.values():  # this step replaces `out`: the older output becomes `prev`
-            cache.prev = cache.out
+        for cache in state.caches.values():  # this step refills `out`: the older output moves to `prev`
+            if cache.out is not None:
+                keep(cache, "prev", cache.out, copy=True)
         state.extra["warm"].append(_time(state, config))
     elif state.plan is not None and state.plan.shape[1] > 0:
         state.forecast = coefficients(state, config, n)
@@ -262,8 +264,9 @@ def coefficients(state: GenerationState, config: CATBudgetConfig, n: int) -> tor
         older, newer = extra.pop("warm")
         _put(times[0], newer)
         _put(times[1], older)
-        extra["rho"] = torch.empty(plan.shape[0], n, 1, dtype=torch.float32, device=active.device)
-    tau, times, rho = extra["tau"], extra["times"], extra["rho"]
+        if not fits(state.buffers.rho, (plan.shape[0], n, 1), torch.float32, active.device):
+            state.buffers.rho = static(torch.empty(plan.shape[0], n, 1, dtype=torch.float32, device=active.device))
+    tau, times, rho = extra["tau"], extra["times"], state.buffers.rho
     _put(tau, _time(state, config))
     last, prev = times[0], times[1]  # [P, N]
     ratio = (tau - last) / (last - prev)  # a repeated time (a bare transformer's constant timestep): 0

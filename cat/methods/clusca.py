@@ -42,7 +42,7 @@ from diffusers.hooks import ModelHook
 from ..core.forecast import taylor_weights, weigh
 from ..core.propagation import lloyd_l1, one_per_cluster, propagate_, random_centroids, rows
 from ..engine.forecast_cache import ForecastHandle, ForecastHook, ForecastState, full_steps
-from ..engine.hooks import attach_hook
+from ..engine.patching import attach_hook
 from ..engine.module_cache import StepState
 from ..engine.stats import tensor_bytes
 from .base import MethodConfig, architecture, check, check_warmup, check_warmup_steps, is_int, is_num, register

@@ -177,7 +177,10 @@ def begin_step(state: GenerationState, config: RASConfig, grid: tuple[int, int])
     sparse = _active(config, n) and config.sparse(state.step, state.num_steps) and state.active is not None
     next_sparse = _active(config, n) and config.sparse(state.step + 1, state.num_steps)
     state.record = not sparse and next_sparse  # a dense step before a sparse one fills the caches
-    state.plan = load_plan(state) if sparse else None  # [B, K]
+    if sparse:
+        load_plan(state)  # [B, K]
+    else:
+        state.index = None
 
 
 def end_step(state: GenerationState, config: RASConfig, out: torch.Tensor) -> torch.Tensor:
@@ -188,7 +191,7 @@ def end_step(state: GenerationState, config: RASConfig, out: torch.Tensor) -> to
     if not _active(config, n):
         state.records.append(record)
         return out
-    kept = keep_output(state, out, state.plan)  # skipped tokens keep their previous output
+    kept = keep_output(state, out, state.index)  # skipped tokens keep their previous output
     if state.plan is not None:
         out = kept  # the previous-output buffer: TransformerHook copies what it hands to the pipeline
         record.active = torch.zeros(state.active.shape[0], n, dtype=torch.bool, device=out.device).scatter_(

@@ -23,7 +23,7 @@ from typing import ClassVar
 from diffusers.hooks import ModelHook
 
 from ..engine.clock import outside_schedule
-from ..engine.hooks import attach_hook
+from ..engine.patching import attach_hook
 from ..engine.stats import MethodStats, StepRecord
 from .base import MethodConfig, MethodHandle, architecture, check, is_int, register, scale_steps
 
@@ -33,6 +33,8 @@ HOOK_NAME = "steps"
 class StepsHandle(MethodHandle):
     """The method is the call override; on a pipeline, a hook checks that each call takes it (and records
     the steps it runs, each a full one)."""
+
+    cuda_graphs = True  # it keeps no tensor
 
     def _install(self) -> None:
         if self._pipe is None or not hasattr(self._pipe, "encode_prompt"):

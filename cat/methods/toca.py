@@ -70,6 +70,7 @@ normalised and modulated residual for the MLPs).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -220,13 +221,20 @@ class ToCaConfig(MethodConfig):
         return self.interval == 1 or self.fresh_ratio >= 1.0
 
 
+def _float32(x: float) -> float:
+    """`x` rounded to float32, as a Python float. Their schedules compute in float32 tensors; a float32 sum,
+    product or quotient equals the double one rounded to float32, so the host reproduces them without a
+    tensor (a tensor read would stop a compiled graph in every module)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
 def refresh_threshold(config: ToCaConfig, step: int, num_steps: int | None) -> int:
     """Steps until the next refresh, as set at full step `step` (their `force_scheduler`, in float32)."""
     w = config.interval_step_weight
     if w == 0 or config.refresh == "counter":
         return config.interval
-    factor = torch.tensor(1 - w + 2 * w * step / num_steps)
-    return max(1, int(torch.round(config.interval / factor)))
+    factor = _float32(1 - w + 2 * w * step / num_steps)
+    return max(1, int(round(_float32(config.interval / factor))))
 
 
 def is_full(config: ToCaConfig, step: int, last_full: int, threshold: int) -> bool:
@@ -267,7 +275,7 @@ def fresh_count(config: ToCaConfig, num_tokens: int, step: int, num_steps: int |
         else:
             module_factor = 1 + MODULE_TIME_WEIGHT * MODULE_WEIGHT
         ratio = ratio * layer_factor * step_factor * module_factor
-    return int(torch.clamp(torch.tensor(ratio), min=0, max=1) * num_tokens)
+    return int(_float32(min(max(_float32(ratio), 0.0), 1.0) * num_tokens))
 
 
 def spatial_bonus(score: torch.Tensor, grid: tuple[int, int], cell: int = BONUS_CELL,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .images import load_folder, load_prompts, to_tensor
+from .registry import Metric, Scoring, register
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -92,6 +93,20 @@ class ClipScorer:
             img, txt = self._embed(images[i:i + self.batch_size], prompts[i:i + self.batch_size])
             out.append((100 * (img * txt).sum(-1)).clamp(min=0).cpu())
         return torch.cat(out)
+
+
+def clip_score(scoring: Scoring) -> torch.Tensor:
+    """Per-image scores on the backbone of the run's `metrics.clip` (loaded once per evaluation).  -> [N]"""
+    clip = scoring.settings.clip
+    scorer = scoring.once("clip_scorer", lambda: ClipScorer(clip.backend, clip.model, clip.pretrained,
+                                                            batch_size=clip.batch_size))
+    return scorer.score(scoring.images, [p.text for p in scoring.prompts])
+
+
+register(Metric(
+    name="clip_score", short="CLIP score", label="CLIP score", compute=clip_score,
+    enabled=lambda settings: bool((settings.get("clip") or {}).get("enabled")), margin=0.5, digits=2,
+))
 
 
 def main(argv=None) -> None:

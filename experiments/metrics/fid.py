@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from .images import load_any, load_folder, to_tensor
+from .registry import Metric, Scoring, register
 
 
 def _metric(feature, weights_path: str | None):
+    # imported here: the registry imports this module with every run, most of which compute no FID
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
     kwargs = {"feature_extractor_weights_path": weights_path} if weights_path and isinstance(feature, int) else {}
     try:
         return FrechetInceptionDistance(feature=feature, normalize=True, reset_real_features=False, **kwargs)
@@ -67,6 +70,32 @@ def fid(images, refs, feature=2048, size: int | None = 299, cache_dir: str | Pat
     _add(metric, list(images), real=False, size=size)
     return {"fid": metric.compute().item(), "num_images": len(images),
             "num_reference": int(metric.real_features_num_samples)}
+
+
+def _against_reference(scoring: Scoring) -> float:
+    """FID of a variant's images against the reference folder of `metrics.fid` (its statistics cached)."""
+    settings = scoring.settings.fid
+    result = fid(scoring.images, settings.reference, cache_dir=Path(settings.cache_dir).expanduser(),
+                 weights_path=settings.weights)
+    scoring.notes["fid_num_reference"] = result["num_reference"]
+    return result["fid"]
+
+
+def _fid(settings) -> dict:
+    return settings.get("fid") or {}
+
+
+register(Metric(
+    name="fid", short="FID", label="FID", compute=_against_reference,
+    enabled=lambda settings: bool(_fid(settings).get("enabled") and _fid(settings).get("reference")),
+    lower_is_better=True, per_image=False, digits=2,
+))
+register(Metric(
+    name="fid_vs_full", short="FID", label="FID to the full model's images",
+    compute=lambda s: fid(s.images, s.full, weights_path=s.settings.fid.weights)["fid"],
+    enabled=lambda settings: bool(_fid(settings).get("enabled") and _fid(settings).get("vs_full")),
+    lower_is_better=True, against_full=True, per_image=False, digits=2,
+))
 
 
 def main(argv=None) -> None:

@@ -9,9 +9,24 @@ import argparse
 import json
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .images import load_folder, to_tensor
+from .registry import Metric, Scoring, register
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR of images in [0, 1] against their references.  [N, 3, H, W] x2 -> [N]"""
+    # torchmetrics is imported when a metric is computed, not with the registry (it slows every run's start)
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM.  [N, 3, H, W] x2 -> [N]"""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    return structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
 
 
 def fidelity(images, refs, lpips: bool = False, device: str = "cpu") -> dict:
@@ -19,10 +34,8 @@ def fidelity(images, refs, lpips: bool = False, device: str = "cpu") -> dict:
     x, y = to_tensor(images), to_tensor(refs)
     if x.shape != y.shape:
         raise ValueError(f"fidelity needs paired images of one size, got {tuple(x.shape)} and {tuple(y.shape)}")
-    psnr = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
-    out = {"psnr": psnr.mean().item(), "ssim": ssim.mean().item(),
-           "per_image": {"psnr": psnr.tolist(), "ssim": ssim.tolist()}}
+    p, s = psnr(x, y), ssim(x, y)
+    out = {"psnr": p.mean().item(), "ssim": s.mean().item(), "per_image": {"psnr": p.tolist(), "ssim": s.tolist()}}
     if lpips:
         scores = lpips_alex(x, y, device)
         out["lpips"] = scores.mean().item()
@@ -38,6 +51,31 @@ def lpips_alex(x: torch.Tensor, y: torch.Tensor, device: str) -> torch.Tensor:
     metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True, reduction="none").to(device)
     return torch.cat([metric(x[i:i + 16].to(device), y[i:i + 16].to(device)).flatten().cpu()
                       for i in range(0, len(x), 16)])
+
+
+def _fidelity(settings) -> bool:
+    return bool(settings.get("fidelity"))
+
+
+register(Metric(
+    name="psnr", short="PSNR", label="PSNR to the full model", unit="dB", compute=lambda s: psnr(*s.pixels),
+    enabled=_fidelity, against_full=True, margin=0.5, digits=2, comparison=True, objective=True,
+))
+register(Metric(
+    name="ssim", short="SSIM", label="SSIM to the full model", compute=lambda s: ssim(*s.pixels),
+    enabled=_fidelity, against_full=True, margin=0.005, digits=4, comparison=True,
+))
+
+
+def _lpips(scoring: Scoring) -> torch.Tensor:
+    return lpips_alex(*scoring.pixels, "cpu")
+
+
+register(Metric(
+    name="lpips", short="LPIPS", label="LPIPS to the full model", compute=_lpips,
+    enabled=lambda settings: _fidelity(settings) and bool(settings.get("lpips")), lower_is_better=True,
+    against_full=True, margin=0.01, digits=4,
+))
 
 
 def main(argv=None) -> None:

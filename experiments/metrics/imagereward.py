@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from .registry import Metric, Scoring, register
+
 
 def available() -> bool:
     """Whether the ImageReward package is installed (checked before any model loads)."""
@@ -25,3 +27,21 @@ def load(model: str = "ImageReward-v1.0", device: str | None = None):
 def image_reward(images, prompts, scorer) -> list[float]:
     """The reward of each image for its prompt."""
     return [float(scorer.score(prompt, image)) for image, prompt in zip(images, prompts)]
+
+
+def score(scoring: Scoring) -> list[float]:
+    """The reward of each image, from the scorer of the run's `metrics.image_reward.model` (loaded once)."""
+    scorer = scoring.once("image_reward_scorer", lambda: load(scoring.settings.image_reward.model))
+    return image_reward(scoring.images, [p.text for p in scoring.prompts], scorer)
+
+
+def check(settings) -> None:
+    if not available():
+        raise ValueError("metrics.image_reward.enabled=true needs the ImageReward package: "
+                         "pip install -e '.[imagereward]' (or set metrics.image_reward.enabled=false)")
+
+
+register(Metric(
+    name="image_reward", short="ImageReward", label="ImageReward", compute=score,
+    enabled=lambda settings: bool((settings.get("image_reward") or {}).get("enabled")), check=check,
+))

@@ -57,6 +57,25 @@ def test_fp8_caches_and_bad_compile_modes_are_named_errors():
     assert not hasattr(pipe.transformer, "_diffusers_hook")  # nothing left patched
 
 
+def test_fp8_keys_and_values_are_scaled_into_range():
+    """fp8 caches store keys and values divided by a per-tensor scale: activations far beyond fp8's range
+    (448) come back within its precision, and rows written later are clamped, never overflowing."""
+    from cat.engine.state import LayerCache
+    from cat.engine.tokens import StepIndex, keep_kv, put_heads
+
+    gen = torch.Generator().manual_seed(0)
+    key = 3000 * torch.randn(2, 4, 16, 8, generator=gen)  # [B, H, N, d]
+    cache = LayerCache()
+    keep_kv(cache, "key", key, torch.float8_e4m3fn)
+    assert cache.key.dtype == torch.float8_e4m3fn and cache.key_scale.dtype == key.dtype
+    back = cache.key.to(key.dtype) * cache.key_scale
+    assert ((back - key).abs() <= 0.07 * key.abs() + 1e-3 * key.abs().max()).all()
+    index = StepIndex(2, 3, 16, 0, (4,), frozenset(), torch.device("cpu")).load(torch.tensor([[1, 5, 9]]))
+    rows = 10 * key.abs().max() * torch.ones(2, 4, 3, 8)  # beyond the scale's range
+    out = put_heads(cache.key, index, index.plan, rows, cache.key_scale)
+    assert torch.isfinite(out).all() and torch.equal(out[:, :, [1, 5, 9]], torch.full_like(rows, 448) * cache.key_scale)
+
+
 def _compiled_run(family, layers=3, fullgraph=False):
     from torch._dynamo.testing import CompileCounter
     from torch._dynamo.utils import counters
@@ -87,7 +106,9 @@ def test_compiled_blocks_match_eager_and_never_recompile_across_generations(fami
     torch.testing.assert_close(run["first"], run["eager"], rtol=1e-4, atol=1e-4)
     assert torch.equal(run["first"], run["second"])
     assert run["again"] == run["frames"]  # no recompiles across steps of a kind, generations or prompts
-    assert run["compiled"] >= 2 and run["frames"] <= 3  # full, cache-filling and pruned steps, for all blocks
+    # full and pruned steps, for all blocks (the cache-filling step runs eagerly: the caches are allocated
+    # outside the graphs)
+    assert run["compiled"] >= 2 and run["frames"] == 2
     assert run["restored"]
 
 
@@ -96,7 +117,7 @@ def test_compiled_blocks_compile_one_graph_per_step_kind():
     the only one of its structure and stays eager; the three others are compiled."""
     run = _compiled_run("sd3", layers=4)
     assert run["compiled"] == 3
-    assert run["frames"] <= 3 and run["again"] == run["frames"]
+    assert run["frames"] == 2 and run["again"] == run["frames"]
 
 
 @pytest.mark.parametrize("family", list(CALLS))
@@ -189,6 +210,9 @@ class _HostWatch:
     ("pixart_sigma", cat.CATConfig(warmup_steps=2, num_clusters=4)),
     ("flux", cat.CATConfig(warmup_steps=2, num_clusters=4)),
     ("sd3", cat.CATConfig(warmup_steps=2, num_clusters=4, policy="no_cluster")),
+    ("sd3", cat.CATConfig(warmup_steps=2, num_clusters=4, policy="random")),
+    ("sd3", cat.CATFORAConfig(warmup_steps=2, num_clusters=4)),
+    ("sd3", cat.METHODS["cat_budget"](warmup_steps=2, num_clusters=4, forecast=1.0)),
     ("sd3", cat.RASConfig(warmup_steps=2, error_reset_steps=())),
 ])
 def test_pruned_steps_do_not_synchronise_with_the_host(name, config):
@@ -205,7 +229,7 @@ def test_pruned_steps_do_not_synchronise_with_the_host(name, config):
         with _HostWatch() as watch:
             for _ in range(2):
                 transformer(**inputs)
-        assert [r.phase for r in handle.stats.steps[-2:]] == ["pruned", "pruned"]
+        assert {r.phase for r in handle.stats.steps[-2:]} <= {"pruned", "reuse"}
     assert watch.seen == []
 
 

@@ -106,8 +106,8 @@ def test_a_toy_method_is_discovered_runs_and_joins_the_peers_sweep(project, tmp_
     assert metrics["psnr"] > 0 and "transformer_macs" in metrics
     assert 0.3 < metrics["macs_reduction"] < 0.7  # every other call of 10 reuses the previous output
 
-    sweep = ("from hydra import compose, initialize_config_dir; from experiments import resolvers; "
-             "from experiments.config_files import CONF\n"
+    sweep = ("from hydra import compose, initialize_config_dir; from experiments.lifecycle import resolvers; "
+             "from experiments.base.config_files import CONF\n"
              "with initialize_config_dir(str(CONF), version_base='1.3'):\n"
              "    cfg = compose('config', overrides=['sweep=peers'], return_hydra_config=True)\n"
              "print(cfg.hydra.sweeper.params.method)")

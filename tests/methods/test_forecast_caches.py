@@ -227,7 +227,7 @@ def test_clusca_and_hicache_macs_counted_while_running_match_the_offline_schedul
     executed count also holds its k-means on the full steps (the centroid updates' products, at most
     `kmeans_iters` per stream and full step), which the offline count leaves out: a few percent on this tiny
     model, about 1e-4 of a full step on SD3-medium at 1024 px."""
-    from experiments.macs import realised_transformer_macs, report_from_config
+    from experiments.run.macs import realised_transformer_macs, report_from_config
 
     pipe = testing.tiny_sd3_pipeline()
     call = lambda: pipe(["a red circle"], num_inference_steps=8, guidance_scale=5.0, height=32, width=32,  # noqa: E731

@@ -83,6 +83,8 @@ def test_what_a_config_tells_the_harness_is_consistent(family, name):
     ("cat", "keep_ratio", 0.0), ("cat_fora", "reuse_interval", 0), ("ras", "sample_ratio", 1.5),
     ("ras", "metric", "mean"), ("steps", "num_steps", 0), ("fora", "interval", 0), ("toca", "fresh_ratio", -0.1),
     ("taylorseer", "cache_interval", 0), ("fbcache", "threshold", -1.0), ("magcache", "max_skip_steps", -1),
+    ("dbcache", "fn_blocks", 0), ("dbcache", "taylorseer_order", 5), ("teacache", "coefficients", "0.1"),
+    ("pab", "spatial_range", 0), ("pab", "cross_range", 0), ("fastercache", "uncond_interval", 0),
 ])
 def test_bad_fields_are_named_with_their_range(name, field, value):
     with pytest.raises(ValueError, match=rf"{field}={value!r} is invalid: {field} must be"):
@@ -102,7 +104,7 @@ def test_apply_dispatches_on_the_config_type_and_refuses_strangers():
 
 def test_realised_macs_of_cat_match_the_meta_device_count():
     """The executed-MACs counter (run with the real tensors) agrees with the meta-device count of CAT's schedule."""
-    from experiments.macs import realised_transformer_macs, report_from_config
+    from experiments.run.macs import realised_transformer_macs, report_from_config
 
     pipe = testing.tiny_sd3_pipeline()
     config = cat.CATConfig(keep_ratio=0.3, warmup_steps=4, num_clusters=4)

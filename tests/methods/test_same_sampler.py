@@ -1,6 +1,6 @@
 """Fewer steps and the step caches sample from what the full model samples from: the same initial noise, the
 same first timestep and the same scheduler shift, through the harness's own batch call
-(`experiments.generate.run_batch`). A method whose lead or lag came from another noise or sampler would
+(`experiments.run.generate.run_batch`). A method whose lead or lag came from another noise or sampler would
 not be measuring what it claims; this rules it out on the tiny SD3 pipeline for every method."""
 
 import pytest
@@ -8,15 +8,14 @@ import torch
 
 import cat
 from cat import testing
-from experiments.data import Prompt
-from experiments.generate import run_batch
+from experiments.prompts.sets import Prompt
+from experiments.run.generate import run_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 8
 BATCH = [Prompt(0, "a red circle"), Prompt(1, "a blue square")]
-KWARGS = {"guidance_scale": 5.0, "height": 32, "width": 32, "output_type": "latent", "max_sequence_length": 8,
-          "num_inference_steps": STEPS}
+KWARGS = {"guidance_scale": 5.0, "height": 32, "width": 32, "max_sequence_length": 8, "num_inference_steps": STEPS}
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,10 @@ WITH_WARMUP = sorted(name for name, cls in cat.METHODS.items() if cls.has_warmup
 # FBCache compute step 0 only; MagCache takes its warm-up from retention_ratio).
 DEFAULTS = {"cat": 8, "cat_budget": 8, "cat_fora": 8, "fbcache": 1, "fora": 1, "magcache": None, "ras": 4, "taylorseer": 3,
             "toca": 1}
-# The forecasting caches (their authors' FLUX warm-up, 3 steps)
-DEFAULTS.update({"clusca": 3, "hicache": 3})
+# The field's caches (issue 36), their authors' warm-ups: the forecasting caches' FLUX warm-up, 3 steps
+DEFAULTS |= {"clusca": 3, "hicache": 3, "dbcache": 8, "fastercache": 10, "pab": 1, "teacache": 1}
 DEFAULTS["forecast_search"] = 1  # its schedule search places the full steps; the warm-up is a lower bound
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

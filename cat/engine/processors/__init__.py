@@ -14,11 +14,14 @@ ADAPTED = {JointAttnProcessor2_0: CATJointAttnProcessor, AttnProcessor2_0: CATAt
            FluxAttnProcessor: CATFluxAttnProcessor}
 
 
-def make_processor(family, original, runtime, name: str, method: str):
-    """The token engine's processor in place of `original` at attention `name`; TypeError when the
-    attention does not carry its family's default processor."""
+def make_processor(family, attn, runtime, name: str, method: str):
+    """The token engine's processor in place of the one attention `name` carries; TypeError when that is
+    not its family's default processor. Tells the runtime what the processor indexes (`Runtime.uses`)."""
+    original = attn.processor
     expected = family.attention_processor
     if type(original) is not expected:
         raise TypeError(f"{method} on {family.name} needs the default {expected.__name__} at {name}, found "
                         f"{type(original).__name__}; {family.processor_hint}")
-    return ADAPTED[expected](original, runtime, name)
+    cls = ADAPTED[expected]
+    runtime.uses(attn.heads if cls.per_head_cache else None, cls.layouts)
+    return cls(original, runtime, name)

@@ -18,18 +18,21 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import gather_tokens, joint_rows, scatter_tokens_, update_output
+from ..tokens import gather_rows, keep, put_tokens, update_output
 
 
-def _rotate_rows(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding at per-sample positions (FLUX layout).  x [B, S, H, d]; rows [B, S]"""
-    cos, sin = (f.to(x.device)[rows][:, :, None, :] for f in rotary)  # [B, S, 1, d]
+def _rotate_rows(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding at per-sample positions (FLUX layout), `cos` and `sin` gathered at them.  x [B, S, H, d];
+    cos, sin [B, S, 1, d]"""
     x_real, x_imag = x.reshape(*x.shape[:-1], -1, 2).unbind(-1)
     x_rotated = torch.stack([-x_imag, x_real], dim=-1).flatten(3)
     return (x.float() * cos + x_rotated.float() * sin).to(x.dtype)
 
 
 class CATFluxAttnProcessor:
+    per_head_cache = False  # keys and values cached as [B, T+N, H, d]: written by token
+    layouts = ("text_image",)  # single-stream blocks: every text row and the selected image rows
+
     def __init__(self, original, runtime: Runtime, name: str):
         self.original = original
         self.runtime = runtime
@@ -38,21 +41,18 @@ class CATFluxAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         state: GenerationState = self.runtime.state
-        if state.plan is None and not state.record:
+        if state.index is None and not state.record:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        plan = state.plan  # [B, K] or None (a full step that fills the cache)
-        if plan is not None and attention_mask is not None:
+        index = state.index  # the step's plan and index tensors, or None (a full step that fills the cache)
+        if index is not None and attention_mask is not None:
             raise NotImplementedError(f"CAT cannot prune {self.name} with an attention mask")
         cache = self.caches[self.runtime.context]
         double = encoder_hidden_states is not None
-        num_image = state.grid[0] * state.grid[1]
-        num_text = encoder_hidden_states.shape[1] if double else hidden_states.shape[1] - num_image
-        rows = None if plan is None else joint_rows(plan, num_text)  # [B, T+K]
 
-        if double:
-            x = hidden_states if plan is None else gather_tokens(hidden_states, plan)  # [B, K, C]
+        if index is None:
+            x = hidden_states
         else:
-            x = hidden_states if plan is None else gather_tokens(hidden_states, rows)  # [B, T+K, C]
+            x = gather_rows(hidden_states, index.rows if double else index.text_image_rows)  # [B, K or T+K, C]
         query = attn.to_q(x).unflatten(-1, (-1, attn.head_dim))  # [B, S, H, d]
         key = attn.to_k(x).unflatten(-1, (-1, attn.head_dim))
         value = attn.to_v(x).unflatten(-1, (-1, attn.head_dim))
@@ -68,18 +68,20 @@ class CATFluxAttnProcessor:
             key = torch.cat([context_key, key], dim=1)
             value = torch.cat([context_value, value], dim=1)
         if image_rotary_emb is not None:
-            if plan is None:
+            if index is None:
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
             else:
-                query = _rotate_rows(query, image_rotary_emb, rows)
-                key = _rotate_rows(key, image_rotary_emb, rows)
+                cos, sin = (f.to(x.device)[index.text_image][:, :, None, :] for f in image_rotary_emb)  # [B, T+K, 1, d]
+                query = _rotate_rows(query, cos, sin)
+                key = _rotate_rows(key, cos, sin)
 
-        if plan is None:
-            cache.key, cache.value = key.contiguous(), value.contiguous()  # [B, T+N, H, d]
+        if index is None:
+            keep(cache, "key", key)  # [B, T+N, H, d]
+            keep(cache, "value", value)
         else:
-            key = scatter_tokens_(cache.key, rows, key)  # [B, T+N, H, d]
-            value = scatter_tokens_(cache.value, rows, value)
+            key = put_tokens(cache.key, index, index.text_image, key)  # [B, T+N, H, d]
+            value = put_tokens(cache.value, index, index.text_image, value)
 
         out = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask,
@@ -88,16 +90,16 @@ class CATFluxAttnProcessor:
         out = out.flatten(2, 3).to(query.dtype)  # [B, S, C]
 
         if not double:
-            if plan is None:
-                cache.out = out
-                return out
-            return update_output(cache, rows, out, state.forecast)  # [B, T+N, C]
+            if index is None:
+                return keep(cache, "out", out)
+            return update_output(cache, index, out, state.forecast, index.text_image)  # [B, T+N, C]
+        num_text = encoder_hidden_states.shape[1]
         context_out, out = out.split_with_sizes([num_text, out.shape[1] - num_text], dim=1)
         out = attn.to_out[0](out.contiguous())
         out = attn.to_out[1](out)  # [B, K, C]
         context_out = attn.to_add_out(context_out.contiguous())
-        if plan is None:
-            cache.out = out
+        if index is None:
+            keep(cache, "out", out)
         else:
-            out = update_output(cache, plan, out, state.forecast)  # [B, N, C]
+            out = update_output(cache, index, out, state.forecast)  # [B, N, C]
         return out, context_out

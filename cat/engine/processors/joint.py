@@ -14,11 +14,14 @@ import torch.nn.functional as F
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_output
+from ..tokens import cache_dtype, gather_rows, keep, keep_kv, put_heads, update_output
 
 
 class CATJointAttnProcessor:
     """Pruned joint attention; delegates to the original processor when no cache is involved."""
+
+    per_head_cache = True  # keys and values cached as [B, H, N+T, d]
+    layouts = ("image_text",)  # one write per cache: the selected image rows and the text rows together
 
     def __init__(self, original, runtime: Runtime, name: str):
         self.original = original
@@ -29,12 +32,12 @@ class CATJointAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         state: GenerationState = self.runtime.state
-        if state.plan is None and not state.record:
+        if state.index is None and not state.record:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         cache = self.caches[self.runtime.context]
-        plan = state.plan  # [B, K] or None (a full step that fills the cache)
+        index = state.index  # the step's plan and index tensors, or None (a full step that fills the cache)
         batch_size = hidden_states.shape[0]
-        x = hidden_states if plan is None or self.gathered else gather_tokens(hidden_states, plan)  # [B, K, C]
+        x = hidden_states if index is None or self.gathered else gather_rows(hidden_states, index.rows)  # [B, K, C]
 
         query = attn.to_q(x)
         key = attn.to_k(x)
@@ -61,30 +64,20 @@ class CATJointAttnProcessor:
             if attn.norm_added_k is not None:
                 context_key = attn.norm_added_k(context_key)
             query = torch.cat([query, context_query], dim=2)  # [B, H, K+T, d]
+            key = torch.cat([key, context_key], dim=2)  # [B, H, K+T, d]
+            value = torch.cat([value, context_value], dim=2)
 
         # The caches hold the keys and values exactly as attention reads them: [B, H, N(+T), d], image
-        # tokens first, so a pruned step writes K image rows and T text rows instead of concatenating.
-        if plan is None:
-            if encoder_hidden_states is not None:
-                key = torch.cat([key, context_key], dim=2)  # [B, H, N+T, d]
-                value = torch.cat([value, context_value], dim=2)
+        # tokens first. A pruned step writes its K image rows and the T text rows in one `index_put_`
+        # per cache (two writes into one buffer made inductor copy the whole cache at every step).
+        if index is None:
             kv = cache_dtype(self.runtime.config, "kv")
-            cache.key, cache.value = store(key, kv), store(value, kv)
-        elif encoder_hidden_states is not None and torch.compiler.is_compiling():
-            # One write per cache (the image rows and the text rows together): a second write into
-            # the same buffer makes inductor copy the whole cache at every pruned step.
-            num_text = context_key.shape[2]
-            text = torch.arange(cache.key.shape[2] - num_text, cache.key.shape[2], device=plan.device)
-            rows = torch.cat([plan, text.expand(plan.shape[0], num_text)], dim=1)  # [B, K+T]
-            key = update_heads(cache.key, rows, torch.cat([key, context_key], dim=2))  # [B, H, N+T, d]
-            value = update_heads(cache.value, rows, torch.cat([value, context_value], dim=2))
+            keep_kv(cache, "key", key, kv)
+            keep_kv(cache, "value", value, kv)
         else:
-            if encoder_hidden_states is not None:
-                num_image = cache.key.shape[2] - context_key.shape[2]
-                cache.key[:, :, num_image:] = context_key
-                cache.value[:, :, num_image:] = context_value
-            key = update_heads(cache.key, plan, key)  # [B, H, N(+T), d]
-            value = update_heads(cache.value, plan, value)
+            rows = index.plan if encoder_hidden_states is None else index.image_text  # [B, K(+T)]
+            key = put_heads(cache.key, index, rows, key, cache.key_scale)  # [B, H, N(+T), d]
+            value = put_heads(cache.value, index, rows, value, cache.value_scale)
 
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)  # [B, H, K+T, d]
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K+T, C]
@@ -97,10 +90,10 @@ class CATJointAttnProcessor:
 
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)  # [B, K, C]
-        if plan is None:
-            cache.out = store(out, cache_dtype(self.runtime.config, "out"))
+        if index is None:
+            keep(cache, "out", out, cache_dtype(self.runtime.config, "out"))
         else:
-            out = update_output(cache, plan, out, state.forecast)  # [B, N, C]
+            out = update_output(cache, index, out, state.forecast)  # [B, N, C]
 
         if encoder_hidden_states is not None:
             return out, context_out

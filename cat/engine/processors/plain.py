@@ -14,10 +14,13 @@ import torch.nn.functional as F
 
 from ..runtime import Runtime
 from ..state import GenerationState
-from ..tokens import cache_dtype, gather_tokens, store, update_heads, update_output
+from ..tokens import cache_dtype, gather_rows, keep, keep_kv, put_heads, update_output
 
 
 class CATAttnProcessor:
+    per_head_cache = True  # self-attention keys and values cached as [B, H, N, d]
+    layouts = ()
+
     def __init__(self, original, runtime: Runtime, name: str):
         self.original = original
         self.runtime = runtime
@@ -27,26 +30,26 @@ class CATAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         state: GenerationState = self.runtime.state
-        if state.plan is None and not state.record:
+        if state.index is None and not state.record:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         cache = self.caches[self.runtime.context]
-        plan = state.plan  # [B, K] or None (a full step that fills the cache)
+        index = state.index  # the step's plan and index tensors, or None (a full step that fills the cache)
         cross = encoder_hidden_states is not None
         batch_size = hidden_states.shape[0]
         sequence_length = (encoder_hidden_states if cross else hidden_states).shape[1]
-        if plan is not None and self.gathered and not cross:
+        if index is not None and self.gathered and not cross:
             sequence_length = cache.key.shape[2]  # every image token's key, not just the K rows given
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-            if plan is not None and attention_mask.shape[2] != 1:
+            if index is not None and attention_mask.shape[2] != 1:
                 raise NotImplementedError(f"CAT cannot prune {self.name} with a per-query attention mask")
-        x = hidden_states if plan is None or self.gathered else gather_tokens(hidden_states, plan)  # [B, K, C]
+        x = hidden_states if index is None or self.gathered else gather_rows(hidden_states, index.rows)  # [B, K, C]
 
         query = attn.to_q(x)
         head_dim = query.shape[-1] // attn.heads
-        if cross and plan is not None:
-            key, value = cache.key.to(query.dtype), cache.value.to(query.dtype)  # text keys/values [B, H, T, d]
+        if cross and index is not None:
+            key, value = cache.key, cache.value  # text keys/values [B, H, T, d]
         else:
             context = x
             if cross:
@@ -61,12 +64,15 @@ class CATAttnProcessor:
         if attn.norm_q is not None:
             query = attn.norm_q(query)
 
-        if plan is None:
-            kv = cache_dtype(self.runtime.config, "kv")
-            cache.key, cache.value = store(key, kv), store(value, kv)
+        if index is None:
+            # the text keys and values of cross-attention stay in the compute dtype: T rows, read whole by
+            # every pruned step, where a conversion would cost more than the bytes it saves
+            kv = None if cross else cache_dtype(self.runtime.config, "kv")
+            keep_kv(cache, "key", key, kv)
+            keep_kv(cache, "value", value, kv)
         elif not cross:
-            key = update_heads(cache.key, plan, key)  # [B, H, N, d]
-            value = update_heads(cache.value, plan, value)
+            key = put_heads(cache.key, index, index.plan, key, cache.key_scale)  # [B, H, N, d]
+            value = put_heads(cache.value, index, index.plan, value, cache.value_scale)
 
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, K, C]
@@ -74,7 +80,6 @@ class CATAttnProcessor:
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         out = out / attn.rescale_output_factor
-        if plan is None:
-            cache.out = store(out, cache_dtype(self.runtime.config, "out"))
-            return out
-        return update_output(cache, plan, out, state.forecast)  # [B, N, C]
+        if index is None:
+            return keep(cache, "out", out, cache_dtype(self.runtime.config, "out"))
+        return update_output(cache, index, out, state.forecast)  # [B, N, C]

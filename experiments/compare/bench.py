@@ -1,0 +1,102 @@
+"""Method settings run on a fixed prompt list and measured: executed MACs per prompt, and the comparison's
+metrics (`experiments.metrics`, those registered with `comparison=True`) against the full model's images."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import cat
+
+from ..base.files import read_json, write_json
+from ..metrics.registry import Metric, Scoring
+from ..run.generate import batches, generate, image_path, link_images
+from ..run.macs import read_batch_records
+from .settings import setting_key
+
+log = logging.getLogger(__name__)
+
+
+class Bench:
+    """Runs method settings on a fixed prompt list and measures them: executed MACs per prompt (counted on
+    the batches that make the images, `experiments.run.generate.generate` with its `macs.jsonl`) and each of
+    `metrics` per prompt (`experiments.metrics`: PSNR / SSIM against the full model, the adherence judge).
+
+    Each setting's images and `<key>.json` are kept in `shared`, beside the full model's cached images of the
+    same prompts (same model, seed, batches and code), so that another cell of the sweep asking for the same
+    setting (CAT's authors' and shared-warm-up variants, a tuned setting equal to the authors') reads it
+    instead of running it again; the run's own copy goes to `folder`."""
+
+    def __init__(self, cfg, pipe, kwargs: dict, prompts, full_folder: Path, folder: Path, metrics: list[Metric]):
+        self.cfg, self.pipe, self.kwargs, self.prompts = cfg, pipe, kwargs, prompts
+        self.full_folder, self.folder, self.metrics = full_folder, folder, metrics
+        self.shared = full_folder.with_name(full_folder.name + "-settings")
+        self.memo: dict[str, dict] = {}
+        self._full = None
+
+    def _generate(self, folder: Path, kwargs: dict, desc: str) -> tuple[list, list[float]]:
+        """The prompts' images in `folder` (generated where missing, whole batches, counted) and each
+        prompt's transformer MACs (its batch's count over the batch's size)."""
+        generate(self.pipe, batches(self.prompts, self.cfg.batch_size), folder, self.cfg.seed, kwargs, desc=desc,
+                 macs=True)
+        per_prompt = {i: r["transformer_macs_per_prompt"] for r in read_batch_records(folder).values()
+                      for i in r["indices"]}
+        images = []
+        for p in self.prompts:
+            with Image.open(image_path(folder, p.index)) as image:
+                images.append(image.convert("RGB"))
+        return images, [per_prompt[p.index] for p in self.prompts]
+
+    def full(self) -> tuple[list, list[float]]:
+        """The full model's images and per-prompt MACs (the shared cache, generated where missing)."""
+        if self._full is None:
+            self._full = self._generate(self.full_folder, self.kwargs, "full model")
+        return self._full
+
+    def _stored(self, key: str) -> dict | None:
+        indices = [p.index for p in self.prompts]
+        for folder in (self.folder, self.shared):
+            row = read_json(folder / f"{key}.json")
+            if row is not None and row.get("indices") == indices:
+                if folder != self.folder:
+                    link_images(folder / key, self.folder / key, indices)
+                    write_json(self.folder / f"{key}.json", row)
+                return row
+        return None
+
+    def run(self, config, label: str = "") -> dict:
+        key = setting_key(config)
+        if key in self.memo:
+            return self.memo[key]
+        if (row := self._stored(key)) is not None:
+            self.memo[key] = {**row, "setting": label or row.get("setting", "")}
+            return self.memo[key]
+        full, full_macs = self.full()
+        log.info("compare: %s on %d prompt(s): %s", type(config).name, len(self.prompts), label or key)
+        with cat.apply(self.pipe, config) as handle:
+            kwargs = {**self.kwargs, **handle.call_overrides(self.kwargs["num_inference_steps"])}
+            images, macs = self._generate(self.shared / key, kwargs, type(config).name)
+        row = {"key": key, "setting": label, "method": type(config).name,
+               "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+               "indices": [p.index for p in self.prompts], "transformer_macs": macs, "transformer_macs_full": full_macs,
+               "reduction": [1.0 - m / f for m, f in zip(macs, full_macs)]}
+        scoring = Scoring(images, self.prompts, full, self.cfg.data.name, self.cfg.metrics)
+        for metric in self.metrics:
+            row[metric.name] = [float(v) for v in metric.compute(scoring)]
+        write_json(self.shared / f"{key}.json", row)  # after its images: its presence says the setting is complete
+        link_images(self.shared / key, self.folder / key, row["indices"])
+        write_json(self.folder / f"{key}.json", row)
+        self.memo[key] = row
+        return row
+
+    def reduction(self, config, label: str = "") -> float:
+        return float(np.mean(self.run(config, label)["reduction"]))
+
+    def score(self, config, metric: Metric, label: str = "") -> float:
+        """The setting's mean of `metric` over the prompts."""
+        return float(np.mean(self.run(config, label)[metric.name]))

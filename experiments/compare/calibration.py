@@ -1,0 +1,113 @@
+"""The variant's settings for every compute target, chosen on the calibration prompts: the knob search
+(`search`) on offline MAC counts where the method's token schedule is known before it runs, else on the
+executed MACs of calibration runs (`bench`); for the `tuned` variant the best of its grid by the objective
+metric."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+from omegaconf import DictConfig, open_dict
+
+from ..base.models import transformer_config
+from ..metrics.registry import objective
+from ..run.macs import report_for_model
+from .bench import Bench
+from .matched import mixture_weight
+from .search import bracket_knob, find_knob, finite, offline_search
+from .settings import Plan, candidates, describe, reference_warmup, variant_base
+
+log = logging.getLogger(__name__)
+
+
+def offline_reduction(model: dict, config, num_steps: int, num_tokens: int) -> float | None:
+    """The executed-MACs reduction the MAC counter finds offline (None: the method decides while it runs)."""
+    if config.offline_schedule(num_steps, num_tokens) is None:
+        return None
+    return report_for_model(transformer_config(model), config).macs_reduction
+
+
+def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str, num_tokens: int) -> dict:
+    """The variant's settings for every target, chosen on the calibration prompts:
+    {target: {"settings": [(config, label)], "weights": [...], "score": the calibration objective or None,
+    "how": str}}; None when the variant does not apply to the method."""
+    plan, goal = Plan.of(cfg.method), objective()
+    variant, steps = cfg.compare.variant, int(cfg.model.steps)
+    base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps))
+    if base is None:
+        return None
+    pool = candidates(base, plan, variant, steps, num_tokens)
+    tol = float(cfg.compare.tolerance)
+
+    def with_knob(config, value):
+        return dataclasses.replace(config, **{plan.knob: value})
+
+    def reduction(config) -> float:
+        try:
+            config.check_steps(steps)
+            config.check_tokens(num_tokens)
+        except ValueError:
+            return float("nan")
+        r = offline_reduction(model, config, steps, num_tokens)
+        return r if r is not None else calibration.reduction(config, describe(config, base, plan.knob))
+
+    chosen: dict = {}
+    learned: dict = {}  # the offline search's last miss (see offline_search)
+    for target in cfg.compare.targets:
+        options = []
+        for config in pool:
+            if plan.continuous:
+                lo, hi = plan.knob_range
+                found = None
+                if config.offline_schedule(steps, num_tokens) is not None:
+                    found = offline_search(lambda v, c=config: with_knob(c, v), reduction, lo, hi, float(target), tol / 2,
+                                           steps, num_tokens, learned=learned)
+                if found is None:
+                    found = find_knob(lambda v, c=config: finite(reduction(with_knob(c, v))), lo, hi, float(target),
+                                      tol / 2)
+                if found is None:
+                    continue
+                settings, weights = [with_knob(config, found.value)], [1.0]
+            else:
+                reductions = {v: r for v in plan.levels if np.isfinite(r := reduction(with_knob(config, v)))}
+                found = bracket_knob(reductions, float(target), tol / 2)
+                if found is None:
+                    continue
+                settings = [with_knob(config, f.value) for f in found]
+                w = float(mixture_weight(float(target), found[0].reduction, found[-1].reduction)) if len(found) == 2 else 0.0
+                weights = [1.0] if len(found) == 1 else [1.0 - w, w]
+            options.append((config, settings, weights))
+        if not options:
+            log.info("compare: %s (%s) cannot reach %.0f%% fewer MACs", cfg.method.name, variant, 100 * float(target))
+            continue
+        if variant == "tuned" and len(options) > 1:
+            def score(option):
+                return sum(w * calibration.score(s, goal, describe(s, base, plan.knob))
+                           for s, w in zip(option[1], option[2]))
+
+            scored = [(score(o), i, o) for i, o in enumerate(options)]
+            sign = -1.0 if goal.lower_is_better else 1.0
+            best_score, _, best = max(scored, key=lambda t: (sign * t[0], -t[1]))
+            unit = f" {goal.unit}" if goal.unit else ""
+            how = f"best calibration {goal.short} {best_score:.2f}{unit} of {len(options)} settings"
+        elif variant == "tuned":
+            best, best_score, how = options[0], None, f"the only one of {len(pool)} settings that reaches the target"
+        else:
+            best, best_score, how = options[0], None, "the variant's setting"
+        chosen[float(target)] = {"settings": [(s, describe(s, base, plan.knob)) for s in best[1]],
+                                 "weights": best[2], "score": best_score, "how": how}
+    return chosen
+
+
+def calibration_config(cfg: DictConfig) -> DictConfig:
+    """The run's config on its calibration prompts (`data.split=calibration`, `compare.calibration_prompts` of them)."""
+    calib = cfg.copy()
+    with open_dict(calib):
+        calib.data.split = "calibration"
+        calib.data.limit = int(cfg.compare.calibration_prompts)
+        for key in ("shard", "num_shards", "categories"):
+            if key in calib.data:
+                calib.data[key] = None if key == "categories" else (0 if key == "shard" else 1)
+    return calib

@@ -1,0 +1,113 @@
+"""What a method's YAML says about reaching a compute target (`Plan`: its knob, the knob's domain, its tuning
+grid), the base setting of each variant of the fair comparison, and the settings a variant searches."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+import cat
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("authors", "tuned", "shared_warmup")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the method's YAML says about reaching a target: the compute knob, its domain, the tuning grid."""
+
+    knob: str
+    levels: tuple = ()
+    knob_range: tuple[float, float] | None = None
+    tune: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def continuous(self) -> bool:
+        return self.knob_range is not None
+
+    @classmethod
+    def of(cls, method: DictConfig | dict) -> "Plan":
+        m = OmegaConf.to_container(method, resolve=True) if OmegaConf.is_config(method) else dict(method)
+        name = m.get("name")
+        if not m.get("knob"):
+            raise ValueError(f"method={name}: task=compare needs the method's compute knob (`knob:` in "
+                             f"conf/method/{name}.yaml)")
+        knob_range = m.get("knob_range")
+        if knob_range is not None and (len(knob_range) != 2 or not knob_range[0] < knob_range[1]):
+            raise ValueError(f"method={name}: knob_range={knob_range} must be [low, high] with low < high")
+        levels = tuple(m.get("levels") or ())
+        if knob_range is None and len(levels) < 2:
+            raise ValueError(f"method={name}: task=compare needs `knob_range: [low, high]` (a continuous knob) or at "
+                             f"least two `levels` (a discrete one) in conf/method/{name}.yaml")
+        tune = {k: list(v) for k, v in (m.get("tune") or {}).items() if v is not None}
+        return cls(m["knob"], levels, tuple(knob_range) if knob_range is not None else None, tune)
+
+
+def setting_key(config) -> str:
+    """A short digest of a method setting (its type and every field)."""
+    text = f"{type(config).__module__}.{type(config).__qualname__}{json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe(config, base, knob: str) -> str:
+    """A setting as a reader wants it: the knob, then every field that differs from the variant's base."""
+    value = getattr(config, knob)
+    parts = [f"{knob}={value:.4g}" if isinstance(value, float) else f"{knob}={value}"]
+    for f in dataclasses.fields(config):
+        if f.name != knob and getattr(config, f.name) != getattr(base, f.name):
+            parts.append(f"{f.name}={getattr(config, f.name)}")
+    return ", ".join(parts)
+
+
+def variant_base(method, variant: str, family: str, num_steps: int, shared_warmup: int | None = None):
+    """The variant's setting before its compute knob moves: the authors' (over the YAML's), with the reference
+    method's warm-up (`shared_warmup`, CAT's) for variant `shared_warmup`; None when the variant does not apply
+    to the method."""
+    cls = type(method)
+    try:
+        authors = cls.authors(family, num_steps)
+    except (NotImplementedError, AttributeError):
+        log.warning("%s declares no authors' setting: the YAML's setting stands for it", cls.__name__)
+        authors = {}
+    base = dataclasses.replace(method, **authors)
+    if variant == "shared_warmup":
+        if not getattr(cls, "has_warmup", True) or not hasattr(base, "warmup_steps"):
+            return None
+        if shared_warmup is None:
+            raise ValueError("variant shared_warmup needs the reference method's warm-up")
+        return dataclasses.replace(base, warmup_steps=shared_warmup)
+    return base
+
+
+def reference_warmup(reference: str, family: str, num_steps: int) -> int | None:
+    """The warm-up of the reference method's authors' setting (`paired_reference`: CAT's 8 of 28 steps)."""
+    try:
+        return cat.METHODS[reference].authors(family, num_steps).get("warmup_steps")
+    except (KeyError, NotImplementedError):
+        return None
+
+
+def candidates(base, plan: Plan, variant: str, num_steps: int, num_tokens: int) -> list:
+    """The settings searched at each target: the base, and for `tuned` every combination of the grid
+    (invalid ones left out, duplicates removed)."""
+    out, seen = [], set()
+    combos = [{}] if variant != "tuned" else [{}] + [dict(zip(plan.tune, values))
+                                                      for values in itertools.product(*plan.tune.values())]
+    for combo in combos:
+        try:
+            config = dataclasses.replace(base, **combo)
+            config.check_steps(num_steps)
+        except (TypeError, ValueError) as err:
+            log.info("tuning grid: %s left out (%s)", combo, err)
+            continue
+        key = setting_key(config)
+        if key not in seen:
+            seen.add(key)
+            out.append(config)
+    return out

@@ -1,0 +1,50 @@
+"""Count the transformer MACs of the full model and a method from the configs alone, on `meta` (no weights):
+`python run.py task=macs ...` without a run folder, printed for a reader (or as JSON).
+
+    python scripts/count_macs.py model=sd3_medium model.steps=50 method=ras [--json]
+
+Takes run.py's groups and keys as overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from experiments.base.config_files import CONF
+from experiments.base.methods import knob_of
+from experiments.lifecycle import resolvers  # noqa: F401  (registers the config resolvers)
+from experiments.tasks.macs import count
+from experiments.tasks.validation import validate
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Count transformer MACs of the full model and a method, offline.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", help="run.py overrides (model=..., model.steps=..., method=..., ...)")
+    args = p.parse_args(argv)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[*args.overrides, "task=macs"])
+    metrics = count(cfg, None, validate(cfg))
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    steps = cfg.model.steps
+    knob, value = knob_of(OmegaConf.to_container(cfg.method, resolve=True))
+    setting = f" {knob}={value}" if knob else ""
+    print(f"model {cfg.model.name}  {cfg.model.height}x{cfg.model.width}  {steps} steps  method {cfg.method.name}{setting}")
+    print(f"full transformer:   {metrics['transformer_macs_full'] / steps / 1e12:.3f} TMACs/step, "
+          f"{metrics['transformer_macs_full']:.4g} MACs/image")
+    print(f"method transformer: {metrics['transformer_macs']:.4g} MACs/image  (reduction "
+          f"{100 * metrics['macs_reduction']:.1f}%)")
+    if "text_encoder_macs" in metrics:
+        print(f"text encoders:      {metrics['text_encoder_macs']:.4g} MACs/prompt")
+    if "vae_decode_macs" in metrics:
+        print(f"VAE decode:         {metrics['vae_decode_macs']:.4g} MACs/image")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The comparison's pieces on synthetic data with known answers: the knob search, the variants' settings,
+the tuning grid, and the report that pairs every method with CAT at each target."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cat
+from experiments.compare.search import find_knob
+from experiments.compare.settings import Plan, candidates, describe, reference_warmup, setting_key, variant_base
+from experiments.reports.targets import load_cells, table, write_report
+
+
+def test_the_knob_search_reaches_a_target_in_a_few_counts_on_a_nearly_linear_reduction():
+    calls = []
+
+    def reduction(keep):  # CAT-like: 8 of 28 steps full, the rest at the keep ratio, slightly curved
+        calls.append(keep)
+        return (20 / 28) * (1 - keep) ** 1.05
+
+    found = find_knob(reduction, 0.01, 1.0, 0.5, tol=0.002)
+    assert abs(found.reduction - 0.5) <= 0.002 and len(calls) <= 6
+    assert find_knob(reduction, 0.01, 1.0, 0.75) is None  # beyond the warm-up's reach
+
+
+def test_the_knob_search_keeps_the_target_bracketed_on_a_stepwise_reduction():
+    def reduction(threshold):  # a threshold skips whole steps: a staircase
+        return np.floor(threshold * 20) / 28
+
+    found = find_knob(reduction, 0.0, 1.0, 0.5, tol=0.01, max_iter=12)
+    assert abs(found.reduction - 0.5) <= 1 / 28  # the nearest step of the staircase
+    assert find_knob(reduction, 0.0, 1.0, 0.9) is None
+
+
+def test_a_plan_needs_a_knob_and_a_domain_and_drops_null_grid_entries():
+    plan = Plan.of({"name": "cat", "knob": "keep_ratio", "levels": [0.1], "knob_range": [0.01, 1.0],
+                    "tune": {"warmup_steps": [3, 8], "num_clusters": None}})
+    assert plan.continuous and plan.tune == {"warmup_steps": [3, 8]}
+    assert not Plan.of({"name": "fora", "knob": "interval", "levels": [2, 3, 4]}).continuous
+    with pytest.raises(ValueError, match="knob_range.*levels"):
+        Plan.of({"name": "fora", "knob": "interval", "levels": [2]})
+    with pytest.raises(ValueError, match="compute knob"):
+        Plan.of({"name": "x", "levels": [1, 2]})
+    with pytest.raises(ValueError, match="low < high"):
+        Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [1.0, 0.1]})
+
+
+def test_the_authors_variant_is_the_authors_setting_for_the_models_architecture():
+    mmdit, pixart = variant_base(cat.ToCaConfig(), "authors", "sd3", 28), variant_base(cat.ToCaConfig(), "authors", "pixart", 28)
+    assert (mmdit.interval, mmdit.fresh_ratio, mmdit.warmup_steps) == (4, 0.1, 3)
+    assert (pixart.interval, pixart.fresh_ratio, pixart.warmup_steps) == (3, 0.3, 1)
+    seer = variant_base(cat.TaylorSeerConfig(), "authors", "flux", 28)
+    assert (seer.cache_interval, seer.max_order, seer.warmup_steps) == (6, 1, 3)
+
+
+def test_shared_warmup_gives_every_method_cats_warmup_and_skips_a_method_without_one():
+    for config in (cat.FORAConfig(), cat.ToCaConfig(), cat.TaylorSeerConfig(), cat.FBCacheConfig()):
+        assert variant_base(config, "shared_warmup", "sd3", 28, reference_warmup("cat", "sd3", 28)).warmup_steps == 8
+    ras = variant_base(cat.RASConfig(), "shared_warmup", "sd3", 28, 8)
+    assert ras.warmup_steps == 8
+    assert variant_base(cat.StepsConfig(), "shared_warmup", "sd3", 28) is None
+
+
+def test_the_tuned_grid_holds_the_base_first_and_leaves_out_invalid_and_duplicate_settings():
+    base = cat.RASConfig()
+    plan = Plan("sample_ratio", (), (0.02, 1.0), {"warmup_steps": [4, 27, 30], "high_ratio": [0.3]})
+    pool = candidates(base, plan, "tuned", 28, 256)
+    assert pool[0] == base  # warm-up 4 and high ratio 0.3 are the base again: not repeated
+    assert [c.warmup_steps for c in pool] == [4, 27]  # 30 is refused by check_steps (28 steps)
+    assert candidates(base, plan, "authors", 28, 256) == [base]
+    assert len({setting_key(c) for c in pool}) == len(pool)
+    assert describe(pool[1], base, "sample_ratio") == "sample_ratio=0.5, warmup_steps=27"
+
+
+P = 48
+
+
+def _write_cell(folder, method, variant, targets, cells):
+    """A compare cell on disk as experiments.tasks.compare writes it."""
+    (folder / "cells").mkdir(parents=True)
+    plan = {"method": method, "variant": variant, "targets": {}, "cells": []}
+    for key, (reduction, psnr, adherence) in cells.items():
+        row = {"key": key, "indices": list(range(P)), "reduction": list(np.broadcast_to(reduction, P)),
+               "psnr": list(psnr), "ssim": list(np.clip(psnr / 50, 0, 1)), "adherence": list(adherence)}
+        (folder / "cells" / f"{key}.json").write_text(json.dumps(row))
+        plan["cells"].append(key)
+    for target, keys in targets.items():
+        plan["targets"][f"{target:g}"] = {"cells": keys, "labels": keys}
+    (folder / "compare.json").write_text(json.dumps(plan))
+    (folder / "config.yaml").write_text("model: {name: toy, steps: 28}\n")
+
+
+def test_the_report_pairs_each_method_with_cat_at_the_same_target_and_variant(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.normal(35, 3, P)  # prompts differ a lot; the methods' differences are small and paired
+    ones = np.ones(P)
+    _write_cell(tmp_path / "cat", "cat", "tuned", {0.5: ["k=0.3"]}, {"k=0.3": (0.5, base, ones)})
+    _write_cell(tmp_path / "fora", "fora", "tuned", {0.5: ["interval=2", "interval=3"]},
+                {"interval=2": (0.4, base + 2 + rng.normal(0, 0.2, P), ones),
+                 "interval=3": (0.6, base - 1 + rng.normal(0, 0.2, P), ones)})
+    _write_cell(tmp_path / "ras", "ras", "tuned", {0.5: ["r=0.4"]},
+                {"r=0.4": (0.5, base + rng.normal(0, 0.1, P), ones)})
+    _write_cell(tmp_path / "fora_a", "fora", "authors", {0.5: ["interval=3"]},
+                {"interval=3": (0.6, base - 1, ones)})
+    frame = table(load_cells(tmp_path), [0.5], "cat").set_index(["method", "variant"])
+    fora = frame.loc[("fora", "tuned")]
+    assert fora.setting == "interval=2 (50%) + interval=3 (50%)" and fora.reduction == pytest.approx(0.5)
+    assert fora.d_cat == pytest.approx(0.5, abs=0.1) and fora.d_cat_lo <= fora.d_cat <= fora.d_cat_hi
+    assert frame.loc[("ras", "tuned")].verdict == "equivalent"
+    assert frame.loc[("ras", "tuned")].adherence_verdict == "equivalent"
+    assert np.isnan(frame.loc[("cat", "tuned")].get("d_cat", np.nan))  # CAT is the reference
+    # a single setting off its target, with nothing of its variant on the other side: not reached
+    assert ("fora", "authors") not in frame.index
+    for _, row in frame.iterrows():
+        assert row.psnr_lo <= row.psnr <= row.psnr_hi
+    written = write_report(tmp_path)
+    assert (tmp_path / "targets.csv").exists() and (tmp_path / "figures" / "targets_psnr.png").exists()
+    assert "50% fewer executed MACs" in (tmp_path / "targets.md").read_text() and len(written) == len(frame)
+
+
+def test_cells_evaluated_on_different_prompts_are_never_paired(tmp_path):
+    _write_cell(tmp_path / "cat", "cat", "tuned", {0.5: ["a"]}, {"a": (0.5, np.ones(P), np.ones(P))})
+    other = tmp_path / "ras"
+    _write_cell(other, "ras", "tuned", {0.5: ["b"]}, {"b": (0.5, np.ones(P), np.ones(P))})
+    row = json.loads((other / "cells" / "b.json").read_text())
+    row["indices"] = list(range(1, P + 1))
+    (other / "cells" / "b.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match="different prompts"):
+        table(load_cells(tmp_path), [0.5], "cat")
+
+
+def test_a_report_against_another_method_names_its_differences_after_it(tmp_path, capsys):
+    from experiments.reports import targets
+
+    base = np.random.default_rng(1).normal(35, 3, P)
+    ones = np.ones(P)
+    _write_cell(tmp_path / "cat", "cat", "tuned", {0.5: ["k=0.3"]}, {"k=0.3": (0.5, base, ones)})
+    _write_cell(tmp_path / "cb", "cat_budget", "tuned", {0.5: ["k=0.3,s=1"]}, {"k=0.3,s=1": (0.5, base + 1, ones)})
+    _write_cell(tmp_path / "fora", "fora", "tuned", {0.5: ["interval=2"]}, {"interval=2": (0.5, base - 1, ones)})
+    targets.main([str(tmp_path), "--reference", "cat_budget"])
+    frame = pd.read_csv(tmp_path / "targets_vs_cat_budget.csv").set_index("method")
+    assert frame.loc["fora", "d_cat_budget"] == pytest.approx(-2) and frame.loc["cat", "d_cat_budget"] == pytest.approx(-1)
+    assert frame.loc["fora", "verdict"] == "worse" and "d_cat" not in frame
+    assert "`d_cat_budget` = method - cat_budget" in (tmp_path / "targets_vs_cat_budget.md").read_text()
+    assert not (tmp_path / "targets.csv").exists()  # the CAT report is another file
+    with pytest.raises(SystemExit, match="not a method of this sweep; its methods: cat, cat_budget, fora"):
+        targets.main([str(tmp_path), "--reference", "toca"])

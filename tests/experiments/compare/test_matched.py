@@ -1,0 +1,68 @@
+"""Matched compute and paired verdicts on synthetic data with a known answer."""
+
+import numpy as np
+import pytest
+
+from experiments.compare.matched import AtTarget, Cell, at_target, compare, mixture_weight, resamples, verdict
+
+P = 64
+
+
+def cell(setting, reduction, psnr):
+    return Cell.of(setting, reduction, {"psnr": psnr})
+
+
+def test_a_cell_at_the_target_is_taken_alone_and_a_discrete_knob_is_mixed_between_its_brackets():
+    cells = [cell("interval=2", 0.40, np.full(P, 34.0)), cell("interval=3", 0.60, np.full(P, 30.0)),
+             cell("interval=4", 0.70, np.full(P, 28.0))]
+    exact = at_target(cells, 0.405)
+    assert [c.setting for c in exact.cells] == ["interval=2"] and exact.setting == "interval=2"
+    mixed = at_target(cells, 0.5)
+    assert [c.setting for c in mixed.cells] == ["interval=2", "interval=3"]
+    assert mixed.setting == "interval=2 (50%) + interval=3 (50%)"  # never "interval=2.5"
+    out = compare(mixed, None, "psnr", resamples(P))
+    assert out["psnr"] == pytest.approx(32.0) and out["psnr_lo"] == pytest.approx(32.0) == out["psnr_hi"]
+    assert at_target(cells, 0.55).setting == "interval=2 (25%) + interval=3 (75%)"
+    assert at_target(cells, 0.3) is None and at_target(cells, 0.8) is None  # out of the method's reach
+
+
+def test_the_mixture_weight_is_recomputed_in_every_resample_from_per_prompt_macs():
+    rng = np.random.default_rng(1)
+    a = cell("threshold=0.1", rng.uniform(0.3, 0.5, P), rng.normal(35, 1, P))
+    b = cell("threshold=0.2", rng.uniform(0.5, 0.7, P), rng.normal(31, 1, P))
+    method = AtTarget(0.5, (a, b))
+    idx = resamples(P, 50, seed=3)
+    brute = []
+    for rows in idx:  # one resample at a time, by hand
+        ra, rb = a.reduction[rows].mean(), b.reduction[rows].mean()
+        w = min(max((0.5 - ra) / (rb - ra), 0), 1)
+        brute.append((1 - w) * a.values["psnr"][rows].mean() + w * b.values["psnr"][rows].mean())
+    assert method.means("psnr", idx) == pytest.approx(np.array(brute))
+    assert mixture_weight(0.5, 0.4, 0.6) == pytest.approx(0.5)
+
+
+def test_paired_verdicts_have_the_known_answer():
+    rng = np.random.default_rng(0)
+    cat = cell("keep_ratio=0.3", 0.5, rng.normal(33, 3, P))  # prompts differ a lot from each other
+    ref = AtTarget(0.5, (cat,))
+    idx = resamples(P)
+
+    def judge(offset, noise):
+        other = cell("x", 0.5, cat.values["psnr"] + offset + rng.normal(0, noise, P))
+        return compare(AtTarget(0.5, (other,)), ref, "psnr", idx)
+
+    better = judge(1.0, 0.3)
+    assert better["verdict"] == "better" and better["d_lo"] > 0 and better["d"] == pytest.approx(1.0, abs=0.1)
+    assert judge(-1.0, 0.3)["verdict"] == "worse"
+    same = judge(0.0, 0.2)  # per-method intervals of +-0.7 dB would overlap; the paired one is narrow
+    assert same["verdict"] == "equivalent" and -0.5 < same["d_lo90"] and same["d_hi90"] < 0.5
+    assert judge(0.0, 3.0)["verdict"] == "undetermined"
+    for out in (better, same):
+        assert out["psnr_lo"] <= out["psnr"] <= out["psnr_hi"] and out["d_lo"] <= out["d"] <= out["d_hi"]
+
+
+def test_lower_is_better_metrics_turn_the_verdict_around():
+    assert verdict((0.1, 0.2), (0.12, 0.18), 0.01, lower_is_better=True) == "worse"
+    assert verdict((0.1, 0.2), (0.12, 0.18), 0.01) == "better"
+    assert verdict((-0.3, 0.3), (-0.2, 0.2), 0.5) == "equivalent"
+    assert verdict((-0.3, 0.3), (-0.2, 0.6), 0.5) == "undetermined"

@@ -1,0 +1,70 @@
+"""`task=compare` end to end in process on a random-weight model: settings are chosen on calibration prompts
+only, evaluated with executed MACs counted per prompt on the evaluated batches, and a rerun reuses them."""
+
+import json
+
+import pytest
+
+from experiments.base.config_files import ConfigError
+from experiments.lifecycle import launch
+
+TINY = ("debug=tiny", "task=compare", "data.limit=4", "batch_size=2", "compare.calibration_prompts=2")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def read(run_dir, name):
+    return json.loads((run_dir / name).read_text())
+
+
+def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompts_only(tmp_path):
+    run_dir, metrics = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
+                                  "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
+    plan = read(run_dir, "compare.json")
+    assert metrics["targets_reached"] == 2 and set(plan["targets"]) == {"0.2", "0.35"}
+    evaluated = {i for key in plan["cells"] for i in read(run_dir / "cells", f"{key}.json")["indices"]}
+    calibrated = {i for path in (run_dir / "calibration").glob("*.json") for i in read(path.parent, path.name)["indices"]}
+    assert evaluated == {0, 1, 2, 3} and calibrated and not calibrated & evaluated  # the calibration split
+    for target, chosen in plan["targets"].items():
+        assert chosen["how"].startswith(("best calibration PSNR", "the only one of"))  # the grid was searched
+        (key,) = chosen["cells"]
+        row = read(run_dir / "cells", f"{key}.json")
+        assert len(row["reduction"]) == len(row["psnr"]) == 4  # per prompt
+        assert abs(sum(row["reduction"]) / 4 - float(target)) <= 0.01  # counted on the evaluated batches
+        assert (run_dir / "cells" / key / "00000.png").exists()
+    again_dir, again = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
+                                  "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
+    assert again_dir == run_dir and again == metrics
+
+
+def test_a_discrete_knob_is_bracketed_by_two_real_settings(tmp_path):
+    run_dir, metrics = launch.run(*TINY, "method=steps", "method.levels=[8,6,4]", "compare.variant=authors",
+                                  "compare.targets=[0.45]",
+                                  f"output_root={tmp_path}")
+    chosen = read(run_dir, "compare.json")["targets"]["0.45"]
+    assert len(chosen["cells"]) == 2 and all(label.startswith("num_steps=") for label in chosen["labels"])
+    low, high = chosen["evaluation_reductions"]
+    assert low < 0.45 < high
+
+
+def test_a_method_that_decides_while_it_runs_is_counted_on_the_calibration_batches(tmp_path):
+    run_dir, _ = launch.run(*TINY, "method=fbcache", "compare.variant=authors", "compare.targets=[0.3]",
+                            f"output_root={tmp_path}")
+    assert list((run_dir / "calibration").glob("*.json"))  # its reductions were measured, not known offline
+    plan = read(run_dir, "compare.json")
+    for chosen in plan["targets"].values():
+        for key in chosen["cells"]:
+            row = read(run_dir / "cells", f"{key}.json")
+            # per prompt: its batch's count over the batch's size (batches of 2 here)
+            assert row["transformer_macs"][0] == row["transformer_macs"][1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("compare.variant=best", "compare.variant='best' is invalid; allowed: authors, tuned, shared_warmup"),
+    ("compare.targets=[0.5,1.2]", "compare.targets=[0.5, 1.2] is invalid"),
+    ("level=1", "level=1 is not allowed with task=compare"),
+    ("+method.tune.no_such_field=[1]", "`no_such_field` (its knob or a tuned field) is not a field of RASConfig"),
+])
+def test_bad_comparison_settings_are_refused_before_any_model_loads(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
+        launch.run(*TINY, "method=ras", override, f"output_root={tmp_path}")

@@ -1,0 +1,160 @@
+"""Every config file composes, and bad values fail before any model is loaded."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import experiments.lifecycle.resolvers  # noqa: F401
+from experiments.tasks.validation import method_config, validate
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+
+
+def _compose(overrides, hydra=False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def _names(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "method", "data", "metrics", "logger", "experiment", "sweep", "debug"])
+def test_every_config_file_composes(group):
+    for name in _names(group):
+        cfg = _compose([f"{group}={name}"])
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        if group in ("method", "experiment") and cfg.method.config is not None:
+            import cat
+
+            config = method_config(cfg)
+            assert cat.METHODS[type(config).name] is type(config)
+            assert getattr(config, cfg.method.knob) == cfg.method.config[cfg.method.knob]
+
+
+def test_defaults_are_the_embedded_model_and_cat():
+    cfg = _compose([])
+    assert cfg.model.name == "tiny_sd3_shapes" and cfg.method.name == "cat" and cfg.data.name == "shapes"
+    assert cfg.logger.mode == "offline"
+
+
+def test_warmup_scales_with_the_step_count():
+    assert method_config(_compose(["model=sd3_medium"])).warmup_steps == 8
+    assert method_config(_compose(["model=sd3_medium", "model.steps=50"])).warmup_steps == 14
+
+
+def test_ablation_sweep_is_a_multirun_over_policy_keep_and_clusters_with_enough_prompts():
+    cfg = _compose(["sweep=ablation"], hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    params = cfg.hydra.sweeper.params
+    for axis in ("method", "method.config.keep_ratio", "method.config.num_clusters"):
+        assert axis in params
+    assert cfg.data.limit >= 32  # paired intervals need prompts
+
+
+def test_peers_sweep_compares_every_method_in_every_variant_with_a_knob_it_can_move():
+    import dataclasses
+
+    import cat
+    from experiments.compare.settings import Plan
+
+    cfg = _compose(["sweep=peers"], hydra=True)
+    params = cfg.hydra.sweeper.params
+    methods = params["method"].split(",")
+    assert set(methods) == set(cat.METHODS) | {"cat_random"}  # the registered methods and random tokens
+    assert params["compare.variant"] == "authors,tuned,shared_warmup" and cfg.task == "compare"
+    assert cfg.data.limit >= 32
+    for name in methods:
+        composed = _compose([f"method={name}"])
+        plan = Plan.of(composed.method)
+        fields = {f.name for f in dataclasses.fields(method_config(composed))}
+        assert plan.knob in fields and set(plan.tune) <= fields, name
+        assert plan.continuous or len(plan.levels) >= 2, name
+        grid = 1
+        for values in plan.tune.values():
+            grid *= len(values)
+        assert grid <= 8, f"{name}: a tuning grid of {grid} settings"  # the sweep's runtime
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.config.keep_ratio=1.5"], r"keep_ratio=1\.5 is invalid: keep_ratio must be a float in \(0, 1\]"),
+    (["model.steps=6", "method.config.warmup_steps=8"], r"warmup_steps=8 is invalid: warmup_steps must be smaller than the number of steps \(6\)"),
+    (["method.config.policy=magic"], r"policy must be one of cat, no_cluster"),
+    (["method.config.warmup_steps=1"], r"warmup_steps=1 is invalid"),
+])
+def test_bad_method_values_fail_with_the_field_and_range(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate(_compose(overrides))
+
+
+def test_unknown_model_is_a_hydra_error_listing_the_options():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="sd3_medium"):
+        _compose(["model=sd4"])
+
+
+def test_magcache_ratios_given_on_the_command_line_are_taken():
+    """The documented way to run MagCache without a calibration file: `method.config.mag_ratios=[...]`."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny_random", "method=magcache", "method.config.mag_ratios=[1.0,0.9]"])
+    assert method_config(cfg).mag_ratios == (1.0, 0.9)
+
+
+def test_task_macs_counts_the_methods_with_an_offline_schedule_and_names_the_others():
+    from experiments.base.config_files import ConfigError
+
+    for method in ("cat", "cat_fora", "ras", "steps", "fora"):
+        validate(_compose(["model=tiny_random", "task=macs", f"method={method}"]))
+    with pytest.raises(ConfigError, match="method=toca does not say them: use task=generate"):
+        validate(_compose(["model=tiny_random", "task=macs", "method=toca"]))
+
+
+def test_a_method_that_needs_calibrating_names_the_command_that_does_it():
+    from experiments.base.config_files import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method=magcache needs magnitude ratios .* run `python scripts/calibrate\.py "
+                                          r"method=magcache model=tiny_random model\.steps=10` once"):
+        validate(_compose(["model=tiny_random", "method=magcache"]))
+
+
+def test_model_scheduler_overrides_rebuild_the_pipeline_scheduler_and_unknown_ones_are_named():
+    from cat import testing
+    from experiments.run.pipelines import with_scheduler
+
+    pipe = testing.tiny_sd3_pipeline()
+    before = dict(pipe.scheduler.config)
+    assert with_scheduler(pipe, {}).scheduler.config == before
+    assert with_scheduler(pipe, {"shift": 3.0}).scheduler.config.shift == 3.0
+    with pytest.raises(ValueError, match="model.scheduler: shfit is not a setting of FlowMatchEulerDiscreteScheduler"):
+        with_scheduler(pipe, {"shfit": 3.0})
+
+
+def test_every_tuned_grid_can_take_cats_warmup():
+    """`tuned` searches a grid that holds CAT's warm-up for every method with one, so that tuning can find at
+    least what `shared_warmup` runs (a tuned row below the shared-warm-up row would be the grid's fault)."""
+    import dataclasses
+    import itertools
+
+    import cat
+    from experiments.compare.settings import Plan, reference_warmup, variant_base
+
+    cat_warmup = reference_warmup("cat", "sd3", 28)
+    assert cat_warmup == 8
+    params = _compose(["sweep=peers"], hydra=True).hydra.sweeper.params
+    for name in params["method"].split(","):
+        composed = _compose([f"method={name}"])
+        config = method_config(composed)
+        if not type(config).has_warmup:
+            continue
+        plan = Plan.of(composed.method)
+        base = variant_base(config, "tuned", "sd3", 28)
+        warmups = set()
+        for values in [()] + list(itertools.product(*plan.tune.values())):
+            setting = dataclasses.replace(base, **dict(zip(plan.tune, values)))
+            warmups.add(setting.retained_steps(28) if isinstance(setting, cat.MagCacheConfig) else setting.warmup_steps)
+        assert cat_warmup in warmups, f"{name}: the tuned grid's warm-ups {sorted(warmups)} leave out CAT's 8"
