@@ -135,7 +135,7 @@ class ForecastSearchConfig(MethodConfig):
     """
 
     name: ClassVar[str] = "forecast_search"
-    calibrates_jointly: ClassVar[bool] = True  # scripts/calibrate.py: one call over all prompts, written as returned
+    calibrates_with_settings: ClassVar[bool] = True  # the segment costs hold for the settings measured with
     budget: float = 0.5
     schedule: str = "searched"
     correction: str = "none"
@@ -147,7 +147,7 @@ class ForecastSearchConfig(MethodConfig):
     max_skip: int = 6
     warmup_steps: int = 1
     actions: str | None = None
-    calibration: str | None = None
+    calibration: str | None = dataclasses.field(default=None, repr=False)  # a long record: left out of the repr
     guidance_scale: float | None = None
     reuse_calibration: bool = False
 
@@ -177,8 +177,10 @@ class ForecastSearchConfig(MethodConfig):
             object.__setattr__(self, "calibration", json.dumps(_plain(self.calibration), sort_keys=True))
         if self.calibration is not None:
             data = _parse(self.calibration)
-            check(isinstance(data, dict) and {"num_steps", "guidance_scale", "settings", "macs", "costs"} <= set(data),
-                  self, "calibration", "None or what ForecastSearchConfig.calibrate measures (its 'search' field)")
+            if not (isinstance(data, dict) and {"num_steps", "guidance_scale", "settings", "macs", "costs"} <= set(data)):
+                # said without the value: a calibration is a long record
+                raise ValueError(f"{type(self).__name__}.calibration is invalid: calibration must be None or what "
+                                 "ForecastSearchConfig.calibrate measures (its 'search' field).")
 
     @property
     def reads_calibration(self) -> bool:
@@ -208,8 +210,9 @@ class ForecastSearchConfig(MethodConfig):
             check(len(self.actions) == num_steps, self, "actions", f"one action per step ({num_steps})")
         if self.reads_calibration and not self.reuse_calibration:
             measured = _parse(self.calibration)["num_steps"]
-            check(measured == num_steps, self, "calibration",
-                  f"measured at the run's step count ({num_steps}, not {measured}), or set reuse_calibration=True")
+            if measured != num_steps:
+                raise ValueError(f"{type(self).__name__}.calibration was measured at {measured} steps, this run has "
+                                 f"{num_steps}: calibrate at {num_steps} steps, or set reuse_calibration=True.")
 
     def check_tokens(self, num_tokens: int) -> None:
         if self.correction != "none":
@@ -225,22 +228,43 @@ class ForecastSearchConfig(MethodConfig):
     @classmethod
     def calibrate(cls, pipe, prompts: list[str], num_inference_steps: int, config: "ForecastSearchConfig | None" = None,
                   generator=None, **call_kwargs) -> dict:
-        """The search's measurements on `pipe` over all `prompts` at once ({"search": ..., "schedules": ...}):
-        segment costs of every kind, MACs per action, and the searched schedule of every kind at each of
-        `SEARCHED_BUDGETS` (at `config`'s warm-up and max_skip; `config` also gives the forecast and
-        correction settings, by default this class's). `generator`: one per prompt."""
+        """The search's measurements on `pipe` for `prompts` ({"search": ...}: segment costs of every kind,
+        MACs per action, the settings they hold for; `config` gives the forecast and correction settings, by
+        default this class's). `generator`: one, or one per prompt. `combine_calibrations` merges several and
+        lists the searched schedules."""
         config = cls() if config is None else config
         if isinstance(prompts, str):
             prompts = [prompts]
         generators = generator if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
-        search = measure(pipe, prompts, generators, num_inference_steps, config, call_kwargs)
-        found = dataclasses.replace(config, actions=None, calibration=json.dumps(search, sort_keys=True),
-                                    guidance_scale=search["guidance_scale"])
+        return {"search": measure(pipe, prompts, generators, num_inference_steps, config, call_kwargs)}
+
+    @classmethod
+    def combine_calibrations(cls, measured: list[dict]) -> dict:
+        """One calibration from several `calibrate` results (scripts/calibrate.py measures one per prompt): the
+        segment costs averaged over every prompt, and the searched schedule of every kind at each of
+        `SEARCHED_BUDGETS` (at the measured warm-up and max_skip) with its predicted cost:
+        {"search": ..., "schedules": ..., "predicted_cost": ...}."""
+        searches = [m["search"] for m in measured]
+        first = searches[0]
+        for other in searches[1:]:
+            for key in ("num_steps", "guidance_scale", "settings", "macs"):
+                if other[key] != first[key]:
+                    raise ValueError(f"{cls.__name__}.combine_calibrations: the calibrations differ in {key} "
+                                     f"({first[key]!r} and {other[key]!r}); combine those of one model and setting")
+        prompts = sum(s["prompts"] for s in searches)
+        costs = {kind: [[None if cost is None else sum(s["prompts"] * s["costs"][kind][i][j] for s in searches) / prompts
+                         for j, cost in enumerate(row)] for i, row in enumerate(table)]
+                 for kind, table in first["costs"].items()}
+        search = {**first, "prompts": prompts, "costs": costs}
+        settings = search["settings"]
+        found = cls(calibration=json.dumps(search, sort_keys=True), guidance_scale=search["guidance_scale"],
+                    warmup_steps=settings["warmup_steps"], max_skip=settings["max_skip"],
+                    **{f: settings[f] for f in CALIBRATED_FIELDS})
         schedules, predicted = {}, {}
         for kind in CORRECTIONS:
             for budget in SEARCHED_BUDGETS:
-                setting = dataclasses.replace(found, budget=budget, correction=kind, schedule="searched")
-                actions, cost = setting.searched(num_inference_steps)
+                setting = dataclasses.replace(found, budget=budget, correction=kind)
+                actions, cost = setting.searched(search["num_steps"])
                 schedules.setdefault(kind, {})[str(budget)] = actions
                 predicted.setdefault(kind, {})[str(budget)] = cost
         return {"search": search, "schedules": schedules, "predicted_cost": predicted}
@@ -479,8 +503,9 @@ class _State(StepState):
         if steps is None:
             raise ValueError(f"{type(c).__name__}: the schedule needs the step count: call the pipeline, or "
                              "handle.reset(num_steps=...) on a bare transformer")
-        if c.reads_calibration:
+        if self.num_steps is None:  # a known step count was checked by the clock at this call
             c.check_steps(steps)
+        if c.reads_calibration:
             measured = _parse(c.calibration)["guidance_scale"]
             used = self.clock.guidance_scale
             if (used is not None and measured is not None and not c.reuse_calibration
@@ -648,7 +673,8 @@ def measure(pipe, prompts: list[str], generators: list, num_steps: int, config: 
              for kind in kinds}
     guidance = getattr(pipe, "_guidance_scale", call_kwargs.get("guidance_scale"))
     return {"num_steps": num_steps, "guidance_scale": guidance, "prompts": len(prompts),
-            "settings": {**{f: getattr(config, f) for f in CALIBRATED_FIELDS}, "max_skip": config.max_skip},
+            "settings": {**{f: getattr(config, f) for f in CALIBRATED_FIELDS}, "max_skip": config.max_skip,
+                         "warmup_steps": config.warmup_steps},
             "macs": count_macs(pipe.transformer, shapes, config), "costs": costs}
 
 

@@ -240,9 +240,9 @@ CALL = {"guidance_scale": 5.0, "height": 32, "width": 32, "max_sequence_length":
 def calibrated():
     pipe = testing.tiny_sd3_pipeline()
     config = ForecastSearchConfig(num_corrected=4, max_skip=2, gamma=0.5, max_order=1, basis="taylor")
-    found = ForecastSearchConfig.calibrate(pipe, ["a red circle"], STEPS, config=config,
-                                           generator=[torch.Generator().manual_seed(0)], **CALL)
-    return pipe, config, found
+    measured = ForecastSearchConfig.calibrate(pipe, ["a red circle"], STEPS, config=config,
+                                              generator=torch.Generator().manual_seed(0), **CALL)
+    return pipe, config, ForecastSearchConfig.combine_calibrations([measured])
 
 
 def test_the_calibration_measures_every_segment_and_lists_the_searched_schedules(calibrated):
@@ -250,7 +250,7 @@ def test_the_calibration_measures_every_segment_and_lists_the_searched_schedules
     search = found["search"]
     assert search["num_steps"] == STEPS and search["guidance_scale"] == 5.0 and search["prompts"] == 1
     assert search["settings"] == {"num_corrected": 4, "gamma": 0.5, "max_order": 1, "basis": "taylor", "scale": 0.5,
-                                  "max_skip": 2}
+                                  "max_skip": 2, "warmup_steps": 1}
     for kind in ("none", "cluster", "topk"):
         costs = search["costs"][kind]
         for i, row in enumerate(costs):
@@ -264,6 +264,29 @@ def test_the_calibration_measures_every_segment_and_lists_the_searched_schedules
         for budget, actions in by_budget.items():
             setting = dataclasses.replace(config, calibration=search, budget=float(budget), correction=kind)
             assert setting.plan(STEPS) == actions  # the config's search gives the listed schedule
+
+
+def test_calibrations_of_several_prompts_combine_into_their_mean_costs_and_one_search(calibrated):
+    """scripts/calibrate.py measures one prompt at a time (`calibrate`) and combines them
+    (`combine_calibrations`): costs weighed by prompts, the schedules searched on the mean; calibrations of
+    other settings do not combine."""
+    _, config, found = calibrated
+    one = found["search"]
+    scaled = {**one, "prompts": 3,
+              "costs": {kind: [[None if c is None else 5 * c for c in row] for row in table]
+                        for kind, table in one["costs"].items()}}
+    both = ForecastSearchConfig.combine_calibrations([{"search": one}, {"search": scaled}])
+    assert both["search"]["prompts"] == 4
+    for kind, table in one["costs"].items():
+        for row, mean in zip(table, both["search"]["costs"][kind]):
+            assert all(m is None if c is None else math.isclose(m, (c + 3 * 5 * c) / 4) for c, m in zip(row, mean))
+    for kind, by_budget in both["schedules"].items():
+        for budget, actions in by_budget.items():
+            setting = dataclasses.replace(config, calibration=both["search"], budget=float(budget), correction=kind)
+            assert setting.plan(STEPS) == actions
+    other = {**one, "settings": {**one["settings"], "num_corrected": 8}}
+    with pytest.raises(ValueError, match="the calibrations differ in settings"):
+        ForecastSearchConfig.combine_calibrations([{"search": one}, {"search": other}])
 
 
 @pytest.mark.parametrize("correction", ["none", "cluster"])
@@ -307,8 +330,8 @@ def test_a_calibration_for_other_settings_guidance_or_steps_is_refused_unless_re
     louder = dataclasses.replace(ok, guidance_scale=7.0)
     assert "measured at guidance_scale=5.0, and the run uses 7.0" in louder.missing_calibration("x")
     assert dataclasses.replace(louder, reuse_calibration=True).missing_calibration("x") is None
-    with pytest.raises(ValueError, match=r"calibration=.* is invalid: calibration must be measured at the run's step "
-                                         r"count \(8, not 6\), or set reuse_calibration=True"):
+    with pytest.raises(ValueError, match=r"^ForecastSearchConfig\.calibration was measured at 6 steps, this run has 8: "
+                                         r"calibrate at 8 steps, or set reuse_calibration=True\.$"):
         ok.check_steps(8)
     reused = dataclasses.replace(ok, reuse_calibration=True)
     assert len(reused.plan(8)) == 8
@@ -316,6 +339,18 @@ def test_a_calibration_for_other_settings_guidance_or_steps_is_refused_unless_re
         with pytest.raises(ValueError, match="this call uses 7.0"):
             pipe(["a red circle"], num_inference_steps=STEPS, output_type="latent",
                  **{**CALL, "guidance_scale": 7.0})
+
+
+def test_cuda_graphs_are_refused_before_anything_is_patched():
+    """Its factors are kept across calls and refreshed inside the compiled blocks: not graph-safe
+    (`cat.check_cuda_graphs`, as the harness asks before loading a model)."""
+    transformer = MAKERS["sd3"]()
+    config = ForecastSearchConfig(actions="FFf")
+    with pytest.raises(ValueError, match=r"reduce-overhead.*refused for 'forecast_search'"):
+        cat.check_cuda_graphs(type(config).handle, config, "reduce-overhead")
+    with pytest.raises(ValueError, match=r"reduce-overhead.*refused for 'forecast_search'"):
+        cat.apply(transformer, config, compile=True, compile_mode="reduce-overhead")
+    assert not hasattr(transformer, "_diffusers_hook") and not hasattr(transformer, "_cat_method")
 
 
 def test_a_searched_schedule_without_calibration_names_the_command():
