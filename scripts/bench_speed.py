@@ -14,7 +14,10 @@ of the whole schedule, their quotient (speedup efficiency), the overhead of the 
 work (for methods on the token engine) as a fraction of a full step, and the memory its caches take. A
 variant of CAT (e.g. `--method cat_budget --set forecast=0.5`) is also timed against plain CAT at the same
 keep ratio in the same turns: its extra time per pruned step (schedule, forecast) as a share of a full step,
-added to the selection overhead, and both speedup efficiencies.
+added to the selection overhead, and both speedup efficiencies. A step cache whose skipped steps run none of
+the step-cached modules (e.g. `--default-geometry --method forecast_search`, its schedule searched on the
+embedded default's calibration) prints its own time per step as a share of a full step (`overhead_per_step`:
+forecasts, factor refreshes, hooks), full and skipped steps apart.
 """
 
 from __future__ import annotations
@@ -158,6 +161,68 @@ def selection_time(method: cat.MethodConfig, grid: int, channels: int, first: in
     return statistics.median(times)
 
 
+class Replay(torch.nn.Module):
+    """Stands in for a step-cached module: hands back an output it computed before, running nothing."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+def remainder_time(model, x: dict, repeats: int, device="cpu") -> float:
+    """Time of a transformer call whose step-cached modules (the family's `STEP_CACHED`) run nothing: what a
+    step cache's skipped step still computes (embeddings, norms, modulation, the output layer)."""
+    from cat.engine.patching import swap_in
+    from cat.families import STEP_CACHED
+
+    found = family_for(model).find(model, STEP_CACHED)
+    outputs, undo = {}, []
+    hooks = [module.register_forward_hook(lambda m, a, out, name=name: outputs.__setitem__(name, out))
+             for name, module in found]
+    model(**x)
+    for hook in hooks:
+        hook.remove()
+    try:
+        for name, _ in found:
+            swap_in(model, name, Replay(outputs[name]), undo)
+        return median_time(lambda: model(**x), repeats, device)
+    finally:
+        while undo:
+            undo.pop()()
+
+
+def step_overhead(model, x: dict, method: cat.MethodConfig, steps: int, full_step: float, repeats: int,
+                  device="cpu") -> dict | None:
+    """For a step cache (its offline schedule has steps that compute no image token: none of the step-cached
+    modules runs): the method's own time per step as a share of a full step. Each call of `repeats` schedules
+    (after an untimed one) is timed; a full step's own time is its median over the full model's step, a skipped
+    step's over the call with the step-cached modules replaced by their outputs (`remainder_time`): forecasts,
+    factor refreshes, hooks and the step's bookkeeping. `overhead_per_step` weighs them by the schedule's full
+    and skipped steps (steps computing some of the tokens, corrected or pruned, are left out). None for other
+    methods."""
+    n = model.config.sample_size ** 2 // model.config.patch_size ** 2
+    schedule = method.offline_schedule(steps, n)
+    if schedule is None or 0 not in schedule:
+        return None
+    remainder = remainder_time(model, x, repeats, device)
+    calls = [[] for _ in range(steps)]
+    with cat.apply(model, method) as handle:
+        for turn in range(repeats + 1):
+            handle.reset(cfg_pairs=True, num_steps=steps)
+            for step in range(steps):
+                seconds = timed(lambda: model(**x), device)
+                if turn:  # the first schedule allocates the method's caches
+                    calls[step].append(seconds)
+    full = [statistics.median(calls[s]) - full_step for s in range(steps) if schedule[s] == n]
+    skipped = [statistics.median(calls[s]) - remainder for s in range(steps) if schedule[s] == 0]
+    return {"overhead_per_step": statistics.mean(full + skipped) / full_step,
+            "overhead_full_step": statistics.mean(full) / full_step,  # step 0 is always full
+            "overhead_skipped_step": statistics.mean(skipped) / full_step}
+
+
 def overhead_per_step(times: dict, method: str, base: str, pruned: int, steps: int) -> list[float]:
     """Per turn: the method's extra time over `base` per pruned step, as a share of a full step (the full
     schedule's time of the same turn over its steps)."""
@@ -293,6 +358,7 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
             compiled, counts = compiled_variants(model, x, method, steps, device=device)
             variants.update(compiled)
         times = in_turns(variants, schedule_repeats)  # eager and compiled alike, in the same turns
+        own = step_overhead(model, x, method, steps, full_step, repeats, device)
     select = selection_time(method, grid, 4 * channels, first, prompts=prompts, steps=steps, device=device,
                             dtype=precision)
     macs_speedup = macs_full * steps / macs_method
@@ -315,6 +381,8 @@ def run(layers: int = 12, heads: int = 12, grid: int = 32, text: int = 77, steps
                    peer_macs_speedup=macs_full * steps / peer_macs)
     if select is not None:
         out["selection_overhead"] = select / full_step
+    if own is not None:
+        out.update(own)
     if baseline is not None:
         # what the variant adds over CAT at the same keep ratio (its schedule, its forecast), per pruned step
         pruned = sum(1 for tokens in method.offline_schedule(steps, n) if tokens < n)
@@ -429,6 +497,10 @@ def main(argv=None) -> None:
         method = conf_config(args.steps, conf_overrides)
     else:
         method = library_config(args.method or str(default_setting("paired_reference")), args.steps, args.changes)
+        missing = method.missing_calibration("SD3Transformer2DModel")
+        if missing:  # random weights: nothing to calibrate on
+            p.error(f"--method {method.name} {missing}; --default-geometry reads the embedded default's calibration "
+                    "at --steps, or --set the fields that need none")
     peer = library_config(args.peer, args.steps, args.peer_changes) if args.peer else None
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     r = run(args.layers, args.heads, args.grid, args.text, args.steps, args.repeats, args.threads, method=method,
@@ -449,6 +521,9 @@ def main(argv=None) -> None:
     ]
     if "selection_overhead" in r:
         rows.append(("selection overhead / full step", f"{100 * r['selection_overhead']:.2f}%"))
+    if "overhead_per_step" in r:
+        rows.append(("method's own time per step / full step", f"{100 * r['overhead_per_step']:.2f}% (full steps "
+                     f"{100 * r['overhead_full_step']:+.2f}%, skipped {100 * r['overhead_skipped_step']:+.2f}%)"))
     if "overhead_vs_cat" in r:
         rows += [("extra time over CAT per pruned step / full step", f"{100 * r['overhead_vs_cat']:+.2f}% "
                   f"(turns {r['overhead_vs_cat_range']})"),
@@ -460,7 +535,7 @@ def main(argv=None) -> None:
     keys = ["speedup_eager", "speedup_eager_range", "speedup_efficiency", "speedup_compiled", "speedup_compiled_range",
             "speedup_compiled_vs_eager_full", "compiled_minus_eager", "compiled_minus_eager_range", "graphs",
             "recompiles", "graph_breaks",
-            "selection_overhead", "overhead_vs_cat", "overhead_vs_cat_range", "overhead_total", "cat_speedup_eager",
+            "selection_overhead", "overhead_per_step", "overhead_full_step", "overhead_skipped_step", "overhead_vs_cat", "overhead_vs_cat_range", "overhead_total", "cat_speedup_eager",
             "cat_macs_speedup", "cat_speedup_efficiency", "cache_mb", "cache_mb_lean", "peak_mb", "peer_name", "peer_speedup",
             "peer_macs_speedup"]
     for key in keys:

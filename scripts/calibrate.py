@@ -9,20 +9,25 @@ evaluated, one call per prompt with the run's seed, combines what it measured ov
 `combine_calibrations`: a mean, or TeaCache's fit over every prompt's points), and writes
 assets/<method>/<model>-<steps>.json with the guidance scale it was made at, which the method's conf file
 reads (`${calibrated:<field>}`) for that model, step count and guidance scale. Takes the same overrides as
-run.py (model, data, device, dtype, seed).
+run.py (model, data, device, dtype, seed). A method whose calibration depends on its own settings
+(`calibrates_with_settings`: forecast_search's segment costs) is also given its configured config, `config=`.
 """
 
 from __future__ import annotations
 
 import hydra
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.lifecycle import resolvers  # noqa: F401
 
 
 def rounded(value):
-    return [round(v, 6) for v in value] if isinstance(value, list) else round(value, 6)
+    """Numbers to 6 decimals, in lists too; anything else (a method's nested record, whose costs may be far
+    below 1e-6) as it is."""
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return round(value, 6) if isinstance(value, (int, float)) else value
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -44,6 +49,8 @@ def main(cfg: DictConfig) -> None:
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
     kwargs = call_kwargs(cfg)
     steps = kwargs.pop("num_inference_steps")
+    if method.calibrates_with_settings:  # its own calibration never read while it is measured anew
+        kwargs["config"] = instantiate(cfg.method.config, calibration=None)
     measured = [method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0], **kwargs) for p in prompts]
     fields = {name: rounded(value) for name, value in method.combine_calibrations(measured).items()}
     out = calibration_file(cfg.method.name, cfg.model.name, steps)

@@ -1,6 +1,7 @@
 """The speed benchmark runs end to end at a tiny size (its figures come from `python scripts/bench_speed.py`)."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,33 @@ def test_a_bad_method_is_one_line(capsys, argv, message):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_step_cache_prints_its_own_time_per_step(capsys):
+    """Issue 37: the budgeted forecasting cache's overhead per step, a share of a full step (no timing asserted:
+    the figures come from a quiet machine)."""
+    bench.main(["--method", "forecast_search", "--set", "actions=FFfFff", "--set", "correction=none", "--steps", "6",
+                "--layers", "1", "--heads", "2", "--grid", "8", "--text", "8", "--repeats", "1"])
+    out = capsys.readouterr().out
+    # a difference of two timings: at this size it may be below zero
+    r = {key: float(value) for key, value in printed(out).items() if key.startswith("overhead")}
+    assert set(r) == {"overhead_per_step", "overhead_full_step", "overhead_skipped_step"}
+    # the schedule's mean over its three full and three skipped steps
+    assert r["overhead_per_step"] == pytest.approx((r["overhead_full_step"] + r["overhead_skipped_step"]) / 2, abs=1e-4)
+    assert row(out, "method's own time per step / full step").endswith("%)")
+
+
+def test_a_step_cache_without_its_calibration_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--method", "forecast_search", "--steps", "6"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "needs its segment costs measured" in err and "--default-geometry" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_the_searched_schedule_of_the_embedded_default_prints_its_overhead(capsys):
+    bench.main(["--default-geometry", "--method", "forecast_search", "--prompts", "2", "--steps", "28", "--repeats",
+                "1", "--schedule-repeats", "1"])
+    r = printed(capsys.readouterr().out)
+    assert math.isfinite(float(r["overhead_per_step"])) and r["speedup_eager"] > 0

@@ -103,3 +103,23 @@ def weights(x: float, order: int, basis: str = "taylor", scale: float = 1.0) -> 
 def forecast(factors: Sequence[torch.Tensor], x: float, basis: str = "taylor", scale: float = 1.0) -> torch.Tensor:
     """The module output forecast x steps after the last full step from its factors."""
     return weigh(factors, weights(x, len(factors) - 1, basis, scale))
+
+
+def refresh_factors_(factors: Sequence[torch.Tensor], output: torch.Tensor, inv_distance: torch.Tensor,
+                     valid: torch.Tensor) -> None:
+    """`update_factors` in place on preallocated factors F_0 .. F_m, steered by tensors so that one compiled
+    graph serves every full step: F'_0 = y and F'_{i+1} = valid_i (F'_i - F_i) inv_distance, `valid` [m + 1]
+    holding 1 where the old F_i was set (0 restarts the orders above it at 0), `inv_distance` 1/d."""
+    new = output
+    for i, factor in enumerate(factors):
+        following = (new - factor) * (inv_distance * valid[i]) if i + 1 < len(factors) else None  # [*shape]
+        factor.copy_(new)
+        new = following
+
+
+def weigh_by(factors: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """`weigh` with the weights in a tensor [m + 1] (on the factors' device): F_0 + sum_{i>=1} w_i F_i."""
+    out = factors[0]
+    for i in range(1, len(factors)):
+        out = out + factors[i] * weights[i]  # [*shape]
+    return out

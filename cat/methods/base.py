@@ -43,6 +43,9 @@ class MethodConfig:
     # Whether the config has a field `warmup_steps`: the number of leading steps computed in full (an
     # integer >= 1, smaller than the step count). Only the fewer-steps method has none.
     has_warmup: ClassVar[bool] = True
+    # Whether `calibrate` measures for the config's own settings (`config=`, given by scripts/calibrate.py):
+    # a calibration that holds for some settings only.
+    calibrates_with_settings: ClassVar[bool] = False
 
     def check_steps(self, num_steps: int) -> None:
         """Checks the settings that depend on the step count (called before any model loads)."""

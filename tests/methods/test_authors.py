@@ -32,6 +32,9 @@ CLUSCA_MMDIT = {"interval": 5, "max_order": 1, "num_clusters": 16, "propagation_
 CLUSCA_PIXART = {"interval": 4, "max_order": 4, "num_clusters": 16, "propagation_ratio": 0.0, "kmeans_iters": 100,
                  "warmup_steps": 2}
 HICACHE = {"interval": 7, "max_order": 2, "scale": 0.5, "warmup_steps": 3}
+# The budgeted forecasting cache has no authors: its own documented defaults, for every class and step count
+FORECAST_SEARCH = {"schedule": "searched", "correction": "none", "num_corrected": 16, "gamma": 1.0, "max_order": 2,
+                   "basis": "hermite", "scale": 0.5, "max_skip": 6, "warmup_steps": 1}
 
 
 def ras(warmup, resets, starvation, high):
@@ -145,6 +148,11 @@ EXPECTED = {
     ("fastercache", "pixart", 28): fastercache(2, 0.5, (8, 10, 24, 25)),
     ("fastercache", "pixart", 50): fastercache(2, 0.5, (15, 17, 43, 44)),
     ("fastercache", "pixart", 20): fastercache(2, 0.5, (6, 7, 17, 18)),
+    # the budgeted forecasting cache (issue 37): no authors, this project's defaults
+    ("forecast_search", "sd3", 28): FORECAST_SEARCH,
+    ("forecast_search", "sd3", 50): FORECAST_SEARCH,
+    ("forecast_search", "pixart", 28): FORECAST_SEARCH,
+    ("forecast_search", "pixart", 20): FORECAST_SEARCH,
     # fewer steps: no authors; half the steps
     ("steps", "sd3", 28): {"num_steps": 14},
     ("steps", "sd3", 50): {"num_steps": 25},
@@ -227,7 +235,8 @@ def test_every_authors_setting_runs_on_a_tiny_model(family):
                                                                "max_sequence_length": 16, "clean_caption": False}
     model_fields = {"cat": {"num_clusters": 4}, "cat_fora": {"num_clusters": 4}, "cat_budget": {"num_clusters": 4},
                     "magcache": {"mag_ratios": tuple(1.0 - 0.01 * i for i in range(steps))},
-                    "teacache": {"coefficients": (0.0, 0.0, 0.0, 1.0, 0.0)}}
+                    "teacache": {"coefficients": (0.0, 0.0, 0.0, 1.0, 0.0)},
+                    "forecast_search": {"calibration": forecast_search_calibration(steps)}}
 
     def generate(overrides=None):
         return pipe(["a red circle"], guidance_scale=5.0, height=32, width=32, output_type="latent",
@@ -242,3 +251,13 @@ def test_every_authors_setting_runs_on_a_tiny_model(family):
         assert torch.isfinite(out).all(), name
         if name not in ("fbcache", "dbcache"):  # their thresholds may skip nothing on a random tiny model
             assert not torch.equal(out, base), name
+
+
+def forecast_search_calibration(steps: int) -> dict:
+    """A stand-in for what a model's calibration holds (`ForecastSearchConfig.calibrate`): segment costs growing
+    with the segment's length, MACs per action in image tokens, at its defaults."""
+    costs = [[float(skipped ** 2) if s + skipped < steps else None for skipped in range(1, 7)] for s in range(steps)]
+    macs = {kind: {"F": 256, "f": 0, "c": 16} for kind in ("none", "cluster", "topk")}
+    settings = {"num_corrected": 16, "gamma": 1.0, "max_order": 2, "basis": "hermite", "scale": 0.5, "max_skip": 6}
+    return {"num_steps": steps, "guidance_scale": 5.0, "settings": settings, "macs": {"model": 256, **macs},
+            "costs": {"none": costs, "cluster": [[c / 2 if c else c for c in row] for row in costs], "topk": costs}}

@@ -20,6 +20,7 @@ DEFAULTS = {"cat": 8, "cat_budget": 8, "cat_fora": 8, "fbcache": 1, "fora": 1, "
             "toca": 1}
 # The field's caches (issue 36), their authors' warm-ups: the forecasting caches' FLUX warm-up, 3 steps
 DEFAULTS |= {"clusca": 3, "hicache": 3, "dbcache": 8, "fastercache": 10, "pab": 1, "teacache": 1}
+DEFAULTS["forecast_search"] = 1  # its schedule search places the full steps; the warm-up is a lower bound
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

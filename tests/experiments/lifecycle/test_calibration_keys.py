@@ -73,3 +73,28 @@ def test_magcache_ratios_of_another_step_count_need_stretch_ratios():
                                           r"calibrate at 6 steps, or set MagCacheConfig\.stretch_ratios=True"):
         validate(_compose(asked))
     assert validate(_compose([*asked, "method.config.stretch_ratios=true"])).stretch_ratios
+
+
+def test_forecast_search_reads_its_segment_costs_keyed_like_the_others():
+    """The budgeted forecasting cache's calibration (a record: segment costs, MACs, settings) is read for the run's
+    model, step count and guidance scale; another guidance scale or step count asked for through
+    `method.calibration` also needs the method's `reuse_calibration`, and validation says so before loading."""
+    stored = json.loads((ROOT / "assets" / "forecast_search" / "tiny_sd3_shapes-28.json").read_text())
+    assert stored["model"] == "tiny_sd3_shapes" and stored["steps"] == 28 and stored["guidance_scale"] == 5.0
+    assert stored["split"] == "calibration"
+    assert json.loads(validate(_compose(["method=forecast_search"])).calibration) == stored["search"]
+    with pytest.raises(ConfigError, match=r"^method=forecast_search: assets/forecast_search/tiny_sd3_shapes-28\.json "
+                                          r"was calibrated at guidance_scale=5\.0, this run uses model\.guidance_scale=7\.0"):
+        validate(_compose(["method=forecast_search", "model.guidance_scale=7.0"]))
+    louder = ["method=forecast_search", "model.guidance_scale=7.0", "method.calibration.guidance_scale=5.0"]
+    with pytest.raises(ConfigError, match=r"measured at guidance_scale=5\.0, and the run uses 7\.0: calibrate at this "
+                                          r"guidance scale, or set reuse_calibration=true"):
+        validate(_compose(louder))
+    assert validate(_compose([*louder, "method.config.reuse_calibration=true"])).reuse_calibration
+    fewer = ["method=forecast_search", "model.steps=20"]
+    with pytest.raises(ConfigError, match=r"needs its segment costs measured .* model\.steps=20` once"):
+        validate(_compose(fewer))
+    with pytest.raises(ConfigError, match=r"calibration was measured at 28 steps, this run has 20: calibrate at 20 "
+                                          r"steps, or set reuse_calibration=True"):
+        validate(_compose([*fewer, "method.calibration.steps=28"]))
+    assert validate(_compose([*fewer, "method.calibration.steps=28", "method.config.reuse_calibration=true"]))

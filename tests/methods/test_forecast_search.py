@@ -1,0 +1,388 @@
+"""The budgeted forecasting cache (`cat.methods.forecast_search`) on tiny SD3, SD3.5 (dual attention) and
+PixArt transformers and pipelines: its forecasts against hand computations from the recorded full steps, its
+corrected tokens against a full computation of those tokens, the cluster correction against its formula, its
+searched schedule within the MACs budget as the MAC counter counts it, fixed shapes (one compiled graph per
+kind of step, no host read in forecast or corrected steps, caches updated in place), and its checks of the
+calibration (settings, guidance scale, step count)."""
+
+import copy
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from numpy.polynomial import hermite as H
+
+import cat
+from cat import testing
+from cat.families import STEP_CACHED, family_for
+from cat.methods.forecast_search import ForecastSearchConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MAKERS = {
+    "sd3": lambda: testing.tiny_sd3_transformer(num_layers=3),
+    "sd35_dual_attention": lambda: testing.tiny_sd3_transformer(qk_norm="rms_norm", dual_attention_layers=(0,)),
+    "pixart": testing.tiny_pixart_transformer,
+}
+BATCH, LATENT, TEXT = 2, 16, 7  # one CFG pair, 8 x 8 = 64 image tokens
+TOKENS = 64
+
+
+@pytest.fixture(scope="module", params=list(MAKERS))
+def transformer(request):
+    return MAKERS[request.param]()
+
+
+def step_inputs(transformer, steps):
+    inputs = family_for(transformer).example_inputs(transformer.config, BATCH, LATENT, LATENT, TEXT,
+                                                    torch.Generator().manual_seed(0))
+    noise = torch.randn(inputs["hidden_states"].shape, generator=torch.Generator().manual_seed(1))
+    return [{**inputs, "hidden_states": inputs["hidden_states"] + 0.3 * s * noise,
+             "timestep": torch.full((BATCH,), 900.0 - 80 * s)} for s in range(steps)]
+
+
+def run(transformer, config, steps):
+    """`steps` calls under `config`: the stats and, per step, every wrapped module's input and output and the
+    state's chosen tokens and clusters."""
+    record = [dict() for _ in range(steps)]
+    step = [0]
+    with torch.no_grad(), cat.apply(transformer, config) as handle:
+        hooks = []
+        for wrapper in handle.modules:
+            hooks.append(wrapper.register_forward_pre_hook(
+                lambda m, a, k, name=wrapper.name: record[step[0]].__setitem__(
+                    ("in", name), (a[0] if a else k["hidden_states"]).clone()), with_kwargs=True))
+            hooks.append(wrapper.register_forward_hook(
+                lambda m, a, out, name=wrapper.name: record[step[0]].__setitem__(("out", name), copy.deepcopy(out))))
+        handle.reset(cfg_pairs=True, num_steps=steps)
+        for s, call in enumerate(step_inputs(transformer, steps)):
+            step[0] = s
+            transformer(**call)
+            state = handle.state
+            record[s]["index"] = None if state.index is None else state.index.clone()
+            record[s]["labels"] = None if state.labels is None else state.labels.clone()
+        for h in hooks:
+            h.remove()
+        return handle.stats, record
+
+
+def tensors(out):
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+def names(transformer):
+    return [name for name, _ in family_for(transformer).find(transformer, STEP_CACHED)]
+
+
+def close(a, b):
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_taylor_forecasts_follow_the_hand_computation_from_the_full_steps(transformer):
+    """Order 1: at step 2, y1 + (y1 - y0); after the full step 3 (two steps after 1), y3 + x (y3 - y1) / 2."""
+    config = ForecastSearchConfig(actions="FFfFff", max_order=1, basis="taylor")
+    stats, rec = run(transformer, config, 6)
+    assert stats.full_steps == (0, 1, 3)
+    assert [r.num_recomputed for r in stats.steps] == [TOKENS, TOKENS, 0, TOKENS, 0, 0]
+    for name in names(transformer):
+        for k, (y0, y1, y3) in enumerate(zip(*(tensors(rec[s]["out", name]) for s in (0, 1, 3)))):
+            if y0 is None:
+                continue
+            assert close(tensors(rec[2]["out", name])[k], y1 + (y1 - y0)), name
+            for s, x in ((4, 1), (5, 2)):
+                assert close(tensors(rec[s]["out", name])[k], y3 + x * (y3 - y1) / 2), (name, s)
+
+
+def test_hermite_forecasts_weigh_the_authors_factors_with_scaled_hermite_polynomials(transformer):
+    config = ForecastSearchConfig(actions="FFFff", max_order=2, basis="hermite", scale=0.7, correction="none")
+    _, rec = run(transformer, config, 5)
+
+    def weight(x, i):
+        return config.scale ** i * H.hermval(config.scale * x, [0] * i + [1]) / math.factorial(i)
+
+    for name in names(transformer):
+        for k, (y0, y1, y2) in enumerate(zip(*(tensors(rec[s]["out", name]) for s in range(3)))):
+            if y0 is None:
+                continue
+            f1, f2 = y2 - y1, (y2 - y1) - (y1 - y0)
+            for s, x in ((3, 1), (4, 2)):
+                assert close(tensors(rec[s]["out", name])[k], y2 + weight(x, 1) * f1 + weight(x, 2) * f2), (name, s)
+
+
+@pytest.mark.parametrize("correction, gamma", [("cluster", 0.6), ("topk", 1.0)])
+def test_corrected_tokens_equal_a_full_computation_and_the_rest_follows_the_correction(transformer, correction, gamma):
+    """At a corrected step each image MLP's chosen tokens are what the unpatched MLP computes for them from the
+    full input; every other token is the forecast plus gamma times its cluster's representative's error
+    ("cluster"), or the forecast itself ("topk"); the other modules are forecast."""
+    config = ForecastSearchConfig(actions="FFcc", num_corrected=6, gamma=gamma, correction=correction, max_order=1,
+                                  basis="taylor")
+    originals = {name: copy.deepcopy(m) for name, m in family_for(transformer).find(transformer, STEP_CACHED)}
+    stats, rec = run(transformer, config, 4)
+    assert [r.phase for r in stats.steps] == ["full", "full", "corrected", "corrected"]
+    assert [r.num_recomputed for r in stats.steps] == [TOKENS, TOKENS, 6, 6]
+    for s in (2, 3):
+        index, labels = rec[s]["index"], rec[s]["labels"]
+        assert index.shape == (BATCH, 6)
+        for name in names(transformer):
+            y0, y1 = (tensors(rec[t]["out", name]) for t in (0, 1))
+            forecast = [None if a is None else b + (s - 1) * (b - a) for a, b in zip(y0, y1)]
+            out = tensors(rec[s]["out", name])
+            if not name.endswith(".ff"):
+                assert all(f is None or close(o, f) for o, f in zip(out, forecast)), name
+                continue
+            with torch.no_grad():
+                exact = originals[name](rec[s]["in", name])  # every token, from the step's input
+            want = forecast[0].clone()
+            for b in range(BATCH):
+                picked = index[b]
+                assert close(out[0][b, picked], exact[b, picked]), name
+                if correction == "cluster":  # each cluster: the mean error of its computed tokens
+                    error = exact[b, picked] - forecast[0][b, picked]  # [K, D]
+                    for c in labels[b].unique():
+                        mine = labels[b, picked] == c
+                        if mine.any():
+                            want[b, labels[b] == c] += gamma * error[mine].mean(0)
+                want[b, picked] = exact[b, picked]
+            assert close(out[0], want), name
+
+
+def test_topk_picks_rotate_by_staleness():
+    transformer = MAKERS["sd3"]()
+    _, rec = run(transformer, ForecastSearchConfig(actions="FFccc", num_corrected=8, correction="topk"), 5)
+    picks = [set(rec[s]["index"][0].tolist()) for s in (2, 3, 4)]
+    assert picks[0] != picks[1]  # the tokens just computed are the stalest no more
+
+
+def test_caches_are_updated_in_place_within_a_generation():
+    transformer = MAKERS["sd3"]()
+    config = ForecastSearchConfig(actions="FFcFfcFc", num_corrected=4, correction="cluster")
+    pointers = []
+    with torch.no_grad(), cat.apply(transformer, config) as handle:
+        handle.reset(cfg_pairs=True, num_steps=8)
+        for s, call in enumerate(step_inputs(transformer, 8)):
+            transformer(**call)
+            if s >= 1:
+                state = handle.state
+                factors = [f.data_ptr() for c in state.caches for e in c.elements if e for f in e]
+                pointers.append((factors, state.index.data_ptr(), state.labels.data_ptr(), state.live.data_ptr()))
+    assert all(p == pointers[0] for p in pointers)
+
+
+@pytest.mark.parametrize("correction", ["none", "cluster", "topk"])
+def test_forecast_and_corrected_steps_read_nothing_back_from_the_device(correction):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = {"_local_scalar_dense", "nonzero", "equal", "is_nonzero", "allclose"}
+
+    class Watch(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(func.__name__.split(".")[0])
+            return func(*args, **(kwargs or {}))
+
+    transformer = MAKERS["sd3"]()
+    actions = "FFfcc" if correction != "none" else "FFfff"
+    with torch.no_grad(), cat.apply(transformer, ForecastSearchConfig(actions=actions, num_corrected=4,
+                                                                      correction=correction)) as handle:
+        handle.reset(cfg_pairs=True, num_steps=5)
+        handle.clock.watches_timesteps = False  # a bare transformer's clock reads the timestep; a pipeline's does not
+        calls = step_inputs(transformer, 5)
+        for call in calls[:2]:
+            transformer(**call)
+        for call in calls[2:]:
+            with Watch() as watch:
+                transformer(**call)
+            assert not watch.seen & reads, watch.seen & reads
+
+
+def test_forecast_and_corrected_steps_compile_to_one_graph_each_and_never_recompile():
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    transformer = MAKERS["sd3"]()
+    actions = "FFfcfccfFfccfc"
+    calls = step_inputs(transformer, len(actions))
+    torch._dynamo.reset()
+    counters.clear()
+    backend = CompileCounter()
+
+    def generation(handle):
+        handle.reset(cfg_pairs=True, num_steps=len(actions))
+        return [transformer(**call)[0] for call in calls]
+
+    config = ForecastSearchConfig(actions=actions, num_corrected=4, correction="cluster")
+    with torch.no_grad(), cat.apply(transformer, config) as handle:
+        eager = generation(handle)
+        handle.compile(backend=backend, fullgraph=True)
+        first = generation(handle)
+        frames = backend.frame_count
+        second = generation(handle)
+        again = backend.frame_count
+    assert frames <= 3 and again == frames  # full, forecast and corrected steps, for the repeated blocks
+    assert not counters["graph_break"]
+    for got, want in zip(first, eager):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# the calibration and the search, on a tiny pipeline
+
+STEPS = 6
+CALL = {"guidance_scale": 5.0, "height": 32, "width": 32, "max_sequence_length": 8}
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    pipe = testing.tiny_sd3_pipeline()
+    config = ForecastSearchConfig(num_corrected=4, max_skip=2, gamma=0.5, max_order=1, basis="taylor")
+    measured = ForecastSearchConfig.calibrate(pipe, ["a red circle"], STEPS, config=config,
+                                              generator=torch.Generator().manual_seed(0), **CALL)
+    return pipe, config, ForecastSearchConfig.combine_calibrations([measured])
+
+
+def test_the_calibration_measures_every_segment_and_lists_the_searched_schedules(calibrated):
+    _, config, found = calibrated
+    search = found["search"]
+    assert search["num_steps"] == STEPS and search["guidance_scale"] == 5.0 and search["prompts"] == 1
+    assert search["settings"] == {"num_corrected": 4, "gamma": 0.5, "max_order": 1, "basis": "taylor", "scale": 0.5,
+                                  "max_skip": 2, "warmup_steps": 1}
+    for kind in ("none", "cluster", "topk"):
+        costs = search["costs"][kind]
+        for i, row in enumerate(costs):
+            assert [c is not None for c in row] == [i + skipped < STEPS for skipped in (1, 2)]
+            assert all(c >= 0 for c in row if c is not None)
+    macs = search["macs"]
+    assert macs["none"]["F"] == macs["model"] < macs["cluster"]["F"]  # a full step with clustering counts its k-means
+    assert macs["none"]["f"] == macs["cluster"]["f"] < macs["cluster"]["c"] == macs["topk"]["c"] < macs["model"] / 10
+    json.dumps(found)  # written as returned
+    for kind, by_budget in found["schedules"].items():
+        for budget, actions in by_budget.items():
+            setting = dataclasses.replace(config, calibration=search, budget=float(budget), correction=kind)
+            assert setting.plan(STEPS) == actions  # the config's search gives the listed schedule
+
+
+def test_calibrations_of_several_prompts_combine_into_their_mean_costs_and_one_search(calibrated):
+    """scripts/calibrate.py measures one prompt at a time (`calibrate`) and combines them
+    (`combine_calibrations`): costs weighed by prompts, the schedules searched on the mean; calibrations of
+    other settings do not combine."""
+    _, config, found = calibrated
+    one = found["search"]
+    scaled = {**one, "prompts": 3,
+              "costs": {kind: [[None if c is None else 5 * c for c in row] for row in table]
+                        for kind, table in one["costs"].items()}}
+    both = ForecastSearchConfig.combine_calibrations([{"search": one}, {"search": scaled}])
+    assert both["search"]["prompts"] == 4
+    for kind, table in one["costs"].items():
+        for row, mean in zip(table, both["search"]["costs"][kind]):
+            assert all(m is None if c is None else math.isclose(m, (c + 3 * 5 * c) / 4) for c, m in zip(row, mean))
+    for kind, by_budget in both["schedules"].items():
+        for budget, actions in by_budget.items():
+            setting = dataclasses.replace(config, calibration=both["search"], budget=float(budget), correction=kind)
+            assert setting.plan(STEPS) == actions
+    other = {**one, "settings": {**one["settings"], "num_corrected": 8}}
+    with pytest.raises(ValueError, match="the calibrations differ in settings"):
+        ForecastSearchConfig.combine_calibrations([{"search": one}, {"search": other}])
+
+
+@pytest.mark.parametrize("correction", ["none", "cluster"])
+@pytest.mark.parametrize("budget", [0.3, 0.5])
+def test_the_searched_schedule_stays_within_its_macs_budget_as_the_counter_counts_it(calibrated, budget, correction):
+    """The executed MACs (the harness's meter, on another prompt) are what the search spent, to the MAC, and
+    within the budget. The harness's offline count (meta device, image tokens per step) takes a full step as the
+    model's own; the method's full steps also run a few k-means steps, which the meter counts."""
+    from cat.core.schedule import schedule_macs
+    from experiments.run.macs import realised_transformer_macs, report_from_config
+
+    pipe, config, found = calibrated
+    setting = dataclasses.replace(config, calibration=found["search"], budget=budget, correction=correction,
+                                  guidance_scale=5.0)
+    call = lambda: pipe(["a blue square"], num_inference_steps=STEPS, output_type="latent",  # noqa: E731
+                        generator=torch.Generator().manual_seed(1), **CALL)
+    full = realised_transformer_macs(pipe, call)
+    with cat.apply(pipe, setting):
+        executed = realised_transformer_macs(pipe, call)
+    macs = setting.macs()
+    actions = setting.plan(STEPS)
+    assert executed == schedule_macs(actions, macs) and full == STEPS * macs["model"]  # one CFG pair, as calibrated
+    assert 1 - executed / full >= budget
+    tcfg = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
+    meta = report_from_config("SD3Transformer2DModel", tcfg, height=32, width=32, text_tokens=85, steps=STEPS,
+                              guidance=True, method=setting, vae_scale=1)
+    clustering = actions.count("F") * (macs["F"] - macs["model"])
+    assert meta.transformer_macs + clustering == executed and meta.transformer_macs_full == full
+
+
+def test_a_calibration_for_other_settings_guidance_or_steps_is_refused_unless_reused(calibrated):
+    pipe, config, found = calibrated
+    search = found["search"]
+    ok = dataclasses.replace(config, calibration=search, guidance_scale=5.0, correction="cluster")
+    assert ok.missing_calibration("SD3Transformer2DModel") is None
+    other = dataclasses.replace(ok, num_corrected=8)
+    assert "num_corrected=8 (measured with 4)" in other.missing_calibration("SD3Transformer2DModel")
+    with pytest.raises(ValueError, match="measured with other settings"):
+        other.plan(STEPS)
+    assert dataclasses.replace(ok, correction="none", num_corrected=8).missing_calibration("x") is None  # not read
+    louder = dataclasses.replace(ok, guidance_scale=7.0)
+    assert "measured at guidance_scale=5.0, and the run uses 7.0" in louder.missing_calibration("x")
+    assert dataclasses.replace(louder, reuse_calibration=True).missing_calibration("x") is None
+    with pytest.raises(ValueError, match=r"^ForecastSearchConfig\.calibration was measured at 6 steps, this run has 8: "
+                                         r"calibrate at 8 steps, or set reuse_calibration=True\.$"):
+        ok.check_steps(8)
+    reused = dataclasses.replace(ok, reuse_calibration=True)
+    assert len(reused.plan(8)) == 8
+    with cat.apply(pipe, ok):  # the pipeline's own guidance scale is checked at its first step
+        with pytest.raises(ValueError, match="this call uses 7.0"):
+            pipe(["a red circle"], num_inference_steps=STEPS, output_type="latent",
+                 **{**CALL, "guidance_scale": 7.0})
+
+
+def test_cuda_graphs_are_refused_before_anything_is_patched():
+    """Its factors are kept across calls and refreshed inside the compiled blocks: not graph-safe
+    (`cat.check_cuda_graphs`, as the harness asks before loading a model)."""
+    transformer = MAKERS["sd3"]()
+    config = ForecastSearchConfig(actions="FFf")
+    with pytest.raises(ValueError, match=r"reduce-overhead.*refused for 'forecast_search'"):
+        cat.check_cuda_graphs(type(config).handle, config, "reduce-overhead")
+    with pytest.raises(ValueError, match=r"reduce-overhead.*refused for 'forecast_search'"):
+        cat.apply(transformer, config, compile=True, compile_mode="reduce-overhead")
+    assert not hasattr(transformer, "_diffusers_hook") and not hasattr(transformer, "_cat_method")
+
+
+def test_a_searched_schedule_without_calibration_names_the_command():
+    config = ForecastSearchConfig(correction="cluster")
+    assert "needs its segment costs measured" in config.missing_calibration("SD3Transformer2DModel")
+    with pytest.raises(ValueError, match="scripts/calibrate.py method=forecast_search"):
+        config.plan(28)
+    assert ForecastSearchConfig(budget=0.0).missing_calibration("x") is None
+    assert ForecastSearchConfig(actions="FFf").missing_calibration("x") is None
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("budget", 1.0, "a number in \\[0, 1\\)"), ("schedule", "greedy", "one of searched, interval"),
+    ("correction", "all", "one of none, cluster, topk"), ("num_corrected", 0, "an integer >= 1"),
+    ("gamma", 1.5, "a number in \\[0, 1\\]"), ("basis", "chebyshev", "one of taylor, hermite"),
+    ("max_skip", 0, "an integer >= 1"), ("actions", "fFF", "None or a string of F, f, c starting with F"),
+])
+def test_bad_fields_are_named_with_their_range(field, value, allowed):
+    message = rf"ForecastSearchConfig\.{field}={value!r} is invalid: {field} must be {allowed}"
+    with pytest.raises(ValueError, match=message):
+        ForecastSearchConfig(**{field: value})
+    with pytest.raises(ValueError, match="full \\(F\\) at the 2 warm-up steps"):
+        ForecastSearchConfig(actions="Ffff", warmup_steps=2)
+    with pytest.raises(ValueError, match="free of corrected steps"):
+        ForecastSearchConfig(actions="Ffcf", correction="none")
+
+
+def test_the_run_key_ignores_what_a_setting_never_reads():
+    assert {"num_corrected", "gamma"} <= set(ForecastSearchConfig(correction="none").key_ignores())
+    assert "gamma" in ForecastSearchConfig(correction="topk").key_ignores()
+    assert "gamma" not in ForecastSearchConfig(correction="cluster").key_ignores()
+    assert "scale" in ForecastSearchConfig(basis="taylor").key_ignores()
+    assert "scale" not in ForecastSearchConfig(basis="hermite").key_ignores()
+    assert {"budget", "schedule", "calibration"} <= set(ForecastSearchConfig(actions="FFf").key_ignores())
+    assert "max_skip" in ForecastSearchConfig(schedule="interval").key_ignores()
