@@ -21,6 +21,8 @@ from .settings import setting_key
 
 log = logging.getLogger(__name__)
 
+FULL = "full.json"  # the full model's own per-prompt scores, beside the settings' `<key>.json` rows
+
 
 class Bench:
     """Runs method settings on a fixed prompt list and measures them: executed MACs per prompt (counted on
@@ -57,6 +59,28 @@ class Bench:
         if self._full is None:
             self._full = self._generate(self.full_folder, self.kwargs, "full model")
         return self._full
+
+    def full_scores(self) -> dict:
+        """The full model's own per-prompt values of the metrics that score each image on its own (adherence; not
+        those against the full model): {"indices", <metric>: [...]}, so that a report can pair every method with
+        the full model. Kept as `full.json` beside the settings' rows (`shared`) and in `folder`; computed from the
+        cached full images where missing (a comparison made before it was kept)."""
+        indices = [p.index for p in self.prompts]
+        own = [m for m in self.metrics if not m.against_full]
+        for folder in (self.folder, self.shared):
+            row = read_json(folder / FULL)
+            if row is not None and row.get("indices") == indices and all(m.name in row for m in own):
+                if folder != self.folder:
+                    write_json(self.folder / FULL, row)
+                return row
+        images, _ = self.full()
+        scoring = Scoring(images, self.prompts, None, self.cfg.data.name, self.cfg.metrics)
+        row = {"indices": indices, **{m.name: [float(v) for v in m.compute(scoring)] for m in own}}
+        for folder in (self.shared, self.folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.shared / FULL, row)
+        write_json(self.folder / FULL, row)
+        return row
 
     def _stored(self, key: str) -> dict | None:
         indices = [p.index for p in self.prompts]

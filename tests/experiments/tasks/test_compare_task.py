@@ -32,6 +32,8 @@ def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompt
         assert len(row["reduction"]) == len(row["psnr"]) == 4  # per prompt
         assert abs(sum(row["reduction"]) / 4 - float(target)) <= 0.01  # counted on the evaluated batches
         assert (run_dir / "cells" / key / "00000.png").exists()
+    full = read(run_dir / "cells", "full.json")  # the full model's own adherence, for the report's comparison
+    assert full["indices"] == [0, 1, 2, 3] and len(full["adherence"]) == 4
     again_dir, again = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
     assert again_dir == run_dir and again == metrics
@@ -68,3 +70,40 @@ def test_a_method_that_decides_while_it_runs_is_counted_on_the_calibration_batch
 def test_bad_comparison_settings_are_refused_before_any_model_loads(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         launch.run(*TINY, "method=ras", override, f"output_root={tmp_path}")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_cell_interrupted_part_way_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A compare cell killed after some settings (the last one's images written, its row not): run again, it
+    generates none of the images it had and ends with the plan and per-prompt values of an uninterrupted run."""
+    from experiments.compare import bench
+
+    real, made, stop = bench.generate, [], [3]
+
+    def counting(pipe, work, folder, *args, **kwargs):
+        generated = real(pipe, work, folder, *args, **kwargs)
+        if generated:
+            made.append(folder)
+            if len(made) == stop[0]:
+                raise Killed(folder)
+        return generated
+
+    monkeypatch.setattr(bench, "generate", counting)
+    args = (*TINY, "data.limit=2", "method=fbcache", "compare.variant=authors", "compare.targets=[0.3]")
+    with pytest.raises(Killed):
+        launch.run(*args, f"output_root={tmp_path / 'resumed'}")
+    before, stop[0] = list(made), 0
+    made.clear()
+    run_dir, metrics = launch.run(*args, f"output_root={tmp_path / 'resumed'}")
+    assert len(before) == 3 and not set(made) & set(before)  # nothing made before is made again
+    clean_dir, clean = launch.run(*args, f"output_root={tmp_path / 'clean'}")
+    assert metrics == clean
+    assert read(run_dir, "compare.json") == read(clean_dir, "compare.json")
+    for folder in ("cells", "calibration"):
+        rows = sorted(p.name for p in (clean_dir / folder).glob("*.json"))
+        assert sorted(p.name for p in (run_dir / folder).glob("*.json")) == rows
+        for name in rows:
+            assert read(run_dir / folder, name) == read(clean_dir / folder, name), name
