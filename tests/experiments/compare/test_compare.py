@@ -147,3 +147,62 @@ def test_a_report_against_another_method_names_its_differences_after_it(tmp_path
     assert not (tmp_path / "targets.csv").exists()  # the CAT report is another file
     with pytest.raises(SystemExit, match="not a method of this sweep; its methods: cat, cat_budget, fora"):
         targets.main([str(tmp_path), "--reference", "toca"])
+
+
+def _choose(variant, targets):
+    """`choose` for FBCache (its reduction known only by running it) on a synthetic calibration bench: the
+    settings it measured, and its choice."""
+    from omegaconf import OmegaConf
+
+    import experiments.metrics  # noqa: F401  registers the objective
+    from experiments.compare.calibration import choose
+
+    measured = []
+
+    class Calibration:  # a staircase of skipped steps, capped by the warm-up's full steps
+        def reduction(self, config, label=""):
+            measured.append((config.threshold, config.warmup_steps))
+            return (1 - config.warmup_steps / 28) * min(1.0, (config.threshold * 30) // 1 / 30 * 1.6)
+
+        def score(self, config, metric, label=""):
+            return 50 - 30 * self.reduction(config) - abs(config.warmup_steps - 5)
+
+    cfg = OmegaConf.create({"method": {"name": "fbcache", "knob": "threshold", "knob_range": [0.0, 1.0],
+                                       "tune": {"warmup_steps": [3, 5, 8, 10]}},
+                            "compare": {"variant": variant, "targets": targets, "tolerance": 0.01},
+                            "model": {"steps": 28}, "paired_reference": "cat"})
+    chosen = choose(cfg, cat.FBCacheConfig(), Calibration(), {}, "sd3", 256)
+    return set(measured), chosen
+
+
+def test_a_setting_searched_in_two_variants_lands_on_the_same_runs_and_an_unreachable_target_runs_nothing():
+    """The shared warm-up's setting is one of the tuned grid's: its search measures only what the tuned cell's
+    measured (the bench reads them); the tuned grid's warm-up 10 leaves 64% within reach, so at 70% it runs nothing."""
+    tuned, chosen = _choose("tuned", [0.3, 0.5, 0.7])
+    shared, _ = _choose("shared_warmup", [0.3, 0.5, 0.7])
+    assert {w for _, w in shared} == {8} and shared <= tuned
+    assert {w for _, w in tuned} == {3, 5, 8, 10}
+    late, late_chosen = _choose("tuned", [0.7])
+    assert {w for _, w in late} == {3, 5, 8}
+    for target, choice in (*chosen.items(), *late_chosen.items()):
+        assert "warmup_steps=10" not in choice["settings"][0][1] or target < 1 - 10 / 28
+        if len(choice["settings"]) == 2:  # a bracket of two real settings, one whole step apart at most
+            assert abs(choice["weights"][0] + choice["weights"][1] - 1) < 1e-9
+
+
+def test_a_tuned_method_picks_its_warmup_from_the_grid_only_and_a_relative_value_scales_the_base():
+    fora = variant_base(cat.FORAConfig(), "tuned", "sd3", 28)
+    assert fora.warmup_steps == 1  # the authors'
+    pool = candidates(fora, Plan("interval", (2, 3), None, {"warmup_steps": [3, 5, 8, 10]}), "tuned", 28, 256)
+    assert [c.warmup_steps for c in pool] == [3, 5, 8, 10]  # the authors' 1 is no tuned candidate
+    assert candidates(fora, Plan("interval", (2, 3)), "tuned", 28, 256) == [fora]  # no grid: the base alone
+    plan = Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [0.01, 1.0],
+                    "tune": {"warmup_steps": [3, 8], "num_clusters": {"times": [0.5, 1, 2]}}})
+    for clusters in (8, 16):  # the model's cluster count, as conf/method/cat.yaml reads it
+        pool = candidates(cat.CATConfig(num_clusters=clusters), plan, "tuned", 28, 1024)
+        assert sorted({c.num_clusters for c in pool}) == [clusters // 2, clusters, 2 * clusters] and len(pool) == 6
+    with pytest.raises(ValueError, match=r"allowed: a list of values or \{times: \[factors\]\}"):
+        Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [0.01, 1.0], "tune": {"num_clusters": {"x": [1]}}})
+    with pytest.raises(ValueError, match="needs a numeric field"):
+        candidates(cat.CATConfig(), Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [0.01, 1.0],
+                                             "tune": {"policy": {"times": [2]}}}), "tuned", 28, 256)
