@@ -6,6 +6,8 @@ metric."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 
 import numpy as np
@@ -23,10 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def offline_reduction(model: dict, config, num_steps: int, num_tokens: int) -> float | None:
-    """The executed-MACs reduction the MAC counter finds offline (None: the method decides while it runs)."""
+    """The executed-MACs reduction the MAC counter finds offline (None: the method decides while it runs),
+    counted once per model and setting in a process (a sweep's cells share their counts)."""
     if config.offline_schedule(num_steps, num_tokens) is None:
         return None
-    return report_for_model(transformer_config(model), config).macs_reduction
+    model = transformer_config(model)
+    try:  # the cache's key: the model as JSON (a config from conf/ is plain JSON) and the frozen setting
+        key = json.dumps(model, sort_keys=True)
+        hash(config)
+    except TypeError:  # a value JSON or hash cannot take: counted without the cache
+        return report_for_model(model, config).macs_reduction
+    return _counted(key, config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted(model_json: str, config) -> float:
+    return report_for_model(json.loads(model_json), config).macs_reduction
 
 
 def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str, num_tokens: int) -> dict:
@@ -50,7 +64,6 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
     # a search measured on calibration runs stops at two settings this close around the target (about one whole
     # step of the schedule apart at most), which matched compute mixes per prompt, as it mixes a discrete knob's
     span = max(4 * tol, 1.5 / steps)
-    counted: dict[str, float] = {}  # offline MAC counts by setting
 
     def with_knob(config, value):
         return dataclasses.replace(config, **{plan.knob: value})
@@ -61,12 +74,8 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
             config.check_tokens(num_tokens)
         except ValueError:
             return float("nan")
-        if config.offline_schedule(steps, num_tokens) is None:
-            return calibration.reduction(config, describe(config, base, plan.knob))
-        key = setting_key(config)
-        if key not in counted:
-            counted[key] = offline_reduction(model, config, steps, num_tokens)
-        return counted[key]
+        r = offline_reduction(model, config, steps, num_tokens)
+        return r if r is not None else calibration.reduction(config, describe(config, base, plan.knob))
 
     chosen: dict = {}
     known = {setting_key(c): {} for c in pool}  # per candidate: {knob value: reduction} measured so far

@@ -149,6 +149,49 @@ def test_a_report_against_another_method_names_its_differences_after_it(tmp_path
         targets.main([str(tmp_path), "--reference", "toca"])
 
 
+
+def test_an_offline_count_is_made_once_per_model_and_setting(monkeypatch):
+    from types import SimpleNamespace
+
+    from experiments.compare import calibration
+
+    counts = []
+
+    def report(model, config):
+        counts.append((model["steps"], config))
+        return SimpleNamespace(macs_reduction=0.5)
+
+    monkeypatch.setattr(calibration, "report_for_model", report)
+    calibration._counted.cache_clear()
+    model = {"name": "m", "steps": 28, "transformer": {"class": "SD3Transformer2DModel", "config": {"a": 1}}}
+    for _ in range(2):  # another cell of the sweep asks again
+        assert calibration.offline_reduction(dict(model), cat.FORAConfig(interval=2), 28, 256) == 0.5
+    calibration.offline_reduction({**model, "steps": 20}, cat.FORAConfig(interval=2), 20, 256)
+    assert counts == [(28, cat.FORAConfig(interval=2)), (20, cat.FORAConfig(interval=2))]
+    assert calibration.offline_reduction(model, cat.FBCacheConfig(), 28, 256) is None  # decided while it runs
+    calibration._counted.cache_clear()
+
+
+def test_a_search_reads_a_stored_setting_on_its_first_batch_and_leaves_the_run_folder_alone(tmp_path):
+    """A setting another cell scored on all the calibration prompts: the search's reduction is its first
+    batch's mean, as a search that ran the first batch alone measures it, and nothing enters the run's folder."""
+    from types import SimpleNamespace
+
+    from experiments.compare.bench import Bench
+    from experiments.prompts.sets import Prompt
+
+    prompts = [Prompt(i, f"p{i}") for i in range(4)]
+    full = tmp_path / "full_images" / "m-key"
+    bench = Bench(SimpleNamespace(batch_size=2, seed=0), None, {}, prompts, full, tmp_path / "run" / "calibration", [])
+    config = cat.FBCacheConfig(threshold=0.2)
+    key = setting_key(config)
+    bench.shared.mkdir(parents=True)
+    (bench.shared / f"{key}.json").write_text(json.dumps({"key": key, "indices": [0, 1, 2, 3],
+                                                          "reduction": [0.2, 0.2, 0.6, 0.6]}))
+    assert bench.reduction(config) == pytest.approx(0.2) and bench.searched == {key: pytest.approx(0.2)}
+    assert not bench.folder.exists() and not bench.memo
+
+
 def _choose(variant, targets):
     """`choose` for FBCache (its reduction known only by running it) on a synthetic calibration bench: the
     settings it measured, and its choice."""
