@@ -118,7 +118,8 @@ def compare_task(cfg: DictConfig, run_dir: Path, method) -> dict:
     plan_out["cells"] = sorted(evaluation.memo)
     write_json(run_dir / PLAN, plan_out)
     metrics.update({"targets_reached": len(chosen), "cells_evaluated": len(evaluation.memo),
-                    "calibration_runs": len(calibration.memo)})
+                    "calibration_runs": len(calibration.memo),
+                    "calibration_first_batch_only": len(set(calibration.searched) - set(calibration.memo))})
     return metrics
 
 

@@ -77,30 +77,47 @@ class Killed(Exception):
 
 
 def test_a_cell_interrupted_part_way_resumes_where_it_stopped(tmp_path, monkeypatch):
-    """A compare cell killed after some settings (the last one's images written, its row not): run again, it
-    generates none of the images it had and ends with the plan and per-prompt values of an uninterrupted run."""
+    """A compare cell killed twice, each time just after a batch's images and MAC count are written: in the
+    middle of the knob search, then after a setting's row was written and the next one's images were (its row
+    not). Run again, it generates no batch it had and ends with the plan and per-prompt values of an
+    uninterrupted run. Its calibration prompts make two batches: the search measures a setting on the first
+    alone (read back from the scored setting's row after the second kill), and a setting it scores generates
+    only the second."""
     from experiments.compare import bench
 
-    real, made, stop = bench.generate, [], [3]
+    real, made, stop = bench.generate, [], [10]
 
     def counting(pipe, work, folder, *args, **kwargs):
-        generated = real(pipe, work, folder, *args, **kwargs)
-        if generated:
-            made.append(folder)
+        def batch_done(number, batch, images):
+            made.append((folder, number))
             if len(made) == stop[0]:
                 raise Killed(folder)
-        return generated
+
+        return real(pipe, work, folder, *args, on_batch=batch_done, **kwargs)
 
     monkeypatch.setattr(bench, "generate", counting)
-    args = (*TINY, "data.limit=2", "method=fbcache", "compare.variant=authors", "compare.targets=[0.3]")
-    with pytest.raises(Killed):
-        launch.run(*args, f"output_root={tmp_path / 'resumed'}")
-    before, stop[0] = list(made), 0
+    args = (*TINY, "data.limit=2", "compare.calibration_prompts=4", "method=fbcache", "compare.variant=tuned",
+            "compare.targets=[0.3]", "method.tune.warmup_steps=[1,2]")
+    history = []
+    for kill_at in (10, 9):  # batches into each run: mid-search; then the second scored setting's last batch
+        made.clear()
+        stop[0] = kill_at
+        with pytest.raises(Killed):
+            launch.run(*args, f"output_root={tmp_path / 'resumed'}")
+        history += made
+    (full,) = [p for p in (tmp_path / "resumed" / "full_images").iterdir() if len(list(p.glob("*.png"))) == 4]
+    assert list(full.with_name(full.name + "-settings").glob("*.json"))  # a scored row, read back by the search
     made.clear()
+    stop[0] = 0
     run_dir, metrics = launch.run(*args, f"output_root={tmp_path / 'resumed'}")
-    assert len(before) == 3 and not set(made) & set(before)  # nothing made before is made again
+    assert len(set(history)) == len(history) and not set(made) & set(history)  # no batch is made twice
     clean_dir, clean = launch.run(*args, f"output_root={tmp_path / 'clean'}")
-    assert metrics == clean
+    assert metrics == clean and clean["calibration_first_batch_only"] > 0 and clean["calibration_runs"] > 0
+    (full,) = [p for p in (tmp_path / "clean" / "full_images").iterdir() if len(list(p.glob("*.png"))) == 4]
+    shared = full.with_name(full.name + "-settings")  # the calibration prompts' settings
+    counts = [len(list(folder.glob("*.png"))) for folder in shared.iterdir() if folder.is_dir()]
+    assert set(counts) == {2, 4}  # searched only: the first batch; scored: both
+    assert len(list((clean_dir / "calibration").glob("*.json"))) == clean["calibration_runs"]  # the scored ones
     assert read(run_dir, "compare.json") == read(clean_dir, "compare.json")
     for folder in ("cells", "calibration"):
         rows = sorted(p.name for p in (clean_dir / folder).glob("*.json"))
