@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -19,47 +18,31 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments.base.config_files import ConfigError
-from experiments.base.files import remove_stub
-from experiments.lifecycle import resolvers  # noqa: F401  (registers the config resolvers)
+from experiments.lifecycle import launch
 from experiments.lifecycle.command_line import check as check_command_line
-from experiments.lifecycle.runs import print_table, run_task, scrub_run
 
-log = logging.getLogger("run")
+NEW_ROOT = False  # whether this process creates output_root (a run refused before starting removes it again)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        # run_task scrubs secrets from the run folder; a single run that fails validation leaves no run
-        # folder; a sweep cell records the error
-        metrics = run_task(cfg, run_dir, record_invalid=multirun)
-    except ConfigError as err:
-        log.error("invalid configuration: %s", err)
-        scrub_run(cfg, run_dir)  # this line reached run.log after the task's own scrub
-        if not multirun:
-            remove_stub(run_dir)
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        return {"status": "failed"}
-    except Exception as err:
-        if not multirun:
-            raise
-        # One failing sweep cell must not lose the others: its status.json records the error.
-        log.error("cell %s failed: %s: %s", run_dir.name, type(err).__name__, err)
-        scrub_run(cfg, run_dir)
-        return {"status": "failed"}
-    if not multirun:
-        print(print_table(metrics))
-        print(f"results: {run_dir}")
-    return metrics
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    return launch.job(cfg, Path(hydra_cfg.runtime.output_dir), multirun, hydra_cfg.job.get("num"), NEW_ROOT)
 
 
 if __name__ == "__main__":
     try:
-        check_command_line(sys.argv[1:])  # before Hydra creates any folder
+        root = check_command_line(sys.argv[1:])  # before Hydra creates any folder
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    main()
+    except KeyboardInterrupt:
+        sys.exit(launch.INTERRUPTED)
+    NEW_ROOT = root is not None and not root.exists()
+    try:
+        main()
+    except KeyboardInterrupt:  # between a sweep's cells, or before a run began
+        print("interrupted; rerun the same command to resume (finished runs and sweep cells are skipped)",
+              file=sys.stderr)
+        sys.exit(launch.INTERRUPTED)

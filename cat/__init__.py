@@ -60,3 +60,8 @@ from .methods.pab import PABConfig  # noqa: E402
 from .methods.teacache import TeaCacheConfig  # noqa: E402
 
 __all__ += ["DBCacheConfig", "FasterCacheConfig", "PABConfig", "TeaCacheConfig"]
+
+# Every registered method's config under its class name (cat.CATBudgetConfig, cat.ClusCaConfig, ...), so a method
+# added as one file of cat/methods/ is exported without an edit here.
+globals().update({config_cls.__name__: config_cls for config_cls in METHODS.values()})
+__all__ += sorted({config_cls.__name__ for config_cls in METHODS.values()} - set(__all__))

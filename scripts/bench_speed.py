@@ -42,6 +42,22 @@ def library_config(name: str, steps: int, changes: list[str] = ()) -> cat.Method
     return cls(**{**cls.for_steps(steps), **{k: yaml.safe_load(v) for k, v in fields.items()}})
 
 
+def check_methods(parser: argparse.ArgumentParser, args) -> None:
+    """One line (argparse's error, exit status 2) for a method name the chosen mode does not know: a conf/method
+    file with --model or --default-geometry, a key of cat.METHODS otherwise (and for --peer), or a --set that is
+    not FIELD=VALUE."""
+    from experiments.base.config_files import CONF
+
+    conf = sorted(path.stem for path in (CONF / "method").glob("*.yaml"))
+    known = conf if args.model or args.default_geometry else sorted(cat.METHODS)
+    for flag, name, allowed in (("--method", args.method, known), ("--peer", args.peer, sorted(cat.METHODS))):
+        if name is not None and name not in allowed:
+            parser.error(f"{flag} {name!r} is invalid; allowed: {', '.join(allowed)}")
+    for change in args.changes + args.peer_changes:
+        if "=" not in change:
+            parser.error(f"--set {change!r} is invalid; allowed: FIELD=VALUE, e.g. --set warmup_steps=4")
+
+
 def conf_config(steps: int, overrides: list[str] = ()) -> cat.MethodConfig:
     """The method as run.py builds it from conf/ (the default run's model and method unless overridden) at
     `steps` steps."""
@@ -353,13 +369,14 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
     eager = compare(pipe, call, method, dev, warmup, repeats)
     out.update(speedup_eager=eager["speedup"], latency_full_s=eager["latency_full_s"], latency_s=eager["latency_s"],
                latency_full_spread_s=eager["latency_full_spread_s"], latency_spread_s=eager["latency_spread_s"],
-               peak_mb=eager["peak_memory_mb"], peak_full_mb=eager["peak_memory_full_mb"], repeats=repeats)
+               peak_mb=eager.get("peak_memory_mb"), peak_full_mb=eager.get("peak_memory_full_mb"), repeats=repeats,
+               speedup_eager_spread=eager["speedup_spread"], speedup_eager_noisy=eager["speedup_noisy"])
     if compile:
         compiled = compare(pipe, call, method, dev, warmup, repeats, compile=True, compile_mode=compile_mode)
         out.update(speedup_compiled=compiled["speedup"], latency_compiled_s=compiled["latency_s"],
                    latency_full_compiled_s=compiled["latency_full_s"],
                    speedup_compiled_vs_eager_full=eager["latency_full_s"] / compiled["latency_s"])
-    return out
+    return {k: v for k, v in out.items() if v is not None}  # peak memory: CUDA only
 
 
 def main(argv=None) -> None:
@@ -397,6 +414,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="with --model: untimed calls per variant")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, reduce-overhead (CUDA graphs)")
     args = p.parse_args(argv)
+    check_methods(p, args)
     conf_overrides = ([f"method={args.method}"] if args.method else []) + args.changes
     if args.model:
         r = run_model(args.model, args.device, args.warmup, max(args.repeats, 1), args.compile, args.compile_mode,

@@ -19,9 +19,10 @@ import pandas as pd
 
 from experiments.metrics.registry import ordered
 from experiments.reports.results import SETTINGS, distinct, load_runs, varying_fields
+from experiments.run.latency import TRUST
 
 QUALITY = [c for m in ordered() for c in m.columns]  # every registered metric, the full model's beside it
-COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", "latency_s", "latency_full_s"]
+COST = ["transformer_macs", "transformer_macs_full", "macs_reduction", "speedup", *TRUST, "latency_s", "latency_full_s"]
 KEYS = ["model", "data", "steps", "method", "knob", "knob_value"]  # then the method settings that vary
 INTERVALS = [f"{m.name}_{b}" for m in ordered(per_image=True) for b in ("lo", "hi")]
 

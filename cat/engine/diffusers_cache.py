@@ -119,6 +119,7 @@ class DiffusersCacheHandle(MethodHandle):
             try:
                 self._counts["transformer_calls"] += 1
                 before = {k: v for k, v in self._counts.items() if isinstance(v, int)}
+                self._call = (args, kwargs)
                 self._before_call()
                 self._starting = False
                 output = original(*args, **kwargs)

@@ -34,7 +34,7 @@ class MethodHandle:
         self._pipe = None if isinstance(target, torch.nn.Module) else target
         self.transformer = target if self._pipe is None else target.transformer
         self._undo: list = []
-        self.clock = GenerationClock(self._pipe, self._new_generation)
+        self.clock = GenerationClock(self._pipe, self._new_generation, config.check_steps)
 
     @property
     def active(self) -> bool:

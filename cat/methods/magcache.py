@@ -50,7 +50,11 @@ class MagCacheConfig(MethodConfig):
             integer replaces it (`retention_ratio` is then not read).
         forced_steps: 0-based steps that are always computed, their error accumulators reset as at any
             computed step (the authors' FLUX code never skips the step at index 11 of 28; see `authors`).
-        mag_ratios: the magnitude ratios per step, calibrated per model (None: diffusers' for FLUX).
+        mag_ratios: the magnitude ratios per step, calibrated per model (None: diffusers' for FLUX). A
+            generation of another step count than the ratios hold is refused unless `stretch_ratios`.
+        stretch_ratios: whether ratios calibrated at another step count may be interpolated to the
+            generation's (diffusers' interpolation); off by default, so that a calibration made at 28 steps is
+            never used at 6 without being asked for.
 
     The authors' setting per architecture, `MagCacheConfig.authors(family, num_steps)` (Zehong-Ma/MagCache
     @df81cb1; no SD3 and no PixArt code: MMDiT follows their FLUX code, the nearest MMDiT with one rectified-
@@ -78,6 +82,7 @@ class MagCacheConfig(MethodConfig):
     mag_ratios: tuple[float, ...] | None = None
     warmup_steps: int | None = None
     forced_steps: tuple[int, ...] = ()
+    stretch_ratios: bool = False
 
     def __post_init__(self):
         check(is_num(self.threshold) and math.isfinite(self.threshold) and self.threshold >= 0, self, "threshold",
@@ -97,6 +102,7 @@ class MagCacheConfig(MethodConfig):
         check(ratios is None or (isinstance(ratios, tuple) and len(ratios) >= 2
                                  and all(math.isfinite(r) and r > 0 for r in ratios)),
               self, "mag_ratios", "None or a sequence of at least 2 finite positive numbers (see calibrate_magcache)")
+        check(isinstance(self.stretch_ratios, bool), self, "stretch_ratios", "True or False")
 
     @classmethod
     def examples(cls, num_steps: int) -> tuple["MagCacheConfig", "MagCacheConfig"]:
@@ -138,11 +144,21 @@ class MagCacheConfig(MethodConfig):
         return int(self.retention_ratio * num_steps + 0.5)
 
     def check_steps(self, num_steps: int) -> None:
+        if self.mag_ratios is not None:
+            check_ratio_count(self, len(self.mag_ratios), num_steps)
         if self.warmup_steps is not None:
             check_warmup_steps(self, num_steps)
             return
         check(int(self.retention_ratio * num_steps + 0.5) < num_steps, self, "retention_ratio",
               f"small enough to leave some of the {num_steps} steps skippable, or MagCache changes nothing")
+
+
+def check_ratio_count(config: MagCacheConfig, count: int, num_steps: int) -> None:
+    """Refuses ratios of another step count than the generation's unless `stretch_ratios` asks to interpolate."""
+    if count != num_steps and not config.stretch_ratios:
+        raise ValueError(f"MagCacheConfig.mag_ratios holds {count} ratios (a calibration at {count} steps) and this "
+                         f"schedule has {num_steps} steps: calibrate at {num_steps} steps, or set "
+                         f"MagCacheConfig.stretch_ratios=True to interpolate the ratios to {num_steps} steps.")
 
 
 @dataclass
@@ -230,6 +246,8 @@ class MagCacheHandle(DiffusersCacheHandle):
         if self._starting and not self.calibrating and self._pipe is not None:
             timesteps = getattr(getattr(self._pipe, "scheduler", None), "timesteps", None)
             if timesteps is not None and len(timesteps) > 0:
+                if self.config.mag_ratios is None:  # diffusers' ratios: the config cannot see their count
+                    check_ratio_count(self.config, len(self._ratios), len(timesteps))
                 config = self._config_now = self._diffusers_config(len(timesteps))
                 for _, hook in self._hooks:
                     hook.config = config
@@ -271,7 +289,7 @@ def calibrate_magcache(pipe, prompts, num_inference_steps: int, **call_kwargs) -
 
     Runs one full generation per prompt (nothing skipped) and returns, per step, the mean over prompts of
     mean-over-tokens ||residual_t|| / ||residual_{t-1}|| of the whole block stack (1.0 at step 0). Pass the result
-    as `MagCacheConfig(mag_ratios=...)`; it is interpolated to other step counts.
+    as `MagCacheConfig(mag_ratios=...)`; at another step count, with `stretch_ratios=True` (interpolated).
     """
     if isinstance(prompts, str):
         prompts = [prompts]

@@ -10,7 +10,7 @@ at a module's first call and during the first `warmup_steps` steps, every attent
 diffusers' hook asks a callback for the current timestep. SD3 and PixArt pipelines set none (no
 `current_timestep`), so the handle reads the scheduler's timesteps once per generation, at its first transformer
 call (one host sync there, none in later steps), and gives the step's timestep from the host copy; a bare
-transformer's calls give their own `timestep` argument (what its clock already reads). The attention modules are
+transformer's calls give their own `timestep` argument (a host read per call). The attention modules are
 the family's ATTENTION ones (`cat/families/`): SD3's joint `attn` (and SD3.5's `attn2`), PixArt's `attn1`
 (self) and `attn2` (cross), FLUX's `attn` of both block kinds. The shared plumbing (generation resets, exact
 removal, a skip-layer call that bypasses the hooks) is `cat/engine/diffusers_cache.py`.
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..engine.clock import call_timestep
 from ..engine.diffusers_cache import CONTEXT, DiffusersCacheHandle
 from ..engine.stats import MethodStats, StepRecord
 from ..families import ATTENTION, family_for
@@ -152,7 +153,8 @@ class PABHandle(DiffusersCacheHandle):
             return math.inf
         if self._timesteps is not None and step < len(self._timesteps):
             return self._timesteps[step]
-        return self.clock.last_timestep if self.clock.last_timestep is not None else math.inf
+        t = call_timestep(self.transformer, *self._call)  # a bare transformer: the call's own timestep
+        return math.inf if t is None else t
 
     def _before_call(self) -> None:
         if self._starting:

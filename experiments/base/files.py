@@ -65,20 +65,25 @@ def clean_temporaries(folder: Path, recursive: bool = True) -> None:
 STUB = frozenset({".hydra", "run.log"})  # what Hydra puts in a run folder before the task starts
 
 
-def remove_stub(run_dir: Path) -> bool:
+def remove_stub(run_dir: Path, up_to: Path | None = None) -> bool:
     """Removes a run folder that holds nothing but what Hydra created before the task started (`.hydra/`
-    and the log), and its parent if that is left empty. A folder holding anything else, such as an
-    earlier run's results, is kept. Returns whether the folder was removed."""
+    and the log), then every parent left empty, up to and including `up_to` (by default the run folder's
+    parent only). A folder holding anything else, such as an earlier run's results, is kept. Returns whether
+    the run folder was removed."""
     import shutil
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or {p.name for p in run_dir.iterdir()} - STUB:
         return False
     shutil.rmtree(run_dir)
-    try:
-        run_dir.parent.rmdir()
-    except OSError:  # not empty: other runs of the same name
-        pass
+    last = Path(up_to).resolve() if up_to is not None else run_dir.parent.resolve()
+    folder = run_dir.parent.resolve()
+    while folder == last or last in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: other runs
+            break
+        folder = folder.parent
     return True
 
 

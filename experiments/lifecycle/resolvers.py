@@ -16,6 +16,8 @@ step count; one made at another guidance scale is refused unless `method.calibra
 `run_id`: the run directory's name, a readable prefix plus the hash of everything that changes the
 run's output (experiments/run/keys.py).
 `task_help`: a line per registered task (experiments/tasks), for `python run.py --help`.
+`config_groups`: the config groups a user chooses from (conf/'s folders, not Hydra's own nor the internal
+`method_fields`), each with its options, for `python run.py --help`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from omegaconf import OmegaConf
 
 import cat
 
-from ..base.config_files import ROOT, calibration_file
+from ..base.config_files import CONF, ROOT, calibration_file
 from ..run.keys import run_id
 from ..tasks.registry import help_lines
 
@@ -100,6 +102,16 @@ def calibrated(field: str, *, _root_):
     return stored[field]
 
 
+def config_groups() -> str:
+    """`group: option, option, ...`, one line per folder of conf/ (not hydra/: Hydra's --hydra-help lists those)."""
+    lines = []
+    for folder in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options:
+            lines.append(f"{folder.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def peers(*extra: str) -> str:
     return ",".join([*cat.METHODS, *extra])
 
@@ -111,3 +123,4 @@ OmegaConf.register_new_resolver("calibrated", calibrated, replace=True)
 OmegaConf.register_new_resolver("peers", peers, replace=True)
 OmegaConf.register_new_resolver("run_id", lambda *, _root_: run_id(_root_), replace=True)
 OmegaConf.register_new_resolver("task_help", lambda: help_lines(), replace=True)
+OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)

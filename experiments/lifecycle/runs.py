@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import traceback
 from pathlib import Path
 
@@ -40,10 +41,11 @@ def run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool = True) -> dic
 
 def scrub_run(cfg: DictConfig, folder: Path) -> None:
     """Replaces every secret value of cfg in the text files under folder (run.log, W&B files, ...)."""
-    scrub_tree(folder, secret_values(OmegaConf.to_container(cfg, resolve=True)))
+    scrub_tree(folder, secret_values({key: keys.plain(cfg, key) for key in cfg}))
 
 
 def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
+    started = time.monotonic()
     run_dir.mkdir(parents=True, exist_ok=True)
     status_file, metrics_file = run_dir / "status.json", run_dir / "metrics.json"
     try:
@@ -60,7 +62,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
         # recursively unless this is a distributed launch, whose other ranks write without the lock
         clean_temporaries(run_dir, recursive=int(os.environ.get("WORLD_SIZE", "1")) == 1)
         if not cfg.overwrite and (found := finished_here(run_dir, key, config_key, code, reuse)) is not None:
-            return found
+            return cached(cfg, run_dir, method, found)
         status_file.unlink(missing_ok=True)
         metrics_file.unlink(missing_ok=True)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(scrub(plain))))
@@ -72,7 +74,7 @@ def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
                  ", dirty tree" if record["git_dirty"] else "", record["torch"], record["diffusers"],
                  record["transformers"])
         if not cfg.overwrite and (found := reuse_sibling(run_dir, key, config_key, code, reuse)) is not None:
-            return found
+            return cached(cfg, run_dir, method, found)
         try:
             metrics = TASKS[cfg.task].run(cfg, run_dir, method)
         except Exception as err:
@@ -82,9 +84,37 @@ def _run_task(cfg: DictConfig, run_dir: Path, record_invalid: bool) -> dict:
         if metrics is None:
             return {}
         write_json(metrics_file, metrics)
-        write_json(status_file, {"status": "done"})
+        write_json(status_file, {"status": "done"})  # no time in it: a resumed run ends with an uninterrupted run's files
         log.info("done: %s", ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in sorted(metrics.items())))
+        log.info("done in %s: %s", duration(time.monotonic() - started), run_dir)
+    return metrics
+
+
+def duration(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `2 h 07 min`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def cached(cfg: DictConfig, run_dir: Path, method, metrics: dict) -> dict:
+    """The metrics of a finished run returned instead of computing, its timing measured again when
+    `metrics.latency.retime` asks (its images and other metrics kept); a timing marked noisy is never returned
+    in silence."""
+    retime = TASKS[cfg.task].retime
+    asked = bool(OmegaConf.select(cfg, "metrics.latency.retime", default=False))
+    if asked and retime is not None:
+        log.info("%s: timing it again (metrics.latency.retime=true); its images and other metrics are kept", run_dir)
+        metrics = retime(cfg, run_dir, method, metrics)
+        write_json(run_dir / "metrics.json", metrics)
+    elif metrics.get("speedup_noisy"):
+        log.warning("%s holds a noisy timing (speedup %.3g, spread %.3g; see its run.log): retime it on a quiet "
+                    "machine with metrics.latency.retime=true (the images are kept) or task=latency", run_dir,
+                    metrics.get("speedup", float("nan")), metrics.get("speedup_spread", float("nan")))
     return metrics
 
 

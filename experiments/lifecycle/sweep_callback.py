@@ -18,6 +18,7 @@ from ..base.secrets import override_secrets, scrub_tree, secret_values
 from ..metrics.registry import ordered
 from ..reports.loggers import make_sink
 from ..reports.sweeps import COST, MANIFEST, write_summary
+from ..run.latency import TRUST
 
 
 class SweepSummary(Callback):
@@ -67,7 +68,7 @@ class SweepSummary(Callback):
     def _report(config, sweep_dir: Path, frame: pd.DataFrame) -> None:
         if frame.empty:
             return
-        shown = ("status", *(c for m in ordered() for c in m.columns), *COST)
+        shown = ("status", *(c for m in ordered() for c in m.columns), *COST, *TRUST)
         cols = [c for c in shown if c in frame.columns]
         keys = [c for c in frame.columns if c not in cols and c not in ("cell", "error")
                 and not pd.api.types.is_numeric_dtype(frame[c])]

@@ -7,7 +7,7 @@ and reads the cached copy, from the Hugging Face hub (`data.source=hub`, the def
 the canonical file (`data.source=file`: PartiPrompts.tsv from the Parti repository, captions_val2017.json
 from the COCO annotations, cached in ~/.cache/cat-pruning). A prompt set is a list of
 `Prompt(index, text, meta)`; `index` is the global position in the full set and seeds that prompt's
-generator, so results do not depend on batch size, subset or sharding.
+generator, so results do not depend on batch size, subset or sharding. Files are read as UTF-8 (`ENCODING`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ COCO_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.z
 PARTI_HUB = ("nateraw/parti-prompts", "PartiPrompts.tsv")
 COCO_HUB = ("phiyodr/coco2017", "data/validation-*.parquet")
 SOURCES = ("hub", "file")
+# Prompt files are UTF-8 whatever the locale; a byte-order mark (which some editors write) is dropped, not made
+# part of the first prompt.
+ENCODING = "utf-8-sig"
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def parti_prompts(path: str | None = None, source: str = "hub") -> list[Prompt]:
         file = cache_dir() / "PartiPrompts.tsv"
         if not file.exists():
             _fetch(PARTI_URL, file, how)
-    with open(file, newline="", encoding="utf-8") as f:
+    with open(file, newline="", encoding=ENCODING) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     return [Prompt(i, r["Prompt"], {"category": r["Category"], "challenge": r["Challenge"]}) for i, r in enumerate(rows)]
 
@@ -113,7 +116,7 @@ def coco_captions(path: str | None = None, source: str = "hub") -> list[Prompt]:
         if path:
             raise FileNotFoundError(f"COCO captions file {file} does not exist")
         raise FileNotFoundError(f"{file} is missing: {how}")
-    data = json.loads(file.read_text())
+    data = json.loads(file.read_text(encoding=ENCODING))
     first: dict[int, dict] = {}
     for ann in sorted(data["annotations"], key=lambda a: a["id"]):
         first.setdefault(ann["image_id"], ann)
@@ -128,7 +131,7 @@ def bundled_prompts(package: str):
     second bundled file (`calibration_split`)."""
 
     def load(path: str | None = None, source: str = "hub") -> list[Prompt]:
-        texts = ([t.strip() for t in Path(path).read_text().splitlines() if t.strip()] if path
+        texts = ([t.strip() for t in Path(path).read_text(encoding=ENCODING).splitlines() if t.strip()] if path
                  else importlib.import_module(f".{package}", __package__).load_prompts())
         return [Prompt(i, t) for i, t in enumerate(texts)]
 
@@ -176,7 +179,7 @@ def calibration_split(name: str, prompts: list[Prompt], split: str, calibration_
     if calibration_path:
         if split == "evaluation":
             return prompts
-        texts = [t.strip() for t in Path(calibration_path).read_text(encoding="utf-8").splitlines() if t.strip()]
+        texts = [t.strip() for t in Path(calibration_path).read_text(encoding=ENCODING).splitlines() if t.strip()]
         return [Prompt(CALIBRATION_INDEX + i, t) for i, t in enumerate(texts)]
     package = bundled_package(name)
     if package is not None:

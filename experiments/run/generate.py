@@ -11,9 +11,11 @@ are written as `<dir>/<index:05d>.png` and reused when present.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 import cat
 
+from ..base.config_files import ConfigError
 from ..base.files import atomic_write, clean_temporaries, lock, write_json
 from ..prompts.sets import Prompt, prompts_of
 from . import keys, macs as macs_
@@ -37,11 +40,72 @@ def prompt_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
+# The pipeline call arguments the harness takes from the model config (argument -> model field): the run key,
+# the folder names, the MAC counts, the warm-up and the tables read these fields, so the call must run them.
+FROM_MODEL = {"num_inference_steps": "steps", "guidance_scale": "guidance_scale", "height": "height",
+              "width": "width"}
+# What every pipeline call of the harness fixes besides them, at the pipelines' own defaults (passed where the
+# pipeline takes the argument): one image per prompt from the prompt's text (no embeddings, no second text),
+# from its seeded generator's noise (no latents) on the scheduler's own schedule, returned as images.
+PINNED = {"prompt_2": None, "prompt_3": None, "prompt_embeds": None, "pooled_prompt_embeds": None,
+          "prompt_attention_mask": None, "latents": None, "timesteps": None, "sigmas": None,
+          "num_images_per_prompt": 1, "output_type": "pil", "return_dict": True}
+
+
+def harness_call(texts: list[str], generators: list[torch.Generator], progress=None) -> dict:
+    """The arguments every pipeline call of the harness passes besides `call_kwargs` (those the pipeline takes):
+    the prompts, their generators, `PINNED`, and the step callbacks that move the progress bar (`progress()` after
+    every denoising step; PixArt's pipelines have the older `callback`)."""
+    on_step_end = None if progress is None else lambda pipe, step, timestep, tensors: (progress(), tensors)[1]
+    on_step = None if progress is None else lambda step, timestep, latents: progress()
+    return {"prompt": texts, "generator": generators, **PINNED, "callback_on_step_end": on_step_end,
+            "callback": on_step}
+
+
+def owned_arguments() -> dict[str, str]:
+    """Every pipeline argument the harness passes or takes from the model config, with where it comes from:
+    `model.call_kwargs` may set none of them (the harness would run one thing and record another)."""
+    owned = {name: "fixed, the same in every run" for name in harness_call([], [])}
+    owned.update(prompt="from the prompt set, data", generator="from seed", latents="from seed")
+    owned.update({name: f"from model.{field}: set that instead" for name, field in FROM_MODEL.items()})
+    return owned
+
+
+def check_call_kwargs(model) -> None:
+    """Raises ConfigError for a `model.call_kwargs` key the harness passes or records itself."""
+    extra = model.get("call_kwargs") or {}
+    if not isinstance(extra, Mapping):
+        raise ConfigError(f"model.call_kwargs={extra!r} is invalid; allowed: a mapping of pipeline call arguments, "
+                          "e.g. {max_sequence_length: 256}")
+    owned = owned_arguments()
+    for name in extra:
+        if name in owned:
+            raise ConfigError(f"model.call_kwargs.{name} is not allowed: the harness passes {name} itself "
+                              f"({owned[name]}) and records what it passes; allowed in model.call_kwargs: the "
+                              f"pipeline's other arguments (not {', '.join(sorted(owned))})")
+
+
 def call_kwargs(cfg) -> dict:
-    """The pipeline call of a run: steps, guidance, resolution and the model's own call arguments."""
+    """The pipeline call of a run: steps, guidance, resolution and the model's own call arguments (none of which
+    may be one the harness sets: `check_call_kwargs`)."""
     model = cfg.model
-    return {"num_inference_steps": model.steps, "guidance_scale": model.guidance_scale, "height": model.height,
-            "width": model.width, **OmegaConf.to_container(model.call_kwargs or {})}
+    check_call_kwargs(model)
+    return {**{name: model[field] for name, field in FROM_MODEL.items()},
+            **OmegaConf.to_container(model.call_kwargs or {})}
+
+
+def call_pipeline(pipe, texts: list[str], generators: list[torch.Generator], kwargs: dict, progress=None):
+    """`pipe(...)` as every generation and timing of the harness calls it: the prompts (the pipeline's first
+    argument), the rest of `harness_call` that the pipeline names, and the run's `kwargs`, which may not repeat any
+    of them (validation refuses such a `model.call_kwargs` before a model loads)."""
+    accepted = inspect.signature(pipe.__call__).parameters
+    fixed = {name: value for name, value in harness_call(texts, generators, progress).items()
+             if name in accepted and name != "prompt"}
+    repeated = sorted(set(kwargs) & set(harness_call([], [])))
+    if repeated:
+        raise ValueError(f"pipeline call arguments the harness sets itself: {', '.join(repeated)} "
+                         "(experiments.run.generate.harness_call); they cannot come with the call's other arguments")
+    return pipe(texts, **fixed, **kwargs)
 
 
 def run_prompts(cfg) -> list[Prompt]:
@@ -63,10 +127,10 @@ def batches(prompts: list[Prompt], batch_size: int) -> list[Batch]:
     return [(start // batch_size, prompts[start:start + batch_size]) for start in range(0, len(prompts), batch_size)]
 
 
-def run_batch(pipe, batch: list[Prompt], seed: int, call_kwargs: dict) -> list:
+def run_batch(pipe, batch: list[Prompt], seed: int, call_kwargs: dict, progress=None) -> list:
     """The images of one batch (PIL), each prompt from its own seeded generator."""
     generators = [torch.Generator().manual_seed(prompt_seed(seed, p.index)) for p in batch]
-    return pipe([p.text for p in batch], generator=generators, **call_kwargs).images
+    return call_pipeline(pipe, [p.text for p in batch], generators, call_kwargs, progress).images
 
 
 def generate(pipe, work: list[Batch], folder: Path, seed: int, call_kwargs: dict, overwrite: bool = False,
@@ -91,9 +155,13 @@ def generate(pipe, work: list[Batch], folder: Path, seed: int, call_kwargs: dict
                 and not (redo is not None and redo(number, batch)))
 
     todo = [(n, batch) for n, batch in work if overwrite or not finished(n, batch)]
-    with macs_.MacsMeter(pipe.transformer) if macs and todo else contextlib.nullcontext() as meter:
-        for number, batch in tqdm(todo, desc=desc, disable=not todo, leave=False):
-            images = run_batch(pipe, batch, seed, call_kwargs)
+    steps = call_kwargs.get("num_inference_steps") or 0
+    # in denoising steps, not batches: a batch of a large model takes minutes
+    bar = tqdm(total=len(todo) * steps, desc=desc, unit="step", disable=not todo, leave=False)
+    with bar, macs_.MacsMeter(pipe.transformer) if macs and todo else contextlib.nullcontext() as meter:
+        for i, (number, batch) in enumerate(todo):
+            bar.set_postfix_str(f"batch {i + 1}/{len(todo)}")
+            images = run_batch(pipe, batch, seed, call_kwargs, progress=lambda: bar.update(1))
             batch_macs = meter.take() if macs else None
             for prompt, image in zip(batch, images):
                 path = image_path(folder, prompt.index)

@@ -136,7 +136,7 @@ def key_material(cfg: dict) -> dict:
     material.update({
         "data": {"name": data.get("name"), "prompts_sha256": _prompts_digest(data, data.get("path"))},
         "seed": cfg.get("seed"), "dtype": cfg.get("dtype"), "device": resolved_device_type(cfg.get("device", "auto")),
-        "batch_size": cfg.get("batch_size"), "metrics": cfg.get("metrics"),
+        "batch_size": cfg.get("batch_size"), "metrics": _without_retime(cfg.get("metrics")),
     })
     if cfg.get("task") == "compare":  # what the comparison searches, and on which calibration prompts
         method = cfg.get("method") or {}
@@ -147,6 +147,13 @@ def key_material(cfg: dict) -> dict:
     if cfg.get("compile"):  # compiled kernels round differently
         material["compile"] = [cfg.get("compile"), cfg.get("compile_mode")]
     return material
+
+
+def _without_retime(metrics):
+    """The metrics settings without `latency.retime`: a request to time a finished run again, not another run."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("latency"), dict):
+        return metrics
+    return {**metrics, "latency": {k: v for k, v in metrics["latency"].items() if k != "retime"}}
 
 
 def _prompts_digest(data: dict, file) -> str:
@@ -200,12 +207,28 @@ def readable_prefix(overrides: list[str], exclude: list[str], max_len: int = 80)
     return label or "default"
 
 
+def plain(root, key: str):
+    """`root[key]` as plain values, resolved; unresolved where a resolver refuses it (a calibration made at another
+    guidance scale): the folder is then named by what was asked, and validation names the problem in one line."""
+    from omegaconf import OmegaConf
+
+    node = root._get_node(key)
+    if not OmegaConf.is_config(node):
+        try:
+            return root[key]
+        except Exception:
+            return node._value()
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(node, resolve=False)
+
+
 def run_id(root) -> str:
     """`<prefix>-<key[:12]>` for the run directory (Hydra resolver `${run_id:}`)."""
     from omegaconf import OmegaConf
 
-    cfg = {k: OmegaConf.to_container(root[k], resolve=True) if OmegaConf.is_config(root[k]) else root[k]
-           for k in root if k != "hydra"}
+    cfg = {k: plain(root, k) for k in root if k != "hydra"}
     hydra = root.get("hydra")
     overrides = list(OmegaConf.select(hydra, "overrides.task", default=None) or []) if hydra is not None else []
     exclude = list(OmegaConf.select(hydra, "job.config.override_dirname.exclude_keys", default=None) or []) \

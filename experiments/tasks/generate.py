@@ -17,8 +17,8 @@ from ..reports.figures import run_figures
 from ..reports.loggers import log_run
 from ..run import latency, macs
 from ..run.evaluate import image_metrics, records
-from ..run.generate import (FIRST_BATCH, batches, call_kwargs, full_image_cache, generate_images, generators,
-                            run_prompts)
+from ..run.generate import (FIRST_BATCH, batches, call_kwargs, call_pipeline, full_image_cache, generate_images,
+                            generators, run_prompts)
 from ..run.pipelines import load_pipeline
 from . import validation
 from .registry import Task, register
@@ -71,15 +71,30 @@ def generate_and_evaluate(cfg: DictConfig, run_dir: Path, method) -> dict | None
             sources[variant] = folders[variant]
         metrics.update(macs.executed(batches(prompts, cfg.batch_size), sources, folders, cfg.model.steps, rows))
     if cfg.metrics.latency.enabled:
-        sample = prompts[: cfg.metrics.latency.num_prompts]
-        call = lambda **o: pipe([p.text for p in sample], generator=generators(cfg, sample), **{**kwargs, **o})  # noqa: E731
-        metrics.update(latency.compare(pipe, call, method, device, cfg.metrics.latency.warmup,
-                                       cfg.metrics.latency.repeats, cfg.metrics.latency.compile, cfg.compile_mode))
+        metrics.update(timing(cfg, pipe, method, device, prompts, kwargs))
     write_lines(run_dir / "records.jsonl", rows)
     run_figures(cfg, run_dir, prompts, folders, variant)
     log_run(cfg, run_dir, metrics)
     return metrics
 
 
+def timing(cfg: DictConfig, pipe, method, device, prompts, kwargs: dict) -> dict:
+    """The full model and the method timed on the run's first `metrics.latency.num_prompts` prompts."""
+    sample = prompts[: cfg.metrics.latency.num_prompts]
+    call = lambda **o: call_pipeline(pipe, [p.text for p in sample], generators(cfg, sample), {**kwargs, **o})  # noqa: E731
+    return latency.compare(pipe, call, method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats,
+                           cfg.metrics.latency.compile, cfg.compile_mode)
+
+
+def retime(cfg: DictConfig, run_dir: Path, method, metrics: dict) -> dict:
+    """A finished run's metrics with its timing measured again; its images and other metrics are kept."""
+    if not cfg.metrics.latency.enabled:
+        return metrics
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
+    pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
+    return {**latency.without_timing(metrics), **timing(cfg, pipe, method, device, run_prompts(cfg), call_kwargs(cfg))}
+
+
 register(Task("generate", "generate images with the full model and the method, and score them",
-              generate_and_evaluate, check))
+              generate_and_evaluate, check, retime))

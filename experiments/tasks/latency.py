@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..base.config_files import ConfigError
 from ..base.devices import pick_device, pick_dtype
-from ..run.generate import call_kwargs, generators, run_prompts
+from ..run.generate import call_kwargs, call_pipeline, generators, run_prompts
 from ..run.latency import compare
 from ..run.pipelines import load_pipeline
 from . import validation
@@ -36,7 +36,7 @@ def measure(cfg, run_dir, method) -> dict:
     kwargs = call_kwargs(cfg)
     log.info("timing %d prompt(s) on %s (%s): %d warm-up and %d timed runs per variant, compile=%s",
              len(prompts), device, dtype, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile)
-    call = lambda **o: pipe([p.text for p in prompts], generator=generators(cfg, prompts), **{**kwargs, **o})  # noqa: E731
+    call = lambda **o: call_pipeline(pipe, [p.text for p in prompts], generators(cfg, prompts), {**kwargs, **o})  # noqa: E731
     out = compare(pipe, call, method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile,
                   cfg.compile_mode)
     out.update(latency_prompts=len(prompts), latency_warmup=cfg.metrics.latency.warmup)
@@ -44,4 +44,4 @@ def measure(cfg, run_dir, method) -> dict:
 
 
 register(Task("latency", "time the full model against the method in the same run (no images, no metrics)",
-              measure, check))
+              measure, check, lambda cfg, run_dir, method, metrics: measure(cfg, run_dir, method)))

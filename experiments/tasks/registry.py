@@ -24,12 +24,15 @@ class Task:
             or None in a process of a distributed launch that does not write results.
         check: (cfg, the method's config or None) -> None; raises ConfigError (one line: the setting, its
             value, what is allowed) for a setting this task cannot run, before any model loads.
+        retime: (cfg, run folder, the method's config, the finished run's metrics) -> its metrics with the
+            timing measured again (`metrics.latency.retime=true`), for a task whose results include a timing.
     """
 
     name: str
     help: str
     run: Callable[[DictConfig, Path, object], dict | None]
     check: Callable[[DictConfig, object], None]
+    retime: Callable[[DictConfig, Path, object, dict], dict] | None = None
 
 
 TASKS: dict[str, Task] = {}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -26,9 +28,13 @@ from ..base.methods import build_method
 from ..base.models import token_geometry
 from ..metrics.registry import enabled
 from ..prompts import sets
+from ..run.generate import check_call_kwargs
 from .registry import TASKS
 
 log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+RESOLVER_PREFIX = re.compile(r"^\w+ raised while resolving interpolation: ")
 
 
 def validate(cfg: DictConfig):
@@ -37,6 +43,7 @@ def validate(cfg: DictConfig):
     task = cfg.get("task")
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is invalid; allowed: {', '.join(TASKS)}")
+    check_name(cfg.get("name"))
     model = OmegaConf.to_container(cfg.model, resolve=True)
     steps = model.get("steps")
     if not cat.is_int(steps) or steps <= 0:
@@ -58,6 +65,7 @@ def validate(cfg: DictConfig):
     if revision is not None and (not isinstance(revision, str) or not revision.strip()):
         raise ConfigError(f"model.revision={revision!r} is invalid; allowed: a branch, tag or commit of "
                           f"{model.get('repo')}")
+    check_call_kwargs(model)
     if "revision" in (model.get("load_kwargs") or {}):
         raise ConfigError("model.load_kwargs.revision is not allowed; set model.revision (the run is keyed by the "
                           "commit it resolves to)")
@@ -94,8 +102,10 @@ def check_run(cfg: DictConfig, counts_macs: bool = False) -> list | None:
             cat.check_compile(cfg.get("compile_mode", "default"), resolved_device_type(str(cfg.device)))
         except (ValueError, RuntimeError) as err:
             raise ConfigError(str(err)) from err
-    if not cat.is_int(cfg.get("seed")):
-        raise ConfigError(f"seed={cfg.get('seed')!r} is invalid; allowed: an integer")
+    seed = cfg.get("seed")
+    if not cat.is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed={seed!r} is invalid; allowed: an integer in [0, {MAX_SEED}] (prompt i is generated "
+                          "from the seed seed * 1000003 + i, which a torch generator must hold)")
     try:
         check_device(str(cfg.device))
     except ValueError as err:
@@ -140,7 +150,8 @@ def check_run(cfg: DictConfig, counts_macs: bool = False) -> list | None:
 
 def check_output_root(value) -> None:
     """`output_root` must be a folder this process can create and write (Hydra creates run folders in it
-    before any task runs)."""
+    before any task runs): its nearest existing folder is asked for a new folder (made and removed again), which
+    also catches file systems that refuse folders whatever the permissions say (/proc, a read-only mount)."""
     path = Path(str(value)).expanduser()
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
@@ -150,6 +161,20 @@ def check_output_root(value) -> None:
         what = "is" if existing == path else f"cannot be created: {existing} is"
         raise ConfigError(f"output_root={str(value)!r} {what} not writable for this user; allowed: a folder "
                           "(existing or new) you can write to")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".cat-check-", dir=existing))
+    except OSError as err:
+        what = "is" if existing == path else f"cannot be created: {existing} is"
+        raise ConfigError(f"output_root={str(value)!r} {what} not a folder new folders can be made in "
+                          f"({err.strerror or err}); allowed: a folder (existing or new) you can write to") from err
+
+
+def check_name(value) -> None:
+    """`name` is one folder under `output_root/runs/`: no path separator, not `.` or `..`."""
+    text = str(value) if value is not None else ""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise ConfigError(f"name={value!r} is invalid; allowed: a folder name without / or \\ (runs are written to "
+                          "output_root/runs/<name>/), e.g. name=my-experiment")
 
 
 def method_config(cfg: DictConfig):
@@ -160,8 +185,9 @@ def method_config(cfg: DictConfig):
     try:
         return build_method(OmegaConf.to_container(cfg.method.config, resolve=True))
     except Exception as err:  # Hydra wraps the dataclass's ValueError: surface the field and range
-        cause = err.__cause__ or err
-        raise ConfigError(f"method={cfg.method.name}: {cause}") from err
+        cause = str(err.__cause__ or err).splitlines()[0]
+        # a resolver's refusal (a calibration made at another guidance scale) is said as the resolver says it
+        raise ConfigError(f"method={cfg.method.name}: {RESOLVER_PREFIX.sub('', cause)}") from err
 
 
 def check_method(cfg: DictConfig, method, device: bool = False) -> None:
@@ -176,6 +202,11 @@ def check_method(cfg: DictConfig, method, device: bool = False) -> None:
     if missing:
         raise ConfigError(f"method={name} {missing}: run `python scripts/calibrate.py method={name} "
                           f"model={model['name']} model.steps={steps}` once")
+    if cfg.get("compile") or OmegaConf.select(cfg, "metrics.latency.compile", default=False):
+        try:  # CUDA graphs would overwrite the caches of a method that is not graph-safe
+            cat.check_cuda_graphs(type(method).handle, method, cfg.get("compile_mode", "default"))
+        except ValueError as err:
+            raise ConfigError(f"method={name}: {err}") from err
     if device:
         kind = resolved_device_type(str(cfg.device))
         try:

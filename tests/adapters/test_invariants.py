@@ -32,8 +32,12 @@ def test_pruning_disabled_is_bit_identical(family):
     base = generate(family)
     with cat.apply(family.pipe, cat.CATConfig(keep_ratio=1.0, warmup_steps=4, num_clusters=8)):
         assert torch.equal(generate(family), base)
-    with cat.apply(family.pipe, cat.CATConfig(warmup_steps=STEPS, num_clusters=8)):
+    with cat.apply(family.pipe, cat.CATConfig(warmup_steps=STEPS - 1, keep_ratio=1.0, num_clusters=8)):
         assert torch.equal(generate(family), base)
+    # a warm-up covering every step would prune nothing: refused at the first call, not run as the full model
+    with cat.apply(family.pipe, cat.CATConfig(warmup_steps=STEPS, num_clusters=8)):
+        with pytest.raises(ValueError, match=rf"warmup_steps={STEPS} is invalid"):
+            generate(family)
 
 
 def test_apply_generate_remove_restores_exactly(family):

@@ -150,7 +150,7 @@ def test_accelerating_setting_skips_work_stays_close_and_removes_exactly(family,
 
 @pytest.mark.parametrize("config", [
     TaylorSeerConfig(cache_interval=1),
-    TaylorSeerConfig(warmup_steps=STEPS),
+    TaylorSeerConfig(warmup_steps=STEPS - 1, cache_interval=1),
     FBCacheConfig(threshold=0),
     MagCacheConfig(threshold=0, mag_ratios=(1.0,) * STEPS),  # all-1.0 ratios: diffusers' `<=` alone would skip
     MagCacheConfig(max_skip_steps=0, mag_ratios=(1.0,) * STEPS),

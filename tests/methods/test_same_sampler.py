@@ -15,8 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 8
 BATCH = [Prompt(0, "a red circle"), Prompt(1, "a blue square")]
-KWARGS = {"guidance_scale": 5.0, "height": 32, "width": 32, "output_type": "latent", "max_sequence_length": 8,
-          "num_inference_steps": STEPS}
+KWARGS = {"guidance_scale": 5.0, "height": 32, "width": 32, "max_sequence_length": 8, "num_inference_steps": STEPS}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ def load_prompts(split_name: str = "heldout") -> list[str]:
     """The bundled held-out captions (never seen in training)."""
     if split_name not in PROMPT_FILES:
         raise ValueError(f"unknown prompt split {split_name!r}; allowed: {', '.join(PROMPT_FILES)}")
-    return [line.strip() for line in PROMPT_FILES[split_name].read_text().splitlines() if line.strip()]
+    return [line.strip() for line in PROMPT_FILES[split_name].read_text(encoding="utf-8").splitlines()
+            if line.strip()]
 
 
 __all__ = ["IMAGE_SIZE", "MODEL_DIR", "adherence", "caption", "judge", "load_prompts", "parse", "sample_scenes"]

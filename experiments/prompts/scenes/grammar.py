@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from ..shapes.grammar import COLORS, SHAPES, SIZES
+from ..shapes.grammar import COLORS, SHAPES, SIZES, quoted
 
 # Grid cells (column, row) and how a caption names them.
 PLACES = {
@@ -57,23 +57,23 @@ def parse(text: str) -> Scene:
                "on a plain background'")
     m = re.match(r"^(.*), on a (\w+) background$", text)
     if not m:
-        raise ValueError(f"caption {text!r} is outside the scenes grammar; {example}")
+        raise ValueError(f"caption {quoted(text)} is outside the scenes grammar; {example}")
     objects, background = m[1], m[2]
     if background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r} in {text!r}; allowed: {', '.join(BACKGROUNDS)}")
+        raise ValueError(f"unknown background {background!r} in {quoted(text)}; allowed: {', '.join(BACKGROUNDS)}")
     head, _, last = objects.rpartition(" and ")
     parts = [p.strip() for p in head.split(",")] + [last] if head else [objects]
     items = []
     for part in parts:
         if not (im := _ITEM.match(part)):
-            raise ValueError(f"object {part!r} of {text!r} is outside the scenes grammar; {example}")
+            raise ValueError(f"object {part!r} of {quoted(text)} is outside the scenes grammar; {example}")
         if im[2] not in COLORS:
-            raise ValueError(f"unknown colour {im[2]!r} in {text!r}; allowed: {', '.join(COLORS)}")
+            raise ValueError(f"unknown colour {im[2]!r} in {quoted(text)}; allowed: {', '.join(COLORS)}")
         items.append(Item(im[2], im[3], im[1], im[4]))
     if not MIN_OBJECTS <= len(items) <= MAX_OBJECTS:
-        raise ValueError(f"{text!r} has {len(items)} objects; allowed: {MIN_OBJECTS} to {MAX_OBJECTS}")
+        raise ValueError(f"{quoted(text)} has {len(items)} objects; allowed: {MIN_OBJECTS} to {MAX_OBJECTS}")
     if len({i.color for i in items}) < len(items) or len({i.place for i in items}) < len(items):
-        raise ValueError(f"the objects of {text!r} must have different colours and different places")
+        raise ValueError(f"the objects of {quoted(text)} must have different colours and different places")
     return Scene(tuple(items), background)
 
 

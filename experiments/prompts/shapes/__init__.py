@@ -27,7 +27,8 @@ def load_prompts(split_name: str = "heldout") -> list[str]:
     """The bundled prompt set: captions never seen in training."""
     if split_name not in PROMPT_FILES:
         raise ValueError(f"unknown prompt split {split_name!r}; allowed: {', '.join(PROMPT_FILES)}")
-    return [line.strip() for line in PROMPT_FILES[split_name].read_text().splitlines() if line.strip()]
+    return [line.strip() for line in PROMPT_FILES[split_name].read_text(encoding="utf-8").splitlines()
+            if line.strip()]
 
 
 def load_pipeline(path: str | Path = DEFAULT_MODEL_DIR, device: str = "cpu", dtype=None):

@@ -31,6 +31,14 @@ RELATIONS = ("above", "below", "left of", "right of")
 COUNTS = {"two": 2, "three": 3}
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """`text` as an error message shows it: quoted, and cut to `limit` characters (a prompt file's line may be
+    a whole book)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Thing:
     color: str
@@ -78,14 +86,14 @@ def parse(text: str) -> Scene:
         scene = Scene("count", (Thing(m[2], m[3]),), count=COUNTS[m[1]])
     else:
         raise ValueError(
-            f"caption {text!r} is outside the shapes grammar; expected e.g. 'a large red circle on the left', "
+            f"caption {quoted(text)} is outside the shapes grammar; expected e.g. 'a large red circle on the left', "
             "'a small blue square above a large green triangle' or 'three yellow circles'"
         )
     for thing in scene.things:
         if thing.color not in COLORS:
-            raise ValueError(f"unknown colour {thing.color!r} in {text!r}; allowed: {', '.join(COLORS)}")
+            raise ValueError(f"unknown colour {thing.color!r} in {quoted(text)}; allowed: {', '.join(COLORS)}")
     if scene.kind == "relation" and scene.things[0].color == scene.things[1].color:
-        raise ValueError(f"the two objects of {text!r} must have different colours")
+        raise ValueError(f"the two objects of {quoted(text)} must have different colours")
     return scene
 
 

@@ -56,3 +56,20 @@ def test_another_step_count_needs_its_own_calibration_or_an_explicit_reuse():
         validate(_compose(["method=teacache", "model.steps=20"]))
     reused = method_config(_compose(["method=teacache", "model.steps=20", "method.calibration.steps=28"]))
     assert reused.coefficients == tuple(json.loads(STORED["teacache"][1].read_text())["coefficients"])
+
+
+def test_another_guidance_scale_is_one_line_through_validation():
+    """Issue 34: MagCache's calibration made at guidance 5 was used at guidance 1; the refusal is one line."""
+    with pytest.raises(ConfigError, match=r"^method=magcache: assets/magcache/tiny_sd3_shapes-28\.json was calibrated "
+                                          r"at guidance_scale=5\.0, this run uses model\.guidance_scale=1\.0"):
+        validate(_compose(["method=magcache", "model.guidance_scale=1.0"]))
+
+
+def test_magcache_ratios_of_another_step_count_need_stretch_ratios():
+    """Asking for another step count's calibration (method.calibration.steps) is not enough to stretch its ratios:
+    the library refuses a count mismatch unless `stretch_ratios` says so, and validation says it before loading."""
+    asked = ["method=magcache", "model.steps=6", "method.calibration.steps=28"]
+    with pytest.raises(ConfigError, match=r"MagCacheConfig\.mag_ratios holds 28 ratios .* this schedule has 6 steps: "
+                                          r"calibrate at 6 steps, or set MagCacheConfig\.stretch_ratios=True"):
+        validate(_compose(asked))
+    assert validate(_compose([*asked, "method.config.stretch_ratios=true"])).stretch_ratios

@@ -56,7 +56,8 @@ def test_a_typo_in_a_sweep_started_the_documented_way_names_the_key(tmp_path):
     (["model=tiny_random", "model.stepz=2"], "model.stepz=2: no such setting for model=tiny_random (did you mean "
                                              "model.steps?); allowed under model: name,"),
     (["sweep=keep_ratio", "method.config.keep_ratioo=0.2,0.3"], "did you mean method.config.keep_ratio?"),
-    (["seeed=1"], "to add a new key write +seeed=1"),
+    (["seeed=1"], "seeed=1: no such setting (did you mean seed?); allowed top-level settings: data, model,"),
+    (["model.scheduler.shiftt=3"], "to add a new key write +model.scheduler.shiftt=3"),
 ])
 def test_unknown_override_keys_are_named_with_the_nearest_setting(argv, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

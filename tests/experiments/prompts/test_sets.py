@@ -154,3 +154,15 @@ def test_a_bad_split_or_calibration_file_is_named_before_anything_loads():
             cfg = compose("config", overrides=["model=tiny_random", override])
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             validate(cfg)
+
+
+def test_prompt_files_are_utf8_and_a_byte_order_mark_is_dropped(tmp_path):
+    """Issue 34: a BOM stayed inside prompt 0 and reached the model (files are now read as UTF-8 by name, not in the
+    locale's encoding, and the mark is dropped)."""
+    text = tmp_path / "prompts.txt"
+    text.write_bytes("\ufeffa large red circle on the left\nun café on the right\n".encode("utf-8"))
+    assert [p.text for p in sets.prompts_of({"name": "shapes", "path": str(text)})] == [
+        "a large red circle on the left", "un café on the right"]
+    tsv = tmp_path / "parti.tsv"
+    tsv.write_bytes("\ufeffPrompt\tCategory\tChallenge\nun café\tFood\tBasic\n".encode("utf-8"))
+    assert [(p.text, p.meta["category"]) for p in sets.parti_prompts(str(tsv))] == [("un café", "Food")]

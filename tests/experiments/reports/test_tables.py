@@ -74,6 +74,17 @@ def test_main_table_keeps_runs_and_paper_sweep_cells_only():
     assert sorted(main_table(runs, "*").psnr) == [25.0, 30.0, 31.0]
 
 
+def test_the_main_table_shows_a_speedups_spread_and_noise_next_to_it():
+    """Issue 34: a noisy speedup (0.94 on a busy machine) was copied into the table's speedup column as it was."""
+    from scripts.make_tables import main_table
+    import pandas as pd
+
+    runs = pd.DataFrame({"model": ["m"], "data": ["d"], "steps": [28], "method": ["cat"], "task": ["generate"],
+                         "status": ["done"], "speedup": [0.94], "speedup_spread": [0.5], "speedup_noisy": [1]})
+    columns = list(main_table(runs).columns)
+    assert columns[columns.index("speedup") + 1: columns.index("speedup") + 3] == ["speedup_spread", "speedup_noisy"]
+
+
 def test_macs_table_lists_offline_counts_per_setting():
     from scripts.make_tables import macs_table
     import pandas as pd

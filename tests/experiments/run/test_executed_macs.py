@@ -62,9 +62,9 @@ def spy_batches(monkeypatch) -> list[tuple[str, list[int]]]:
 
     calls, original = [], generate.run_batch
 
-    def run_batch(pipe, batch, seed, call_kwargs):
+    def run_batch(pipe, batch, seed, call_kwargs, progress=None):
         calls.append(("method" if vars(pipe.transformer).get(APPLIED) else "full", [p.index for p in batch]))
-        return original(pipe, batch, seed, call_kwargs)
+        return original(pipe, batch, seed, call_kwargs, progress)
 
     monkeypatch.setattr(generate, "run_batch", run_batch)
     return calls
