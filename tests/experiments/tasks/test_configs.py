@@ -140,8 +140,10 @@ PROTOCOL_WARMUPS = {3, 5, 8, 10}  # the warm-ups every tuned method picks from (
 @pytest.mark.parametrize("model", ["tiny_sd3_shapes", "tiny_sd3_scenes"])
 def test_every_tuned_method_with_a_warmup_picks_it_from_the_same_set(model):
     """`tuned` searches the same warm-ups for every method with one (CAT and its variants included, MagCache's
-    as leading full steps in place of its retention share), and only those; CAT's cluster count is tuned over
-    half and all of the model's."""
+    as leading full steps in place of its retention share), and only those, times at most one binary second
+    knob; CAT's cluster count is tuned over half and all of the model's."""
+    import dataclasses
+
     import cat
     from experiments.compare.settings import Plan, candidates, variant_base
 
@@ -156,6 +158,10 @@ def test_every_tuned_method_with_a_warmup_picks_it_from_the_same_set(model):
         warmups = {c.retained_steps(28) if isinstance(c, cat.MagCacheConfig) else c.warmup_steps for c in pool}
         assert warmups == PROTOCOL_WARMUPS, f"{name}: the tuned warm-ups {sorted(warmups)}"
         assert all(isinstance(c.warmup_steps, int) for c in pool), name  # MagCache: no share of the steps left
+        others = {f.name: {getattr(c, f.name) for c in pool} for f in dataclasses.fields(config) if f.name != "warmup_steps"}
+        second = {field: values for field, values in others.items() if len(values) > 1}
+        assert len(second) <= 1 and all(len(v) == 2 for v in second.values()), f"{name}: second knobs {second}"
+        assert len(pool) == len(PROTOCOL_WARMUPS) * (2 if second else 1), name  # every combination, once
         if name == "cat":
             clusters = composed.model.num_clusters
             assert {c.num_clusters for c in pool} == {clusters // 2, clusters}
