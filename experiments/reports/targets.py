@@ -280,6 +280,11 @@ def markdown(frame: pd.DataFrame, title: str, reference: str, leaders: pd.DataFr
                   "bootstrap p-value (from the resamples of its interval) goes through Holm's step-down at "
                   f"family-wise {ALPHA:g}: better / worse only where it rejects, equivalent as above (not adjusted), "
                   "else undetermined. The other metrics' verdicts are not adjusted.", ""]
+    unpaired = [m.short for m in _own_metrics(frame.columns) if m not in own]
+    if unpaired:
+        lines += [f"Full model: its own {', '.join(unpaired)} is not in this sweep (its cells have no `cells/full.json`, "
+                  "which comparisons made before the full model's scores were kept lack), so no row is paired with "
+                  "the full model.", ""]
     for m in own:
         first = frame[f"{m.name}_full"].dropna()
         if len(first):

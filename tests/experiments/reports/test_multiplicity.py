@@ -8,7 +8,7 @@ import pytest
 
 from experiments.base.intervals import bootstrap_p, holm
 from experiments.compare.matched import AtTarget, Cell, compare, interval, resamples
-from experiments.reports.targets import ALPHA, holm_verdict, load_cells, report
+from experiments.reports.targets import ALPHA, holm_verdict, load_cells, markdown, report
 
 
 def test_the_bootstrap_p_value_counts_both_sides_of_zero_with_the_plus_one_correction():
@@ -133,13 +133,14 @@ def test_the_leader_is_paired_with_the_runner_up_and_disagreements_with_adherenc
     assert by.loc["a", "adherence_full_lo"] <= by.loc["a", "adherence_full"] <= by.loc["a", "adherence_full_hi"]
 
 
-def test_without_the_full_models_scores_the_report_has_no_full_model_columns(tmp_path):
+def test_without_the_full_models_scores_the_report_has_no_full_model_columns_and_says_so(tmp_path):
     rng = np.random.default_rng(4)
     base = rng.normal(35, 3, P)
     _cell(tmp_path / "cat", "cat", {"psnr": base, "adherence": np.ones(P)})
     _cell(tmp_path / "a", "a", {"psnr": base + 1, "adherence": np.ones(P)})
-    frame, _ = report(load_cells(tmp_path), [0.5], "cat")
+    frame, leaders = report(load_cells(tmp_path), [0.5], "cat")
     assert "adherence_d_full" not in frame and "adherence_full" not in frame
+    assert "its own adherence is not in this sweep (its cells have no `cells/full.json`" in markdown(frame, "t", "cat", leaders)
 
 
 def test_the_p_value_of_a_paired_comparison_comes_from_its_own_resamples():
