@@ -117,7 +117,8 @@ def compare_task(cfg: DictConfig, run_dir: Path, method) -> dict:
         metrics[f"{goal.name}_at_{round(100 * target)}"] = score
     plan_out["cells"] = sorted(evaluation.memo)
     write_json(run_dir / PLAN, plan_out)
-    metrics.update({"targets_reached": len(chosen), "cells_evaluated": len(evaluation.memo),
+    metrics.update({"calibration_prompts": len(calibration.prompts), "evaluation_prompts": len(evaluation.prompts),
+                    "targets_reached": len(chosen), "cells_evaluated": len(evaluation.memo),
                     "calibration_runs": len(calibration.memo),
                     "calibration_first_batch_only": len(set(calibration.searched) - set(calibration.memo))})
     return metrics

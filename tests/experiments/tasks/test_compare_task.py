@@ -22,6 +22,7 @@ def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompt
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
     plan = read(run_dir, "compare.json")
     assert metrics["targets_reached"] == 2 and set(plan["targets"]) == {"0.2", "0.35"}
+    assert (metrics["calibration_prompts"], metrics["evaluation_prompts"]) == (2, 4)  # in the sweep's summary
     evaluated = {i for key in plan["cells"] for i in read(run_dir / "cells", f"{key}.json")["indices"]}
     calibrated = {i for path in (run_dir / "calibration").glob("*.json") for i in read(path.parent, path.name)["indices"]}
     assert evaluated == {0, 1, 2, 3} and calibrated and not calibrated & evaluated  # the calibration split
