@@ -4,11 +4,12 @@ hand-computed values, and the comparison report's Holm-adjusted verdicts on a sy
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from experiments.base.intervals import bootstrap_p, holm
 from experiments.compare.matched import AtTarget, Cell, compare, interval, resamples
-from experiments.reports.targets import ALPHA, holm_verdict, load_cells, markdown, report
+from experiments.reports.targets import ALPHA, holm_verdict, load_cells, markdown, report, write_report
 
 
 def test_the_bootstrap_p_value_counts_both_sides_of_zero_with_the_plus_one_correction():
@@ -131,6 +132,12 @@ def test_the_leader_is_paired_with_the_runner_up_and_disagreements_with_adherenc
     assert by.loc["a", "adherence_d_full"] == pytest.approx(-0.06)
     assert by.loc["a", "adherence_full_verdict"] == "worse" and by.loc["b", "adherence_full_verdict"] == "equivalent"
     assert by.loc["a", "adherence_full_lo"] <= by.loc["a", "adherence_full"] <= by.loc["a", "adherence_full_hi"]
+    write_report(tmp_path)  # the files: targets.csv with these columns, leaders.csv, targets.md stating the full model
+    written = pd.read_csv(tmp_path / "targets.csv")
+    assert {"p", "p_holm", "verdict_holm", "adherence_full", "adherence_d_full", "adherence_d_full_lo",
+            "adherence_d_full_hi", "adherence_full_verdict"} <= set(written.columns)
+    assert pd.read_csv(tmp_path / "leaders.csv").loc[0, "leader"] == "a"
+    assert "Full model: adherence " in (tmp_path / "targets.md").read_text()
 
 
 def test_without_the_full_models_scores_the_report_has_no_full_model_columns_and_says_so(tmp_path):
