@@ -1,6 +1,7 @@
 """Tables from result directories: the main table (one row per run: model, data, steps, method and every
 setting that varies among the rows, with the full model alongside) and, for every sweep, its table of
-cells and its trends.
+cells and its trends (and a comparison sweep's targets.md/csv, with its Holm-adjusted verdicts and adherence
+against the full model, and its leaders.csv).
 
     python scripts/make_tables.py outputs --out results/tables
 
@@ -80,7 +81,7 @@ def main(argv=None) -> None:
     for summary in sorted(args.root.rglob("summary.csv")):
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
-        for extra in ("trends.md", "paired.md", "at_50.md", "targets.md"):
+        for extra in ("trends.md", "paired.md", "at_50.md", "targets.md", "targets.csv", "leaders.csv"):
             if (summary.parent / extra).exists():
                 (args.out / f"sweep_{summary.parent.name}_{extra}").write_text((summary.parent / extra).read_text())
         print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")

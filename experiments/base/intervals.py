@@ -3,6 +3,8 @@ interval, and methods are compared by paired differences on the same prompts and
 
 The bootstrap is scipy's (`scipy.stats.bootstrap`, percentile method, fixed seed, so a table
 regenerates identically). A difference whose interval contains 0 is reported as no difference.
+Many paired tests in one report are controlled together: a bootstrap p-value per test from the same resamples
+as its interval (`bootstrap_p`), and Holm's step-down over the family (`holm`).
 """
 
 from __future__ import annotations
@@ -44,3 +46,28 @@ def verdict(lo: float, hi: float) -> str:
     if hi < 0:
         return "lower"
     return "no difference"
+
+
+def bootstrap_p(resampled) -> float:
+    """Two-sided bootstrap p-value of "the mean difference is 0", from the resampled mean differences whose
+    percentiles give the paired interval: twice the smaller share of resamples on either side of 0, each share
+    counted with the +1 correction, (1 + k) / (B + 1), so no p-value is 0 (capped at 1). p <= 0.05 implies that
+    the 95% percentile interval of the same resamples excludes 0."""
+    d = np.asarray(resampled, dtype=float)
+    share = lambda k: (1 + k) / (d.size + 1)  # noqa: E731
+    return float(min(1.0, 2 * min(share(np.count_nonzero(d <= 0)), share(np.count_nonzero(d >= 0)))))
+
+
+def holm(pvalues, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Holm-Bonferroni step-down over one family of tests: (adjusted p-values, rejected), in the given order.
+    Sorted ascending, the i-th smallest of m p-values is adjusted to max over j <= i of min(1, (m - j + 1) p_(j))
+    (1-based), and a test is rejected where its adjusted p-value is at most `alpha`: the family-wise error rate
+    stays at most `alpha` whatever the dependence between the tests. NaN entries are no tests: they stay NaN and
+    are never rejected (nor counted in m)."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = order.size
+    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    return adjusted, np.nan_to_num(adjusted, nan=np.inf) <= alpha

@@ -21,6 +21,8 @@ from .settings import setting_key
 
 log = logging.getLogger(__name__)
 
+FULL = "full.json"  # the full model's own per-prompt scores, beside the settings' `<key>.json` rows
+
 
 class Bench:
     """Runs method settings on a fixed prompt list and measures them: executed MACs per prompt (counted on
@@ -30,13 +32,15 @@ class Bench:
     Each setting's images and `<key>.json` are kept in `shared`, beside the full model's cached images of the
     same prompts (same model, seed, batches and code), so that another cell of the sweep asking for the same
     setting (CAT's authors' and shared-warm-up variants, a tuned setting equal to the authors') reads it
-    instead of running it again; the run's own copy goes to `folder`."""
+    instead of running it again; the run's own copy goes to `folder`. A setting a knob search only measures
+    (`reduction`) runs on the first batch of the prompts, kept in `shared` alone."""
 
     def __init__(self, cfg, pipe, kwargs: dict, prompts, full_folder: Path, folder: Path, metrics: list[Metric]):
         self.cfg, self.pipe, self.kwargs, self.prompts = cfg, pipe, kwargs, prompts
         self.full_folder, self.folder, self.metrics = full_folder, folder, metrics
         self.shared = full_folder.with_name(full_folder.name + "-settings")
         self.memo: dict[str, dict] = {}
+        self.searched: dict[str, float] = {}  # each setting a search measured: its first batch's mean reduction
         self._full = None
 
     def _generate(self, folder: Path, kwargs: dict, desc: str) -> tuple[list, list[float]]:
@@ -58,16 +62,46 @@ class Bench:
             self._full = self._generate(self.full_folder, self.kwargs, "full model")
         return self._full
 
-    def _stored(self, key: str) -> dict | None:
+    def full_scores(self) -> dict:
+        """The full model's own per-prompt values of the metrics that score each image on its own (adherence; not
+        those against the full model): {"indices", <metric>: [...]}, so that a report can pair every method with
+        the full model. Kept as `full.json` beside the settings' rows (`shared`) and in `folder`; computed from the
+        cached full images where missing (a comparison made before it was kept)."""
+        indices = [p.index for p in self.prompts]
+        own = [m for m in self.metrics if not m.against_full]
+        for folder in (self.folder, self.shared):
+            row = read_json(folder / FULL)
+            if row is not None and row.get("indices") == indices and all(m.name in row for m in own):
+                if folder != self.folder:
+                    write_json(self.folder / FULL, row)
+                return row
+        images, _ = self.full()
+        scoring = Scoring(images, self.prompts, None, self.cfg.data.name, self.cfg.metrics)
+        row = {"indices": indices, **{m.name: [float(v) for v in m.compute(scoring)] for m in own}}
+        for folder in (self.shared, self.folder):
+            folder.mkdir(parents=True, exist_ok=True)
+        write_json(self.shared / FULL, row)
+        write_json(self.folder / FULL, row)
+        return row
+
+    def _found(self, key: str) -> tuple[Path, dict] | None:
+        """The setting's row on these prompts and the folder that holds it (the run's, else the shared one)."""
         indices = [p.index for p in self.prompts]
         for folder in (self.folder, self.shared):
             row = read_json(folder / f"{key}.json")
             if row is not None and row.get("indices") == indices:
-                if folder != self.folder:
-                    link_images(folder / key, self.folder / key, indices)
-                    write_json(self.folder / f"{key}.json", row)
-                return row
+                return folder, row
         return None
+
+    def _stored(self, key: str) -> dict | None:
+        """The setting's row, copied into the run's folder with its images when another run made it."""
+        if (found := self._found(key)) is None:
+            return None
+        folder, row = found
+        if folder != self.folder:
+            link_images(folder / key, self.folder / key, row["indices"])
+            write_json(self.folder / f"{key}.json", row)
+        return row
 
     def run(self, config, label: str = "") -> dict:
         key = setting_key(config)
@@ -95,7 +129,33 @@ class Bench:
         return row
 
     def reduction(self, config, label: str = "") -> float:
-        return float(np.mean(self.run(config, label)["reduction"]))
+        """The setting's mean executed-MACs reduction over the first batch of the prompts (over all of them when
+        they make one batch), for a knob search: it needs no more than the MACs, and most settings it tries are
+        never scored. A setting not yet run generates that batch alone; one scored later (`run`) generates only
+        the batches it lacks, so no batch is made twice. The value is the same whether the setting was run
+        whole or not (a resumed cell, another cell's run of it), so a search takes the same path either way; a
+        row read here stays out of the run's folder, which holds the settings the run scored whatever ran
+        before it."""
+        key = setting_key(config)
+        work = batches(self.prompts, self.cfg.batch_size)[:1]
+        first = [p.index for p in work[0][1]]
+        if len(first) == len(self.prompts):
+            return float(np.mean(self.run(config, label)["reduction"]))
+        if key not in self.searched:
+            found = self._found(key)
+            if found is None:
+                _, full_macs = self.full()
+                log.info("compare: %s on the first %d prompt(s): %s", type(config).name, len(first), label or key)
+                with cat.apply(self.pipe, config) as handle:
+                    kwargs = {**self.kwargs, **handle.call_overrides(self.kwargs["num_inference_steps"])}
+                    generate(self.pipe, work, self.shared / key, self.cfg.seed, kwargs, desc=type(config).name,
+                             macs=True)
+                macs = read_batch_records(self.shared / key)[0]["transformer_macs_per_prompt"]
+                reductions = [1.0 - macs / m for m in full_macs[:len(first)]]
+            else:
+                reductions = found[1]["reduction"][:len(first)]
+            self.searched[key] = float(np.mean(reductions))
+        return self.searched[key]
 
     def score(self, config, metric: Metric, label: str = "") -> float:
         """The setting's mean of `metric` over the prompts."""

@@ -6,6 +6,8 @@ metric."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 
 import numpy as np
@@ -16,23 +18,42 @@ from ..metrics.registry import objective
 from ..run.macs import report_for_model
 from .bench import Bench
 from .matched import mixture_weight
-from .search import bracket_knob, find_knob, finite, offline_search
-from .settings import Plan, candidates, describe, reference_warmup, variant_base
+from .search import bracket_knob, find_knob, finite, offline_search, warmup_bound
+from .settings import Plan, candidates, describe, reference_warmup, setting_key, variant_base
 
 log = logging.getLogger(__name__)
 
 
 def offline_reduction(model: dict, config, num_steps: int, num_tokens: int) -> float | None:
-    """The executed-MACs reduction the MAC counter finds offline (None: the method decides while it runs)."""
+    """The executed-MACs reduction the MAC counter finds offline (None: the method decides while it runs),
+    counted once per model and setting in a process (a sweep's cells share their counts)."""
     if config.offline_schedule(num_steps, num_tokens) is None:
         return None
-    return report_for_model(transformer_config(model), config).macs_reduction
+    model = transformer_config(model)
+    try:  # the cache's key: the model as JSON (a config from conf/ is plain JSON) and the frozen setting
+        key = json.dumps(model, sort_keys=True)
+        hash(config)
+    except TypeError:  # a value JSON or hash cannot take: counted without the cache
+        return report_for_model(model, config).macs_reduction
+    return _counted(key, config)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted(model_json: str, config) -> float:
+    return report_for_model(json.loads(model_json), config).macs_reduction
 
 
 def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str, num_tokens: int) -> dict:
     """The variant's settings for every target, chosen on the calibration prompts:
     {target: {"settings": [(config, label)], "weights": [...], "score": the calibration objective or None,
-    "how": str}}; None when the variant does not apply to the method."""
+    "how": str}}; None when the variant does not apply to the method.
+
+    What each candidate measured is kept for the next target (the knob values it ran and their reductions,
+    the offline search's last miss), per candidate and never across candidates: a setting's search then
+    depends on the setting and the targets alone, so the same setting in another variant's cell (CAT's
+    authors' and shared-warm-up variants, a tuned candidate equal to the shared warm-up) lands on the same
+    knob values and reads their runs instead of repeating them. A target above a candidate's warm-up bound
+    (`search.warmup_bound`) is skipped without a run."""
     plan, goal = Plan.of(cfg.method), objective()
     variant, steps = cfg.compare.variant, int(cfg.model.steps)
     base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps))
@@ -40,6 +61,9 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
         return None
     pool = candidates(base, plan, variant, steps, num_tokens)
     tol = float(cfg.compare.tolerance)
+    # a search measured on calibration runs stops at two settings this close around the target (about one whole
+    # step of the schedule apart at most), which matched compute mixes per prompt, as it mixes a discrete knob's
+    span = max(4 * tol, 1.5 / steps)
 
     def with_knob(config, value):
         return dataclasses.replace(config, **{plan.knob: value})
@@ -54,30 +78,34 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
         return r if r is not None else calibration.reduction(config, describe(config, base, plan.knob))
 
     chosen: dict = {}
-    learned: dict = {}  # the offline search's last miss (see offline_search)
+    known = {setting_key(c): {} for c in pool}  # per candidate: {knob value: reduction} measured so far
+    learned = {setting_key(c): {} for c in pool}  # per candidate: the offline search's last miss (offline_search)
     for target in cfg.compare.targets:
         options = []
         for config in pool:
+            if float(target) - tol / 2 > warmup_bound(config, steps):
+                continue
+            mine = setting_key(config)
             if plan.continuous:
                 lo, hi = plan.knob_range
                 found = None
                 if config.offline_schedule(steps, num_tokens) is not None:
                     found = offline_search(lambda v, c=config: with_knob(c, v), reduction, lo, hi, float(target), tol / 2,
-                                           steps, num_tokens, learned=learned)
-                if found is None:
-                    found = find_knob(lambda v, c=config: finite(reduction(with_knob(c, v))), lo, hi, float(target),
-                                      tol / 2)
-                if found is None:
-                    continue
-                settings, weights = [with_knob(config, found.value)], [1.0]
+                                           steps, num_tokens, learned=learned[mine])
+                if found is not None:
+                    found = (found,)
+                elif find_knob(lambda v, c=config: finite(reduction(with_knob(c, v))), lo, hi, float(target), tol / 2,
+                               known=known[mine], span=span) is not None:
+                    valid = {v: r for v, r in known[mine].items() if r > -1.0}  # finite(): -1 marks a refused value
+                    found = bracket_knob(valid, float(target), tol / 2)  # one value, or the two around the target
             else:
                 reductions = {v: r for v in plan.levels if np.isfinite(r := reduction(with_knob(config, v)))}
                 found = bracket_knob(reductions, float(target), tol / 2)
-                if found is None:
-                    continue
-                settings = [with_knob(config, f.value) for f in found]
-                w = float(mixture_weight(float(target), found[0].reduction, found[-1].reduction)) if len(found) == 2 else 0.0
-                weights = [1.0] if len(found) == 1 else [1.0 - w, w]
+            if found is None:
+                continue
+            settings = [with_knob(config, f.value) for f in found]
+            w = float(mixture_weight(float(target), found[0].reduction, found[-1].reduction)) if len(found) == 2 else 0.0
+            weights = [1.0] if len(found) == 1 else [1.0 - w, w]
             options.append((config, settings, weights))
         if not options:
             log.info("compare: %s (%s) cannot reach %.0f%% fewer MACs", cfg.method.name, variant, 100 * float(target))

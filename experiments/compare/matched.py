@@ -16,6 +16,8 @@ paired difference `d` (method - reference) gets a percentile bootstrap interval 
 verdict: `better` or `worse` when the 95% interval excludes 0 (in the metric's good direction),
 `equivalent` when the 90% interval lies inside +-margin (the metric's registered margin: 0.5 dB of PSNR),
 else `undetermined`. A tie is only ever `equivalent`: overlapping per-method intervals say nothing.
+Each paired test also gets a bootstrap p-value from the same resamples, for the report's Holm correction over
+all its tests (`experiments.reports.targets`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..base.intervals import bootstrap_p
 from ..metrics.registry import spec
 
 RESAMPLES = 2000
@@ -127,7 +130,9 @@ def verdict(d95: tuple[float, float], d90: tuple[float, float], margin: float, l
 def compare(method: AtTarget, reference: AtTarget | None, metric: str, idx: np.ndarray,
             margin: float | None = None) -> dict:
     """The method's mean at the target with its 95% interval, and its paired difference with the
-    reference (same resamples) with the verdict. idx from `resamples` (row 0: the full sample)."""
+    reference (same resamples) with its two-sided bootstrap p-value (`p`, from the same resamples: the family's
+    multiplicity control, `experiments.base.intervals.holm`, reads it) and the verdict. idx from `resamples`
+    (row 0: the full sample)."""
     means = method.means(metric, idx)
     lo, hi = interval(means[1:], 0.95)
     out = {metric: float(means[0]), f"{metric}_lo": lo, f"{metric}_hi": hi}
@@ -139,5 +144,6 @@ def compare(method: AtTarget, reference: AtTarget | None, metric: str, idx: np.n
     if margin is None:
         margin = registered.margin if registered else 0.0
     out.update({"d": float(d[0]), "d_lo": d95[0], "d_hi": d95[1], "d_lo90": d90[0], "d_hi90": d90[1],
+                "p": bootstrap_p(d[1:]),
                 "verdict": verdict(d95, d90, margin, bool(registered and registered.lower_is_better))})
     return out

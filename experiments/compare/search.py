@@ -6,6 +6,8 @@
   schedule's token share and confirmed by a few MAC counts.
 - `bracket_knob`: a discrete knob (an interval, a step count) gets the two values whose reductions
   bracket the target (matched compute mixes them per prompt, experiments.compare.matched).
+- `warmup_bound`: the reduction a setting's leading full steps leave within reach (a target above it is
+  skipped without running anything).
 - `best`: among candidate settings that reach the target, the one with the best calibration score.
 
 The callables passed in measure on calibration prompts only (the prompt set's calibration split);
@@ -78,23 +80,42 @@ def best(candidates: Sequence, score: Callable[[object], float | None]):
 
 
 def find_knob(reduction_of: Callable[[float], float], lo: float, hi: float, target: float, tol: float = 0.005,
-              max_iter: int = 8) -> Found | None:
+              max_iter: int = 8, known: dict | None = None, span: float | None = None) -> Found | None:
     """`bisect_knob` with the bracket cut where the line through its ends meets the target (regula falsi,
     Illinois rule) instead of at its middle: the same guarantee (the target stays bracketed) in a few
     evaluations when the reduction is nearly linear in the knob, as a keep ratio's is. Falls back to the
-    middle when the line leaves the bracket's inner part (a stepwise reduction, such as a threshold's)."""
-    r_lo, r_hi = reduction_of(lo), reduction_of(hi)
+    middle when the line leaves the bracket's inner part (a stepwise reduction, such as a threshold's).
+
+    `known` ({knob value: reduction}) holds what earlier searches of the same setting measured (another
+    target's), and receives every value measured here: the search starts from the tightest bracket of the
+    target among them, and ends at once when one of them is already within `tol`. With `span`, it also ends
+    once two measured values bracket the target with reductions at most `span` apart (`bracket_knob` on
+    `known` then gives the two real settings that matched compute mixes per prompt): a stepwise reduction
+    (a threshold's: whole steps skipped) may have no value within `tol` at all."""
+    known = {} if known is None else known
+
+    def measure(value: float) -> float:
+        if value not in known:
+            known[value] = reduction_of(value)
+        return known[value]
+
+    r_lo, r_hi = measure(lo), measure(hi)
     if not min(r_lo, r_hi) - tol <= target <= max(r_lo, r_hi) + tol:
         return None
-    best = min((Found(lo, r_lo), Found(hi, r_hi)), key=lambda f: abs(f.reduction - target))
+    inside = sorted((v, r) for v, r in known.items() if lo <= v <= hi)
+    best = min((Found(v, r) for v, r in inside), key=lambda f: abs(f.reduction - target))
     f_lo, f_hi, side = r_lo - target, r_hi - target, 0
+    for (a, r_a), (b, r_b) in zip(inside, inside[1:]):  # the first crossing from lo's side to hi's
+        if (r_a - target > 0) == (f_lo > 0) and (r_b - target > 0) == (f_hi > 0):
+            lo, hi, f_lo, f_hi = a, b, r_a - target, r_b - target
+            break
     for _ in range(max_iter):
-        if abs(best.reduction - target) <= tol:
+        if abs(best.reduction - target) <= tol or (span is not None and abs(known[hi] - known[lo]) <= span):
             break
         mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else (lo + hi) / 2
         if not lo + 0.02 * (hi - lo) <= mid <= hi - 0.02 * (hi - lo):
             mid = (lo + hi) / 2
-        r_mid = reduction_of(mid)
+        r_mid = measure(mid)
         if abs(r_mid - target) < abs(best.reduction - target):
             best = Found(mid, r_mid)
         f_mid = r_mid - target
@@ -109,6 +130,14 @@ def find_knob(reduction_of: Callable[[float], float], lo: float, hi: float, targ
                 f_hi /= 2
             side = 1
     return best
+
+
+def warmup_bound(config, num_steps: int) -> float:
+    """The largest executed-MACs reduction a setting with `warmup_steps` leading full steps can reach:
+    1 - W / N, were every later step free. A target above it is out of the setting's reach before anything
+    runs. 1 where the setting names no warm-up (fewer steps; MagCache's warm-up from its retention ratio)."""
+    warmup = getattr(config, "warmup_steps", None)
+    return 1.0 - warmup / num_steps if isinstance(warmup, int) and not isinstance(warmup, bool) else 1.0
 
 
 def token_share_reduction(config, num_steps: int, num_tokens: int) -> float:

@@ -19,6 +19,30 @@ VARIANTS = ("authors", "tuned", "shared_warmup")
 
 
 @dataclasses.dataclass(frozen=True)
+class Times:
+    """A tuning-grid value relative to the variant's base setting: `factor` times the base's value of the field
+    (an integer field rounded, at least 1). A YAML grid says `num_clusters: {times: [0.5, 1]}`: half and all of
+    the model's cluster count (`model.num_clusters`, which the base reads), on every model."""
+
+    factor: float
+
+    def of(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"a tuning grid's `times: [{self.factor:g}]` needs a numeric field, got {value!r}")
+        scaled = self.factor * value
+        return max(1, round(scaled)) if isinstance(value, int) else scaled
+
+
+def _grid(name, values) -> list:
+    """A YAML tuning-grid entry as a list of values: a list, or {times: [factors]} (`Times`)."""
+    if isinstance(values, dict):
+        if set(values) != {"times"}:
+            raise ValueError(f"tune.{name}={values} is invalid; allowed: a list of values or {{times: [factors]}}")
+        return [Times(float(f)) for f in values["times"]]
+    return list(values)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """What the method's YAML says about reaching a target: the compute knob, its domain, the tuning grid."""
 
@@ -45,7 +69,7 @@ class Plan:
         if knob_range is None and len(levels) < 2:
             raise ValueError(f"method={name}: task=compare needs `knob_range: [low, high]` (a continuous knob) or at "
                              f"least two `levels` (a discrete one) in conf/method/{name}.yaml")
-        tune = {k: list(v) for k, v in (m.get("tune") or {}).items() if v is not None}
+        tune = {k: _grid(k, v) for k, v in (m.get("tune") or {}).items() if v is not None}
         return cls(m["knob"], levels, tuple(knob_range) if knob_range is not None else None, tune)
 
 
@@ -94,12 +118,15 @@ def reference_warmup(reference: str, family: str, num_steps: int) -> int | None:
 
 
 def candidates(base, plan: Plan, variant: str, num_steps: int, num_tokens: int) -> list:
-    """The settings searched at each target: the base, and for `tuned` every combination of the grid
-    (invalid ones left out, duplicates removed)."""
+    """The settings searched at each target: the variant's base; for `tuned` every combination of the grid
+    over the base, and only those (the base itself where the grid holds its values: a tuned method picks its
+    warm-up from the grid's, as every other method does, never from its authors' value outside it); invalid
+    ones left out, duplicates removed."""
     out, seen = [], set()
-    combos = [{}] if variant != "tuned" else [{}] + [dict(zip(plan.tune, values))
-                                                      for values in itertools.product(*plan.tune.values())]
+    combos = [{}] if variant != "tuned" else [dict(zip(plan.tune, values))
+                                              for values in itertools.product(*plan.tune.values())]
     for combo in combos:
+        combo = {k: v.of(getattr(base, k)) if isinstance(v, Times) else v for k, v in combo.items()}
         try:
             config = dataclasses.replace(base, **combo)
             config.check_steps(num_steps)

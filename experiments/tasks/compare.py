@@ -5,8 +5,9 @@ images and the comparison's metrics (PSNR, SSIM against the full model, the adhe
 set has one).
 
 A cell's files: `compare.json` (the plan: targets, the settings chosen for each and how), `cells/<key>.json`
-and `cells/<key>/` (per-prompt values and images of one evaluated setting) and `calibration/` (the same for
-every calibration measurement). A resumed run, or another cell asking for the same setting on the same
+and `cells/<key>/` (per-prompt values and images of one evaluated setting), `cells/full.json` (the full model's
+own per-prompt scores: adherence) and `calibration/` (the same for every calibration measurement). The
+calibration and evaluation prompts are checked to share no prompt before anything runs. A resumed run, or another cell asking for the same setting on the same
 prompts, reuses them (they are also kept beside the full model's cached images). The sweep's report
 (`experiments.reports.targets`) pairs every method with CAT at the same target and variant.
 """
@@ -29,6 +30,7 @@ from ..compare.bench import Bench
 from ..compare.calibration import calibration_config, choose
 from ..compare.settings import VARIANTS, Plan
 from ..metrics.registry import objective, ordered
+from ..prompts.sets import check_disjoint
 from ..run.generate import call_kwargs, full_image_cache, run_prompts
 from ..run.pipelines import load_pipeline
 from . import validation
@@ -39,7 +41,7 @@ PLAN = "compare.json"
 
 def check(cfg: DictConfig, method) -> None:
     """A method with a compute knob, a known variant, targets in (0, 1), no sweep level; then the run's
-    settings."""
+    settings, and calibration prompts that are no evaluation prompts."""
     validation.check_method(cfg, method)
     if method is None:
         raise ConfigError("task=compare compares a method with the full model: method=none is not allowed")
@@ -69,6 +71,10 @@ def check(cfg: DictConfig, method) -> None:
             raise ConfigError(f"method={cfg.method.name}: `{name}` (its knob or a tuned field) is not a field of "
                               f"{type(method).__name__}; fields: {', '.join(sorted(fields))}")
     validation.check_run(cfg)
+    try:  # nothing is chosen on a prompt that is evaluated
+        check_disjoint(run_prompts(cfg), run_prompts(calibration_config(cfg)))
+    except ValueError as err:
+        raise ConfigError(f"task=compare: {err}") from err
 
 
 def compare_task(cfg: DictConfig, run_dir: Path, method) -> dict:
@@ -93,6 +99,7 @@ def compare_task(cfg: DictConfig, run_dir: Path, method) -> dict:
     chosen = chosen or {}
     evaluation = Bench(cfg, pipe, kwargs, run_prompts(cfg), full_image_cache(cfg, kwargs, dtype, device),
                        run_dir / "cells", measured)
+    evaluation.full_scores()  # the full model's adherence per prompt, for the report's comparison with it
     plan_out = {"method": cfg.method.name, "variant": cfg.compare.variant, "knob": cfg.method.knob,
                 "calibration_prompts": len(calibration.prompts), "evaluation_prompts": len(evaluation.prompts),
                 "targets": {}}
@@ -110,8 +117,10 @@ def compare_task(cfg: DictConfig, run_dir: Path, method) -> dict:
         metrics[f"{goal.name}_at_{round(100 * target)}"] = score
     plan_out["cells"] = sorted(evaluation.memo)
     write_json(run_dir / PLAN, plan_out)
-    metrics.update({"targets_reached": len(chosen), "cells_evaluated": len(evaluation.memo),
-                    "calibration_runs": len(calibration.memo)})
+    metrics.update({"calibration_prompts": len(calibration.prompts), "evaluation_prompts": len(evaluation.prompts),
+                    "targets_reached": len(chosen), "cells_evaluated": len(evaluation.memo),
+                    "calibration_runs": len(calibration.memo),
+                    "calibration_first_batch_only": len(set(calibration.searched) - set(calibration.memo))})
     return metrics
 
 

@@ -147,3 +147,105 @@ def test_a_report_against_another_method_names_its_differences_after_it(tmp_path
     assert not (tmp_path / "targets.csv").exists()  # the CAT report is another file
     with pytest.raises(SystemExit, match="not a method of this sweep; its methods: cat, cat_budget, fora"):
         targets.main([str(tmp_path), "--reference", "toca"])
+
+
+
+def test_an_offline_count_is_made_once_per_model_and_setting(monkeypatch):
+    from types import SimpleNamespace
+
+    from experiments.compare import calibration
+
+    counts = []
+
+    def report(model, config):
+        counts.append((model["steps"], config))
+        return SimpleNamespace(macs_reduction=0.5)
+
+    monkeypatch.setattr(calibration, "report_for_model", report)
+    calibration._counted.cache_clear()
+    model = {"name": "m", "steps": 28, "transformer": {"class": "SD3Transformer2DModel", "config": {"a": 1}}}
+    for _ in range(2):  # another cell of the sweep asks again
+        assert calibration.offline_reduction(dict(model), cat.FORAConfig(interval=2), 28, 256) == 0.5
+    calibration.offline_reduction({**model, "steps": 20}, cat.FORAConfig(interval=2), 20, 256)
+    assert counts == [(28, cat.FORAConfig(interval=2)), (20, cat.FORAConfig(interval=2))]
+    assert calibration.offline_reduction(model, cat.FBCacheConfig(), 28, 256) is None  # decided while it runs
+    calibration._counted.cache_clear()
+
+
+def test_a_search_reads_a_stored_setting_on_its_first_batch_and_leaves_the_run_folder_alone(tmp_path):
+    """A setting another cell scored on all the calibration prompts: the search's reduction is its first
+    batch's mean, as a search that ran the first batch alone measures it, and nothing enters the run's folder."""
+    from types import SimpleNamespace
+
+    from experiments.compare.bench import Bench
+    from experiments.prompts.sets import Prompt
+
+    prompts = [Prompt(i, f"p{i}") for i in range(4)]
+    full = tmp_path / "full_images" / "m-key"
+    bench = Bench(SimpleNamespace(batch_size=2, seed=0), None, {}, prompts, full, tmp_path / "run" / "calibration", [])
+    config = cat.FBCacheConfig(threshold=0.2)
+    key = setting_key(config)
+    bench.shared.mkdir(parents=True)
+    (bench.shared / f"{key}.json").write_text(json.dumps({"key": key, "indices": [0, 1, 2, 3],
+                                                          "reduction": [0.2, 0.2, 0.6, 0.6]}))
+    assert bench.reduction(config) == pytest.approx(0.2) and bench.searched == {key: pytest.approx(0.2)}
+    assert not bench.folder.exists() and not bench.memo
+
+
+def _choose(variant, targets):
+    """`choose` for FBCache (its reduction known only by running it) on a synthetic calibration bench: the
+    settings it measured, and its choice."""
+    from omegaconf import OmegaConf
+
+    import experiments.metrics  # noqa: F401  registers the objective
+    from experiments.compare.calibration import choose
+
+    measured = []
+
+    class Calibration:  # a staircase of skipped steps, capped by the warm-up's full steps
+        def reduction(self, config, label=""):
+            measured.append((config.threshold, config.warmup_steps))
+            return (1 - config.warmup_steps / 28) * min(1.0, (config.threshold * 30) // 1 / 30 * 1.6)
+
+        def score(self, config, metric, label=""):
+            return 50 - 30 * self.reduction(config) - abs(config.warmup_steps - 5)
+
+    cfg = OmegaConf.create({"method": {"name": "fbcache", "knob": "threshold", "knob_range": [0.0, 1.0],
+                                       "tune": {"warmup_steps": [3, 5, 8, 10]}},
+                            "compare": {"variant": variant, "targets": targets, "tolerance": 0.01},
+                            "model": {"steps": 28}, "paired_reference": "cat"})
+    chosen = choose(cfg, cat.FBCacheConfig(), Calibration(), {}, "sd3", 256)
+    return set(measured), chosen
+
+
+def test_a_setting_searched_in_two_variants_lands_on_the_same_runs_and_an_unreachable_target_runs_nothing():
+    """The shared warm-up's setting is one of the tuned grid's: its search measures only what the tuned cell's
+    measured (the bench reads them); the tuned grid's warm-up 10 leaves 64% within reach, so at 70% it runs nothing."""
+    tuned, chosen = _choose("tuned", [0.3, 0.5, 0.7])
+    shared, _ = _choose("shared_warmup", [0.3, 0.5, 0.7])
+    assert {w for _, w in shared} == {8} and shared <= tuned
+    assert {w for _, w in tuned} == {3, 5, 8, 10}
+    late, late_chosen = _choose("tuned", [0.7])
+    assert {w for _, w in late} == {3, 5, 8}
+    for target, choice in (*chosen.items(), *late_chosen.items()):
+        assert "warmup_steps=10" not in choice["settings"][0][1] or target < 1 - 10 / 28
+        if len(choice["settings"]) == 2:  # a bracket of two real settings, one whole step apart at most
+            assert abs(choice["weights"][0] + choice["weights"][1] - 1) < 1e-9
+
+
+def test_a_tuned_method_picks_its_warmup_from_the_grid_only_and_a_relative_value_scales_the_base():
+    fora = variant_base(cat.FORAConfig(), "tuned", "sd3", 28)
+    assert fora.warmup_steps == 1  # the authors'
+    pool = candidates(fora, Plan("interval", (2, 3), None, {"warmup_steps": [3, 5, 8, 10]}), "tuned", 28, 256)
+    assert [c.warmup_steps for c in pool] == [3, 5, 8, 10]  # the authors' 1 is no tuned candidate
+    assert candidates(fora, Plan("interval", (2, 3)), "tuned", 28, 256) == [fora]  # no grid: the base alone
+    plan = Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [0.01, 1.0],
+                    "tune": {"warmup_steps": [3, 8], "num_clusters": {"times": [0.5, 1, 2]}}})
+    for clusters in (8, 16):  # the model's cluster count, as conf/method/cat.yaml reads it
+        pool = candidates(cat.CATConfig(num_clusters=clusters), plan, "tuned", 28, 1024)
+        assert sorted({c.num_clusters for c in pool}) == [clusters // 2, clusters, 2 * clusters] and len(pool) == 6
+    with pytest.raises(ValueError, match=r"allowed: a list of values or \{times: \[factors\]\}"):
+        Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [0.01, 1.0], "tune": {"num_clusters": {"x": [1]}}})
+    with pytest.raises(ValueError, match="needs a numeric field"):
+        candidates(cat.CATConfig(), Plan.of({"name": "cat", "knob": "keep_ratio", "knob_range": [0.01, 1.0],
+                                             "tune": {"policy": {"times": [2]}}}), "tuned", 28, 256)

@@ -22,6 +22,7 @@ def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompt
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
     plan = read(run_dir, "compare.json")
     assert metrics["targets_reached"] == 2 and set(plan["targets"]) == {"0.2", "0.35"}
+    assert (metrics["calibration_prompts"], metrics["evaluation_prompts"]) == (2, 4)  # in the sweep's summary
     evaluated = {i for key in plan["cells"] for i in read(run_dir / "cells", f"{key}.json")["indices"]}
     calibrated = {i for path in (run_dir / "calibration").glob("*.json") for i in read(path.parent, path.name)["indices"]}
     assert evaluated == {0, 1, 2, 3} and calibrated and not calibrated & evaluated  # the calibration split
@@ -32,6 +33,8 @@ def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompt
         assert len(row["reduction"]) == len(row["psnr"]) == 4  # per prompt
         assert abs(sum(row["reduction"]) / 4 - float(target)) <= 0.01  # counted on the evaluated batches
         assert (run_dir / "cells" / key / "00000.png").exists()
+    full = read(run_dir / "cells", "full.json")  # the full model's own adherence, for the report's comparison
+    assert full["indices"] == [0, 1, 2, 3] and len(full["adherence"]) == 4
     again_dir, again = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
     assert again_dir == run_dir and again == metrics
@@ -68,3 +71,57 @@ def test_a_method_that_decides_while_it_runs_is_counted_on_the_calibration_batch
 def test_bad_comparison_settings_are_refused_before_any_model_loads(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         launch.run(*TINY, "method=ras", override, f"output_root={tmp_path}")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_cell_interrupted_part_way_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A compare cell killed twice, each time just after a batch's images and MAC count are written: in the
+    middle of the knob search, then after a setting's row was written and the next one's images were (its row
+    not). Run again, it generates no batch it had and ends with the plan and per-prompt values of an
+    uninterrupted run. Its calibration prompts make two batches: the search measures a setting on the first
+    alone (read back from the scored setting's row after the second kill), and a setting it scores generates
+    only the second."""
+    from experiments.compare import bench
+
+    real, made, stop = bench.generate, [], [10]
+
+    def counting(pipe, work, folder, *args, **kwargs):
+        def batch_done(number, batch, images):
+            made.append((folder, number))
+            if len(made) == stop[0]:
+                raise Killed(folder)
+
+        return real(pipe, work, folder, *args, on_batch=batch_done, **kwargs)
+
+    monkeypatch.setattr(bench, "generate", counting)
+    args = (*TINY, "data.limit=2", "compare.calibration_prompts=4", "method=fbcache", "compare.variant=tuned",
+            "compare.targets=[0.3]", "method.tune.warmup_steps=[1,2]")
+    history = []
+    for kill_at in (10, 9):  # batches into each run: mid-search; then the second scored setting's last batch
+        made.clear()
+        stop[0] = kill_at
+        with pytest.raises(Killed):
+            launch.run(*args, f"output_root={tmp_path / 'resumed'}")
+        history += made
+    (full,) = [p for p in (tmp_path / "resumed" / "full_images").iterdir() if len(list(p.glob("*.png"))) == 4]
+    assert list(full.with_name(full.name + "-settings").glob("*.json"))  # a scored row, read back by the search
+    made.clear()
+    stop[0] = 0
+    run_dir, metrics = launch.run(*args, f"output_root={tmp_path / 'resumed'}")
+    assert len(set(history)) == len(history) and not set(made) & set(history)  # no batch is made twice
+    clean_dir, clean = launch.run(*args, f"output_root={tmp_path / 'clean'}")
+    assert metrics == clean and clean["calibration_first_batch_only"] > 0 and clean["calibration_runs"] > 0
+    (full,) = [p for p in (tmp_path / "clean" / "full_images").iterdir() if len(list(p.glob("*.png"))) == 4]
+    shared = full.with_name(full.name + "-settings")  # the calibration prompts' settings
+    counts = [len(list(folder.glob("*.png"))) for folder in shared.iterdir() if folder.is_dir()]
+    assert set(counts) == {2, 4}  # searched only: the first batch; scored: both
+    assert len(list((clean_dir / "calibration").glob("*.json"))) == clean["calibration_runs"]  # the scored ones
+    assert read(run_dir, "compare.json") == read(clean_dir, "compare.json")
+    for folder in ("cells", "calibration"):
+        rows = sorted(p.name for p in (clean_dir / folder).glob("*.json"))
+        assert sorted(p.name for p in (run_dir / folder).glob("*.json")) == rows
+        for name in rows:
+            assert read(run_dir / folder, name) == read(clean_dir / folder, name), name

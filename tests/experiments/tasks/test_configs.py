@@ -134,27 +134,52 @@ def test_model_scheduler_overrides_rebuild_the_pipeline_scheduler_and_unknown_on
         with_scheduler(pipe, {"shfit": 3.0})
 
 
-def test_every_tuned_grid_can_take_cats_warmup():
-    """`tuned` searches a grid that holds CAT's warm-up for every method with one, so that tuning can find at
-    least what `shared_warmup` runs (a tuned row below the shared-warm-up row would be the grid's fault)."""
+PROTOCOL_WARMUPS = {3, 5, 8, 10}  # the warm-ups every tuned method picks from (docs/harness.md, the fair comparison)
+
+
+@pytest.mark.parametrize("model", ["tiny_sd3_shapes", "tiny_sd3_scenes"])
+def test_every_tuned_method_with_a_warmup_picks_it_from_the_same_set(model):
+    """`tuned` searches the same warm-ups for every method with one (CAT and its variants included, MagCache's
+    as leading full steps in place of its retention share), and only those, times at most one binary second
+    knob; CAT's cluster count is tuned over half and all of the model's."""
     import dataclasses
-    import itertools
 
     import cat
-    from experiments.compare.settings import Plan, reference_warmup, variant_base
+    from experiments.compare.settings import Plan, candidates, variant_base
 
-    cat_warmup = reference_warmup("cat", "sd3", 28)
-    assert cat_warmup == 8
     params = _compose(["sweep=peers"], hydra=True).hydra.sweeper.params
     for name in params["method"].split(","):
-        composed = _compose([f"method={name}"])
+        composed = _compose([f"method={name}", f"model={model}"])
         config = method_config(composed)
+        pool = candidates(variant_base(config, "tuned", "sd3", 28), Plan.of(composed.method), "tuned", 28, 256)
         if not type(config).has_warmup:
+            assert len(pool) == 1, name  # fewer steps: nothing to tune
             continue
-        plan = Plan.of(composed.method)
-        base = variant_base(config, "tuned", "sd3", 28)
-        warmups = set()
-        for values in [()] + list(itertools.product(*plan.tune.values())):
-            setting = dataclasses.replace(base, **dict(zip(plan.tune, values)))
-            warmups.add(setting.retained_steps(28) if isinstance(setting, cat.MagCacheConfig) else setting.warmup_steps)
-        assert cat_warmup in warmups, f"{name}: the tuned grid's warm-ups {sorted(warmups)} leave out CAT's 8"
+        warmups = {c.retained_steps(28) if isinstance(c, cat.MagCacheConfig) else c.warmup_steps for c in pool}
+        assert warmups == PROTOCOL_WARMUPS, f"{name}: the tuned warm-ups {sorted(warmups)}"
+        assert all(isinstance(c.warmup_steps, int) for c in pool), name  # MagCache: no share of the steps left
+        others = {f.name: {getattr(c, f.name) for c in pool} for f in dataclasses.fields(config) if f.name != "warmup_steps"}
+        second = {field: values for field, values in others.items() if len(values) > 1}
+        assert len(second) <= 1 and all(len(v) == 2 for v in second.values()), f"{name}: second knobs {second}"
+        assert len(pool) == len(PROTOCOL_WARMUPS) * (2 if second else 1), name  # every combination, once
+        if name == "cat":
+            clusters = composed.model.num_clusters
+            assert {c.num_clusters for c in pool} == {clusters // 2, clusters}
+
+
+def test_the_peers_sweep_runs_the_scene_models_protocol_and_keeps_the_defaults_elsewhere():
+    """`python run.py sweep=peers model=tiny_sd3_scenes`: every calibration prompt of the scene set (32), 32
+    evaluation prompts, disjoint; other models keep 8 calibration prompts and targets of 30-70%."""
+    from experiments.compare.calibration import calibration_config
+    from experiments.prompts.sets import check_disjoint, prompts_of
+
+    scenes = _compose(["sweep=peers", "model=tiny_sd3_scenes"])
+    calibration = prompts_of(calibration_config(scenes).data)
+    evaluation = prompts_of(scenes.data)
+    assert scenes.compare.calibration_prompts == len(calibration) == 32 and len(evaluation) == 32
+    assert len(calibration) == len(prompts_of({**calibration_config(scenes).data, "limit": -1}))  # all of them
+    check_disjoint(evaluation, calibration)
+    assert list(scenes.compare.targets) == [0.4, 0.5, 0.6]
+    shapes = _compose(["sweep=peers"])
+    assert shapes.compare.calibration_prompts == 8 and list(shapes.compare.targets) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert _compose(["sweep=peers", "model=tiny_sd3_scenes", "compare.calibration_prompts=4"]).compare.calibration_prompts == 4
