@@ -168,6 +168,7 @@ def test_a_batch_dependent_method_reports_the_macs_of_its_evaluated_batch(tmp_pa
     assert probe_skipped != skipped and probe / 2 != metrics["transformer_macs"]
 
 
+@pytest.mark.slow  # end to end, about 5-17 s: CI's second step
 def test_every_image_has_its_count_and_a_lost_count_regenerates_its_batch_to_the_same_images(tmp_path,
                                                                                              monkeypatch):
     args = ("data.limit=5", "batch_size=2", "model.steps=4")  # batches {0, 1}, {2, 3}, {4}
@@ -209,6 +210,7 @@ def test_every_image_has_its_count_and_a_lost_count_regenerates_its_batch_to_the
     assert (method_dir / BATCH_RECORDS).read_text() == text
 
 
+@pytest.mark.slow  # end to end, about 5-17 s: CI's second step
 def test_the_full_models_count_lives_with_its_shared_images_and_survives_a_resumed_run(tmp_path, monkeypatch):
     args = ("data.limit=4", "batch_size=2", "model.steps=4")
     first_dir, first = run_here(tmp_path, *args)

@@ -20,6 +20,7 @@ def test_sd3_medium_full_model_matches_the_reference_count(sd3):
     assert rep.text_encoder_macs > 0 and rep.vae_decode_macs > 0
 
 
+@pytest.mark.slow  # end to end, about 5-17 s: CI's second step
 def test_cat_at_28_and_50_steps_against_the_paper(sd3):
     r28 = report_for_model(sd3, cat.CATConfig(keep_ratio=0.3, warmup_steps=8), 28)
     r50 = report_for_model(sd3, cat.CATConfig(keep_ratio=0.3, warmup_steps=14), 50)

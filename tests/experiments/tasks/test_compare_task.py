@@ -17,6 +17,7 @@ def read(run_dir, name):
     return json.loads((run_dir / name).read_text())
 
 
+@pytest.mark.slow  # end to end, about 5-17 s: CI's second step
 def test_a_continuous_knob_is_set_to_each_target_and_tuned_on_calibration_prompts_only(tmp_path):
     run_dir, metrics = launch.run(*TINY, "method=ras", "compare.variant=tuned", "compare.targets=[0.2,0.35]",
                                   "+method.tune.high_ratio=[0.0]", f"output_root={tmp_path}")
@@ -77,6 +78,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow  # end to end, about 5-17 s: CI's second step
 def test_a_cell_interrupted_part_way_resumes_where_it_stopped(tmp_path, monkeypatch):
     """A compare cell killed twice, each time just after a batch's images and MAC count are written: in the
     middle of the knob search, then after a setting's row was written and the next one's images were (its row
