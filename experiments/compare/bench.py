@@ -72,7 +72,8 @@ class Bench:
         for folder in (self.folder, self.shared):
             row = read_json(folder / FULL)
             if row is not None and row.get("indices") == indices and all(m.name in row for m in own):
-                if folder != self.folder:
+                if folder != self.folder:  # another cell of the sweep scored it: this run's folder may not exist yet
+                    self.folder.mkdir(parents=True, exist_ok=True)
                     write_json(self.folder / FULL, row)
                 return row
         images, _ = self.full()

@@ -51,6 +51,16 @@ def test_a_discrete_knob_is_bracketed_by_two_real_settings(tmp_path):
     assert low < 0.45 < high
 
 
+@pytest.mark.slow  # two compare cells, about 10 s
+def test_a_second_cell_reads_the_full_models_scores_the_first_one_kept(tmp_path):
+    """Two cells of one sweep (the same output root and prompts): the second finds the full model's own scores
+    beside the shared images and copies them into its own cells/ before it has evaluated anything."""
+    args = (*TINY, "compare.variant=authors", "compare.targets=[0.3]", f"output_root={tmp_path}")
+    first, _ = launch.run(*args, "method=fbcache")
+    second, _ = launch.run(*args, "method=steps", "method.levels=[8,6,4]")
+    assert read(second / "cells", "full.json") == read(first / "cells", "full.json")
+
+
 def test_a_method_that_decides_while_it_runs_is_counted_on_the_calibration_batches(tmp_path):
     run_dir, _ = launch.run(*TINY, "method=fbcache", "compare.variant=authors", "compare.targets=[0.3]",
                             f"output_root={tmp_path}")
