@@ -695,7 +695,6 @@ def _trajectory(pipe, prompts, states, num_steps, config, call_kwargs):
     handle = ForecastSearchHandle(pipe, dataclasses.replace(config, actions=FULL * num_steps, calibration=None,
                                                             budget=0.5)).install()
     outputs: dict[str, dict[int, object]] = {}
-    undo: list = []
     inputs: list[torch.Tensor] = []
     first: list = []
 
@@ -705,18 +704,8 @@ def _trajectory(pipe, prompts, states, num_steps, config, call_kwargs):
             if not first:
                 first.append((args, kwargs))
 
-    try:
-        for wrapper in handle.modules:
-            _intercept(wrapper, handle.state, outputs.setdefault(wrapper.name, {}), undo, replay=False)
-        hook = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
-        try:
-            final = _call(pipe, prompts, states, num_steps, call_kwargs)
-        finally:
-            hook.remove()
-    finally:
-        while undo:
-            undo.pop()()
-        handle.remove()
+    final = _intercepted(pipe, handle, lambda name: outputs.setdefault(name, {}), False, record,
+                         lambda: _call(pipe, prompts, states, num_steps, call_kwargs))
     return inputs, outputs, final, _meta_shapes(*first[0])
 
 
@@ -726,7 +715,6 @@ def _forced(pipe, prompts, states, config, teacher, outputs, final, call_kwargs)
     input and at the end (the deviation the schedule's own updates accumulated), one row per prompt: a CFG
     batch holds each latent twice, [uncond..., cond...], and the cond rows are taken."""
     handle = ForecastSearchHandle(pipe, config).install()
-    undo: list = []
     deviation: list[torch.Tensor] = []
     rows_ = final.shape[0]
 
@@ -740,19 +728,27 @@ def _forced(pipe, prompts, states, config, teacher, outputs, final, call_kwargs)
             return args, {**kwargs, "hidden_states": teacher[step].clone()}
         return (teacher[step].clone(), *args[1:]), kwargs
 
+    out = _intercepted(pipe, handle, outputs.__getitem__, True, force,
+                       lambda: _call(pipe, prompts, states, len(teacher), call_kwargs))
+    return deviation + [(out - final).detach()]
+
+
+def _intercepted(pipe, handle, store, replay: bool, pre_hook, call):
+    """`call()` with the installed handle's modules recording (or replaying) their outputs in `store(name)` and
+    `pre_hook` on the transformer's input; every interception and the handle are undone afterwards."""
+    undo: list = []
     try:
         for wrapper in handle.modules:
-            _intercept(wrapper, handle.state, outputs[wrapper.name], undo, replay=True)
-        hook = pipe.transformer.register_forward_pre_hook(force, with_kwargs=True)
+            _intercept(wrapper, handle.state, store(wrapper.name), undo, replay=replay)
+        hook = pipe.transformer.register_forward_pre_hook(pre_hook, with_kwargs=True)
         try:
-            out = _call(pipe, prompts, states, len(teacher), call_kwargs)
+            return call()
         finally:
             hook.remove()
     finally:
         while undo:
             undo.pop()()
         handle.remove()
-    return deviation + [(out - final).detach()]
 
 
 def _intercept(wrapper: ForecastModule, state: _State, store: dict, undo: list, replay: bool) -> None:
