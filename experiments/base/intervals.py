@@ -18,9 +18,12 @@ RESAMPLES = 2000
 def mean_ci(values, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float, float]:
     """(mean, lo, hi) of the mean over prompts; the interval is (mean, mean) for fewer than 2 values."""
     x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
     if x.size == 0:
         return float("nan"), float("nan"), float("nan")
+    if not np.all(np.isfinite(x)):
+        # dropping them would change the prompts a mean is over (and drop the best images of a PSNR)
+        raise ValueError(f"{int(np.sum(~np.isfinite(x)))} of {x.size} values are not finite; a per-image metric "
+                         "must give a finite value for every prompt (PSNR gives identical images its ceiling)")
     mean = float(x.mean())
     if x.size < 2 or np.all(x == x[0]):
         return mean, mean, mean

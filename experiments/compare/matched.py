@@ -47,6 +47,10 @@ class Cell:
         if len(sizes) != 1:
             raise ValueError(f"{setting}: every metric needs one value per prompt, got shapes {sizes}")
         (shape,) = sizes
+        bad = sorted(k for k, v in values.items() if not np.all(np.isfinite(v)))
+        if bad:  # a mixture or an interval over them would be inf or NaN, a leader named by +inf
+            raise ValueError(f"{setting}: {', '.join(bad)} not finite for every prompt (runs made before PSNR gave "
+                             "identical images its ceiling: rerun them)")
         return cls(setting, np.broadcast_to(np.asarray(reduction, dtype=float), shape).copy(), values)
 
 

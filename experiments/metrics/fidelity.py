@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 
@@ -14,12 +15,21 @@ from .images import load_folder, to_tensor
 from .registry import Metric, Scoring, register
 
 
+def psnr_ceiling(values_per_image: int) -> float:
+    """The highest finite PSNR two 8-bit images can have: one value one level (1/255) apart, all others equal.
+    An identical pair scores this (not infinity), so means, intervals and paired differences stay finite and an
+    identical image still ranks at least as high as any other."""
+    return 10.0 * math.log10(255.0 ** 2 * values_per_image)
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR of images in [0, 1] against their references.  [N, 3, H, W] x2 -> [N]"""
+    """Per-image PSNR of images in [0, 1] against their references, identical pairs at `psnr_ceiling`
+    (images are compared as the 8-bit files they are saved as).  [N, 3, H, W] x2 -> [N]"""
     # torchmetrics is imported when a metric is computed, not with the registry (it slows every run's start)
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    p = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return torch.where(torch.isposinf(p), torch.full_like(p, psnr_ceiling(x[0].numel() if len(x) else 1)), p)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -66,3 +66,26 @@ def test_lower_is_better_metrics_turn_the_verdict_around():
     assert verdict((0.1, 0.2), (0.12, 0.18), 0.01) == "better"
     assert verdict((-0.3, 0.3), (-0.2, 0.2), 0.5) == "equivalent"
     assert verdict((-0.3, 0.3), (-0.2, 0.6), 0.5) == "undetermined"
+
+
+def test_identical_images_score_the_psnr_ceiling_so_a_mixture_holding_them_stays_finite_and_ranked():
+    import torch
+
+    from experiments.metrics.fidelity import psnr, psnr_ceiling
+
+    x = torch.randint(0, 256, (3, 3, 8, 8)) / 255.0
+    one_level = x.clone()
+    one_level[1, 0, 0, 0] += 1 / 255 if x[1, 0, 0, 0] < 1 else -1 / 255
+    p = psnr(x, torch.stack([x[0], one_level[1], 1 - x[2]]))
+    p = p.tolist()
+    assert p[0] == pytest.approx(psnr_ceiling(3 * 8 * 8)) and p[1] == pytest.approx(p[0], abs=1e-3)  # identical = best finite
+    assert np.isfinite(p).all() and p[2] < p[1]
+    # a knob that leaves some prompts' images identical (PSNR at the ceiling), mixed with its neighbour
+    ceiling = psnr_ceiling(3 * 128 * 128)
+    same = cell("fresh_ratio=1", 0.0, np.where(np.arange(P) % 2 == 0, ceiling, 60.0))
+    other = cell("fresh_ratio=0.9", 0.5, np.full(P, 40.0))
+    out = compare(AtTarget(0.25, (same, other)), None, "psnr", resamples(P))
+    assert out["psnr"] == pytest.approx(0.5 * (ceiling + 60) / 2 + 0.5 * 40)
+    assert np.isfinite([out["psnr_lo"], out["psnr_hi"]]).all() and out["psnr_lo"] < out["psnr"] < out["psnr_hi"]
+    with pytest.raises(ValueError, match="not finite"):  # results holding infinities are refused, never averaged
+        cell("made by older code", 0.0, np.r_[np.inf, np.full(P - 1, 40.0)])

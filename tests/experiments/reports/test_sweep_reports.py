@@ -19,7 +19,8 @@ def test_mean_ci_covers_the_mean_and_shrinks_with_more_prompts():
     m2, lo2, hi2 = mean_ci(large)
     assert (hi2 - lo2) < (hi - lo)
     assert mean_ci([5.0]) == (5.0, 5.0, 5.0)
-    assert mean_ci([1.0, float("inf"), 3.0])[0] == 2.0  # identical images (infinite PSNR) are left out
+    with pytest.raises(ValueError, match="1 of 3 values are not finite"):  # never dropped: that changes the prompts
+        mean_ci([1.0, float("inf"), 3.0])
 
 
 def test_paired_intervals_see_a_small_consistent_difference_that_unpaired_ones_miss():
