@@ -19,7 +19,8 @@ from ..run.macs import report_for_model
 from .bench import Bench
 from .matched import mixture_weight
 from .search import bracket_knob, find_knob, finite, offline_search, warmup_bound
-from .settings import Plan, candidates, describe, reference_warmup, setting_key, variant_base
+from .settings import (Plan, candidates, describe, kept_fields, reference_warmup, setting_key,
+                       variant_base)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
     (`search.warmup_bound`) is skipped without a run."""
     plan, goal = Plan.of(cfg.method), objective()
     variant, steps = cfg.compare.variant, int(cfg.model.steps)
-    base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps))
+    keep = kept_fields(cfg, plan.knob)
+    plan = dataclasses.replace(plan, tune={k: v for k, v in plan.tune.items() if k not in keep})
+    base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps), keep)
     if base is None:
         return None
     pool = candidates(base, plan, variant, steps, num_tokens)

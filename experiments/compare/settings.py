@@ -89,17 +89,44 @@ def describe(config, base, knob: str) -> str:
     return ", ".join(parts)
 
 
-def variant_base(method, variant: str, family: str, num_steps: int, shared_warmup: int | None = None):
-    """The variant's setting before its compute knob moves: the authors' (over the YAML's), with the reference
-    method's warm-up (`shared_warmup`, CAT's) for variant `shared_warmup`; None when the variant does not apply
-    to the method."""
+def kept_fields(cfg: DictConfig, knob: str) -> tuple[str, ...]:
+    """The method's config fields a comparison keeps as configured (`compare.keep`: an ablation arm's) instead of
+    taking the authors' value, and leaves out of the tuning grid; never the compute knob (the search moves it)."""
+    return tuple(sorted({str(n) for n in (OmegaConf.select(cfg, "compare.keep", default=None) or [])} - {knob}))
+
+
+def authors_conflicts(method, family: str, num_steps: int, keep: tuple[str, ...], knob: str) -> dict:
+    """{field: (configured, authors')} for every field configured away from its class default that the authors'
+    setting would replace with another value and `keep` does not keep: a comparison refuses these rather than run
+    the authors' value under the configured one's name."""
+    cls = type(method)
+    try:
+        authors = cls.authors(family, num_steps)
+    except (NotImplementedError, AttributeError):
+        return {}
+    defaults = cls()
+    return {k: (getattr(method, k), v) for k, v in authors.items()
+            if k not in keep and k != knob and getattr(method, k) != getattr(defaults, k) and getattr(method, k) != v}
+
+
+def variant_base(method, variant: str, family: str, num_steps: int, shared_warmup: int | None = None,
+                 keep: tuple[str, ...] = ()):
+    """The variant's setting before its compute knob moves: the authors' (over the YAML's) except the fields in
+    `keep` (`kept_fields`), with the reference method's warm-up (`shared_warmup`, CAT's) for variant
+    `shared_warmup`; None when the variant does not apply to the method."""
     cls = type(method)
     try:
         authors = cls.authors(family, num_steps)
     except (NotImplementedError, AttributeError):
         log.warning("%s declares no authors' setting: the YAML's setting stands for it", cls.__name__)
         authors = {}
-    base = dataclasses.replace(method, **authors)
+    for name in keep:
+        if name in authors and authors[name] != getattr(method, name):
+            log.info("%s.%s=%r kept as configured (the authors' setting: %r)", cls.__name__, name,
+                     getattr(method, name), authors[name])
+    base = dataclasses.replace(method, **{k: v for k, v in authors.items() if k not in keep})
+    if variant == "shared_warmup" and "warmup_steps" in keep:
+        return base
     if variant == "shared_warmup":
         if not getattr(cls, "has_warmup", True) or not hasattr(base, "warmup_steps"):
             return None

@@ -83,10 +83,13 @@ def calibrated(field: str, *, _root_):
     """`field` of the method's calibration for this model, step count and guidance scale, or None when there is
     none for this step count (the method's `missing_calibration` then stops the run). A calibration made at another
     guidance scale is refused; `method.calibration.steps` / `method.calibration.guidance_scale` ask explicitly for
-    one made at another step count (which the method then stretches or reuses) or guidance scale."""
+    one made at another step count (which the method then stretches or reuses) or guidance scale;
+    `method.calibration.of` reads the calibration of another method name of the same config class (an ablation
+    arm renamed on the command line or in a sweep file reads its method's)."""
     wanted = OmegaConf.select(_root_, "method.calibration", default=None) or {}
     steps = wanted.get("steps") or _root_.model.steps
-    path = calibration_file(_root_.method.name, _root_.model.name, steps)
+    owner = wanted.get("of") or _root_.method.name
+    path = calibration_file(owner, _root_.model.name, steps)
     if not path.exists():
         return None
     stored = json.loads(path.read_text())
@@ -97,7 +100,7 @@ def calibrated(field: str, *, _root_):
         raise ValueError(
             f"{path.relative_to(ROOT)} was calibrated at guidance_scale={made_at}, this run uses model.guidance_scale="
             f"{_root_.model.guidance_scale}: calibrate at this guidance scale (python scripts/calibrate.py "
-            f"method={_root_.method.name} model={_root_.model.name} model.steps={steps} model.guidance_scale="
+            f"method={owner} model={_root_.model.name} model.steps={steps} model.guidance_scale="
             f"{_root_.model.guidance_scale}) or reuse it explicitly with method.calibration.guidance_scale={made_at}")
     return stored[field]
 

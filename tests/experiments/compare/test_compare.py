@@ -55,6 +55,19 @@ def test_the_authors_variant_is_the_authors_setting_for_the_models_architecture(
     assert (seer.cache_interval, seer.max_order, seer.warmup_steps) == (6, 1, 3)
 
 
+def test_a_field_the_user_sets_is_kept_over_the_authors_value_and_left_out_of_the_tuning_grid():
+    from omegaconf import OmegaConf
+
+    from experiments.compare.settings import kept_fields
+
+    configured = cat.ToCaConfig(fresh_ratio=0.5)
+    assert variant_base(configured, "authors", "sd3", 28).fresh_ratio == 0.1  # the authors' value, unless kept
+    kept = variant_base(configured, "authors", "sd3", 28, keep=("fresh_ratio",))
+    assert (kept.fresh_ratio, kept.interval, kept.warmup_steps) == (0.5, 4, 3)  # the rest stays the authors'
+    cfg = OmegaConf.create({"compare": {"keep": ["fresh_ratio", "interval"]}})
+    assert kept_fields(cfg, knob="interval") == ("fresh_ratio",)  # the knob is the search's to move
+
+
 def test_shared_warmup_gives_every_method_cats_warmup_and_skips_a_method_without_one():
     for config in (cat.FORAConfig(), cat.ToCaConfig(), cat.TaylorSeerConfig(), cat.FBCacheConfig()):
         assert variant_base(config, "shared_warmup", "sd3", 28, reference_warmup("cat", "sd3", 28)).warmup_steps == 8

@@ -51,6 +51,18 @@ def test_a_discrete_knob_is_bracketed_by_two_real_settings(tmp_path):
     assert low < 0.45 < high
 
 
+def test_a_method_field_set_against_the_authors_setting_is_refused_unless_kept(tmp_path):
+    args = (*TINY, "data.limit=2", "method=toca", "method.config.interval=2", "compare.variant=authors",
+            "compare.targets=[0.3]", f"output_root={tmp_path}")
+    with pytest.raises(ConfigError, match=r"method.config.interval=2 \(the authors': 4\).*compare.keep=\[interval\]"):
+        launch.run(*args)  # never the authors' 4 run under the name interval=2
+    run_dir, _ = launch.run(*args, "compare.keep=[interval]")
+    (key, *_) = read(run_dir, "compare.json")["cells"]
+    assert read(run_dir / "cells", f"{key}.json")["config"]["interval"] == 2
+    with pytest.raises(ConfigError, match=r"compare.keep=\['fresh'\] is invalid; allowed: a list of fields"):
+        launch.run(*TINY, "method=toca", "compare.keep=[fresh]", f"output_root={tmp_path}")
+
+
 @pytest.mark.slow  # two compare cells, about 10 s
 def test_a_second_cell_reads_the_full_models_scores_the_first_one_kept(tmp_path):
     """Two cells of one sweep (the same output root and prompts): the second finds the full model's own scores
