@@ -95,10 +95,12 @@ def kept_fields(cfg: DictConfig, knob: str) -> tuple[str, ...]:
     return tuple(sorted({str(n) for n in (OmegaConf.select(cfg, "compare.keep", default=None) or [])} - {knob}))
 
 
-def authors_conflicts(method, family: str, num_steps: int, keep: tuple[str, ...], knob: str) -> dict:
+def authors_conflicts(method, family: str, num_steps: int, keep: tuple[str, ...], knob: str,
+                      derived: frozenset[str] = frozenset()) -> dict:
     """{field: (configured, authors')} for every field configured away from its class default that the authors'
     setting would replace with another value and `keep` does not keep: a comparison refuses these rather than run
-    the authors' value under the configured one's name."""
+    the authors' value under the configured one's name. Fields in `derived` (the YAML's interpolations, e.g. a
+    step-scaled `${for_steps:...}` default) are the YAML's, not a choice, and are never a conflict."""
     cls = type(method)
     try:
         authors = cls.authors(family, num_steps)
@@ -106,7 +108,8 @@ def authors_conflicts(method, family: str, num_steps: int, keep: tuple[str, ...]
         return {}
     defaults = cls()
     return {k: (getattr(method, k), v) for k, v in authors.items()
-            if k not in keep and k != knob and getattr(method, k) != getattr(defaults, k) and getattr(method, k) != v}
+            if k not in keep and k != knob and k not in derived and getattr(method, k) != getattr(defaults, k)
+            and getattr(method, k) != v}
 
 
 def variant_base(method, variant: str, family: str, num_steps: int, shared_warmup: int | None = None,

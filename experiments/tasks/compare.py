@@ -74,7 +74,10 @@ def check(cfg: DictConfig, method) -> None:
     if keep is None or isinstance(keep, str) or not all(isinstance(k, str) and k in fields for k in keep):
         raise ConfigError(f"compare.keep={keep!r} is invalid; allowed: a list of fields of {type(method).__name__} "
                           f"({', '.join(sorted(fields))})")
-    conflicts = authors_conflicts(method, cfg.model.family, int(cfg.model.steps), kept_fields(cfg, plan.knob), plan.knob)
+    node = cfg.method.config
+    derived = frozenset(k for k in node if OmegaConf.is_interpolation(node, k))
+    conflicts = authors_conflicts(method, cfg.model.family, int(cfg.model.steps), kept_fields(cfg, plan.knob), plan.knob,
+                                  derived)
     if conflicts:
         said = ", ".join(f"method.config.{k}={mine!r} (the authors': {theirs!r})" for k, (mine, theirs) in conflicts.items())
         raise ConfigError(f"method={cfg.method.name}: {said}: every variant of task=compare starts from the authors' "

@@ -58,12 +58,15 @@ def test_the_authors_variant_is_the_authors_setting_for_the_models_architecture(
 def test_a_field_the_user_sets_is_kept_over_the_authors_value_and_left_out_of_the_tuning_grid():
     from omegaconf import OmegaConf
 
-    from experiments.compare.settings import kept_fields
+    from experiments.compare.settings import authors_conflicts, kept_fields
 
     configured = cat.ToCaConfig(fresh_ratio=0.5)
     assert variant_base(configured, "authors", "sd3", 28).fresh_ratio == 0.1  # the authors' value, unless kept
     kept = variant_base(configured, "authors", "sd3", 28, keep=("fresh_ratio",))
     assert (kept.fresh_ratio, kept.interval, kept.warmup_steps) == (0.5, 4, 3)  # the rest stays the authors'
+    assert authors_conflicts(cat.ToCaConfig(interval=2), "sd3", 28, (), "fresh_ratio") == {"interval": (2, 4)}
+    assert authors_conflicts(cat.ToCaConfig(interval=2), "sd3", 28, ("interval",), "fresh_ratio") == {}
+    assert authors_conflicts(cat.ToCaConfig(interval=2), "sd3", 28, (), "fresh_ratio", frozenset({"interval"})) == {}
     cfg = OmegaConf.create({"compare": {"keep": ["fresh_ratio", "interval"]}})
     assert kept_fields(cfg, knob="interval") == ("fresh_ratio",)  # the knob is the search's to move
 

@@ -60,7 +60,7 @@ def test_peers_sweep_compares_every_method_in_every_variant_with_a_knob_it_can_m
     import dataclasses
 
     import cat
-    from experiments.compare.settings import Plan
+    from experiments.compare.settings import Plan, authors_conflicts
 
     cfg = _compose(["sweep=peers"], hydra=True)
     params = cfg.hydra.sweeper.params
@@ -78,6 +78,15 @@ def test_peers_sweep_compares_every_method_in_every_variant_with_a_knob_it_can_m
         for values in plan.tune.values():
             grid *= len(values)
         assert grid <= 8, f"{name}: a tuning grid of {grid} settings"  # the sweep's runtime
+    # no YAML sets a field against the authors' setting (task=compare refuses that), on either architecture:
+    # the step-scaled defaults (`${for_steps:...}`) are the YAML's own and never count
+    for model in ("tiny_sd3_shapes", "pixart_sigma"):
+        for name in methods:
+            composed = _compose([f"method={name}", f"model={model}"])
+            node = composed.method.config
+            derived = frozenset(k for k in node if OmegaConf.is_interpolation(node, k))
+            assert not authors_conflicts(method_config(composed), composed.model.family, int(composed.model.steps), (),
+                                         composed.method.knob, derived), (model, name)
 
 
 @pytest.mark.parametrize("overrides, message", [
