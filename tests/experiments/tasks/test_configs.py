@@ -178,7 +178,8 @@ def test_every_tuned_method_with_a_warmup_picks_it_from_the_same_set(model):
 
 def test_the_peers_sweep_runs_the_scene_models_protocol_and_keeps_the_defaults_elsewhere():
     """`python run.py sweep=peers model=tiny_sd3_scenes`: every calibration prompt of the scene set (32), 32
-    evaluation prompts, disjoint; other models keep 8 calibration prompts and targets of 30-70%."""
+    evaluation prompts, disjoint; the default model 8 calibration prompts and the 40-60% the results report;
+    other models 8 and 30-70%."""
     from experiments.compare.calibration import calibration_config
     from experiments.prompts.sets import check_disjoint, prompts_of
 
@@ -190,5 +191,7 @@ def test_the_peers_sweep_runs_the_scene_models_protocol_and_keeps_the_defaults_e
     check_disjoint(evaluation, calibration)
     assert list(scenes.compare.targets) == [0.4, 0.5, 0.6]
     shapes = _compose(["sweep=peers"])
-    assert shapes.compare.calibration_prompts == 8 and list(shapes.compare.targets) == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert shapes.compare.calibration_prompts == 8 and list(shapes.compare.targets) == [0.4, 0.5, 0.6]
+    real = _compose(["sweep=peers", "model=sd3_medium"])
+    assert real.compare.calibration_prompts == 8 and list(real.compare.targets) == [0.3, 0.4, 0.5, 0.6, 0.7]
     assert _compose(["sweep=peers", "model=tiny_sd3_scenes", "compare.calibration_prompts=4"]).compare.calibration_prompts == 4
