@@ -108,6 +108,14 @@ def at_target(cells: list[Cell], target: float, tol: float = 0.01) -> AtTarget |
     return AtTarget(target, (max(below, key=lambda c: c.reduction.mean()), min(above, key=lambda c: c.reduction.mean())))
 
 
+def family_resamples(tests: int, alpha: float = 0.05) -> int:
+    """Bootstrap resamples for a report whose p-values go through Holm's step-down over `tests` tests. A bootstrap
+    p-value is at least 2 / (B + 1) (`experiments.base.intervals.bootstrap_p`), so with B = 2000 a family of more
+    than 50 tests could never reject anything, however large the differences: B >= 10 tests / alpha puts the
+    smallest attainable adjusted p-value at alpha / 5."""
+    return max(RESAMPLES, int(np.ceil(10 * tests / alpha)))
+
+
 def resamples(num_prompts: int, n: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """Prompt indices of `n` bootstrap resamples, the full sample first.  -> [n + 1, P]"""
     rng = np.random.default_rng(seed)

@@ -41,7 +41,7 @@ import pandas as pd
 from ..base.config_files import default_setting
 from ..base.files import write_text
 from ..base.intervals import holm
-from ..compare.matched import AtTarget, Cell, at_target, compare, resamples
+from ..compare.matched import AtTarget, Cell, at_target, compare, family_resamples, resamples
 from ..metrics.registry import Metric, objective, ordered
 from .sweeps import Sweep, sweep_report
 
@@ -130,7 +130,10 @@ def report(entries: list[dict], targets: list[float], reference: str, tol: float
     if not prompts:
         return pd.DataFrame(), pd.DataFrame()
     (shared,) = prompts
-    idx = resamples(len(shared))
+    # enough resamples that Holm over the family (at most every (method, variant) at every target, and each
+    # target's leader test) can reject at all
+    idx = resamples(len(shared), family_resamples(len({(e["method"], e["variant"]) for e in entries}) * len(targets)
+                                                  + len(targets) * len(LEADER_VARIANTS), ALPHA))
     full = _full_model(entries, shared)
     full_means = {m: compare(full, None, m, idx) for m in full.cells[0].values} if full is not None else {}
     d = f"d_{reference}"

@@ -159,3 +159,20 @@ def test_the_p_value_of_a_paired_comparison_comes_from_its_own_resamples():
     d = (other.values["psnr"][idx] - ref.values["psnr"][idx]).mean(axis=1)
     assert out["p"] == pytest.approx(bootstrap_p(d[1:]))
     assert (out["p"] <= 0.05) == (out["verdict"] == "better")
+
+
+def test_a_large_family_draws_enough_resamples_that_holm_can_reject_a_clear_difference(tmp_path):
+    """180 methods against CAT (181 tests with the leader's): with 2000 resamples the smallest bootstrap p-value,
+    2/2001, times 181 is above 0.05 and nothing could survive Holm; the report draws enough that a 10 dB lead does."""
+    from experiments.compare.matched import family_resamples
+
+    assert family_resamples(181) * ALPHA >= 10 * 181 and family_resamples(10) == 2000
+    assert 181 * 2 / 2001 > ALPHA  # why it matters
+    rng = np.random.default_rng(5)
+    base = rng.normal(35, 3, P)
+    _cell(tmp_path / "cat", "cat", {"psnr": base})
+    for i in range(180):
+        _cell(tmp_path / f"m{i:03d}", f"m{i:03d}", {"psnr": base + 10 + rng.normal(0, 1, P)})
+    frame, _ = report(load_cells(tmp_path), [0.5], "cat")
+    tested = frame[frame.p.notna()]
+    assert len(tested) == 180 and (tested.verdict_holm == "better").all()
