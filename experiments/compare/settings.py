@@ -95,6 +95,12 @@ def kept_fields(cfg: DictConfig, knob: str) -> tuple[str, ...]:
     return tuple(sorted({str(n) for n in (OmegaConf.select(cfg, "compare.keep", default=None) or [])} - {knob}))
 
 
+def derived_fields(node: DictConfig) -> frozenset[str]:
+    """The fields of a method's config node that its YAML derives by interpolation (`${for_steps:...}`, `${level:}`):
+    the YAML's own values, never a choice the configuration made against the authors' setting."""
+    return frozenset(k for k in node if OmegaConf.is_interpolation(node, k))
+
+
 def authors_conflicts(method, family: str, num_steps: int, keep: tuple[str, ...], knob: str,
                       derived: frozenset[str] = frozenset()) -> dict:
     """{field: (configured, authors')} for every field configured away from its class default that the authors'

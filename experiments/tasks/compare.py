@@ -28,7 +28,7 @@ from ..base.files import write_json
 from ..base.models import token_geometry
 from ..compare.bench import Bench
 from ..compare.calibration import calibration_config, choose
-from ..compare.settings import VARIANTS, Plan, authors_conflicts, kept_fields
+from ..compare.settings import VARIANTS, Plan, authors_conflicts, derived_fields, kept_fields
 from ..metrics.registry import objective, ordered
 from ..prompts.sets import check_disjoint
 from ..run.generate import call_kwargs, full_image_cache, run_prompts
@@ -74,10 +74,8 @@ def check(cfg: DictConfig, method) -> None:
     if keep is None or isinstance(keep, str) or not all(isinstance(k, str) and k in fields for k in keep):
         raise ConfigError(f"compare.keep={keep!r} is invalid; allowed: a list of fields of {type(method).__name__} "
                           f"({', '.join(sorted(fields))})")
-    node = cfg.method.config
-    derived = frozenset(k for k in node if OmegaConf.is_interpolation(node, k))
     conflicts = authors_conflicts(method, cfg.model.family, int(cfg.model.steps), kept_fields(cfg, plan.knob), plan.knob,
-                                  derived)
+                                  derived_fields(cfg.method.config))
     if conflicts:
         said = ", ".join(f"method.config.{k}={mine!r} (the authors': {theirs!r})" for k, (mine, theirs) in conflicts.items())
         raise ConfigError(f"method={cfg.method.name}: {said}: every variant of task=compare starts from the authors' "

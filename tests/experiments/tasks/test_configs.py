@@ -60,7 +60,7 @@ def test_peers_sweep_compares_every_method_in_every_variant_with_a_knob_it_can_m
     import dataclasses
 
     import cat
-    from experiments.compare.settings import Plan, authors_conflicts
+    from experiments.compare.settings import Plan, authors_conflicts, derived_fields
 
     cfg = _compose(["sweep=peers"], hydra=True)
     params = cfg.hydra.sweeper.params
@@ -83,10 +83,8 @@ def test_peers_sweep_compares_every_method_in_every_variant_with_a_knob_it_can_m
     for model in ("tiny_sd3_shapes", "pixart_sigma"):
         for name in methods:
             composed = _compose([f"method={name}", f"model={model}"])
-            node = composed.method.config
-            derived = frozenset(k for k in node if OmegaConf.is_interpolation(node, k))
             assert not authors_conflicts(method_config(composed), composed.model.family, int(composed.model.steps), (),
-                                         composed.method.knob, derived), (model, name)
+                                         composed.method.knob, derived_fields(composed.method.config)), (model, name)
 
 
 @pytest.mark.parametrize("overrides, message", [
