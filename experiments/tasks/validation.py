@@ -199,9 +199,11 @@ def check_method(cfg: DictConfig, method, device: bool = False) -> None:
     steps, (_, rows, cols) = model["steps"], token_geometry(model)
     transformer_class = model["transformer"]["class"]
     missing = method.missing_calibration(transformer_class)
-    if missing:
-        raise ConfigError(f"method={name} {missing}: run `python scripts/calibrate.py method={name} "
-                          f"model={model['name']} model.steps={steps}` once")
+    if missing:  # the calibration the resolver reads: another method name's (`method.calibration.of`), steps
+        wanted = OmegaConf.select(cfg, "method.calibration", default=None) or {}
+        owner, made_for = wanted.get("of") or name, wanted.get("steps") or steps
+        raise ConfigError(f"method={name} {missing}: run `python scripts/calibrate.py method={owner} "
+                          f"model={model['name']} model.steps={made_for}` once")
     if cfg.get("compile") or OmegaConf.select(cfg, "metrics.latency.compile", default=False):
         try:  # CUDA graphs would overwrite the caches of a method that is not graph-safe
             cat.check_cuda_graphs(type(method).handle, method, cfg.get("compile_mode", "default"))

@@ -94,6 +94,11 @@ def test_forecast_search_reads_its_segment_costs_keyed_like_the_others():
     fewer = ["method=forecast_search", "model.steps=20"]
     with pytest.raises(ConfigError, match=r"needs its segment costs measured .* model\.steps=20` once"):
         validate(_compose(fewer))
+    renamed = [*fewer, "method.name=fs_arm", "method.calibration.of=forecast_search"]  # an ablation arm
+    with pytest.raises(ConfigError, match=r"^method=fs_arm needs its segment costs measured .*: run `python "
+                                          r"scripts/calibrate\.py method=forecast_search model=tiny_sd3_shapes "
+                                          r"model\.steps=20` once"):
+        validate(_compose(renamed))
     with pytest.raises(ConfigError, match=r"calibration was measured at 28 steps, this run has 20: calibrate at 20 "
                                           r"steps, or set reuse_calibration=True"):
         validate(_compose([*fewer, "method.calibration.steps=28"]))
