@@ -73,7 +73,6 @@ def test_a_missing_pixart_model_is_one_line_with_the_training_command():
            "--vae-from assets/tiny-sd3-scenes/vae" in message
 
 
-@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="the PixArt model is not in assets/")
 def test_the_shipped_pixart_model_is_small_safetensors_with_its_sampler():
     from experiments.run.pipelines import load_pipeline
 
@@ -90,10 +89,9 @@ def test_the_shipped_pixart_model_is_small_safetensors_with_its_sampler():
     assert (cfg.steps, cfg.guidance_scale) == (20, 4.5)  # PixArt-Sigma's, as conf/model/pixart_sigma.yaml
 
 
-@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(), reason="the PixArt model is not in assets/")
 @pytest.mark.slow
 def test_the_shipped_pixart_model_run_completes_offline(tmp_path):
     proc = run("tiny_pixart_shapes", f"output_root={tmp_path}")
     metrics = default_outputs(proc, tmp_path, images=16, name="tiny_pixart_shapes-shapes-cat")
     assert 0.3 < metrics["macs_reduction"] < 0.6, metrics  # CAT's 6 warm-up steps of 20, then 30% of the tokens
-    assert metrics["adherence_full"] > 0.2, metrics  # a trained model: chance scores about 0.05 (its model card)
+    assert metrics["adherence_full"] > 0.1, metrics  # trained: its card scores the full model 0.17 and chance 0.07
