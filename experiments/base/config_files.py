@@ -31,3 +31,12 @@ def calibration_file(method: str, model: str, steps: int) -> Path:
     """Where a method's calibration for a model and step count lives (written by scripts/calibrate.py, read by
     the `${calibrated:<field>}` resolver)."""
     return ROOT / "assets" / method / f"{model}-{int(steps)}.json"
+
+
+def calibration_source(cfg) -> tuple[str, int]:
+    """(method name, step count) of the stored calibration a run reads: its own, or the one `method.calibration.of`
+    / `method.calibration.steps` ask for (an ablation arm renamed in a sweep reads its method's)."""
+    from omegaconf import OmegaConf
+
+    wanted = OmegaConf.select(cfg, "method.calibration", default=None) or {}
+    return wanted.get("of") or cfg.method.name, wanted.get("steps") or cfg.model.steps

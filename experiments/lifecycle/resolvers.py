@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 import cat
 
-from ..base.config_files import CONF, ROOT, calibration_file
+from ..base.config_files import CONF, ROOT, calibration_file, calibration_source
 from ..run.keys import run_id
 from ..tasks.registry import help_lines
 
@@ -87,8 +87,7 @@ def calibrated(field: str, *, _root_):
     `method.calibration.of` reads the calibration of another method name of the same config class (an ablation
     arm renamed on the command line or in a sweep file reads its method's)."""
     wanted = OmegaConf.select(_root_, "method.calibration", default=None) or {}
-    steps = wanted.get("steps") or _root_.model.steps
-    owner = wanted.get("of") or _root_.method.name
+    owner, steps = calibration_source(_root_)
     path = calibration_file(owner, _root_.model.name, steps)
     if not path.exists():
         return None

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import cat
 
-from ..base.config_files import ConfigError, resolve
+from ..base.config_files import ConfigError, calibration_source, resolve
 from ..base.devices import DTYPES, check_device, resolved_device_type
 from ..base.methods import build_method
 from ..base.models import token_geometry
@@ -199,9 +199,8 @@ def check_method(cfg: DictConfig, method, device: bool = False) -> None:
     steps, (_, rows, cols) = model["steps"], token_geometry(model)
     transformer_class = model["transformer"]["class"]
     missing = method.missing_calibration(transformer_class)
-    if missing:  # the calibration the resolver reads: another method name's (`method.calibration.of`), steps
-        wanted = OmegaConf.select(cfg, "method.calibration", default=None) or {}
-        owner, made_for = wanted.get("of") or name, wanted.get("steps") or steps
+    if missing:  # named as the resolver reads it: another method name's (`method.calibration.of`) or step count's
+        owner, made_for = calibration_source(cfg)
         raise ConfigError(f"method={name} {missing}: run `python scripts/calibrate.py method={owner} "
                           f"model={model['name']} model.steps={made_for}` once")
     if cfg.get("compile") or OmegaConf.select(cfg, "metrics.latency.compile", default=False):
