@@ -46,6 +46,9 @@ class MethodConfig:
     # Whether `calibrate` measures for the config's own settings (`config=`, given by scripts/calibrate.py):
     # a calibration that holds for some settings only.
     calibrates_with_settings: ClassVar[bool] = False
+    # Whether `calibrate`'s measurements choose among many candidates (forecast_search's schedules): on few
+    # prompts the choice fits them, so scripts/calibrate.py warns unless the whole calibration split is used.
+    calibration_selects: ClassVar[bool] = False
 
     def check_steps(self, num_steps: int) -> None:
         """Checks the settings that depend on the step count (called before any model loads)."""

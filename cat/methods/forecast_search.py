@@ -136,6 +136,7 @@ class ForecastSearchConfig(MethodConfig):
 
     name: ClassVar[str] = "forecast_search"
     calibrates_with_settings: ClassVar[bool] = True  # the segment costs hold for the settings measured with
+    calibration_selects: ClassVar[bool] = True  # the search fits the prompts it was measured on (docs/results.md)
     budget: float = 0.5
     schedule: str = "searched"
     correction: str = "none"
