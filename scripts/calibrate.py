@@ -30,8 +30,8 @@ def few_prompts_warning(method, used: int, available: int) -> str | None:
     if not getattr(method, "calibration_selects", False) or used >= available:
         return None
     return (f"warning: {method.__name__} is calibrated on {used} of the calibration split's {available} prompts; "
-            f"what it selects fits the prompts it measured (a schedule searched on 8 prompts lost 2-3 dB on unseen "
-            f"ones, docs/results.md): use them all, data.limit={available}")
+            f"what it selects fits the prompts it measured (a schedule searched on 8 prompts was 2-3 dB below evenly "
+            f"spaced full steps on unseen ones, docs/results.md): use them all, data.limit={available}")
 
 
 def rounded(value):
