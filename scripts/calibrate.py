@@ -11,11 +11,14 @@ assets/<method>/<model>-<steps>.json with the guidance scale it was made at, whi
 reads (`${calibrated:<field>}`) for that model, step count and guidance scale. Takes the same overrides as
 run.py (model, data, device, dtype, seed). A method whose calibration depends on its own settings
 (`calibrates_with_settings`: forecast_search's segment costs) is also given its configured config, `config=`.
+Each prompt's measurement is kept in outputs/calibration_measurements/ as soon as it is made, so the same command
+run again after an interruption resumes at the first unfinished prompt (`overwrite=true` measures anew).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.utils import get_class, instantiate
@@ -34,6 +37,25 @@ def few_prompts_warning(method, used: int, available: int) -> str | None:
             f"spaced full steps on unseen ones, docs/results.md): use them all, data.limit={available}")
 
 
+def measure_each(prompts, measure, folder: Path, overwrite: bool = False) -> list:
+    """`measure(prompt)` for every prompt, each kept in `folder/<index>.json` as soon as it is made, so an
+    interrupted calibration resumes at the first prompt it had not finished (a long one on a large model, or on
+    the 1024-token scene model, loses at most one prompt). A kept measurement is read back only for the same
+    prompt text; `overwrite` measures every prompt anew."""
+    from experiments.base.files import read_json, write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in prompts:
+        path = folder / f"{p.index}.json"
+        kept = None if overwrite else read_json(path)
+        if kept is None or kept.get("prompt") != p.text:
+            write_json(path, {"prompt": p.text, "measured": measure(p)})
+            kept = read_json(path)  # as stored: a resumed calibration combines exactly what a whole one does
+        out.append(kept["measured"])
+    return out
+
+
 def rounded(value):
     """Numbers to 6 decimals, in lists too; anything else (a method's nested record, whose costs may be far
     below 1e-6) as it is."""
@@ -48,6 +70,7 @@ def main(cfg: DictConfig) -> None:
     from experiments.base.devices import pick_device, pick_dtype
     from experiments.base.files import write_json
     from experiments.prompts.sets import prompts_of
+    from experiments.run import keys
     from experiments.run.generate import call_kwargs, generators
     from experiments.run.pipelines import load_pipeline
 
@@ -66,7 +89,17 @@ def main(cfg: DictConfig) -> None:
     steps = kwargs.pop("num_inference_steps")
     if method.calibrates_with_settings:  # its own calibration never read while it is measured anew
         kwargs["config"] = instantiate(cfg.method.config, calibration=None)
-    measured = [method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0], **kwargs) for p in prompts]
+    # each prompt's measurement kept as it is made, keyed by everything it depends on (a local model and the code
+    # by content; the method's settings where its calibration holds for them): a rerun of the command resumes
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    material = {"model": model, "model_files": keys.local_model_digest(model["local_path"]) if model.get("local_path")
+                else keys.model_snapshot(model), "method": cfg.method.name, "call": repr(sorted(kwargs.items())),
+                "steps": steps, "dtype": str(dtype), "device": str(device), "seed": cfg.seed,
+                "code": keys.code_identity()}
+    measurements = (Path(cfg.output_root) / "calibration_measurements"
+                    / f"{cfg.method.name}-{cfg.model.name}-{keys.digest(material)[:16]}")
+    measured = measure_each(prompts, lambda p: method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0],
+                                                                **kwargs), measurements, bool(cfg.overwrite))
     fields = {name: rounded(value) for name, value in method.combine_calibrations(measured).items()}
     out = calibration_file(cfg.method.name, cfg.model.name, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
