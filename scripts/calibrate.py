@@ -91,11 +91,9 @@ def main(cfg: DictConfig) -> None:
         kwargs["config"] = instantiate(cfg.method.config, calibration=None)
     # each prompt's measurement kept as it is made, keyed by everything it depends on (a local model and the code
     # by content; the method's settings where its calibration holds for them): a rerun of the command resumes
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    material = {"model": model, "model_files": keys.local_model_digest(model["local_path"]) if model.get("local_path")
-                else keys.model_snapshot(model), "method": cfg.method.name, "call": repr(sorted(kwargs.items())),
-                "steps": steps, "dtype": str(dtype), "device": str(device), "seed": cfg.seed,
-                "code": keys.code_identity()}
+    material = {"model": keys.model_material(OmegaConf.to_container(cfg.model, resolve=True)),
+                "method": cfg.method.name, "call": repr(sorted(kwargs.items())), "steps": steps, "dtype": str(dtype),
+                "device": str(device), "seed": cfg.seed, "code": keys.code_identity()}
     measurements = (Path(cfg.output_root) / "calibration_measurements"
                     / f"{cfg.method.name}-{cfg.model.name}-{keys.digest(material)[:16]}")
     measured = measure_each(prompts, lambda p: method.calibrate(pipe, [p.text], steps, generator=generators(cfg, [p])[0],

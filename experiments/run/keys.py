@@ -118,6 +118,17 @@ def _code_digest(stamp: tuple) -> str:
     return h.hexdigest()
 
 
+def model_material(model):
+    """A resolved model config as outputs depend on it: a local model with the digest of its files, a hub model
+    with the commit its revision resolves to (the commit, not the revision's name: `main` at commit c and a
+    pinned c make the same images)."""
+    if isinstance(model, dict) and model.get("local_path"):
+        return {**model, "files_sha256": local_model_digest(model["local_path"])}
+    if isinstance(model, dict) and (commit := model_snapshot(model)):
+        return {**{k: v for k, v in model.items() if k != "revision"}, "commit": commit}
+    return model
+
+
 def key_material(cfg: dict) -> dict:
     """What a run's output depends on, from a resolved config (a plain dict), secrets removed: the
     configuration, and the code that runs it (`code_identity`)."""
@@ -126,12 +137,7 @@ def key_material(cfg: dict) -> dict:
                 "code": code_identity()}
     if cfg.get("task") == "macs":  # counted from the configs alone
         return material
-    model = material["model"]
-    if isinstance(model, dict) and model.get("local_path"):
-        material["model"] = {**model, "files_sha256": local_model_digest(model["local_path"])}
-    elif isinstance(model, dict) and (commit := model_snapshot(model)):
-        # the commit, not the revision's name: `main` at commit c and a pinned c are the same run
-        material["model"] = {**{k: v for k, v in model.items() if k != "revision"}, "commit": commit}
+    material["model"] = model_material(material["model"])
     data = dict(cfg.get("data") or {})
     material.update({
         "data": {"name": data.get("name"), "prompts_sha256": _prompts_digest(data, data.get("path"))},
