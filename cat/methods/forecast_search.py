@@ -45,6 +45,15 @@ step see inputs built from forecasts, so their "exact" outputs are not the full 
 cluster-corrected step there, and a few CAT-token steps at budgets 0.4 to 0.7 (3% lower predicted cost at
 0.5); the correction stays an option the search takes where it measures lower.
 
+Fewer solver steps (`solver_steps`): the sampler runs M steps instead of the reference's R (the pipeline call's
+`num_inference_steps`, set by `handle.call_overrides`, as the `steps` method sets it), and the schedule places
+its full and forecast steps among those M. On a multistep solver (the PixArt model's DPM-Solver++) fewer steps
+beat every cache at 50-60% fewer MACs, and a forecast step or two among them beat fewer steps alone
+(docs/results.md); on a first-order flow-matching sampler the reference's count stays best. The budget is then
+counted against the model at M steps (the harness measures the reduction against the reference: 1 - (M / R)
+(1 - budget)), and a calibration made at another step count is resampled to M (an approximation; calibrate at
+`model.steps=M` for measured costs).
+
 Ablation settings: `schedule="interval"` (no search: full steps evenly spaced after the warm-up, as many as
 the budget allows) with `correction="none"` is forecast only; `schedule="searched"` adds the search;
 `correction="cluster"` the token correction; `correction="topk"` CAT's tokens without propagation.
@@ -126,6 +135,10 @@ class ForecastSearchConfig(MethodConfig):
         scale: s, the Hermite scale.
         max_skip: the most steps in a row the search may skip (and the calibration measures).
         warmup_steps: leading full steps.
+        solver_steps: the sampler's step count M when the method runs (None: the reference's, the call's own).
+            At most the reference's; set on the call by `pipe(prompt, **handle.call_overrides(reference_steps=R))`
+            (a call that runs another count raises at its first step). The schedule, `budget` and `actions`
+            then count M steps, and the calibration is resampled to M.
         actions: a schedule given by hand, one of F, f, c per step (overrides `budget` and `schedule`).
         calibration: the search's measurements for one model, step count and guidance scale (a dict or its
             JSON): segment costs per kind, MACs per action, the settings they were measured with.
@@ -147,6 +160,7 @@ class ForecastSearchConfig(MethodConfig):
     scale: float = 0.5
     max_skip: int = 6
     warmup_steps: int = 1
+    solver_steps: int | None = None
     actions: str | None = None
     calibration: str | None = dataclasses.field(default=None, repr=False)  # a long record: left out of the repr
     guidance_scale: float | None = None
@@ -163,6 +177,8 @@ class ForecastSearchConfig(MethodConfig):
         check(is_num(self.scale) and math.isfinite(self.scale) and self.scale > 0, self, "scale", "a finite number > 0")
         check(is_int(self.max_skip) and self.max_skip >= 1, self, "max_skip", "an integer >= 1")
         check_warmup(self)
+        check(self.solver_steps is None or (is_int(self.solver_steps) and self.solver_steps >= 2), self,
+              "solver_steps", "None or an integer >= 2")
         if self.actions is not None:
             try:
                 check_actions(self.actions)
@@ -206,10 +222,15 @@ class ForecastSearchConfig(MethodConfig):
         return None
 
     def check_steps(self, num_steps: int) -> None:
+        """`num_steps`: the reference's step count, or the steps a call runs (`solver_steps` when set)."""
+        if self.solver_steps is not None:
+            check(self.solver_steps <= num_steps, self, "solver_steps",
+                  f"at most the reference step count ({num_steps})")
+            num_steps = self.solver_steps
         check_warmup_steps(self, num_steps)
         if self.actions is not None:
             check(len(self.actions) == num_steps, self, "actions", f"one action per step ({num_steps})")
-        if self.reads_calibration and not self.reuse_calibration:
+        if self.reads_calibration and not self.reuse_calibration and self.solver_steps is None:
             measured = _parse(self.calibration)["num_steps"]
             if measured != num_steps:
                 raise ValueError(f"{type(self).__name__}.calibration was measured at {measured} steps, this run has "
@@ -219,6 +240,9 @@ class ForecastSearchConfig(MethodConfig):
         if self.correction != "none":
             check(self.num_corrected < num_tokens, self, "num_corrected",
                   f"smaller than the number of image tokens ({num_tokens})")
+
+    def call_overrides(self) -> dict:
+        return {} if self.solver_steps is None else {"num_inference_steps": self.solver_steps}
 
     def missing_calibration(self, transformer_class: str) -> str | None:
         if self.schedule == "searched" and self.actions is None and self.budget > 0 and self.calibration is None:
@@ -305,7 +329,8 @@ class ForecastSearchConfig(MethodConfig):
         return tuple(sorted(ignored))
 
     def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
-        """All image tokens on full steps, K on corrected steps, none on forecast steps."""
+        """All image tokens on full steps, K on corrected steps, none on forecast steps; `solver_steps` entries
+        when set (a reference of `num_steps` steps runs that many)."""
         tokens = {FULL: num_tokens, FORECAST: 0, CORRECTED: self.num_corrected}
         return [tokens[a] for a in self.plan(num_steps, num_tokens)]
 
@@ -322,7 +347,11 @@ class ForecastSearchConfig(MethodConfig):
         return {FULL: num_tokens, FORECAST: 0, CORRECTED: self.num_corrected, "model": num_tokens}
 
     def plan(self, num_steps: int, num_tokens: int | None = None) -> str:
-        """The schedule of a `num_steps` generation: one of F, f, c per step."""
+        """The schedule of a `num_steps` generation (of `solver_steps` when set, which a reference of `num_steps`
+        steps runs instead): one of F, f, c per step."""
+        if self.solver_steps is not None:
+            self.check_steps(num_steps)
+            num_steps = self.solver_steps
         if self.actions is not None:
             check_actions(self.actions, num_steps)
             return self.actions
@@ -349,7 +378,8 @@ class ForecastSearchConfig(MethodConfig):
                        num_steps)
 
     def reduction(self, num_steps: int, num_tokens: int | None = None) -> float:
-        """The executed-MACs reduction of the schedule by the MACs per action it was searched with."""
+        """The executed-MACs reduction of the schedule against the model at `num_steps` (the reference's count)
+        by the MACs per action it was searched with."""
         macs = self.macs(num_tokens)
         return 1.0 - schedule_macs(self.plan(num_steps, num_tokens), macs) / (num_steps * macs["model"])
 
@@ -498,12 +528,17 @@ class _State(StepState):
     def _start(self) -> None:
         """The generation's schedule and its per-step table, checked against the run."""
         c = self.config
-        steps = self.num_steps or (len(c.actions) if c.actions is not None else None)
+        steps = self.num_steps or c.solver_steps or (len(c.actions) if c.actions is not None else None)
         if steps is None and c.reads_calibration:
             steps = _parse(c.calibration)["num_steps"]
         if steps is None:
             raise ValueError(f"{type(c).__name__}: the schedule needs the step count: call the pipeline, or "
                              "handle.reset(num_steps=...) on a bare transformer")
+        if c.solver_steps is not None and steps != c.solver_steps:
+            raise ValueError(
+                f"{type(c).__name__}(solver_steps={c.solver_steps}) is applied, but this call runs {steps} steps. "
+                f"Call the pipeline with **handle.call_overrides(reference_steps=<the full model's steps>): it sets "
+                f"num_inference_steps={c.solver_steps} and refuses a reference below it.")
         if self.num_steps is None:  # a known step count was checked by the clock at this call
             c.check_steps(steps)
         if c.reads_calibration:

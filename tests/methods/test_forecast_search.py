@@ -386,3 +386,58 @@ def test_the_run_key_ignores_what_a_setting_never_reads():
     assert "scale" not in ForecastSearchConfig(basis="hermite").key_ignores()
     assert {"budget", "schedule", "calibration"} <= set(ForecastSearchConfig(actions="FFf").key_ignores())
     assert "max_skip" in ForecastSearchConfig(schedule="interval").key_ignores()
+
+
+# fewer solver steps
+
+
+def test_fewer_solver_steps_with_every_step_full_are_the_full_model_at_those_steps(calibrated):
+    """`solver_steps=M`: the call runs M steps (`call_overrides`), and at budget 0 every one of them is full: the
+    images are bit-identical to the plain pipeline at M steps; a forecast step among them changes them."""
+    pipe = calibrated[0]
+    prompt = lambda: dict(generator=torch.Generator().manual_seed(3), output_type="latent", **CALL)  # noqa: E731
+    plain = pipe(["a blue square"], num_inference_steps=4, **prompt()).images
+    with cat.apply(pipe, ForecastSearchConfig(budget=0.0, solver_steps=4)) as handle:
+        overrides = handle.call_overrides(reference_steps=STEPS)
+        assert overrides == {"num_inference_steps": 4}
+        fewer = pipe(["a blue square"], **{**prompt(), **overrides}).images
+        assert [r.phase for r in handle.stats.steps] == ["full"] * 4
+    assert torch.equal(fewer, plain)
+    with cat.apply(pipe, ForecastSearchConfig(actions="FFfF", solver_steps=4)) as handle:
+        mixed = pipe(["a blue square"], **{**prompt(), **handle.call_overrides(reference_steps=STEPS)}).images
+        assert [r.phase for r in handle.stats.steps] == ["full", "full", "forecast", "full"]
+    assert not torch.equal(mixed, plain)
+
+
+def test_a_call_that_does_not_run_the_solver_steps_is_refused(calibrated):
+    pipe = calibrated[0]
+    with cat.apply(pipe, ForecastSearchConfig(budget=0.0, solver_steps=4)) as handle:
+        with pytest.raises(ValueError, match=r"solver_steps=4\) is applied, but this call runs 6 steps\. Call the "
+                                             r"pipeline with \*\*handle\.call_overrides"):
+            pipe(["a blue square"], num_inference_steps=STEPS, output_type="latent", **CALL)
+        with pytest.raises(ValueError, match=r"solver_steps=4 is invalid: solver_steps must be at most the reference "
+                                             r"step count \(3\)"):
+            handle.call_overrides(reference_steps=3)
+
+
+def test_solver_steps_count_the_schedule_and_the_budget_and_resample_the_calibration(calibrated):
+    """The plan of a reference of R steps has M actions (the offline MAC count runs those), the budget is spent
+    against the model at M steps, the reduction is against the reference's R, and a calibration made at R steps
+    is read at M without `reuse_calibration`."""
+    _, config, found = calibrated
+    from cat.core.schedule import schedule_macs
+
+    setting = dataclasses.replace(config, calibration=found["search"], budget=0.19, guidance_scale=5.0, solver_steps=5)
+    actions = setting.plan(STEPS)
+    assert len(actions) == 5 and actions.count("F") == 4 and setting.plan(5) == actions  # 4 full: 0.8 of 5 steps
+    assert setting.offline_schedule(STEPS, TOKENS) == [TOKENS if a == "F" else 0 for a in actions]
+    macs = setting.macs()
+    assert schedule_macs(actions, macs) <= (1 - 0.19) * 5 * macs["model"]
+    assert math.isclose(setting.reduction(STEPS), 1 - schedule_macs(actions, macs) / (STEPS * macs["model"]))
+    assert dataclasses.replace(setting, solver_steps=None).plan(STEPS) != actions
+    with pytest.raises(ValueError, match=r"actions must be one action per step \(5\)"):
+        dataclasses.replace(setting, actions="FFfFFf").check_steps(STEPS)
+    with pytest.raises(ValueError, match=r"warmup_steps must be smaller than the number of steps \(5\)"):
+        dataclasses.replace(setting, warmup_steps=5).check_steps(STEPS)
+    with pytest.raises(ValueError, match=r"solver_steps=1 is invalid: solver_steps must be None or an integer >= 2"):
+        ForecastSearchConfig(solver_steps=1)
