@@ -435,6 +435,21 @@ def test_solver_steps_count_the_schedule_and_the_budget_and_resample_the_calibra
     assert schedule_macs(actions, macs) <= (1 - 0.19) * 5 * macs["model"]
     assert math.isclose(setting.reduction(STEPS), 1 - schedule_macs(actions, macs) / (STEPS * macs["model"]))
     assert dataclasses.replace(setting, solver_steps=None).plan(STEPS) != actions
+    # the harness's counts: executed on the pipeline (the meter) and offline (meta device), against the reference
+    from experiments.run.macs import realised_transformer_macs, report_from_config
+
+    pipe = calibrated[0]
+    call = lambda steps: lambda: pipe(["a blue square"], num_inference_steps=steps, output_type="latent",  # noqa: E731
+                                      generator=torch.Generator().manual_seed(1), **CALL)
+    full = realised_transformer_macs(pipe, call(STEPS))
+    with cat.apply(pipe, setting):
+        executed = realised_transformer_macs(pipe, call(5))
+    assert executed == schedule_macs(actions, macs) and full == STEPS * macs["model"]
+    tcfg = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
+    meta = report_from_config("SD3Transformer2DModel", tcfg, height=32, width=32, text_tokens=85, steps=STEPS,
+                              guidance=True, method=setting, vae_scale=1)
+    assert meta.transformer_macs + actions.count("F") * (macs["F"] - macs["model"]) == executed
+    assert meta.transformer_macs_full == full
     with pytest.raises(ValueError, match=r"actions must be one action per step \(5\)"):
         dataclasses.replace(setting, actions="FFfFFf").check_steps(STEPS)
     with pytest.raises(ValueError, match=r"warmup_steps must be smaller than the number of steps \(5\)"):
