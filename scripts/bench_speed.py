@@ -434,13 +434,14 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
              **{**kwargs, **overrides})
 
     out = {"model": name, "device": str(dev), "method_name": method.name}
-    eager = compare(pipe, call, method, dev, warmup, repeats)
+    eager = compare(pipe, call, method, dev, warmup, repeats, reference_steps=model["steps"])
     out.update(speedup_eager=eager["speedup"], latency_full_s=eager["latency_full_s"], latency_s=eager["latency_s"],
                latency_full_spread_s=eager["latency_full_spread_s"], latency_spread_s=eager["latency_spread_s"],
                peak_mb=eager.get("peak_memory_mb"), peak_full_mb=eager.get("peak_memory_full_mb"), repeats=repeats,
                speedup_eager_spread=eager["speedup_spread"], speedup_eager_noisy=eager["speedup_noisy"])
     if compile:
-        compiled = compare(pipe, call, method, dev, warmup, repeats, compile=True, compile_mode=compile_mode)
+        compiled = compare(pipe, call, method, dev, warmup, repeats, compile=True, compile_mode=compile_mode,
+                           reference_steps=model["steps"])
         out.update(speedup_compiled=compiled["speedup"], latency_compiled_s=compiled["latency_s"],
                    latency_full_compiled_s=compiled["latency_full_s"],
                    speedup_compiled_vs_eager_full=eager["latency_full_s"] / compiled["latency_s"])

@@ -62,7 +62,7 @@ class MethodHandle:
                 raise ValueError(f"reference_steps={reference_steps!r} is invalid: reference_steps must be an "
                                  "integer >= 1.")
             self.config.check_steps(reference_steps)
-        return self.config.call_overrides()
+        return self.config.call_overrides(reference_steps)
 
     def reset(self, *, cfg_pairs: bool | None = None, num_steps: int | None = None) -> None:
         """Starts a new generation. Pipelines do this by themselves; for a bare transformer, say whether its

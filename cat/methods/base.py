@@ -60,8 +60,9 @@ class MethodConfig:
         """Checks the settings that depend on the model's transformer class and the device (before any model
         loads); raises ValueError or NotImplementedError."""
 
-    def call_overrides(self) -> dict:
-        """Pipeline call arguments the method changes (e.g. fewer steps); most methods change none."""
+    def call_overrides(self, reference_steps: int | None = None) -> dict:
+        """Pipeline call arguments the method changes (e.g. fewer steps) for a call whose reference runs
+        `reference_steps` (None: not given; a method that needs it raises); most methods change none."""
         return {}
 
     @classmethod

@@ -45,14 +45,14 @@ step see inputs built from forecasts, so their "exact" outputs are not the full 
 cluster-corrected step there, and a few CAT-token steps at budgets 0.4 to 0.7 (3% lower predicted cost at
 0.5); the correction stays an option the search takes where it measures lower.
 
-Fewer solver steps (`solver_steps`): the sampler runs M steps instead of the reference's R (the pipeline call's
-`num_inference_steps`, set by `handle.call_overrides`, as the `steps` method sets it), and the schedule places
-its full and forecast steps among those M. On a multistep solver (the PixArt model's DPM-Solver++) fewer steps
-beat every cache at 50-60% fewer MACs, and a forecast step or two among them beat fewer steps alone
-(docs/results.md); on a first-order flow-matching sampler the reference's count stays best. The budget is then
-counted against the model at M steps (the harness measures the reduction against the reference: 1 - (M / R)
-(1 - budget)), and a calibration made at another step count is resampled to M (an approximation; calibrate at
-`model.steps=M` for measured costs).
+Fewer solver steps (`forecast_steps`, K): the sampler runs only the full steps the budget allows, B of the
+reference's R, plus K forecast steps: M = B + K steps instead of R (the pipeline call's `num_inference_steps`,
+set by `handle.call_overrides(reference_steps=R)`, as the `steps` method sets it), and the schedule (searched
+or evenly spaced) places the B full steps among the M within the same executed-MACs budget against the
+reference. On a multistep solver (the PixArt model's DPM-Solver++) fewer steps beat every cache at 50-60% fewer
+MACs, and a forecast step or two among them beat fewer steps alone (docs/results.md); where the budget leaves
+room for every step but K, the reference's steps are run as without it. The search reads the calibration's
+segment costs resampled to M steps (an approximation: they were measured at R).
 
 Ablation settings: `schedule="interval"` (no search: full steps evenly spaced after the warm-up, as many as
 the budget allows) with `correction="none"` is forecast only; `schedule="searched"` adds the search;
@@ -135,10 +135,10 @@ class ForecastSearchConfig(MethodConfig):
         scale: s, the Hermite scale.
         max_skip: the most steps in a row the search may skip (and the calibration measures).
         warmup_steps: leading full steps.
-        solver_steps: the sampler's step count M when the method runs (None: the reference's, the call's own).
-            At most the reference's; set on the call by `pipe(prompt, **handle.call_overrides(reference_steps=R))`
-            (a call that runs another count raises at its first step). The schedule, `budget` and `actions`
-            then count M steps, and the calibration is resampled to M.
+        forecast_steps: None (the sampler runs the reference's steps) or K >= 1: it runs the full steps the
+            budget allows plus K forecast steps, fewer than the reference's (see the module docstring). The call
+            must take them: `pipe(prompt, **handle.call_overrides(reference_steps=R))` (a call that runs another
+            count raises at its first step). Not with `actions`.
         actions: a schedule given by hand, one of F, f, c per step (overrides `budget` and `schedule`).
         calibration: the search's measurements for one model, step count and guidance scale (a dict or its
             JSON): segment costs per kind, MACs per action, the settings they were measured with.
@@ -160,7 +160,7 @@ class ForecastSearchConfig(MethodConfig):
     scale: float = 0.5
     max_skip: int = 6
     warmup_steps: int = 1
-    solver_steps: int | None = None
+    forecast_steps: int | None = None
     actions: str | None = None
     calibration: str | None = dataclasses.field(default=None, repr=False)  # a long record: left out of the repr
     guidance_scale: float | None = None
@@ -177,8 +177,10 @@ class ForecastSearchConfig(MethodConfig):
         check(is_num(self.scale) and math.isfinite(self.scale) and self.scale > 0, self, "scale", "a finite number > 0")
         check(is_int(self.max_skip) and self.max_skip >= 1, self, "max_skip", "an integer >= 1")
         check_warmup(self)
-        check(self.solver_steps is None or (is_int(self.solver_steps) and self.solver_steps >= 2), self,
-              "solver_steps", "None or an integer >= 2")
+        check(self.forecast_steps is None or (is_int(self.forecast_steps) and self.forecast_steps >= 1), self,
+              "forecast_steps", "None or an integer >= 1")
+        check(self.forecast_steps is None or self.actions is None, self, "forecast_steps",
+              "None when actions are given (a schedule by hand has its own step count)")
         if self.actions is not None:
             try:
                 check_actions(self.actions)
@@ -222,15 +224,11 @@ class ForecastSearchConfig(MethodConfig):
         return None
 
     def check_steps(self, num_steps: int) -> None:
-        """`num_steps`: the reference's step count, or the steps a call runs (`solver_steps` when set)."""
-        if self.solver_steps is not None:
-            check(self.solver_steps <= num_steps, self, "solver_steps",
-                  f"at most the reference step count ({num_steps})")
-            num_steps = self.solver_steps
+        """`num_steps`: the reference's step count (or, with `forecast_steps`, the fewer steps a call runs)."""
         check_warmup_steps(self, num_steps)
         if self.actions is not None:
             check(len(self.actions) == num_steps, self, "actions", f"one action per step ({num_steps})")
-        if self.reads_calibration and not self.reuse_calibration and self.solver_steps is None:
+        if self.reads_calibration and not self.reuse_calibration and self.forecast_steps is None:
             measured = _parse(self.calibration)["num_steps"]
             if measured != num_steps:
                 raise ValueError(f"{type(self).__name__}.calibration was measured at {measured} steps, this run has "
@@ -241,8 +239,15 @@ class ForecastSearchConfig(MethodConfig):
             check(self.num_corrected < num_tokens, self, "num_corrected",
                   f"smaller than the number of image tokens ({num_tokens})")
 
-    def call_overrides(self) -> dict:
-        return {} if self.solver_steps is None else {"num_inference_steps": self.solver_steps}
+    def call_overrides(self, reference_steps: int | None = None) -> dict:
+        """With `forecast_steps`: the sampler's fewer steps for a reference of `reference_steps` (required)."""
+        if self.forecast_steps is None:
+            return {}
+        if reference_steps is None:
+            raise ValueError(f"{type(self).__name__}(forecast_steps={self.forecast_steps}) runs fewer steps than the "
+                             "reference, computed from the reference's step count: call the pipeline with "
+                             "**handle.call_overrides(reference_steps=<the full model's steps>)")
+        return {"num_inference_steps": len(self.plan(reference_steps))}
 
     def missing_calibration(self, transformer_class: str) -> str | None:
         if self.schedule == "searched" and self.actions is None and self.budget > 0 and self.calibration is None:
@@ -329,8 +334,8 @@ class ForecastSearchConfig(MethodConfig):
         return tuple(sorted(ignored))
 
     def offline_schedule(self, num_steps: int, num_tokens: int) -> list[int]:
-        """All image tokens on full steps, K on corrected steps, none on forecast steps; `solver_steps` entries
-        when set (a reference of `num_steps` steps runs that many)."""
+        """All image tokens on full steps, K on corrected steps, none on forecast steps (one entry per step the
+        sampler runs: fewer than `num_steps` with `forecast_steps`)."""
         tokens = {FULL: num_tokens, FORECAST: 0, CORRECTED: self.num_corrected}
         return [tokens[a] for a in self.plan(num_steps, num_tokens)]
 
@@ -347,11 +352,8 @@ class ForecastSearchConfig(MethodConfig):
         return {FULL: num_tokens, FORECAST: 0, CORRECTED: self.num_corrected, "model": num_tokens}
 
     def plan(self, num_steps: int, num_tokens: int | None = None) -> str:
-        """The schedule of a `num_steps` generation (of `solver_steps` when set, which a reference of `num_steps`
-        steps runs instead): one of F, f, c per step."""
-        if self.solver_steps is not None:
-            self.check_steps(num_steps)
-            num_steps = self.solver_steps
+        """The schedule of a generation whose reference runs `num_steps` steps: one of F, f, c per step the
+        sampler runs (`solver_steps(num_steps)` of them)."""
         if self.actions is not None:
             check_actions(self.actions, num_steps)
             return self.actions
@@ -361,21 +363,34 @@ class ForecastSearchConfig(MethodConfig):
             return self.searched(num_steps)[0]
         if self.reads_calibration and (mismatch := self.calibration_mismatch()):
             raise ValueError(f"{type(self).__name__} {mismatch}")
+        steps, cap = self.solver_steps(num_steps, num_tokens)
         macs = self.macs(num_tokens)
         kind = FORECAST if self.correction == "none" else CORRECTED
-        return even_within(num_steps, min(self.warmup_steps, num_steps), kind, macs,
-                           (1 - self.budget) * num_steps * macs["model"])
+        return even_within(steps, min(self.warmup_steps, steps), kind, macs, cap)
+
+    def solver_steps(self, num_steps: int, num_tokens: int | None = None) -> tuple[int, float]:
+        """The steps the sampler runs for a reference of `num_steps`, and the executed MACs the schedule may
+        spend over them: (1 - budget) of the reference's. With `forecast_steps` K, the full steps B that fit
+        beside K forecast steps, and B + K steps where that is fewer than the reference's."""
+        macs = self.macs(num_tokens)
+        cap = (1 - self.budget) * num_steps * macs["model"]
+        if self.forecast_steps is None:
+            return num_steps, cap
+        k = self.forecast_steps
+        full = max(math.floor((cap - k * macs[FORECAST]) / macs[FULL] + 1e-9), min(self.warmup_steps, num_steps))
+        return min(num_steps, full + k), cap
 
     def searched(self, num_steps: int) -> tuple[str, float]:
-        """The searched schedule at `num_steps` steps and its predicted cost (segment costs summed)."""
+        """The searched schedule for a reference of `num_steps` steps and its predicted cost (segment costs
+        summed)."""
         missing = self.missing_calibration("")
         if missing:
             raise ValueError(f"{type(self).__name__}(schedule='searched') {missing}: run `python scripts/calibrate.py "
                              "method=forecast_search model=<name>` or ForecastSearchConfig.calibrate(pipe, prompts, "
                              "num_inference_steps)")
         self.check_steps(num_steps)
-        return _search(self.calibration, self.correction, float(self.budget), self.warmup_steps, self.max_skip,
-                       num_steps)
+        steps, cap = self.solver_steps(num_steps)
+        return _search(self.calibration, self.correction, float(cap), self.warmup_steps, self.max_skip, steps)
 
     def reduction(self, num_steps: int, num_tokens: int | None = None) -> float:
         """The executed-MACs reduction of the schedule against the model at `num_steps` (the reference's count)
@@ -409,15 +424,14 @@ def _differs(a, b) -> bool:
 
 
 @functools.lru_cache(maxsize=512)
-def _search(calibration: str, correction: str, budget: float, warmup: int, max_skip: int,
+def _search(calibration: str, correction: str, cap: float, warmup: int, max_skip: int,
             num_steps: int) -> tuple[str, float]:
     data = _parse(calibration)
     costs = {FORECAST: resample_costs(data["costs"]["none"], num_steps)}
     if correction != "none":
         costs[CORRECTED] = resample_costs(data["costs"][correction], num_steps)
     macs = data["macs"]
-    found = search_schedule(costs, macs[correction], num_steps, (1 - budget) * num_steps * macs["model"],
-                            min(warmup, num_steps), max_skip)
+    found = search_schedule(costs, macs[correction], num_steps, cap, min(warmup, num_steps), max_skip)
     if found is None:  # the warm-up alone spends more than the budget: the cheapest schedule with that warm-up
         return FULL * min(warmup, num_steps) + FORECAST * max(0, num_steps - warmup), math.nan
     return found
@@ -496,6 +510,7 @@ class _State(StepState):
         self.order = config.max_order
         self.k = config.num_corrected
         self.gamma = float(config.gamma) if config.correction == "cluster" else 0.0
+        self.reference: int | None = None  # the reference's step count, from handle.call_overrides (forecast_steps)
         super().__init__(config, clock, family)
 
     def _on_new_generation(self) -> None:
@@ -528,17 +543,23 @@ class _State(StepState):
     def _start(self) -> None:
         """The generation's schedule and its per-step table, checked against the run."""
         c = self.config
-        steps = self.num_steps or c.solver_steps or (len(c.actions) if c.actions is not None else None)
+        steps = self.num_steps or (len(c.actions) if c.actions is not None else None)
         if steps is None and c.reads_calibration:
             steps = _parse(c.calibration)["num_steps"]
         if steps is None:
             raise ValueError(f"{type(c).__name__}: the schedule needs the step count: call the pipeline, or "
                              "handle.reset(num_steps=...) on a bare transformer")
-        if c.solver_steps is not None and steps != c.solver_steps:
-            raise ValueError(
-                f"{type(c).__name__}(solver_steps={c.solver_steps}) is applied, but this call runs {steps} steps. "
-                f"Call the pipeline with **handle.call_overrides(reference_steps=<the full model's steps>): it sets "
-                f"num_inference_steps={c.solver_steps} and refuses a reference below it.")
+        if c.forecast_steps is not None:  # the schedule is the reference's, whose step count the call override gave
+            if self.reference is None:
+                raise ValueError(f"{type(c).__name__}(forecast_steps={c.forecast_steps}) runs fewer steps than the "
+                                 "reference: call the pipeline with **handle.call_overrides(reference_steps=<the full "
+                                 "model's steps>), which sets them")
+            planned = len(c.plan(self.reference, self.num_tokens))
+            if steps is not None and steps != planned:
+                raise ValueError(f"{type(c).__name__}(forecast_steps={c.forecast_steps}) plans {planned} steps for a "
+                                 f"reference of {self.reference}, and this call runs {steps}: call the pipeline with "
+                                 "**handle.call_overrides(reference_steps=<the full model's steps>)")
+            steps = planned
         if self.num_steps is None:  # a known step count was checked by the clock at this call
             c.check_steps(steps)
         if c.reads_calibration:
@@ -548,7 +569,7 @@ class _State(StepState):
                     and abs(float(used) - float(measured)) > 1e-9):
                 raise ValueError(f"{type(c).__name__}.calibration was measured at guidance_scale={measured}, this call "
                                  f"uses {used}: calibrate at this guidance scale, or set reuse_calibration=True")
-        self.actions = c.plan(steps, self.num_tokens)
+        self.actions = c.plan(steps if c.forecast_steps is None else self.reference, self.num_tokens)
         self.keep_cache = FULL * len(self.actions) != self.actions
         if self.keep_cache:
             self.table = torch.tensor(self._rows(), dtype=torch.float32).to(self.device)  # one copy per generation
@@ -656,6 +677,12 @@ class ForecastSearchHandle(MethodHandle):
         self.clock.observe_pipeline(self._undo)
         self._undo.append(self._drop)
 
+    def call_overrides(self, reference_steps: int | None = None) -> dict:
+        overrides = super().call_overrides(reference_steps)
+        if reference_steps is not None:
+            self.state.reference = reference_steps  # the schedule of `forecast_steps` is planned for it
+        return overrides
+
     def _drop(self) -> None:
         for cache in self.state.caches:
             cache.elements = None
@@ -697,7 +724,7 @@ def measure(pipe, prompts: list[str], generators: list, num_steps: int, config: 
                 for offset in range(gap):
                     actions = regular_schedule(num_steps, gap, offset, char)
                     setting = dataclasses.replace(config, actions=actions, budget=0.5, calibration=None,
-                                                  correction=kind)
+                                                  correction=kind, forecast_steps=None)
                     deviation = _forced(pipe, batch, states, setting, teacher, outputs, final, call_kwargs)
                     for i, skipped, _ in segments(actions):
                         if skipped == gap - 1:
@@ -729,7 +756,7 @@ def _trajectory(pipe, prompts, states, num_steps, config, call_kwargs):
     """The full model's run: every transformer input, every cached module's output at every step, the final
     latents, and the first call's arguments (for counting MACs)."""
     handle = ForecastSearchHandle(pipe, dataclasses.replace(config, actions=FULL * num_steps, calibration=None,
-                                                            budget=0.5)).install()
+                                                            budget=0.5, forecast_steps=None)).install()
     outputs: dict[str, dict[int, object]] = {}
     inputs: list[torch.Tensor] = []
     first: list = []

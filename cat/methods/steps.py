@@ -115,7 +115,7 @@ class StepsConfig(MethodConfig):
         check(self.num_steps <= num_steps, self, "num_steps",
               f"at most the reference step count ({num_steps}); fewer steps is the point")
 
-    def call_overrides(self) -> dict:
+    def call_overrides(self, reference_steps: int | None = None) -> dict:
         return {"num_inference_steps": self.num_steps}
 
     @classmethod

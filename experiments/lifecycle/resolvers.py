@@ -68,7 +68,7 @@ def for_steps(field: str, *, _root_):
 
 def steps_share(share, *, _root_) -> int:
     """`share` of the model's step count, rounded, at least 1: a tuning grid's step count that holds on every
-    model (`solver_steps: [null, "${steps_share:0.6}"]` is 12 of PixArt's 20 steps and 17 of SD3's 28)."""
+    model (`forecast_steps: [null, "${steps_share:0.1}"]` is 2 of PixArt's 20 steps and 3 of SD3's 28)."""
     share = float(share)
     if not 0 < share <= 1:
         raise ValueError(f"steps_share:{share} is invalid; allowed: a share of the model's steps in (0, 1]")

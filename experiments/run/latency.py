@@ -148,10 +148,11 @@ def trust(ratios: list[float], loads: list[float | None], cores: int) -> dict:
 
 
 def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, warmup: int = 1, repeats: int = 3,
-            compile: bool = False, compile_mode: str = "default") -> dict:
+            compile: bool = False, compile_mode: str = "default", reference_steps: int | None = None) -> dict:
     """Full model and method timed in the same run; returns flat metrics with their ratios and their trust.
 
-    `call(**overrides)` runs the pipeline; the method's call overrides (e.g. fewer steps) are passed.
+    `call(**overrides)` runs the pipeline; the method's call overrides (e.g. fewer steps) are passed, made for
+    `reference_steps` (the steps `call` runs without them).
     After each one's warm-ups, the timed calls alternate (full, method, full, method, ...); speedups are the
     medians of the paired ratios of neighbouring calls (module docstring).
     """
@@ -168,7 +169,7 @@ def compare(pipe, call, method: cat.MethodConfig | None, device: torch.device, w
                 result = _calls(call, pipe, device, untimed, timed)
         else:
             with cat.apply(pipe, method, compile=compile, compile_mode=compile_mode) as handle:
-                overrides = handle.call_overrides()
+                overrides = handle.call_overrides(reference_steps)
                 result = _calls(lambda: call(**overrides), pipe, device, untimed, timed)
         if device.type == "cuda":
             peak[name] = max(peak[name], torch.cuda.max_memory_allocated(device) / 2**20)

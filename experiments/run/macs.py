@@ -169,7 +169,8 @@ def transformer_macs(transformer: torch.nn.Module, inputs: dict, steps: int, met
     todo = set(schedule) - {n}
     if todo:
         with cat.apply(transformer, method) as handle:
-            handle.reset(cfg_pairs=cfg_pairs, num_steps=len(schedule))  # the steps it runs (fewer solver steps)
+            handle.call_overrides(reference_steps=steps)  # a method that runs fewer steps plans them from it
+            handle.reset(cfg_pairs=cfg_pairs, num_steps=len(schedule))  # the steps it runs
             for tokens in schedule:  # up to the first step of every kind
                 if tokens in todo:
                     per_tokens[tokens] = count_macs(transformer, **inputs)

@@ -83,7 +83,7 @@ def timing(cfg: DictConfig, pipe, method, device, prompts, kwargs: dict) -> dict
     sample = prompts[: cfg.metrics.latency.num_prompts]
     call = lambda **o: call_pipeline(pipe, [p.text for p in sample], generators(cfg, sample), {**kwargs, **o})  # noqa: E731
     return latency.compare(pipe, call, method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats,
-                           cfg.metrics.latency.compile, cfg.compile_mode)
+                           cfg.metrics.latency.compile, cfg.compile_mode, kwargs["num_inference_steps"])
 
 
 def retime(cfg: DictConfig, run_dir: Path, method, metrics: dict) -> dict:

@@ -38,7 +38,7 @@ def measure(cfg, run_dir, method) -> dict:
              len(prompts), device, dtype, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile)
     call = lambda **o: call_pipeline(pipe, [p.text for p in prompts], generators(cfg, prompts), {**kwargs, **o})  # noqa: E731
     out = compare(pipe, call, method, device, cfg.metrics.latency.warmup, cfg.metrics.latency.repeats, cfg.compile,
-                  cfg.compile_mode)
+                  cfg.compile_mode, kwargs["num_inference_steps"])
     out.update(latency_prompts=len(prompts), latency_warmup=cfg.metrics.latency.warmup)
     return out
 

@@ -69,7 +69,7 @@ def stub_pipe(calls_per_generation: int = 5):
 
 @contextlib.contextmanager
 def stub_apply(pipe, method, compile=False, compile_mode="default"):
-    yield SimpleNamespace(call_overrides=lambda: {})
+    yield SimpleNamespace(call_overrides=lambda reference_steps=None: {})
 
 
 def test_a_generation_is_timed_whole_with_one_sync_before_and_one_after(monkeypatch):
