@@ -193,3 +193,30 @@ def test_the_peers_sweep_runs_the_scene_models_protocol_and_keeps_the_defaults_e
     real = _compose(["sweep=peers", "model=sd3_medium"])
     assert real.compare.calibration_prompts == 8 and list(real.compare.targets) == [0.3, 0.4, 0.5, 0.6, 0.7]
     assert _compose(["sweep=peers", "model=tiny_sd3_scenes", "compare.calibration_prompts=4"]).compare.calibration_prompts == 4
+
+
+def test_the_forecast_ablation_runs_each_arm_at_the_reference_steps_and_with_fewer_solver_steps_tuned():
+    """`python run.py sweep=forecast_ablation`: schedule x correction x solver; at `solver=reference` the arm keeps
+    `forecast_steps` at None (not tuned), at `solver=tuned` (arm `..._fewer`) it is tuned over the method's grid,
+    None or 10% of the model's steps; schedule and correction are each arm's, never tuned."""
+    import dataclasses
+
+    from experiments.compare.settings import Plan, candidates, kept_fields, variant_base
+
+    params = _compose(["sweep=forecast_ablation"], hydra=True).hydra.sweeper.params
+    assert params["solver"] == "reference,tuned"
+    assert params["method.config.schedule"] == "interval,searched"
+    assert params["method.config.correction"] == "none,cluster,topk"
+    for model, steps, k in (("tiny_sd3_shapes", 28, 3), ("tiny_pixart_shapes", 20, 2)):
+        for solver, name, kept, values in (("reference", "fs_searched_none", "forecast_steps", {None}),
+                                           ("tuned", "fs_searched_none_fewer", None, {None, k})):
+            cfg = _compose(["sweep=forecast_ablation", f"model={model}", f"solver={solver}"])
+            assert cfg.method.name == name
+            plan = Plan.of(cfg.method)
+            keep = kept_fields(cfg, plan.knob)  # as the comparison reads them (experiments.compare.calibration)
+            assert {"schedule", "correction"} <= set(keep) and (kept in keep) == (kept is not None)
+            plan = dataclasses.replace(plan, tune={k: v for k, v in plan.tune.items() if k not in keep})
+            base = variant_base(method_config(cfg), "tuned", cfg.model.family, steps, None, keep)
+            pool = candidates(base, plan, "tuned", steps, 256)
+            assert {c.forecast_steps for c in pool} == values, (model, solver)
+            assert {(c.schedule, c.correction) for c in pool} == {("searched", "none")}
