@@ -247,7 +247,7 @@ class ForecastSearchConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}(forecast_steps={self.forecast_steps}) runs fewer steps than the "
                              "reference, computed from the reference's step count: call the pipeline with "
                              "**handle.call_overrides(reference_steps=<the full model's steps>)")
-        return {"num_inference_steps": len(self.plan(reference_steps))}
+        return {"num_inference_steps": self.solver_steps(reference_steps)}
 
     def missing_calibration(self, transformer_class: str) -> str | None:
         if self.schedule == "searched" and self.actions is None and self.budget > 0 and self.calibration is None:
@@ -363,22 +363,23 @@ class ForecastSearchConfig(MethodConfig):
             return self.searched(num_steps)[0]
         if self.reads_calibration and (mismatch := self.calibration_mismatch()):
             raise ValueError(f"{type(self).__name__} {mismatch}")
-        steps, cap = self.solver_steps(num_steps, num_tokens)
         macs = self.macs(num_tokens)
+        steps = self.solver_steps(num_steps)
         kind = FORECAST if self.correction == "none" else CORRECTED
-        return even_within(steps, min(self.warmup_steps, steps), kind, macs, cap)
+        return even_within(steps, min(self.warmup_steps, steps), kind, macs,
+                           (1 - self.budget) * num_steps * macs["model"])
 
-    def solver_steps(self, num_steps: int, num_tokens: int | None = None) -> tuple[int, float]:
-        """The steps the sampler runs for a reference of `num_steps`, and the executed MACs the schedule may
-        spend over them: (1 - budget) of the reference's. With `forecast_steps` K, the full steps B that fit
-        beside K forecast steps, and B + K steps where that is fewer than the reference's."""
-        macs = self.macs(num_tokens)
-        cap = (1 - self.budget) * num_steps * macs["model"]
-        if self.forecast_steps is None:
-            return num_steps, cap
+    def solver_steps(self, num_steps: int) -> int:
+        """The steps the sampler runs for a reference of `num_steps` (the schedule spends at most (1 - budget)
+        of the reference's executed MACs over them): the reference's, or with `forecast_steps` K the full steps B
+        that fit beside K forecast steps, plus K, where that is fewer."""
+        if self.forecast_steps is None or self.budget == 0:
+            return num_steps
+        macs = self.macs(1)  # ratios only: without a calibration, token counts, whose ratios hold at any count
         k = self.forecast_steps
+        cap = (1 - self.budget) * num_steps * macs["model"]
         full = max(math.floor((cap - k * macs[FORECAST]) / macs[FULL] + 1e-9), min(self.warmup_steps, num_steps))
-        return min(num_steps, full + k), cap
+        return min(num_steps, full + k)
 
     def searched(self, num_steps: int) -> tuple[str, float]:
         """The searched schedule for a reference of `num_steps` steps and its predicted cost (segment costs
@@ -389,8 +390,9 @@ class ForecastSearchConfig(MethodConfig):
                              "method=forecast_search model=<name>` or ForecastSearchConfig.calibrate(pipe, prompts, "
                              "num_inference_steps)")
         self.check_steps(num_steps)
-        steps, cap = self.solver_steps(num_steps)
-        return _search(self.calibration, self.correction, float(cap), self.warmup_steps, self.max_skip, steps)
+        cap = (1 - self.budget) * num_steps * self.macs()["model"]
+        return _search(self.calibration, self.correction, float(cap), self.warmup_steps, self.max_skip,
+                       self.solver_steps(num_steps))
 
     def reduction(self, num_steps: int, num_tokens: int | None = None) -> float:
         """The executed-MACs reduction of the schedule against the model at `num_steps` (the reference's count)
@@ -554,7 +556,7 @@ class _State(StepState):
                 raise ValueError(f"{type(c).__name__}(forecast_steps={c.forecast_steps}) runs fewer steps than the "
                                  "reference: call the pipeline with **handle.call_overrides(reference_steps=<the full "
                                  "model's steps>), which sets them")
-            planned = len(c.plan(self.reference, self.num_tokens))
+            planned = c.solver_steps(self.reference)
             if steps is not None and steps != planned:
                 raise ValueError(f"{type(c).__name__}(forecast_steps={c.forecast_steps}) plans {planned} steps for a "
                                  f"reference of {self.reference}, and this call runs {steps}: call the pipeline with "

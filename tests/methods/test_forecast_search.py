@@ -408,6 +408,17 @@ def test_forecast_steps_run_the_budgets_full_steps_plus_k_forecast_steps(calibra
         pipe(["a blue square"], **{**prompt(), **overrides})
         assert "".join({"full": "F", "forecast": "f"}[r.phase] for r in handle.stats.steps) == actions
     assert dataclasses.replace(setting, budget=0.1).plan(STEPS).__len__() == STEPS  # room for all but K: the reference's
+    for budget in (0.0, 0.1, 0.3, 0.4, 0.6, 0.8):  # the call's step count is the schedule's
+        for cfg in (dataclasses.replace(setting, budget=budget),
+                    dataclasses.replace(setting, budget=budget, correction="cluster", num_corrected=4)):
+            assert cfg.call_overrides(STEPS) == {"num_inference_steps": len(cfg.plan(STEPS))}, (budget, cfg.correction)
+    # without a calibration (an evenly spaced schedule by image tokens): the same step count, the tokens unknown
+    interval = ForecastSearchConfig(schedule="interval", budget=0.5, forecast_steps=1)
+    with cat.apply(pipe, interval) as handle:
+        overrides = handle.call_overrides(reference_steps=STEPS)
+        assert overrides == {"num_inference_steps": 4}  # 3 full steps (half of 6) plus 1 forecast step
+        pipe(["a blue square"], **{**prompt(), **overrides})
+        assert [r.phase for r in handle.stats.steps].count("full") == 3 == len(handle.stats.steps) - 1
     plain = pipe(["a blue square"], num_inference_steps=STEPS, **prompt()).images
     with cat.apply(pipe, dataclasses.replace(setting, budget=0.0)) as handle:
         same = pipe(["a blue square"], **{**prompt(), **handle.call_overrides(reference_steps=STEPS)}).images
