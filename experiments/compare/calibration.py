@@ -44,6 +44,16 @@ def _counted(model_json: str, config) -> float:
     return report_for_model(json.loads(model_json), config).macs_reduction
 
 
+def tuning_pool(cfg: DictConfig, method, family: str, num_tokens: int) -> tuple[Plan, object, list]:
+    """The variant's plan (its tuning grid without the fields `compare.keep` keeps), its base setting (None when
+    the variant does not apply to the method) and the candidate settings searched at each target."""
+    plan, variant, steps = Plan.of(cfg.method), cfg.compare.variant, int(cfg.model.steps)
+    keep = kept_fields(cfg, plan.knob)
+    plan = dataclasses.replace(plan, tune={k: v for k, v in plan.tune.items() if k not in keep})
+    base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps), keep)
+    return plan, base, [] if base is None else candidates(base, plan, variant, steps, num_tokens)
+
+
 def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str, num_tokens: int) -> dict:
     """The variant's settings for every target, chosen on the calibration prompts:
     {target: {"settings": [(config, label)], "weights": [...], "score": the calibration objective or None,
@@ -55,14 +65,11 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
     authors' and shared-warm-up variants, a tuned candidate equal to the shared warm-up) lands on the same
     knob values and reads their runs instead of repeating them. A target above a candidate's warm-up bound
     (`search.warmup_bound`) is skipped without a run."""
-    plan, goal = Plan.of(cfg.method), objective()
+    goal = objective()
     variant, steps = cfg.compare.variant, int(cfg.model.steps)
-    keep = kept_fields(cfg, plan.knob)
-    plan = dataclasses.replace(plan, tune={k: v for k, v in plan.tune.items() if k not in keep})
-    base = variant_base(method, variant, family, steps, reference_warmup(cfg.paired_reference, family, steps), keep)
+    plan, base, pool = tuning_pool(cfg, method, family, num_tokens)
     if base is None:
         return None
-    pool = candidates(base, plan, variant, steps, num_tokens)
     tol = float(cfg.compare.tolerance)
     # a search measured on calibration runs stops at two settings this close around the target (about one whole
     # step of the schedule apart at most), which matched compute mixes per prompt, as it mixes a discrete knob's

@@ -199,9 +199,8 @@ def test_the_forecast_ablation_runs_each_arm_at_the_reference_steps_and_with_few
     """`python run.py sweep=forecast_ablation`: schedule x correction x solver; at `solver=reference` the arm keeps
     `forecast_steps` at None (not tuned), at `solver=tuned` (arm `..._fewer`) it is tuned over the method's grid,
     None or 10% of the model's steps; schedule and correction are each arm's, never tuned."""
-    import dataclasses
-
-    from experiments.compare.settings import Plan, candidates, kept_fields, variant_base
+    from experiments.compare.calibration import tuning_pool
+    from experiments.compare.settings import kept_fields
 
     params = _compose(["sweep=forecast_ablation"], hydra=True).hydra.sweeper.params
     assert params["solver"] == "reference,tuned"
@@ -212,11 +211,9 @@ def test_the_forecast_ablation_runs_each_arm_at_the_reference_steps_and_with_few
                                            ("tuned", "fs_searched_none_fewer", None, {None, k})):
             cfg = _compose(["sweep=forecast_ablation", f"model={model}", f"solver={solver}"])
             assert cfg.method.name == name
-            plan = Plan.of(cfg.method)
-            keep = kept_fields(cfg, plan.knob)  # as the comparison reads them (experiments.compare.calibration)
+            keep = kept_fields(cfg, cfg.method.knob)
             assert {"schedule", "correction"} <= set(keep) and (kept in keep) == (kept is not None)
-            plan = dataclasses.replace(plan, tune={k: v for k, v in plan.tune.items() if k not in keep})
-            base = variant_base(method_config(cfg), "tuned", cfg.model.family, steps, None, keep)
-            pool = candidates(base, plan, "tuned", steps, 256)
+            assert cfg.compare.variant == "tuned" and cfg.model.steps == steps
+            _, _, pool = tuning_pool(cfg, method_config(cfg), cfg.model.family, 256)  # what the comparison searches
             assert {c.forecast_steps for c in pool} == values, (model, solver)
             assert {(c.schedule, c.correction) for c in pool} == {("searched", "none")}
