@@ -17,7 +17,7 @@ from ..base.models import transformer_config
 from ..metrics.registry import objective
 from ..run.macs import report_for_model
 from .bench import Bench
-from .matched import mixture_weight
+from .matched import mixture_weight, saves_nothing
 from .search import bracket_knob, find_knob, finite, offline_search, warmup_bound
 from .settings import (Plan, candidates, describe, kept_fields, reference_warmup, setting_key,
                        variant_base)
@@ -112,6 +112,12 @@ def choose(cfg: DictConfig, method, calibration: Bench, model: dict, family: str
                 reductions = {v: r for v in plan.levels if np.isfinite(r := reduction(with_knob(config, v)))}
                 found = bracket_knob(reductions, float(target), tol / 2)
             if found is None:
+                continue
+            if len(found) == 2 and any(saves_nothing(f.reduction) for f in found):
+                # the knob jumps from saving nothing to past the target: never mixed (matched.saves_nothing)
+                log.info("compare: %s cannot reach %.0f%% fewer MACs but by mixing in a setting that saves nothing "
+                         "(%s)", describe(config, base, plan.knob), 100 * float(target),
+                         ", ".join(f"{plan.knob}={f.value}: {f.reduction:.1%}" for f in found))
                 continue
             settings = [with_knob(config, f.value) for f in found]
             w = float(mixture_weight(float(target), found[0].reduction, found[-1].reduction)) if len(found) == 2 else 0.0

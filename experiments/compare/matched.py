@@ -10,6 +10,11 @@ one of two ways:
   MACs. w comes from the cells' mean reductions, so it is recomputed inside each bootstrap resample of
   the prompts, together with the quality of both cells on the same resampled prompts. A fractional knob
   value is never a setting: the setting is named as the mixture (`interval=2 (40%) + interval=3 (60%)`).
+  Both settings must save MACs: a setting that saves nothing on any prompt (the full model's computation, a
+  keep ratio of 1, ToCa's `fresh_ratio=1`) is never mixed in (`saves_nothing`). Its images are the full model's,
+  whose PSNR is a ceiling that only keeps identical images finite (89 dB at 64x64), so its share of a mixture's
+  mean PSNR would be set by that constant, not by the method: 27% of the prompts at the ceiling and the rest at
+  24.6 dB averages 42.3 dB. A method whose settings jump from nothing saved to past the target does not reach it.
 
 Every method is compared with a reference (CAT) at the same target on the same prompts and seeds: the
 paired difference `d` (method - reference) gets a percentile bootstrap interval over prompts, and a
@@ -30,6 +35,21 @@ from ..base.intervals import bootstrap_p
 from ..metrics.registry import spec
 
 RESAMPLES = 2000
+NOTHING_SAVED = 1e-9  # a reduction at or below this on every prompt: the setting computed what the full model does
+
+
+def saves_nothing(reduction) -> bool:
+    """Whether a setting whose executed-MACs reduction is `reduction` (one value, or one per prompt) saved nothing
+    on any prompt: never a component of a mixture (see the module docstring)."""
+    return bool(np.all(np.asarray(reduction, dtype=float) <= NOTHING_SAVED))
+
+
+def mixable(below: "Cell", above: "Cell", target: float) -> bool:
+    """Whether two cells can be mixed per prompt to reach `target`: both save MACs and their mean reductions
+    bracket the target (a mixture of two cells on one side of it would be clipped to one of them, and its row
+    would be labelled with a target it does not reach)."""
+    a, b = below.reduction.mean(), above.reduction.mean()
+    return not saves_nothing(below.reduction) and not saves_nothing(above.reduction) and min(a, b) <= target <= max(a, b)
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,14 @@ class AtTarget:
 
     target: float
     cells: tuple[Cell, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.cells) == 2 and not mixable(*self.cells, self.target):
+            raise ValueError(f"{self.cells[0].setting} and {self.cells[1].setting} cannot be mixed to reach "
+                             f"{self.target:.0%} fewer MACs: a mixture needs two settings that each save MACs on "
+                             "some prompt and whose reductions bracket the target (experiments.compare.matched)")
+        if len(self.cells) not in (1, 2):
+            raise ValueError(f"a target is reached by one cell or a mixture of two, not {len(self.cells)}")
 
     @property
     def setting(self) -> str:
@@ -95,14 +123,16 @@ def mixture_weight(target, below, above):
 
 def at_target(cells: list[Cell], target: float, tol: float = 0.01) -> AtTarget | None:
     """A method's way to the target: the cell nearest to it when within `tol`, else the nearest cell on
-    each side; None when the method has no cell on one side (it cannot reach the target)."""
+    each side among those that save MACs (`saves_nothing`); None when the method has no such cell on one side
+    (it cannot reach the target)."""
     if not cells:
         return None
     nearest = min(cells, key=lambda c: abs(c.reduction.mean() - target))
     if abs(nearest.reduction.mean() - target) <= tol:
         return AtTarget(target, (nearest,))
-    below = [c for c in cells if c.reduction.mean() < target]
-    above = [c for c in cells if c.reduction.mean() > target]
+    saving = [c for c in cells if not saves_nothing(c.reduction)]
+    below = [c for c in saving if c.reduction.mean() < target]
+    above = [c for c in saving if c.reduction.mean() > target]
     if not below or not above:
         return None
     return AtTarget(target, (max(below, key=lambda c: c.reduction.mean()), min(above, key=lambda c: c.reduction.mean())))
@@ -156,6 +186,6 @@ def compare(method: AtTarget, reference: AtTarget | None, metric: str, idx: np.n
     if margin is None:
         margin = registered.margin if registered else 0.0
     out.update({"d": float(d[0]), "d_lo": d95[0], "d_hi": d95[1], "d_lo90": d90[0], "d_hi90": d90[1],
-                "p": bootstrap_p(d[1:]),
+                "p": bootstrap_p(d[1:]), "within_margin": bool(-margin <= d90[0] and d90[1] <= margin),
                 "verdict": verdict(d95, d90, margin, bool(registered and registered.lower_is_better))})
     return out

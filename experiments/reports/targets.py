@@ -41,7 +41,7 @@ import pandas as pd
 from ..base.config_files import default_setting
 from ..base.files import write_text
 from ..base.intervals import holm
-from ..compare.matched import AtTarget, Cell, at_target, compare, family_resamples, resamples
+from ..compare.matched import AtTarget, Cell, at_target, compare, family_resamples, mixable, resamples
 from ..metrics.registry import Metric, objective, ordered
 from .sweeps import Sweep, sweep_report
 
@@ -86,9 +86,11 @@ def _cell(row: dict, label: str) -> Cell:
 
 
 def reach(entry: dict, target: float, tol: float = 0.01) -> AtTarget | None:
-    """How one (method, variant) reaches `target` on the evaluation prompts: the cells its plan chose there;
-    a single cell off the target by more than `tol` on these prompts is mixed per prompt with the nearest
-    evaluated cell of the same variant on the other side (None when there is none)."""
+    """How one (method, variant) reaches `target` on the evaluation prompts: the cells its plan chose there.
+    A single cell off the target by more than `tol` on these prompts, or a chosen pair that cannot be mixed to
+    reach it on these prompts (`matched.mixable`: both must save MACs and bracket the target; a plan made before
+    that rule may mix in a setting that saves nothing), gives way to the nearest evaluated cells of the same
+    variant (`matched.at_target`; None when there are none on one side)."""
     chosen = entry["plan"]["targets"].get(f"{target:g}")
     if not chosen:
         return None
@@ -96,7 +98,9 @@ def reach(entry: dict, target: float, tol: float = 0.01) -> AtTarget | None:
     if len(cells) != len(chosen["cells"]):
         return None
     cells.sort(key=lambda c: c.reduction.mean())
-    if len(cells) == 2 or abs(cells[0].reduction.mean() - target) <= tol:
+    if len(cells) == 2 and mixable(cells[0], cells[1], target):
+        return AtTarget(target, tuple(cells))
+    if len(cells) == 1 and abs(cells[0].reduction.mean() - target) <= tol:
         return AtTarget(target, tuple(cells))
     labels = {k: lab for t in entry["plan"]["targets"].values() for k, lab in zip(t["cells"], t["labels"])}
     everything = [_cell(row, labels.get(k, k)) for k, row in entry["rows"].items()]
@@ -162,7 +166,7 @@ def report(entries: list[dict], targets: list[float], reference: str, tol: float
                     row[f"{prefix}{d}"], row[f"{prefix}{d}_lo"], row[f"{prefix}{d}_hi"] = res["d"], res["d_lo"], res["d_hi"]
                     row[f"{prefix}verdict"] = res["verdict"]
                     if spec.objective:
-                        row["p"] = res["p"]
+                        row["p"], row["within_margin"] = res["p"], res["within_margin"]
                 if metric in full_means and not spec.against_full:
                     vs_full, own = compare(mine, full, metric, idx), full_means[metric]
                     row[f"{metric}_full"], row[f"{metric}_full_lo"], row[f"{metric}_full_hi"] = (
@@ -206,7 +210,8 @@ def _leaders(frame: pd.DataFrame, reached: dict, idx: np.ndarray, reference: str
                           goal.name, idx)
             row.update({"runner_up": second.method, "runner_up_setting": second.setting,
                         f"runner_up_{goal.name}": second[goal.name], "margin": res["d"], "margin_lo": res["d_lo"],
-                        "margin_hi": res["d_hi"], "p": res["p"], "verdict": res["verdict"]})
+                        "margin_hi": res["d_hi"], "p": res["p"], "verdict": res["verdict"],
+                        "within_margin": res["within_margin"]})
         row["disagree"] = "; ".join(f"{r.method} ({', '.join(worse)})" for r, worse in disagreements(part, own, reference))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -227,12 +232,14 @@ def disagreements(part: pd.DataFrame, own: list[Metric], reference: str) -> list
     return out
 
 
-def holm_verdict(verdict: str, rejected: bool) -> str:
-    """A paired verdict under Holm's correction: better / worse only where the adjusted test rejects; an
-    equivalence verdict is kept as it is (it is not adjusted); else undetermined."""
+def holm_verdict(verdict: str, rejected: bool, within_margin: bool = False) -> str:
+    """A paired verdict under Holm's correction: better / worse only where the adjusted test rejects; else
+    equivalent where the 90% interval lies within the margin (`within_margin`; the equivalence verdict is not
+    adjusted, and a raw `better` whose 90% interval is also within the margin is equivalent once Holm does not
+    reject it); else undetermined."""
     if rejected and verdict in ("better", "worse"):
         return verdict
-    return "equivalent" if verdict == "equivalent" else "undetermined"
+    return "equivalent" if verdict == "equivalent" or within_margin else "undetermined"
 
 
 def _with_holm(frame: pd.DataFrame, leaders: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -246,8 +253,9 @@ def _with_holm(frame: pd.DataFrame, leaders: pd.DataFrame) -> tuple[pd.DataFrame
     for t in parts:
         n = len(t)
         t["p_holm"] = adjusted[start:start + n]
-        t["verdict_holm"] = [holm_verdict(v, r) if pd.notna(p) else np.nan
-                             for v, r, p in zip(t["verdict"], rejected[start:start + n], t["p"])]
+        within = t["within_margin"] if "within_margin" in t else [False] * n
+        t["verdict_holm"] = [holm_verdict(v, r, bool(pd.notna(w) and w)) if pd.notna(p) else np.nan
+                             for v, r, p, w in zip(t["verdict"], rejected[start:start + n], t["p"], within)]
         start += n
     return frame, leaders
 

@@ -249,6 +249,33 @@ def test_a_setting_searched_in_two_variants_lands_on_the_same_runs_and_an_unreac
             assert abs(choice["weights"][0] + choice["weights"][1] - 1) < 1e-9
 
 
+def test_a_knob_that_jumps_from_saving_nothing_to_past_the_target_does_not_reach_it():
+    """ToCa's fresh ratio, CAT+FORA's keep ratio: 1 saves nothing, anything below saves about half. The tuner never
+    mixes the setting that saves nothing in (its PSNR is the ceiling of identical images): at 40% only the
+    candidate whose knob reaches 40% on its own (warm-up 10 here) is chosen; at 20% none is."""
+    from omegaconf import OmegaConf
+
+    import experiments.metrics  # noqa: F401  registers the objective
+    from experiments.compare.calibration import choose
+
+    class Calibration:
+        def reduction(self, config, label=""):
+            if config.threshold <= 0.05:
+                return 0.0
+            return 0.5 * (1 - config.warmup_steps / 28) + (0.1 if config.warmup_steps == 10 else 0.3) * config.threshold
+
+        def score(self, config, metric, label=""):
+            return 30.0
+
+    cfg = OmegaConf.create({"method": {"name": "fbcache", "knob": "threshold", "knob_range": [0.0, 1.0],
+                                       "tune": {"warmup_steps": [3, 10]}},
+                            "compare": {"variant": "tuned", "targets": [0.2, 0.4], "tolerance": 0.01},
+                            "model": {"steps": 28}, "paired_reference": "cat"})
+    chosen = choose(cfg, cat.FBCacheConfig(), Calibration(), {}, "sd3", 256)
+    assert 0.2 not in chosen  # warm-up 3 jumps from 0 to 45%, warm-up 10 from 0 to 33%
+    assert all(config.warmup_steps == 10 and config.threshold > 0.05 for config, _ in chosen[0.4]["settings"])
+
+
 def test_a_tuned_method_picks_its_warmup_from_the_grid_only_and_a_relative_value_scales_the_base():
     fora = variant_base(cat.FORAConfig(), "tuned", "sd3", 28)
     assert fora.warmup_steps == 1  # the authors'

@@ -68,7 +68,7 @@ def test_lower_is_better_metrics_turn_the_verdict_around():
     assert verdict((-0.3, 0.3), (-0.2, 0.6), 0.5) == "undetermined"
 
 
-def test_identical_images_score_the_psnr_ceiling_so_a_mixture_holding_them_stays_finite_and_ranked():
+def test_identical_images_score_the_psnr_ceiling_and_a_setting_that_saves_nothing_is_never_mixed_in():
     import torch
 
     from experiments.metrics.fidelity import psnr, psnr_ceiling
@@ -80,12 +80,27 @@ def test_identical_images_score_the_psnr_ceiling_so_a_mixture_holding_them_stays
     p = p.tolist()
     assert p[0] == pytest.approx(psnr_ceiling(3 * 8 * 8)) and p[1] == pytest.approx(p[0], abs=1e-3)  # identical = best finite
     assert np.isfinite(p).all() and p[2] < p[1]
-    # a knob that leaves some prompts' images identical (PSNR at the ceiling), mixed with its neighbour
-    ceiling = psnr_ceiling(3 * 128 * 128)
-    same = cell("fresh_ratio=1", 0.0, np.where(np.arange(P) % 2 == 0, ceiling, 60.0))
-    other = cell("fresh_ratio=0.9", 0.5, np.full(P, 40.0))
-    out = compare(AtTarget(0.25, (same, other)), None, "psnr", resamples(P))
-    assert out["psnr"] == pytest.approx(0.5 * (ceiling + 60) / 2 + 0.5 * 40)
-    assert np.isfinite([out["psnr_lo"], out["psnr_hi"]]).all() and out["psnr_lo"] < out["psnr"] < out["psnr_hi"]
+    # a knob that jumps from saving nothing (the full model's images: the ceiling on every prompt) to past the
+    # target: mixed, 27% of the prompts at the ceiling would lift 24.6 dB to 42.3 dB, a value set by the ceiling
+    ceiling = psnr_ceiling(3 * 64 * 64)
+    same = cell("fresh_ratio=1", 0.0, np.full(P, ceiling))
+    other = cell("fresh_ratio=0.9", 0.551, np.full(P, 24.6))
+    assert at_target([same, other], 0.4) is None  # out of reach, not 42.3 dB
+    assert at_target([same, other], 0.55).cells == (other,)  # the real setting alone, within tol
+    with pytest.raises(ValueError, match="save MACs"):
+        AtTarget(0.4, (same, other))
+    # a setting that saves MACs on some prompt is a setting: its identical prompts keep the ceiling
+    partly = cell("threshold=0.01", np.r_[0.0, np.full(P - 1, 0.3)], np.r_[ceiling, np.full(P - 1, 40.0)])
+    mixed = at_target([same, partly, other], 0.4)
+    assert [c.setting for c in mixed.cells] == ["threshold=0.01", "fresh_ratio=0.9"]
+    out = compare(mixed, None, "psnr", resamples(P))
+    assert np.isfinite([out["psnr"], out["psnr_lo"], out["psnr_hi"]]).all()
     with pytest.raises(ValueError, match="not finite"):  # results holding infinities are refused, never averaged
         cell("made by older code", 0.0, np.r_[np.inf, np.full(P - 1, 40.0)])
+
+
+def test_a_mixture_must_bracket_its_target():
+    a, b = cell("k=1", 0.30, np.full(P, 35.0)), cell("k=2", 0.42, np.full(P, 33.0))
+    with pytest.raises(ValueError, match="bracket"):  # both below 50%: clipped, it would be a 42% row labelled 50%
+        AtTarget(0.5, (a, b))
+    assert at_target([a, b], 0.5) is None

@@ -9,7 +9,7 @@ import pytest
 
 from experiments.base.intervals import bootstrap_p, holm
 from experiments.compare.matched import AtTarget, Cell, compare, interval, resamples
-from experiments.reports.targets import ALPHA, holm_verdict, load_cells, markdown, report, write_report
+from experiments.reports.targets import ALPHA, holm_verdict, load_cells, markdown, reach, report, write_report
 
 
 def test_the_bootstrap_p_value_counts_both_sides_of_zero_with_the_plus_one_correction():
@@ -66,6 +66,32 @@ def test_a_holm_verdict_keeps_a_direction_only_where_the_adjusted_test_rejects()
     assert holm_verdict("better", False) == "undetermined" and holm_verdict("worse", False) == "undetermined"
     assert holm_verdict("equivalent", False) == "equivalent"  # equivalence is not adjusted
     assert holm_verdict("undetermined", False) == "undetermined"
+    # raw better (95% interval above 0) and the 90% interval inside the margin: equivalent once Holm does not reject
+    assert holm_verdict("better", False, within_margin=True) == "equivalent"
+    assert holm_verdict("better", True, within_margin=True) == "better"
+
+
+def test_a_plan_that_mixed_in_a_setting_that_saves_nothing_is_not_reached_by_the_report(tmp_path):
+    """A plan made before the rule (a cell keeping every token, 0% fewer MACs, its PSNR the ceiling on every prompt,
+    mixed with one at 55%): the report does not mix them, and without a saving cell below the target the method
+    does not reach it; with one (b), it mixes the two saving cells."""
+    ceiling = 89.03
+    folder = tmp_path / "m"
+    (folder / "cells").mkdir(parents=True)
+    rows = {"none": (0.0, ceiling), "far": (0.551, 24.6), "near": (0.30, 30.0)}
+    for key, (red, value) in rows.items():
+        (folder / "cells" / f"{key}.json").write_text(json.dumps(
+            {"key": key, "indices": list(range(P)), "reduction": [red] * P, "psnr": [value] * P}))
+    plan = {"method": "m", "variant": "tuned", "cells": ["none", "far"],
+            "targets": {"0.4": {"cells": ["none", "far"], "labels": ["keep_ratio=1", "keep_ratio=0.99"]}}}
+    (folder / "compare.json").write_text(json.dumps(plan))
+    (entry,) = load_cells(tmp_path)
+    assert reach(entry, 0.4) is None  # not 27% x 89 + 73% x 24.6 = 42.3 dB
+    plan["cells"] += ["near"]
+    (folder / "compare.json").write_text(json.dumps(plan))
+    (entry,) = load_cells(tmp_path)
+    mixed = reach(entry, 0.4)
+    assert [c.setting for c in mixed.cells] == ["near", "keep_ratio=0.99"] and mixed.reduction == pytest.approx(0.4)
 
 
 P = 32
