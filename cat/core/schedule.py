@@ -72,7 +72,7 @@ def even_within(num_steps: int, warmup: int, kind: str, macs: dict[str, float], 
     best = even_schedule(num_steps, warmup, warmup, kind)
     for num_full in range(warmup + 1, num_steps + 1):
         actions = even_schedule(num_steps, warmup, num_full, kind)
-        if schedule_macs(actions, macs) > limit:
+        if schedule_macs(actions, macs) > limit * (1 + 1e-12):
             break
         best = actions
     return best

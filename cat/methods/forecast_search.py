@@ -133,7 +133,9 @@ class ForecastSearchConfig(MethodConfig):
         max_order: the highest finite-difference order of the forecast (0: reuse the last full output).
         basis: "taylor" (TaylorSeer) or "hermite" (HiCache, with `scale`).
         scale: s, the Hermite scale.
-        max_skip: the most steps in a row the search may skip (and the calibration measures).
+        max_skip: the most steps in a row the search may skip (and the calibration measures). A budget no
+            schedule meets with the warm-up and max_skip gives the cheapest schedule that keeps both (full steps
+            every max_skip + 1 after the warm-up), whose reduction falls short of the budget.
         warmup_steps: leading full steps.
         forecast_steps: None (the sampler runs the reference's steps) or K >= 1: it runs the full steps the
             budget allows plus K forecast steps, fewer than the reference's (see the module docstring). The call
@@ -229,6 +231,11 @@ class ForecastSearchConfig(MethodConfig):
         if self.actions is not None:
             check(len(self.actions) == num_steps, self, "actions", f"one action per step ({num_steps})")
         if self.reads_calibration and not self.reuse_calibration and self.forecast_steps is None:
+            self.check_calibration_steps(num_steps)
+
+    def check_calibration_steps(self, num_steps: int) -> None:
+        """`num_steps`: the reference's step count."""
+        if self.reads_calibration and not self.reuse_calibration:
             measured = _parse(self.calibration)["num_steps"]
             if measured != num_steps:
                 raise ValueError(f"{type(self).__name__}.calibration was measured at {measured} steps, this run has "
@@ -247,6 +254,8 @@ class ForecastSearchConfig(MethodConfig):
             raise ValueError(f"{type(self).__name__}(forecast_steps={self.forecast_steps}) runs fewer steps than the "
                              "reference, computed from the reference's step count: call the pipeline with "
                              "**handle.call_overrides(reference_steps=<the full model's steps>)")
+        if self.schedule == "searched":
+            self.check_calibration_steps(reference_steps)
         return {"num_inference_steps": self.solver_steps(reference_steps)}
 
     def missing_calibration(self, transformer_class: str) -> str | None:
@@ -390,6 +399,7 @@ class ForecastSearchConfig(MethodConfig):
                              "method=forecast_search model=<name>` or ForecastSearchConfig.calibrate(pipe, prompts, "
                              "num_inference_steps)")
         self.check_steps(num_steps)
+        self.check_calibration_steps(num_steps)
         cap = (1 - self.budget) * num_steps * self.macs()["model"]
         return _search(self.calibration, self.correction, float(cap), self.warmup_steps, self.max_skip,
                        self.solver_steps(num_steps))
@@ -434,8 +444,9 @@ def _search(calibration: str, correction: str, cap: float, warmup: int, max_skip
         costs[CORRECTED] = resample_costs(data["costs"][correction], num_steps)
     macs = data["macs"]
     found = search_schedule(costs, macs[correction], num_steps, cap, min(warmup, num_steps), max_skip)
-    if found is None:  # the warm-up alone spends more than the budget: the cheapest schedule with that warm-up
-        return FULL * min(warmup, num_steps) + FORECAST * max(0, num_steps - warmup), math.nan
+    if found is None:  # no schedule fits: the cheapest one with that warm-up and runs of at most max_skip
+        w = min(warmup, num_steps)
+        return regular_schedule(num_steps, max_skip + 1, w - 1, FORECAST), math.nan
     return found
 
 
@@ -534,9 +545,13 @@ class _State(StepState):
     def _plan(self) -> None:
         if self.step == 0:
             self._start()
-        self.action = self.actions[self.step] if self.step < len(self.actions) else FULL
+        if self.step >= len(self.actions):  # never a silent full step past the schedule (a budget unmet)
+            raise ValueError(f"{type(self.config).__name__}: this generation runs more steps than its schedule's "
+                             f"{len(self.actions)}: call the pipeline (it sets the step count), or "
+                             "handle.reset(num_steps=...) on a bare transformer")
+        self.action = self.actions[self.step]
         if self.keep_cache:
-            self.live.copy_(self.table[min(self.step, len(self.actions) - 1)])
+            self.live.copy_(self.table[self.step])
         if self.action == CORRECTED and self.config.correction == "topk" and self.labels is not None:
             self._select()
         tokens = {FULL: self.num_tokens, FORECAST: 0, CORRECTED: self.k}[self.action]

@@ -129,13 +129,14 @@ class MacsReport:
     transformer_macs_full: int
     macs_reduction: float
     step_macs: list[int] = field(default_factory=list)
+    full_steps: int = 0  # the reference's step count (the method may run fewer)
     cache_bytes: int = 0  # the method's caches once every kind of step ran (whole batch: both CFG halves)
     text_encoder_macs: int | None = None
     vae_decode_macs: int | None = None
 
     def as_metrics(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "step_macs" and v is not None}
-        out["transformer_macs_per_step_full"] = self.transformer_macs_full // max(1, len(self.step_macs))
+        out = {k: v for k, v in asdict(self).items() if k not in ("step_macs", "full_steps") and v is not None}
+        out["transformer_macs_per_step_full"] = self.transformer_macs_full // max(1, self.full_steps or len(self.step_macs))
         return out
 
 
@@ -231,6 +232,7 @@ def _make_report(method_steps, full_steps, text_encoders, vae_config, height, wi
         transformer_macs_full=total_full,
         macs_reduction=1.0 - total / total_full,
         step_macs=list(method_steps),
+        full_steps=len(full_steps),
         text_encoder_macs=text_encoder_macs(text_encoders) if text_encoders else None,
         vae_decode_macs=vae_decode_macs(vae_config, height, width) if vae_config else None,
     )

@@ -468,3 +468,56 @@ def test_forecast_steps_are_counted_by_the_meter_and_offline_against_the_referen
                               guidance=True, method=setting, vae_scale=1)
     assert meta.transformer_macs + actions.count("F") * (macs["F"] - macs["model"]) == executed
     assert meta.transformer_macs_full == full
+
+
+def test_a_budget_no_schedule_meets_still_keeps_runs_of_at_most_max_skip_and_says_it_falls_short(calibrated):
+    """Warm-up and max_skip that leave no schedule within the budget: the cheapest schedule that keeps them (its
+    reduction below the budget, which the tuner reads as the target out of reach), never a forecast run longer
+    than max_skip; an evenly spaced schedule on a budget whose full steps are a whole number in exact arithmetic
+    keeps that number (float rounding does not drop one)."""
+    _, config, found = calibrated
+    setting = dataclasses.replace(config, calibration=found["search"], guidance_scale=5.0, budget=0.8, warmup_steps=2)
+    actions, cost = setting.searched(STEPS)  # max_skip 2: at least 3 full steps of 6, the budget allows 1.2
+    assert actions == "FFffFf" and math.isnan(cost) and max(map(len, actions.split("F"))) <= config.max_skip
+    assert setting.reduction(STEPS) < 0.8
+    even = ForecastSearchConfig(schedule="interval", budget=0.8, warmup_steps=1)
+    assert even.plan(20, 64).count("F") == 4 and even.reduction(20, 64) == pytest.approx(0.8)  # (1 - 0.8) * 20 = 4
+    fewer = ForecastSearchConfig(schedule="interval", budget=0.8, forecast_steps=2).plan(20, 64)
+    assert len(fewer) == 6 and fewer.count("F") == 4  # solver_steps and the schedule agree on the 4 full steps
+
+
+def test_forecast_steps_check_the_calibrations_step_count_against_the_reference(calibrated):
+    _, config, found = calibrated
+    setting = dataclasses.replace(config, calibration=found["search"], guidance_scale=5.0, budget=0.4, forecast_steps=1)
+    with pytest.raises(ValueError, match=rf"measured at {STEPS} steps, this run has 12"):
+        setting.call_overrides(reference_steps=12)
+    with pytest.raises(ValueError, match=rf"measured at {STEPS} steps, this run has 12"):
+        setting.plan(12)
+    assert dataclasses.replace(setting, reuse_calibration=True).call_overrides(reference_steps=12)
+
+
+def test_a_bare_transformer_that_runs_past_its_schedule_is_stopped(calibrated):
+    """No step count given (a bare transformer without `handle.reset(num_steps=...)`): the schedule is the
+    calibration's step count, and a call past its end raises instead of running an unplanned full step."""
+    pipe, config, found = calibrated
+    setting = dataclasses.replace(config, calibration=found["search"], guidance_scale=5.0, budget=0.4)
+    transformer = pipe.transformer
+    inputs = step_inputs(transformer, STEPS + 1)
+    with torch.no_grad(), cat.apply(transformer, setting):
+        for call in inputs[:STEPS]:
+            transformer(**call)
+        with pytest.raises(ValueError, match=rf"more steps than its schedule's {STEPS}"):
+            transformer(**inputs[STEPS])
+
+
+def test_the_macs_report_gives_the_full_models_macs_per_reference_step_for_a_method_that_runs_fewer(calibrated):
+    from experiments.run.macs import report_from_config
+
+    pipe, config, found = calibrated
+    setting = dataclasses.replace(config, calibration=found["search"], guidance_scale=5.0, budget=0.5, forecast_steps=1)
+    tcfg = {k: v for k, v in dict(pipe.transformer.config).items() if not k.startswith("_")}
+    kwargs = dict(height=32, width=32, text_tokens=85, steps=STEPS, guidance=True, vae_scale=1)
+    full = report_from_config("SD3Transformer2DModel", tcfg, method=None, **kwargs).as_metrics()
+    fewer = report_from_config("SD3Transformer2DModel", tcfg, method=setting, **kwargs)
+    assert len(fewer.step_macs) < STEPS
+    assert fewer.as_metrics()["transformer_macs_per_step_full"] == full["transformer_macs_per_step_full"]
