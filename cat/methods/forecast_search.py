@@ -134,8 +134,8 @@ class ForecastSearchConfig(MethodConfig):
         basis: "taylor" (TaylorSeer) or "hermite" (HiCache, with `scale`).
         scale: s, the Hermite scale.
         max_skip: the most steps in a row the search may skip (and the calibration measures). A budget no
-            schedule meets with the warm-up and max_skip gives the cheapest schedule that keeps both (full steps
-            every max_skip + 1 after the warm-up), whose reduction falls short of the budget.
+            schedule meets with the warm-up and max_skip gives the searched schedule with as few full steps as
+            they allow (the tightest budget it meets), whose reduction falls short of the one asked.
         warmup_steps: leading full steps.
         forecast_steps: None (the sampler runs the reference's steps) or K >= 1: it runs the full steps the
             budget allows plus K forecast steps, fewer than the reference's (see the module docstring). The call
@@ -444,9 +444,12 @@ def _search(calibration: str, correction: str, cap: float, warmup: int, max_skip
         costs[CORRECTED] = resample_costs(data["costs"][correction], num_steps)
     macs = data["macs"]
     found = search_schedule(costs, macs[correction], num_steps, cap, min(warmup, num_steps), max_skip)
-    if found is None:  # no schedule fits: the cheapest one with that warm-up and runs of at most max_skip
+    if found is None:  # no schedule fits the budget: the best of the cheapest that keep the warm-up and max_skip
         w = min(warmup, num_steps)
-        return regular_schedule(num_steps, max_skip + 1, w - 1, FORECAST), math.nan
+        cheapest = regular_schedule(num_steps, max_skip + 1, w - 1, FORECAST)  # fewest full steps, only forecasts
+        floor = schedule_macs(cheapest, macs[correction])
+        found = search_schedule(costs, macs[correction], num_steps, floor * (1 + 1e-9), w, max_skip)
+        return (cheapest if found is None else found[0]), math.nan  # NaN: the budget is not met
     return found
 
 

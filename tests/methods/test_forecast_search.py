@@ -471,15 +471,17 @@ def test_forecast_steps_are_counted_by_the_meter_and_offline_against_the_referen
 
 
 def test_a_budget_no_schedule_meets_still_keeps_runs_of_at_most_max_skip_and_says_it_falls_short(calibrated):
-    """Warm-up and max_skip that leave no schedule within the budget: the cheapest schedule that keeps them (its
-    reduction below the budget, which the tuner reads as the target out of reach), never a forecast run longer
-    than max_skip; an evenly spaced schedule on a budget whose full steps are a whole number in exact arithmetic
-    keeps that number (float rounding does not drop one)."""
+    """Warm-up and max_skip that leave no schedule within the budget: the searched schedule with the fewest full
+    steps they allow, i.e. the one of the tightest budget it meets (its reduction below the budget asked, its
+    predicted cost NaN), never a forecast run longer than max_skip; an evenly spaced schedule on a budget whose full
+    steps are a whole number in exact arithmetic keeps that number (float rounding does not drop one)."""
     _, config, found = calibrated
     setting = dataclasses.replace(config, calibration=found["search"], guidance_scale=5.0, budget=0.8, warmup_steps=2)
     actions, cost = setting.searched(STEPS)  # max_skip 2: at least 3 full steps of 6, the budget allows 1.2
-    assert actions == "FFffFf" and math.isnan(cost) and max(map(len, actions.split("F"))) <= config.max_skip
-    assert setting.reduction(STEPS) < 0.8
+    assert actions.count("F") == 3 and math.isnan(cost) and max(map(len, actions.split("F"))) <= config.max_skip
+    tightest = dataclasses.replace(setting, budget=setting.reduction(STEPS) - 1e-6)
+    assert setting.reduction(STEPS) < 0.8 and tightest.searched(STEPS)[0] == actions
+    assert not math.isnan(tightest.searched(STEPS)[1])
     even = ForecastSearchConfig(schedule="interval", budget=0.8, warmup_steps=1)
     assert even.plan(20, 64).count("F") == 4 and even.reduction(20, 64) == pytest.approx(0.8)  # (1 - 0.8) * 20 = 4
     fewer = ForecastSearchConfig(schedule="interval", budget=0.8, forecast_steps=2).plan(20, 64)
