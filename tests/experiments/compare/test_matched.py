@@ -97,6 +97,8 @@ def test_identical_images_score_the_psnr_ceiling_and_a_setting_that_saves_nothin
     assert np.isfinite([out["psnr"], out["psnr_lo"], out["psnr_hi"]]).all()
     with pytest.raises(ValueError, match="not finite"):  # results holding infinities are refused, never averaged
         cell("made by older code", 0.0, np.r_[np.inf, np.full(P - 1, 40.0)])
+    with pytest.raises(ValueError, match="reduction is not finite"):  # NaN is on neither side of a target
+        cell("no count", np.r_[np.nan, np.full(P - 1, 0.4)], np.full(P, 40.0))
 
 
 def test_a_mixture_must_bracket_its_target():
