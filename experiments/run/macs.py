@@ -156,16 +156,23 @@ def transformer_inputs(transformer: torch.nn.Module, batch: int, height: int, wi
 
 
 def transformer_macs(transformer: torch.nn.Module, inputs: dict, steps: int, method: cat.MethodConfig | None,
-                     cfg_pairs: bool) -> tuple[list[int], list[int], int]:
+                     cfg_pairs: bool, full: int | None = None) -> tuple[list[int], list[int], int]:
     """Per-step MACs of the method and of the full model over a schedule of `steps` steps, and the bytes the
     method's caches hold once its schedule has run every kind of step (one generation of this batch; shapes
-    on `meta`). ValueError when the method has no offline schedule."""
+    on `meta`). `full`: the full model's count of one step when already known (counted here otherwise). Without
+    autograd, as a pipeline runs (the forward's MACs are the same; the pass is cheaper). ValueError when the
+    method has no offline schedule."""
+    with torch.no_grad():
+        return _transformer_macs(transformer, inputs, steps, method, cfg_pairs, full)
+
+
+def _transformer_macs(transformer, inputs, steps, method, cfg_pairs, full):
     h, w = family_for(transformer, "the MAC counter").grid(transformer, (), inputs)
     n = h * w
-    full = count_macs(transformer, **inputs)
     schedule = [n] * steps if method is None else method.offline_schedule(steps, n)
     if schedule is None:
         raise ValueError(f"{type(method).__name__} has no offline schedule; its MACs are counted while it runs")
+    full = count_macs(transformer, **inputs) if full is None else full
     per_tokens, cache = {n: full}, 0
     todo = set(schedule) - {n}
     if todo:
@@ -208,10 +215,13 @@ def vae_decode_macs(config: dict, height: int, width: int) -> int:
 @functools.lru_cache(maxsize=4096)  # sweep cells repeat the same counts
 def _transformer_report(class_name: str, config_json: str, height: int, width: int, text_tokens: int, steps: int,
                         guidance: bool, method: cat.MethodConfig | None, vae_scale: int) -> tuple[list[int], list[int], int]:
+    # the full model's step, counted once per model and shape (a knob search counts many settings of one model)
+    full = None if method is None else _transformer_report(class_name, config_json, height, width, text_tokens, 1,
+                                                           guidance, None, vae_scale)[1][0]
     transformer = build_on_meta(class_name, json.loads(config_json))
     batch = 2 if guidance else 1
     inputs = transformer_inputs(transformer, batch, height, width, text_tokens, vae_scale)
-    return transformer_macs(transformer, inputs, steps, method, cfg_pairs=guidance)
+    return transformer_macs(transformer, inputs, steps, method, cfg_pairs=guidance, full=full)
 
 
 def report_from_config(class_name: str, config: dict, **kwargs) -> "MacsReport":

@@ -60,3 +60,26 @@ def test_macs_cli_prints_the_offline_count_as_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert 0 < out["macs_reduction"] < 1 and out["transformer_macs"] < out["transformer_macs_full"]
     assert out["macs_reduction"] == pytest.approx(1 - out["transformer_macs"] / out["transformer_macs_full"])
+
+
+def test_the_offline_count_is_the_same_without_autograd_and_with_the_full_step_counted_once():
+    """`transformer_macs` runs the meta passes without autograd and takes the full model's step from a count made
+    once per model: the counts equal a pass with autograd that counts the full step itself."""
+    import json
+
+    import torch
+
+    from experiments.run.macs import _transformer_macs, build_on_meta, transformer_inputs
+
+    model = load_model_config("tiny_sd3_shapes")
+    config = json.loads(json.dumps(dict(model["transformer"]["config"])))
+    methods = [cat.CATConfig(keep_ratio=0.4), cat.METHODS["cat_fora"](keep_ratio=0.7, warmup_steps=3),
+               cat.METHODS["fora"](interval=3)]
+    for method in methods:
+        report = report_for_model(model, method, steps=10)
+        transformer = build_on_meta(model["transformer"]["class"], config)
+        inputs = transformer_inputs(transformer, 2, model["height"], model["width"], model["macs"]["text_tokens"],
+                                    model["macs"]["vae_scale"])
+        assert torch.is_grad_enabled()
+        steps, full, _ = _transformer_macs(transformer, inputs, 10, method, True, None)
+        assert (report.step_macs, report.transformer_macs_full) == (steps, sum(full)), type(method).__name__
