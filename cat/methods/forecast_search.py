@@ -230,7 +230,7 @@ class ForecastSearchConfig(MethodConfig):
         check_warmup_steps(self, num_steps)
         if self.actions is not None:
             check(len(self.actions) == num_steps, self, "actions", f"one action per step ({num_steps})")
-        if self.reads_calibration and not self.reuse_calibration and self.forecast_steps is None:
+        if self.forecast_steps is None:  # with it, num_steps is the call's fewer steps: checked against the reference
             self.check_calibration_steps(num_steps)
 
     def check_calibration_steps(self, num_steps: int) -> None:

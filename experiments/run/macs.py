@@ -136,7 +136,7 @@ class MacsReport:
 
     def as_metrics(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("step_macs", "full_steps") and v is not None}
-        out["transformer_macs_per_step_full"] = self.transformer_macs_full // max(1, self.full_steps or len(self.step_macs))
+        out["transformer_macs_per_step_full"] = self.transformer_macs_full // max(1, self.full_steps)
         return out
 
 
