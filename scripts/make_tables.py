@@ -19,6 +19,7 @@ import pandas as pd
 
 from experiments.metrics.registry import ordered
 from experiments.reports.results import SETTINGS, distinct, load_runs, varying_fields
+from experiments.reports.sweeps import INTERIM
 from experiments.run.latency import TRUST
 
 QUALITY = [c for m in ordered() for c in m.columns]  # every registered metric, the full model's beside it
@@ -79,6 +80,8 @@ def main(argv=None) -> None:
         write(macs, args.out, "macs")
         print("\n" + macs.to_markdown(index=False, floatfmt=".4g", missingval="-"))
     for summary in sorted(args.root.rglob("summary.csv")):
+        if summary.parent.name == INTERIM:  # a sweep in flight's interim report, not a sweep of its own
+            continue
         frame = pd.read_csv(summary)
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
         for extra in ("trends.md", "paired.md", "at_50.md", "targets.md", "targets.csv", "leaders.csv"):

@@ -28,6 +28,7 @@ from .results import CONFIG, distinct, run_settings
 
 
 MANIFEST = ".cells"  # the cells of the sweep's latest multirun, one directory name per line
+INTERIM = "interim"  # a report over the done cells of a sweep in flight (scripts/sweep_status.py --report)
 
 
 def collect(sweep_dir: Path, cells: list[str] | None = None) -> pd.DataFrame:
