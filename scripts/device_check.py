@@ -27,7 +27,7 @@ settings are data (scripts/device_check.yaml).
 4. pixart: PixArt-Sigma (1024x1024, 300 text tokens, 20 steps), eager, full against CAT.
 5. flux: a slice of FLUX.1-dev (4 of its 19 double- and 8 of its 38 single-stream blocks; 4096 image and
    512 text tokens, no CFG batch, 28 steps), eager.
-6. peers: FORA, TaylorSeer, ToCa and RAS at about CAT's MACs (about 54% of the full model's; settings
+6. peers: forecast_search, FORA, TaylorSeer, ToCa and RAS at about CAT's MACs (about 54% of the full model's; settings
    chosen offline, MACs counted again here), timed in turns with the full model: wall-clock beside MACs.
 
 `--smoke` runs every section on tiny models on the CPU (the compiled sections with dynamo's eager

@@ -66,9 +66,21 @@ def test_the_smoke_run_prints_every_section(tmp_path, capsys):
     out = capsys.readouterr().out
     for key in ("speedup_eager=", "speedup_efficiency=", "compiled_graphs=2", "compiled_recompiles=0",
                 "speedup_cudagraphs=", "cudagraphs_rel_err=", "pixart_speedup_eager=",
-                "flux_speedup_eager=", "peer_ras_speedup_eager=", "total_s="):
+                "flux_speedup_eager=", "peer_forecast_search_speedup_eager=", "peer_ras_speedup_eager=", "total_s="):
         assert key in out, key
     assert "failed" not in out
     values = json.loads((tmp_path / "cpu-smoke.json").read_text())["values"]
     assert values["latents_finite"] and values["aten_ops_pruned_step"] > 0
     assert values["cudagraphs_rel_err"] < 1e-5  # dynamo's eager backend: the same kernels
+
+
+@pytest.mark.slow  # every peer's whole schedule on a meta SD3-medium: about 10 s
+def test_each_peer_spends_about_the_reference_methods_macs_on_sd3_medium():
+    geometry = check.FULL["sd3"]
+    full = check.schedule_macs(geometry, None)
+    method = check.reference()
+    ratio = full / check.schedule_macs(geometry, method(**method.authors("sd3", geometry.steps)))
+    for peer in check.peers():
+        cls = cat.METHODS[peer["method"]]
+        config = cls(**{**cls.authors("sd3", geometry.steps), **peer["set"]})
+        assert abs(full / check.schedule_macs(geometry, config) / ratio - 1) < 0.05, peer  # scripts/device_check.yaml
