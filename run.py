@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ NEW_ROOT = False  # whether this process creates output_root (a run refused befo
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    logging.captureWarnings(True)  # a library's warning (e.g. a budget not met) reaches run.log, not only stderr
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     return launch.job(cfg, Path(hydra_cfg.runtime.output_dir), multirun, hydra_cfg.job.get("num"), NEW_ROOT)

@@ -75,6 +75,7 @@ import dataclasses
 import functools
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -415,6 +416,19 @@ class ForecastSearchConfig(MethodConfig):
         return weights(x, self.max_order, self.basis, self.scale)
 
 
+def _warn_if_short(config: ForecastSearchConfig, num_steps: int, num_tokens: int | None, actions: str) -> None:
+    """Says so when the schedule saves less than the budget asks (a warm-up, or with `max_skip` a longest run of
+    skipped steps, that leaves no schedule within it): its images are those of a smaller budget."""
+    reached = config.reduction(num_steps, num_tokens)
+    if reached < config.budget - 1e-9:
+        limits = f"warmup_steps={config.warmup_steps}" + (
+            f" and max_skip={config.max_skip}" if config.schedule == "searched" else "")
+        warnings.warn(f"{type(config).__name__}(budget={config.budget}) is not met with {limits} at {num_steps} steps: "
+                      f"its schedule {actions} saves {reached:.1%} of the executed MACs (by the MACs per action it was "
+                      "planned with), the most they allow; lower the budget or the warm-up"
+                      + (", or raise max_skip" if config.schedule == "searched" else ""), stacklevel=2)
+
+
 def _plain(value):
     """A config value (OmegaConf containers included) as plain JSON types."""
     if isinstance(value, Mapping):
@@ -589,7 +603,10 @@ class _State(StepState):
                     and abs(float(used) - float(measured)) > 1e-9):
                 raise ValueError(f"{type(c).__name__}.calibration was measured at guidance_scale={measured}, this call "
                                  f"uses {used}: calibrate at this guidance scale, or set reuse_calibration=True")
-        self.actions = c.plan(steps if c.forecast_steps is None else self.reference, self.num_tokens)
+        reference = steps if c.forecast_steps is None else self.reference
+        self.actions = c.plan(reference, self.num_tokens)
+        if c.actions is None and c.budget > 0:
+            _warn_if_short(c, reference, self.num_tokens, self.actions)
         self.keep_cache = FULL * len(self.actions) != self.actions
         if self.keep_cache:
             self.table = torch.tensor(self._rows(), dtype=torch.float32).to(self.device)  # one copy per generation

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -486,6 +487,22 @@ def test_a_budget_no_schedule_meets_still_keeps_runs_of_at_most_max_skip_and_say
     assert even.plan(20, 64).count("F") == 4 and even.reduction(20, 64) == pytest.approx(0.8)  # (1 - 0.8) * 20 = 4
     fewer = ForecastSearchConfig(schedule="interval", budget=0.8, forecast_steps=2).plan(20, 64)
     assert len(fewer) == 6 and fewer.count("F") == 4  # solver_steps and the schedule agree on the 4 full steps
+
+
+def test_a_generation_whose_schedule_falls_short_of_its_budget_says_so(calibrated):
+    pipe, config, found = calibrated
+    short = dataclasses.replace(config, calibration=found["search"], guidance_scale=5.0, budget=0.8, warmup_steps=2)
+
+    def said(setting):
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), cat.apply(pipe, setting):
+            warnings.simplefilter("always")
+            pipe("a red circle", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), **CALL)
+        return [str(w.message) for w in caught if "is not met" in str(w.message)]
+
+    (message,) = said(short)
+    assert f"(budget=0.8) is not met with warmup_steps=2 and max_skip=2 at {STEPS} steps" in message
+    assert f"saves {short.reduction(STEPS):.1%} of the executed MACs" in message and short.reduction(STEPS) < 0.8
+    assert said(dataclasses.replace(short, budget=0.3)) == []
 
 
 def test_forecast_steps_check_the_calibrations_step_count_against_the_reference(calibrated):

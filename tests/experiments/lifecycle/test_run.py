@@ -88,3 +88,12 @@ def test_latency_task_times_full_model_and_method_in_one_run(tmp_path):
     assert metrics["latency_repeats"] == 2 and metrics["latency_compiled"] == 0
     assert not list(tmp_path.rglob("*.png"))  # timing only: no images are written
     assert "speedup" in print_table(metrics)
+
+
+@pytest.mark.slow  # a run.py process, about 15 s
+def test_a_librarys_warning_reaches_the_run_log(tmp_path):
+    """run.py routes Python warnings into the log (a budget the schedule cannot meet says so in run.log)."""
+    run("task=macs", "model=tiny_sd3_shapes", "method=forecast_search", "method.config.schedule=interval",
+        "method.config.budget=0.99", "logger=none", f"output_root={tmp_path}")
+    (log,) = tmp_path.glob("runs/*/*/run.log")
+    assert "[py.warnings][WARNING]" in log.read_text() and "(budget=0.99) is not met" in log.read_text()
