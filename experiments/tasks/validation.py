@@ -29,6 +29,7 @@ from ..base.models import token_geometry
 from ..metrics.registry import enabled
 from ..prompts import sets
 from ..run.generate import check_call_kwargs
+from ..run.pipelines import model_snapshot
 from .registry import TASKS
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,27 @@ def check_run(cfg: DictConfig, counts_macs: bool = False) -> list | None:
     if data.get("path") and not resolve(data.path).is_file():
         expected = sets.FORMATS.get(data.name, sets.FORMATS[None])
         raise ConfigError(f"data.path={data.path!r} is not a file; give {expected}")
+    check_weights(cfg)
     if data.get("path") or sets.bundled_package(data.name) is not None:  # a local file or bundled prompts: cheap
         prompts = read_prompts(cfg)
         check_prompts(cfg, prompts)
         return prompts
     return None
+
+
+def check_weights(cfg: DictConfig) -> None:
+    """A hub model the run loads must be somewhere: refused when neither the hub nor the local hub cache can say
+    which commit it is (not downloaded yet, and no network, HF_HUB_OFFLINE=1, or a gated repo without a token),
+    instead of failing in the loader after the run's folder is made."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    commit = model_snapshot(model)
+    if commit is not None and commit.startswith("unresolved:"):
+        offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise ConfigError(
+            f"model={model['name']}: {model['repo']} at revision {commit.split(':', 1)[1]!r} is not in the local hub "
+            f"cache and the hub could not be asked{offline}. Fetch it once with network access: `huggingface-cli "
+            f"download {model['repo']}` (gated models need `huggingface-cli login` or the HF_TOKEN environment "
+            "variable), or point model.local_path at a downloaded copy; task=macs needs no weights")
 
 
 def check_output_root(value) -> None:

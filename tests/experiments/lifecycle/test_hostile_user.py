@@ -181,3 +181,28 @@ def test_a_resolver_that_refuses_is_one_line_not_a_traceback_while_hydra_names_t
         launch.job(cfg_of("method=magcache", "model.guidance_scale=1.0", f"output_root={tmp_path}"), run_dir, False)
     assert capsys.readouterr().err.startswith("error: method=magcache: assets/magcache/tiny_sd3_shapes-28.json was "
                                               "calibrated at guidance_scale=5.0")
+
+
+def test_a_hub_model_neither_cached_nor_reachable_is_refused_before_any_folder(tmp_path, monkeypatch):
+    """`python run.py model=sd3_medium` on a laptop without the weights: one line saying how to fetch them (not the
+    loader's traceback after the run's folder was made); task=macs needs no weights; once cached, it validates."""
+    from experiments.run import pipelines
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = ("model=sd3_medium", f"+model.load_kwargs.cache_dir={tmp_path / 'hub'}")
+    pipelines.hub_commit.cache_clear()
+    with pytest.raises(ConfigError, match=r"^model=sd3_medium: stabilityai/stable-diffusion-3-medium-diffusers at "
+                                          r"revision 'main' is not in the local hub cache and the hub could not be "
+                                          r"asked \(HF_HUB_OFFLINE=1\)\. Fetch it once with network access: "
+                                          r"`huggingface-cli download stabilityai/stable-diffusion-3-medium-diffusers`"):
+        validate(cfg_of(*hub))
+    validate(cfg_of(*hub, "task=macs"))
+    commit = "a" * 40
+    cache = tmp_path / "hub" / "models--stabilityai--stable-diffusion-3-medium-diffusers"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(commit)
+    (cache / "snapshots" / commit).mkdir(parents=True)
+    (cache / "snapshots" / commit / "model_index.json").write_text("{}")
+    pipelines.hub_commit.cache_clear()
+    validate(cfg_of(*hub))
+    pipelines.hub_commit.cache_clear()
