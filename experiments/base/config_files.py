@@ -14,6 +14,11 @@ class ConfigError(ValueError):
     traceback)."""
 
 
+class Unavailable(FileNotFoundError):
+    """Something a run needs (a hub model's weights, a prompt set) is not here and cannot be fetched now; the
+    message says how to get it (`run.py` prints it without a traceback; the run's status.json keeps one)."""
+
+
 def resolve(path: str | Path) -> Path:
     """A path from a config: absolute, or relative to the project root."""
     path = Path(path).expanduser()

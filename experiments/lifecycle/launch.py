@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from ..base.config_files import CONF, ConfigError
+from ..base.config_files import CONF, ConfigError, Unavailable
 from ..base.files import remove_stub
 from ..run.keys import run_id
 from . import resolvers  # noqa: F401  (registers the config resolvers)
@@ -62,6 +62,13 @@ def job(cfg: DictConfig, run_dir: Path, multirun: bool, cell: int | None = None,
               f"{'cells are skipped and this cell' if multirun else 'images and batches are kept and it'} goes on "
               "where it stopped)", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    except Unavailable as err:  # weights or prompts not here and not fetchable now: how to get them, once
+        scrub_run(cfg, run_dir)
+        if not multirun:
+            print(f"error: {err}\n(the run's record, with the traceback: {run_dir / 'status.json'})", file=sys.stderr)
+            sys.exit(1)
+        log.error("cell %s failed: %s", run_dir.name, err)
+        return {"status": "failed"}
     except Exception as err:
         if not multirun:
             raise

@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base.config_files import Unavailable
+
 PARTI_URL = "https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv"
 COCO_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 PARTI_HUB = ("nateraw/parti-prompts", "PartiPrompts.tsv")
@@ -43,13 +45,13 @@ def cache_dir() -> Path:
 
 def _fetch(url: str, dest: Path, how: str) -> Path:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("CAT_PRUNING_OFFLINE") == "1":
-        raise FileNotFoundError(f"{dest} is missing and the network is off; {how}")
+        raise Unavailable(f"{dest} is missing and the network is off; {how}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
     try:
         urllib.request.urlretrieve(url, tmp)
     except OSError as err:
-        raise FileNotFoundError(f"could not download {url} to {dest} ({err}); {how}") from err
+        raise Unavailable(f"could not download {url} to {dest} ({err}); {how}") from err
     tmp.replace(dest)
     return dest
 
@@ -61,10 +63,10 @@ def _from_hub(repo: str, pattern: str, how: str) -> list[Path]:
     try:
         folder = Path(snapshot_download(repo, repo_type="dataset", allow_patterns=[pattern]))
     except OSError as err:  # huggingface_hub's offline and HTTP errors are OSErrors
-        raise FileNotFoundError(f"could not fetch {pattern} of the hub dataset {repo} ({err}); {how}") from err
+        raise Unavailable(f"could not fetch {pattern} of the hub dataset {repo} ({err}); {how}") from err
     files = sorted(folder.glob(pattern))
     if not files:
-        raise FileNotFoundError(f"the hub dataset {repo} has no file matching {pattern}; {how}")
+        raise Unavailable(f"the hub dataset {repo} has no file matching {pattern}; {how}")
     return files
 
 

@@ -18,7 +18,7 @@ import torch
 
 import cat
 
-from ..base.config_files import resolve
+from ..base.config_files import Unavailable, resolve
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -143,7 +143,7 @@ def _load(model_cfg: dict, device: torch.device, dtype: torch.dtype):
     try:
         pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, local_files_only=local, **kwargs)
     except OSError as err:
-        raise RuntimeError(
+        raise Unavailable(
             f"could not load {model_cfg['name']!r} from {source!r}: {err}\n"
             f"Fetch it once with network access: `huggingface-cli download {model_cfg['repo']}` "
             "(gated models need `huggingface-cli login` or the HF_TOKEN environment variable), "

@@ -206,3 +206,27 @@ def test_a_hub_model_neither_cached_nor_reachable_is_refused_before_any_folder(t
     pipelines.hub_commit.cache_clear()
     validate(cfg_of(*hub))
     pipelines.hub_commit.cache_clear()
+
+
+def test_prompts_or_weights_that_cannot_be_fetched_are_one_error_with_the_way_to_get_them(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """A prompt set (or a hub model) that is neither cached nor fetchable now fails the run with the fetcher's one
+    line (how to get it), not a traceback; the run's status.json keeps the traceback; a sweep cell is recorded."""
+    from experiments.base.config_files import Unavailable
+    from experiments.prompts import sets
+
+    def offline(repo, pattern, how):
+        raise Unavailable(f"could not fetch {pattern} of the hub dataset {repo} (offline); {how}")
+
+    monkeypatch.setattr(sets, "_from_hub", offline)
+    root = tmp_path / "out"
+    cfg = cfg_of("debug=tiny", "data=parti", f"output_root={root}")
+    run_dir = stub_run_folder(root)
+    with pytest.raises(SystemExit) as exit_:
+        launch.job(cfg, run_dir, multirun=False)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" not in err
+    assert err.startswith("error: could not fetch PartiPrompts.tsv") and err.count("scripts/fetch_data.py parti") == 1
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "failed" and "Traceback" in status["traceback"]
+    assert launch.job(cfg, run_dir, multirun=True) == {"status": "failed"}

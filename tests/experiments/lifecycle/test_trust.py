@@ -13,7 +13,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.base.config_files import ConfigError
+from experiments.base.config_files import ConfigError, Unavailable
 from experiments.base.secrets import scrub
 from experiments.lifecycle import launch, resolvers  # noqa: F401
 from experiments.run import keys, pipelines
@@ -421,7 +421,7 @@ def test_a_hub_model_is_keyed_by_and_loads_the_commit_its_revision_resolves_to(t
 
     monkeypatch.setattr(diffusers.StableDiffusion3Pipeline, "from_pretrained", from_pretrained)
     model = OmegaConf.to_container(cfg_of(*hub).model, resolve=True)
-    with pytest.raises(RuntimeError, match="could not load"):
+    with pytest.raises(Unavailable, match="could not load"):
         _load(model, "cpu", None)
     assert asked["source"] == repo and asked["revision"] == b and asked["local_files_only"]
     with pytest.raises(ConfigError, match="set model.revision"):
