@@ -422,9 +422,14 @@ def run_model(name: str, device: str = "auto", warmup: int = 2, repeats: int = 1
     from experiments.run.latency import compare
     from experiments.run.pipelines import load_pipeline
 
+    from experiments.base.config_files import Unavailable
+
     model = load_model_config(name)
     dev = pick_device(device)
-    pipe = load_pipeline(model, dev, pick_dtype("auto", model["dtype"], dev))
+    try:
+        pipe = load_pipeline(model, dev, pick_dtype("auto", model["dtype"], dev))
+    except Unavailable as err:  # weights not here and not fetchable now: how to get them, in one line
+        raise SystemExit(f"error: {err}") from None
     method = conf_config(model["steps"], [f"model={name}", *overrides])
     kwargs = {"num_inference_steps": model["steps"], "guidance_scale": model["guidance_scale"],
               "height": model["height"], "width": model["width"], **(model.get("call_kwargs") or {})}

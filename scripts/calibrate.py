@@ -66,6 +66,15 @@ def rounded(value):
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from experiments.base.config_files import Unavailable
+
+    try:
+        calibrate(cfg)
+    except Unavailable as err:  # prompts or weights not here and not fetchable now: how to get them, in one line
+        raise SystemExit(f"error: {err}") from None
+
+
+def calibrate(cfg: DictConfig) -> None:
     from experiments.base.config_files import calibration_file
     from experiments.base.devices import pick_device, pick_dtype
     from experiments.base.files import write_json
