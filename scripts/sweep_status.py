@@ -14,8 +14,8 @@ folder's `.hydra/overrides.yaml` says which cell it is. A cell is
   * not started: none of the above (folders the cell left in earlier runs of the sweep, e.g. made by other
     code, are counted beside it).
 
-With each the time its log spans in this run of the sweep (from the sweep's start or the cell's first line
-after it, to the cell's last line). `--report` writes the sweep's report over the done cells (the same
+With each the time its log spans in this run of the sweep (from the cell's first line after the sweep's start to
+its last), and a rough time left: the cells not done at the mean time of the cells done whole in this run. `--report` writes the sweep's report over the done cells (the same
 `write_summary` the sweep runs when it ends: summary, trends, targets.csv/md, leaders.csv, figures) into
 `<sweep>/interim/` (symlinks to the cells, and `INTERIM.md` saying which cells it holds and when); the sweep's own
 report, at its end, is unaffected, and `scripts/make_tables.py` leaves `interim/` out. A sweep made by another
@@ -54,6 +54,7 @@ class Cell:
     error: str = ""
     seconds: float | None = None
     earlier: list[Path] = field(default_factory=list)  # folders of this cell from earlier runs of the sweep
+    whole: bool = False  # computed entirely in this run of the sweep (neither resumed nor reused)
 
 
 def planned_cells(config) -> list[tuple[str, ...]] | None:
@@ -72,16 +73,27 @@ def planned_cells(config) -> list[tuple[str, ...]] | None:
     return [tuple(cell) for cell in batch]
 
 
-def log_span(folder: Path, since: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
-    """First and last time stamp at or after `since` in the cell's run.log."""
+REUSED = ("is already done", "reused as asked")  # runs.py's lines for a cell that computed nothing
+
+
+def read_log(folder: Path, since: dt.datetime) -> tuple[float | None, bool]:
+    """The seconds the cell's run.log spans at or after `since` (None: no line), and whether the cell computed all
+    of it then (no line before `since`, none saying it reused finished results)."""
     path = folder / "run.log"
     if not path.exists():
-        return None
-    stamps = []
+        return None, False
+    stamps, earlier, reused = [], False, False
     for line in path.read_text(errors="replace").splitlines():
-        if (m := STAMP.match(line)) and (t := dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) >= since:
-            stamps.append(t)
-    return (stamps[0], stamps[-1]) if stamps else None
+        if m := STAMP.match(line):
+            t = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
+            if t < since:
+                earlier = True
+            else:
+                stamps.append(t)
+                reused = reused or any(r in line for r in REUSED)
+    if not stamps:
+        return None, False
+    return (stamps[-1] - stamps[0]).total_seconds(), not earlier and not reused
 
 
 def cell_folders(sweep_dir: Path) -> dict[frozenset, list[Path]]:
@@ -127,10 +139,24 @@ def status(sweep_dir: Path) -> tuple[list[Cell], dt.datetime, bool]:
                 cell.state, cell.folder = "unfinished", folder
                 break
         cell.earlier = [f for f in mine if f != cell.folder]
-        if cell.folder is not None and (span := log_span(cell.folder, started)):
-            cell.seconds = (span[1] - span[0]).total_seconds()
+        if cell.folder is not None:
+            cell.seconds, cell.whole = read_log(cell.folder, started)
         cells.append(cell)
     return cells, started, planned is not None
+
+
+def remaining(cells: list[Cell]) -> str | None:
+    """A rough time left: the cells not done, at the mean time of the done cells computed whole in this run of the
+    sweep (a crossed sweep's cells left hold about the mix of the cells done; cells differ a lot: a guide, not a
+    promise). None before two such cells."""
+    whole = [c.seconds for c in cells if c.state == "done" and c.whole and c.seconds is not None]
+    left = [c for c in cells if c.state in ("unfinished", "not started")]
+    if len(whole) < 2 or not left:
+        return None
+    mean = sum(whole) / len(whole)
+    seconds = sum(max(0.0, mean - (c.seconds or 0.0)) if c.state == "unfinished" else mean for c in left)
+    return (f"  about {dt.timedelta(seconds=int(seconds))} left for {len(left)} cell(s) at the mean of the {len(whole)} "
+            f"done in this run ({dt.timedelta(seconds=int(mean))} each; cells differ: a rough guide)")
 
 
 def interim_report(sweep_dir: Path, cells: list[Cell], reference: str | None, contrast: dict | None) -> Path:
@@ -181,6 +207,8 @@ def main(argv=None) -> None:
         note = f"  ({len(cell.earlier)} earlier folder(s))" if cell.earlier else ""
         error = f"  {cell.error[:120]}" if cell.error else ""
         print(f"  {cell.state:<11} {shown[id(cell)]:<{width}}  {took:>8}{note}{error}")
+    if (eta := remaining(cells)) is not None:
+        print(eta)
     if args.report:
         config = OmegaConf.load(sweep_dir / "multirun.yaml")
         contrast = config.get("contrast")

@@ -86,3 +86,23 @@ def test_the_interim_report_covers_the_done_cells_and_stays_out_of_the_tables(ti
     sweep_status.main([str(sweep), "--report"])
     assert "b-1" not in (sweep / "interim" / "INTERIM.md").read_text()
     assert not (sweep / "interim" / "b-1").exists()
+
+
+def test_the_time_left_is_the_cells_not_done_at_the_mean_of_those_computed_whole_in_this_run(tmp_path):
+    now = dt.datetime.now().replace(microsecond=0)
+    stamp = lambda t, text="line": f"[{t:%Y-%m-%d %H:%M:%S},000][x][INFO] - {text}\n"  # noqa: E731
+    whole, resumed, reused = (tmp_path / name for name in ("whole", "resumed", "reused"))
+    for folder, lines in ((whole, [stamp(now), stamp(now + dt.timedelta(seconds=90))]),
+                          (resumed, [stamp(now - dt.timedelta(hours=1)), stamp(now + dt.timedelta(seconds=9))]),
+                          (reused, [stamp(now, "x is already done (same configuration, same code)")])):
+        folder.mkdir()
+        (folder / "run.log").write_text("".join(lines))
+    assert sweep_status.read_log(whole, now) == (90, True)
+    assert sweep_status.read_log(resumed, now) == (0, False)  # its own lines in this run only, and not whole
+    assert sweep_status.read_log(reused, now) == (0, False)
+    Cell = sweep_status.Cell
+    cells = [Cell(("a",), "done", seconds=60, whole=True), Cell(("b",), "done", seconds=180, whole=True),
+             Cell(("c",), "done", seconds=5), Cell(("d",), "failed", seconds=1, whole=True),
+             Cell(("e",), "unfinished", seconds=30), Cell(("f",), "not started")]
+    assert sweep_status.remaining(cells).startswith("  about 0:03:30 left for 2 cell(s) at the mean of the 2 done")
+    assert sweep_status.remaining(cells[1:]) is None  # one cell is no mean
