@@ -121,7 +121,12 @@ def status(sweep_dir: Path) -> tuple[list[Cell], dt.datetime, bool]:
     if not config_path.exists():
         raise SystemExit(f"{sweep_dir}: no multirun.yaml (not a sweep folder, or a sweep that never started)")
     started = dt.datetime.fromtimestamp(config_path.stat().st_mtime).replace(microsecond=0)
-    planned = planned_cells(OmegaConf.load(config_path))
+    try:
+        planned = planned_cells(OmegaConf.load(config_path))
+    except Exception as err:  # a resolver or sweep syntax this process cannot read: the folders alone
+        print(f"{sweep_dir}: its sweep parameters could not be expanded ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        planned = None
     folders = cell_folders(sweep_dir)
     ended = set((sweep_dir / MANIFEST).read_text().split()) if (sweep_dir / MANIFEST).exists() else set()
     keys = [frozenset(p) for p in planned] if planned is not None else list(folders)

@@ -106,3 +106,16 @@ def test_the_time_left_is_the_cells_not_done_at_the_mean_of_those_computed_whole
              Cell(("e",), "unfinished", seconds=30), Cell(("f",), "not started")]
     assert sweep_status.remaining(cells).startswith("  about 0:03:30 left for 2 cell(s) at the mean of the 2 done")
     assert sweep_status.remaining(cells[1:]) is None  # one cell is no mean
+
+
+def test_a_sweep_whose_parameters_cannot_be_expanded_lists_its_folders(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    odd = {"hydra": {"sweeper": {"_target_": MULTIRUN["hydra"]["sweeper"]["_target_"],
+                                 "params": {"+note": "${no_such_resolver:x}"}}, "overrides": {"task": []}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(odd))
+    cell(sweep, "a-1", ("+note=a",), {"status": "done"})
+    (sweep / ".cells").write_text("a-1\n")
+    cells, _, planned = sweep_status.status(sweep)
+    assert not planned and [(c.overrides, c.state) for c in cells] == [(("+note=a",), "done")]
+    assert "could not be expanded" in capsys.readouterr().err
