@@ -310,6 +310,7 @@ def markdown(frame: pd.DataFrame, title: str, reference: str, leaders: pd.DataFr
             header.append("verdict (Holm)")
         if m in own:
             header += [f"{m.short} d_full", "verdict"]
+    lines += glance(frame, leaders, reference)
     first = metrics[0] if metrics else None
     for target, part in frame.groupby("target"):
         lines += [f"## {100 * target:.0f}% fewer executed MACs", "",
@@ -335,6 +336,56 @@ def markdown(frame: pd.DataFrame, title: str, reference: str, leaders: pd.DataFr
     if leaders is not None and not leaders.empty:
         lines += leaders_markdown(leaders, frame, reference)
     return "\n".join(lines)
+
+
+def glance(frame: pd.DataFrame, leaders: pd.DataFrame | None, reference: str, variant: str = "tuned") -> list[str]:
+    """The section of targets.md the README's table is made of: the variant's methods by target, each cell the
+    objective with, in brackets, method - reference (95% paired interval, Holm's verdict where the report has it),
+    methods ordered by the objective at the middle target; then the leader's margin over the runner-up."""
+    goal = objective()
+    part = frame[frame.variant == variant] if goal.name in frame else frame.iloc[:0]
+    if part.empty:
+        return []
+    targets = sorted(part.target.unique())
+    d = f"{_prefix(goal)}d_{reference}"
+    verdict = "verdict_holm" if "verdict_holm" in part else f"{_prefix(goal)}verdict"
+    nd = goal.digits
+
+    def cell(r) -> str:
+        value = f"{r[goal.name]:.{nd}f}"
+        if pd.isna(r.get(d, np.nan)):
+            return value
+        return f"{value} ({r[d]:+.{nd}f} [{r[f'{d}_lo']:+.{nd}f}, {r[f'{d}_hi']:+.{nd}f}] {r.get(verdict, '')})"
+
+    middle = targets[len(targets) // 2]
+    ranked = part.sort_values(goal.name, ascending=goal.lower_is_better)
+    order = list(dict.fromkeys([*ranked[ranked.target == middle].method, *ranked.method]))
+    unit = f" ({goal.unit})" if goal.unit else ""
+    lines = [f"## At a glance ({variant})", "",
+             f"{goal.short}{unit} of each method at each target and, in brackets, method - {reference} with its 95% paired "
+             f"interval and {'Holm' if verdict == 'verdict_holm' else 'its'} verdict; ordered by {goal.short} at "
+             f"{100 * middle:.0f}%; the last row, the leader's margin over the runner-up (Holm).", "",
+             "| method | " + " | ".join(f"{100 * t:.0f}%" for t in targets) + " |", "|" + "---|" * (len(targets) + 1)]
+    for method in order:
+        rows = part[part.method == method].set_index("target")
+        lines.append(f"| {method} | " + " | ".join(cell(rows.loc[t]) if t in rows.index else "not reached"
+                                                   for t in targets) + " |")
+    if leaders is not None and not leaders.empty and "leader" in leaders:
+        mine = leaders[leaders.variant == variant].set_index("target")
+        row = []
+        for t in targets:
+            if t not in mine.index:
+                row.append("")
+                continue
+            r = mine.loc[t]
+            if pd.isna(r.get("margin", np.nan)):
+                row.append(f"{r.leader} alone")
+                continue
+            p = f", p {r['p_holm']:.2g}" if pd.notna(r.get("p_holm", np.nan)) else ""
+            row.append(f"{r.leader} - {r.runner_up} {_fmt(r['margin'], r['margin_lo'], r['margin_hi'], nd, sign=True)} "
+                       f"{r.get('verdict_holm', r.get('verdict', ''))}{p}")
+        lines.append("| **leader - runner-up** | " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def leaders_markdown(leaders: pd.DataFrame, frame: pd.DataFrame, reference: str) -> list[str]:

@@ -164,6 +164,14 @@ def test_the_leader_is_paired_with_the_runner_up_and_disagreements_with_adherenc
             "adherence_d_full_hi", "adherence_full_verdict"} <= set(written.columns)
     assert pd.read_csv(tmp_path / "leaders.csv").loc[0, "leader"] == "a"
     assert "Full model: adherence " in (tmp_path / "targets.md").read_text()
+    # the at-a-glance table the README's is made of: ordered by PSNR, each against cat with Holm's verdict, the leader row
+    glance = (tmp_path / "targets.md").read_text().split("## At a glance (tuned)")[1].split("\n## ")[0]
+    rows = [line for line in glance.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["a", "b", "cat", "**leader - runner-up**"]
+    a = by.loc["a"]
+    assert rows[0] == f"| a | {a.psnr:.2f} ({a.d_cat:+.2f} [{a.d_cat_lo:+.2f}, {a.d_cat_hi:+.2f}] {a.verdict_holm}) |"
+    assert rows[2] == f"| cat | {by.loc['cat', 'psnr']:.2f} |"
+    assert rows[3].startswith(f"| **leader - runner-up** | a - b {row.margin:+.2f} [") and "better, p " in rows[3]
 
 
 def test_without_the_full_models_scores_the_report_has_no_full_model_columns_and_says_so(tmp_path):
