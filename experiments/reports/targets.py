@@ -367,7 +367,7 @@ def glance(frame: pd.DataFrame, leaders: pd.DataFrame | None, reference: str, va
              f"{100 * middle:.0f}%; the last row, the leader's margin over the runner-up (Holm).", "",
              "| method | " + " | ".join(f"{100 * t:.0f}%" for t in targets) + " |", "|" + "---|" * (len(targets) + 1)]
     for method in order:
-        rows = part[part.method == method].set_index("target")
+        rows = part[part.method == method].drop_duplicates("target").set_index("target")
         lines.append(f"| {method} | " + " | ".join(cell(rows.loc[t]) if t in rows.index else "not reached"
                                                    for t in targets) + " |")
     if leaders is not None and not leaders.empty and "leader" in leaders:
