@@ -15,7 +15,8 @@ folder's `.hydra/overrides.yaml` says which cell it is. A cell is
     code, are counted beside it).
 
 With each the time its log spans in this run of the sweep (from the cell's first line after the sweep's start to
-its last), and a rough time left: the cells not done at the mean time of the cells done whole in this run. `--report` writes the sweep's report over the done cells (the same
+its last), and a rough time left: the cells not done at the mean time of the cells done whole in this run.
+`--report` writes the sweep's report over the done cells (the same
 `write_summary` the sweep runs when it ends: summary, trends, targets.csv/md, leaders.csv, figures) into
 `<sweep>/interim/` (symlinks to the cells, and `INTERIM.md` saying which cells it holds and when); the sweep's own
 report, at its end, is unaffected, and `scripts/make_tables.py` leaves `interim/` out. A sweep made by another
