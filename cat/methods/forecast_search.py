@@ -405,11 +405,12 @@ class ForecastSearchConfig(MethodConfig):
         return _search(self.calibration, self.correction, float(cap), self.warmup_steps, self.max_skip,
                        self.solver_steps(num_steps))
 
-    def reduction(self, num_steps: int, num_tokens: int | None = None) -> float:
-        """The executed-MACs reduction of the schedule against the model at `num_steps` (the reference's count)
-        by the MACs per action it was searched with."""
+    def reduction(self, num_steps: int, num_tokens: int | None = None, actions: str | None = None) -> float:
+        """The executed-MACs reduction of the schedule (`actions`, when already planned) against the model at
+        `num_steps` (the reference's count) by the MACs per action it was searched with."""
         macs = self.macs(num_tokens)
-        return 1.0 - schedule_macs(self.plan(num_steps, num_tokens), macs) / (num_steps * macs["model"])
+        actions = self.plan(num_steps, num_tokens) if actions is None else actions
+        return 1.0 - schedule_macs(actions, macs) / (num_steps * macs["model"])
 
     def forecast_weights(self, x: int) -> list[float]:
         """The factors' weights x steps after the last full step."""
@@ -419,7 +420,7 @@ class ForecastSearchConfig(MethodConfig):
 def _warn_if_short(config: ForecastSearchConfig, num_steps: int, num_tokens: int | None, actions: str) -> None:
     """Says so when the schedule saves less than the budget asks (a warm-up, or with `max_skip` a longest run of
     skipped steps, that leaves no schedule within it): its images are those of a smaller budget."""
-    reached = config.reduction(num_steps, num_tokens)
+    reached = config.reduction(num_steps, num_tokens, actions)  # the schedule just planned, not planned again
     if reached < config.budget - 1e-9:
         limits = f"warmup_steps={config.warmup_steps}" + (
             f" and max_skip={config.max_skip}" if config.schedule == "searched" else "")
