@@ -355,7 +355,7 @@ def glance(frame: pd.DataFrame, leaders: pd.DataFrame | None, reference: str, va
         value = f"{r[goal.name]:.{nd}f}"
         if pd.isna(r.get(d, np.nan)):
             return value
-        return f"{value} ({r[d]:+.{nd}f} [{r[f'{d}_lo']:+.{nd}f}, {r[f'{d}_hi']:+.{nd}f}] {r.get(verdict, '')})"
+        return f"{value} ({_fmt(r[d], r[f'{d}_lo'], r[f'{d}_hi'], nd, sign=True)} {r.get(verdict, '')})"
 
     middle = targets[len(targets) // 2]
     ranked = part.sort_values(goal.name, ascending=goal.lower_is_better)
