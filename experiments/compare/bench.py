@@ -95,12 +95,20 @@ class Bench:
         return None
 
     def _stored(self, key: str) -> dict | None:
-        """The setting's row, copied into the run's folder with its images when another run made it."""
+        """The setting's row, copied into the run's folder with its images when another run made it.
+
+        A row is written only after its images, so a row whose images are gone was carried without them
+        (`scripts/sweep_carry.py`): its values stand (they were measured on those images) and the run's folder
+        gets the row alone; nothing reads a setting's images after it is scored."""
         if (found := self._found(key)) is None:
             return None
         folder, row = found
         if folder != self.folder:
-            link_images(folder / key, self.folder / key, row["indices"])
+            present = [i for i in row["indices"] if image_path(folder / key, i).exists()]
+            if len(present) < len(row["indices"]):
+                log.info("compare: %s was carried without its images (%d of %d here): its row is reused as measured",
+                         row.get("setting") or key, len(present), len(row["indices"]))
+            link_images(folder / key, self.folder / key, present)
             write_json(self.folder / f"{key}.json", row)
         return row
 

@@ -1,0 +1,151 @@
+"""Carry a sweep's records to another machine without its images, and resume it there.
+
+    python scripts/sweep_carry.py pack outputs/sweeps/peers-tiny_sd3_scenes carry/   # on the first machine
+    python scripts/sweep_carry.py unpack carry/                                      # on the next (into ./outputs)
+    python run.py sweep=peers model=tiny_sd3_scenes                                  # resumes where it stopped
+
+A sweep's images are most of its size (a scored setting on 32 prompts of the scene model: about 400 KB of PNG,
+a few KB of values) and nothing reads a setting's images once it is scored. `pack` copies every other file of
+the sweep folder (each cell's status, metrics, plan, per-prompt values, calibration rows and logs) and of the
+full model's caches of the sweep's model beside it (`<output_root>/full_images/<model>-*`, with their
+`-settings` rows), leaving out the images (`*.png`), locks, symlinks and the interim report, and writes
+`CARRY.json` (what it holds, when, by which code). `unpack` copies those files into an output root (default
+`outputs`, the one `run.py` writes to from this directory), never over a file that is there.
+
+Rerunning the sweep's command then skips its finished cells, and an unfinished cell reuses every setting it
+(or another cell) had scored: a row is written only after its images, so a row without images is a carried one
+and `experiments.compare.bench.Bench` takes its values as measured. What is computed again: the full model's
+images (a new setting is scored against them) and the first batch of a setting a knob search had only
+measured. The run key includes the code: on a checkout whose code differs from the one in `CARRY.json`, the
+finished cells are reused only with `reuse_other_code=true` and the calibration rows not at all (`unpack` says
+so); carry between checkouts of the same commit, with the same torch, diffusers and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python scripts/sweep_carry.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from experiments.reports.sweeps import INTERIM  # noqa: E402
+from experiments.run.keys import code_identity  # noqa: E402
+
+CARRY = "CARRY.json"
+LEFT_OUT = (".png",)  # images: recomputed or not needed once a setting is scored
+SKIP_NAMES = {".lock"}
+
+
+def _files(folder: Path, skip_dirs: set[Path] = frozenset()):
+    """The regular files under `folder` a carry holds, relative to it."""
+    for path in sorted(folder.rglob("*")):
+        if any(parent in skip_dirs for parent in path.parents) or path in skip_dirs:
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.suffix.lower() in LEFT_OUT or path.name in SKIP_NAMES:
+            continue
+        yield path.relative_to(folder)
+
+
+def sweep_model(sweep_dir: Path) -> str:
+    config = sweep_dir / "multirun.yaml"
+    if not config.is_file():
+        raise SystemExit(f"{sweep_dir}: no multirun.yaml (not a sweep folder, or a sweep that never started)")
+    name = OmegaConf.select(OmegaConf.load(config), "model.name")
+    if not name:
+        raise SystemExit(f"{config}: no model.name")
+    return str(name)
+
+
+def pack(sweep_dir: Path, dest: Path) -> dict:
+    """Copies the sweep's records and its model's full-model caches into `dest` (replacing an earlier carry
+    there), images left out; returns the manifest."""
+    sweep_dir = sweep_dir.resolve()
+    if sweep_dir.parent.name != "sweeps":
+        raise SystemExit(f"{sweep_dir}: not a sweep folder (expected <output_root>/sweeps/<group>-<model>)")
+    model = sweep_model(sweep_dir)
+    output_root = sweep_dir.parent.parent
+    if dest.exists() and any(dest.iterdir()) and not (dest / CARRY).is_file():
+        raise SystemExit(f"{dest}: exists and holds no {CARRY}; pack into a new or empty folder (or an earlier "
+                         "carry, which it replaces)")
+    if dest.exists():
+        shutil.rmtree(dest)
+    trees = [sweep_dir] + sorted(p for p in (output_root / "full_images").glob(f"{model}-*") if p.is_dir())
+    count = size = 0
+    for tree in trees:
+        for rel in _files(tree, {tree / INTERIM} if tree == sweep_dir else set()):
+            target = dest / tree.relative_to(output_root) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tree / rel, target)
+            count += 1
+            size += target.stat().st_size
+    manifest = {"sweep": str(sweep_dir.relative_to(output_root)), "model": model,
+                "folders": [str(t.relative_to(output_root)) for t in trees], "files": count, "bytes": size,
+                "left_out": "images (*.png), locks, symlinks, the interim report",
+                "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity()}
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / CARRY).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def unpack(carry: Path, output_root: Path) -> tuple[dict, int, int]:
+    """Copies a carry's files into `output_root`, none over an existing file; returns (manifest, copied,
+    already there)."""
+    try:
+        manifest = json.loads((carry / CARRY).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{carry}: not a carry ({CARRY} unreadable: {err}); make one with `pack`") from None
+    copied = kept = 0
+    for folder in manifest["folders"]:
+        source = carry / folder
+        if not source.is_dir():
+            continue
+        for rel in _files(source):
+            target = output_root / folder / rel
+            if target.exists():
+                kept += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / rel, target)
+            copied += 1
+    return manifest, copied, kept
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="a sweep's records (no images) into a carry folder")
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("dest", type=Path)
+    u = sub.add_parser("unpack", help="a carry folder's records into an output root")
+    u.add_argument("carry", type=Path)
+    u.add_argument("--output-root", type=Path, default=Path("outputs"))
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        m = pack(args.sweep_dir, args.dest)
+        print(f"packed {m['sweep']} and {len(m['folders']) - 1} full-model cache(s) of {m['model']}: {m['files']} "
+              f"files, {m['bytes'] / 1e6:.1f} MB, into {args.dest} (images left out)")
+        return
+    manifest, copied, kept = unpack(args.carry, args.output_root)
+    print(f"unpacked {manifest['sweep']} ({manifest['packed']}) into {args.output_root}: {copied} files copied, "
+          f"{kept} already there (kept)")
+    here = code_identity()
+    if here != manifest["code"]:
+        differs = ", ".join(k for k in sorted(set(here) | set(manifest["code"])) if here.get(k) != manifest["code"].get(k))
+        print(f"warning: the carry was made by other code ({differs} differ): rerunning the sweep reuses its finished "
+              "cells only with reuse_other_code=true, and none of its calibration rows; carry between checkouts of "
+              "the same commit and libraries")
+
+
+if __name__ == "__main__":
+    main()
