@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:  # run as `python scripts/sweep_carry.py` from any
 
 from experiments.reports.sweeps import INTERIM  # noqa: E402
 from experiments.run.keys import code_identity  # noqa: E402
+from experiments.run.provenance import provenance  # noqa: E402
 
 CARRY = "CARRY.json"
 LEFT_OUT = (".png",)  # images: recomputed or not needed once a setting is scored
@@ -91,7 +92,8 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
     manifest = {"sweep": str(sweep_dir.relative_to(output_root)), "model": model,
                 "folders": [str(t.relative_to(output_root)) for t in trees], "files": count, "bytes": size,
                 "left_out": "images (*.png), locks, symlinks, the interim report",
-                "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity()}
+                "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity(),
+                "provenance": provenance()}
     dest.mkdir(parents=True, exist_ok=True)
     (dest / CARRY).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -142,9 +144,11 @@ def main(argv=None) -> None:
     here = code_identity()
     if here != manifest["code"]:
         differs = ", ".join(k for k in sorted(set(here) | set(manifest["code"])) if here.get(k) != manifest["code"].get(k))
+        commit = (manifest.get("provenance") or {}).get("git_sha") or "the commit it was packed on"
         print(f"warning: the carry was made by other code ({differs} differ): rerunning the sweep reuses its finished "
-              "cells only with reuse_other_code=true, and none of its calibration rows; carry between checkouts of "
-              "the same commit and libraries")
+              f"cells only with reuse_other_code=true, and none of its calibration rows; run the sweep from a checkout "
+              f"of {commit} with torch {manifest['code'].get('torch')}, diffusers {manifest['code'].get('diffusers')} "
+              f"and transformers {manifest['code'].get('transformers')}")
 
 
 if __name__ == "__main__":

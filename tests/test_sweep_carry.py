@@ -80,7 +80,9 @@ def test_unpack_restores_the_records_and_keeps_what_is_there(tmp_path, capsys):
     manifest["code"]["sha256"] = "0" * 64
     (tmp_path / "carry" / "CARRY.json").write_text(json.dumps(manifest))
     carry.main(["unpack", str(tmp_path / "carry"), "--output-root", str(tmp_path / "next")])
-    assert "warning: the carry was made by other code (sha256 differ)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "warning: the carry was made by other code (sha256 differ)" in out
+    assert f"from a checkout of {manifest['provenance']['git_sha']}" in out
 
 
 def test_pack_and_unpack_refuse_what_is_not_theirs(tmp_path):
