@@ -8,7 +8,8 @@ A sweep's images are most of its size (a scored setting on 32 prompts of the sce
 a few KB of values) and nothing reads a setting's images once it is scored. `pack` copies every other file of
 the sweep folder (each cell's status, metrics, plan, per-prompt values, calibration rows and logs) and of the
 full model's caches of the sweep's model beside it (`<output_root>/full_images/<model>-*`, with their
-`-settings` rows), leaving out the images (`*.png`), locks, symlinks and the interim report, and writes
+`-settings` rows), leaving out the images (`*.png`), locks, a writer's temporaries, symlinks and the interim
+report, and writes
 `CARRY.json` (what it holds, when, by which code). `unpack` copies those files into an output root (default
 `outputs`, the one `run.py` writes to from this directory), never over a file that is there.
 
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python scripts/sweep_carry.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from experiments.base.files import TMP_SUFFIX  # noqa: E402
 from experiments.reports.sweeps import INTERIM  # noqa: E402
 from experiments.run.keys import code_identity  # noqa: E402
 from experiments.run.provenance import provenance  # noqa: E402
@@ -52,7 +54,7 @@ def _files(folder: Path, skip_dirs: set[Path] = frozenset()):
             continue
         if path.is_symlink() or not path.is_file():
             continue
-        if path.suffix.lower() in LEFT_OUT or path.name in SKIP_NAMES:
+        if path.suffix.lower() in LEFT_OUT or path.name in SKIP_NAMES or path.name.endswith(TMP_SUFFIX):
             continue
         yield path.relative_to(folder)
 
@@ -91,7 +93,7 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
             size += target.stat().st_size
     manifest = {"sweep": str(sweep_dir.relative_to(output_root)), "model": model,
                 "folders": [str(t.relative_to(output_root)) for t in trees], "files": count, "bytes": size,
-                "left_out": "images (*.png), locks, symlinks, the interim report",
+                "left_out": "images (*.png), locks, temporaries, symlinks, the interim report",
                 "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity(),
                 "provenance": provenance()}
     dest.mkdir(parents=True, exist_ok=True)

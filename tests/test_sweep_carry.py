@@ -34,6 +34,7 @@ def a_sweep(root: Path) -> Path:
     write(sweep / "done-cell" / "cells" / "k1" / "00000.png")
     write(sweep / "done-cell" / ".hydra" / "overrides.yaml", "- method=cat\n")
     write(sweep / "running-cell" / ".lock")
+    write(sweep / "running-cell" / "calibration" / ".k9.json.x1.tmp")  # a row being written while packing
     write(sweep / "running-cell" / "calibration" / "k2.json", "{}")
     write(sweep / "interim" / "summary.md")
     (sweep / "interim" / "done-cell").symlink_to(sweep / "done-cell")
@@ -49,7 +50,7 @@ def listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
 
 
-def test_a_pack_holds_the_records_without_images_locks_or_the_interim_report(tmp_path):
+def test_a_pack_holds_the_records_without_images_locks_temporaries_or_the_interim_report(tmp_path):
     sweep = a_sweep(tmp_path / "outputs")
     manifest = carry.pack(sweep, tmp_path / "carry")
     assert listing(tmp_path / "carry") == {
