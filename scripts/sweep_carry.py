@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python scripts/sweep_carry.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from experiments.base.files import TMP_SUFFIX  # noqa: E402
+from experiments.base.files import TMP_SUFFIX, read_json  # noqa: E402
 from experiments.reports.sweeps import INTERIM  # noqa: E402
 from experiments.run.keys import code_identity  # noqa: E402
 from experiments.run.provenance import provenance  # noqa: E402
@@ -91,7 +91,12 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
             shutil.copy2(tree / rel, target)
             count += 1
             size += target.stat().st_size
-    manifest = {"sweep": str(sweep_dir.relative_to(output_root)), "model": model,
+    cell_code: dict[str, int] = {}  # the code that made the sweep's cells (run_key.json), by SHA-256
+    for recorded in sorted(sweep_dir.glob("*/run_key.json")):
+        code = ((read_json(recorded) or {}).get("material") or {}).get("code") or {}
+        if code.get("sha256"):
+            cell_code[code["sha256"]] = cell_code.get(code["sha256"], 0) + 1
+    manifest = {"sweep": str(sweep_dir.relative_to(output_root)), "model": model, "cell_code": cell_code,
                 "folders": [str(t.relative_to(output_root)) for t in trees], "files": count, "bytes": size,
                 "left_out": "images (*.png), locks, temporaries, symlinks, the interim report",
                 "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity(),
@@ -108,6 +113,10 @@ def unpack(carry: Path, output_root: Path) -> tuple[dict, int, int]:
         manifest = json.loads((carry / CARRY).read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"{carry}: not a carry ({CARRY} unreadable: {err}); make one with `pack`") from None
+    for folder in manifest.get("folders", []):  # relative folders of an output root, nothing outside it
+        if Path(folder).is_absolute() or ".." in Path(folder).parts:
+            raise SystemExit(f"{carry / CARRY}: folder {folder!r} is outside an output root; a carry holds "
+                             "sweeps/<name> and full_images/<name> only")
     copied = kept = 0
     for folder in manifest["folders"]:
         source = carry / folder
@@ -139,19 +148,24 @@ def main(argv=None) -> None:
         m = pack(args.sweep_dir, args.dest)
         print(f"packed {m['sweep']} and {len(m['folders']) - 1} full-model cache(s) of {m['model']}: {m['files']} "
               f"files, {m['bytes'] / 1e6:.1f} MB, into {args.dest} (images left out)")
+        if m["cell_code"] and m["code"]["sha256"] not in m["cell_code"]:
+            print(f"warning: this checkout's code ({m['code']['sha256'][:12]}) made none of the sweep's cells "
+                  f"({', '.join(c[:12] for c in m['cell_code'])}): CARRY.json names this checkout's commit; pack "
+                  "from the checkout the sweep runs from")
         return
     manifest, copied, kept = unpack(args.carry, args.output_root)
     print(f"unpacked {manifest['sweep']} ({manifest['packed']}) into {args.output_root}: {copied} files copied, "
           f"{kept} already there (kept)")
     here = code_identity()
-    if here != manifest["code"]:
-        differs = ", ".join(k for k in sorted(set(here) | set(manifest["code"])) if here.get(k) != manifest["code"].get(k))
+    made_by = manifest.get("cell_code") or {manifest["code"]["sha256"]: 0}
+    differs = ["sha256"] if here["sha256"] not in made_by else []
+    differs += [k for k in ("torch", "diffusers", "transformers") if here.get(k) != manifest["code"].get(k)]
+    if differs:
         commit = (manifest.get("provenance") or {}).get("git_sha") or "the commit it was packed on"
-        print(f"warning: the carry was made by other code ({differs} differ): rerunning the sweep reuses its finished "
-              f"cells only with reuse_other_code=true, and none of its calibration rows; run the sweep from a checkout "
-              f"of {commit} with torch {manifest['code'].get('torch')}, diffusers {manifest['code'].get('diffusers')} "
-              f"and transformers {manifest['code'].get('transformers')}")
-
+        print(f"warning: the carry was made by other code ({', '.join(differs)} differ): rerunning the sweep reuses "
+              f"its finished cells only with reuse_other_code=true, and none of its calibration rows; run the sweep "
+              f"from a checkout of {commit} with torch {manifest['code'].get('torch')}, diffusers "
+              f"{manifest['code'].get('diffusers')} and transformers {manifest['code'].get('transformers')}")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ import cat
 from experiments.compare.bench import Bench
 from experiments.compare.settings import setting_key
 from experiments.prompts.sets import Prompt
+from experiments.run.keys import code_identity
 
 spec = importlib.util.spec_from_file_location("sweep_carry", Path(__file__).resolve().parents[1] / "scripts" / "sweep_carry.py")
 carry = importlib.util.module_from_spec(spec)
@@ -30,6 +31,7 @@ def a_sweep(root: Path) -> Path:
     write(sweep / "multirun.yaml", "model:\n  name: m\n")
     write(sweep / ".cells", "done-cell\n")
     write(sweep / "done-cell" / "status.json", '{"status": "done"}')
+    write(sweep / "done-cell" / "run_key.json", json.dumps({"material": {"code": code_identity()}}))
     write(sweep / "done-cell" / "cells" / "k1.json", "{}")
     write(sweep / "done-cell" / "cells" / "k1" / "00000.png")
     write(sweep / "done-cell" / ".hydra" / "overrides.yaml", "- method=cat\n")
@@ -55,10 +57,12 @@ def test_a_pack_holds_the_records_without_images_locks_temporaries_or_the_interi
     manifest = carry.pack(sweep, tmp_path / "carry")
     assert listing(tmp_path / "carry") == {
         "CARRY.json", "sweeps/peers-m/multirun.yaml", "sweeps/peers-m/.cells", "sweeps/peers-m/done-cell/status.json",
+        "sweeps/peers-m/done-cell/run_key.json",
         "sweeps/peers-m/done-cell/cells/k1.json", "sweeps/peers-m/done-cell/.hydra/overrides.yaml",
         "sweeps/peers-m/running-cell/calibration/k2.json", "full_images/m-abc/macs.jsonl",
         "full_images/m-abc-settings/k2.json"}
-    assert manifest["model"] == "m" and manifest["files"] == 8
+    assert manifest["model"] == "m" and manifest["files"] == 9
+    assert manifest["cell_code"] == {code_identity()["sha256"]: 1}
     assert manifest["folders"] == ["sweeps/peers-m", "full_images/m-abc", "full_images/m-abc-settings"]
     assert json.loads((tmp_path / "carry" / "CARRY.json").read_text())["code"]["sha256"]
     write(sweep / "done-cell" / "cells" / "k3.json", "{}")  # a later pack replaces the earlier one
@@ -74,11 +78,11 @@ def test_unpack_restores_the_records_and_keeps_what_is_there(tmp_path, capsys):
     there = write(tmp_path / "next" / "sweeps" / "peers-m" / "done-cell" / "status.json", "mine")
     carry.main(["unpack", str(tmp_path / "carry"), "--output-root", str(tmp_path / "next")])
     out = capsys.readouterr().out
-    assert "7 files copied, 1 already there (kept)" in out and "warning" not in out  # the same code
+    assert "8 files copied, 1 already there (kept)" in out and "warning" not in out  # the same code
     assert there.read_text() == "mine"
     assert listing(tmp_path / "next") == listing(tmp_path / "carry") - {"CARRY.json"}
     manifest = json.loads((tmp_path / "carry" / "CARRY.json").read_text())
-    manifest["code"]["sha256"] = "0" * 64
+    manifest["cell_code"] = {"0" * 64: 2}  # cells made by other code
     (tmp_path / "carry" / "CARRY.json").write_text(json.dumps(manifest))
     carry.main(["unpack", str(tmp_path / "carry"), "--output-root", str(tmp_path / "next")])
     out = capsys.readouterr().out
@@ -96,6 +100,13 @@ def test_pack_and_unpack_refuse_what_is_not_theirs(tmp_path):
         carry.pack(sweep / "done-cell", tmp_path / "carry")
     with pytest.raises(SystemExit, match="not a carry"):
         carry.unpack(tmp_path / "mine", tmp_path / "next")
+    carry.pack(sweep, tmp_path / "carry")
+    manifest = json.loads((tmp_path / "carry" / "CARRY.json").read_text())
+    for outside in ("../elsewhere", "/etc"):
+        (tmp_path / "carry" / "CARRY.json").write_text(json.dumps({**manifest, "folders": [outside]}))
+        with pytest.raises(SystemExit, match="is outside an output root"):
+            carry.unpack(tmp_path / "carry", tmp_path / "next")
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_scored_setting_carried_without_images_is_reused_as_measured(tmp_path):
@@ -136,3 +147,11 @@ def test_a_cell_rerun_from_records_without_images_runs_nothing_again(tmp_path, m
     again_dir, again = launch.run(*args)
     assert again_dir == run_dir and again == metrics and not ran
     assert list((run_dir / "calibration").glob("*.json")) and not list(run_dir.rglob("*.png"))
+
+
+def test_a_pack_from_a_checkout_that_made_none_of_the_cells_says_so(tmp_path, capsys):
+    sweep = a_sweep(tmp_path / "outputs")
+    write(sweep / "done-cell" / "run_key.json", json.dumps({"material": {"code": {"sha256": "ab" * 32}}}))
+    carry.main(["pack", str(sweep), str(tmp_path / "carry")])
+    out = capsys.readouterr().out
+    assert "warning: this checkout's code" in out and "made none of the sweep's cells (abababababab)" in out
