@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python scripts/sweep_carry.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from experiments.base.files import TMP_SUFFIX, read_json  # noqa: E402
+from experiments.base.files import TMP_SUFFIX, read_json, write_json  # noqa: E402
 from experiments.reports.sweeps import INTERIM  # noqa: E402
 from experiments.run.keys import code_identity  # noqa: E402
 from experiments.run.provenance import provenance  # noqa: E402
@@ -102,7 +102,7 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
                 "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity(),
                 "provenance": provenance()}
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / CARRY).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(dest / CARRY, manifest)
     return manifest
 
 
@@ -113,12 +113,13 @@ def unpack(carry: Path, output_root: Path) -> tuple[dict, int, int]:
         manifest = json.loads((carry / CARRY).read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"{carry}: not a carry ({CARRY} unreadable: {err}); make one with `pack`") from None
-    for folder in manifest.get("folders", []):  # relative folders of an output root, nothing outside it
+    folders = manifest.get("folders") or []
+    for folder in folders:  # relative folders of an output root, nothing outside it
         if Path(folder).is_absolute() or ".." in Path(folder).parts:
             raise SystemExit(f"{carry / CARRY}: folder {folder!r} is outside an output root; a carry holds "
                              "sweeps/<name> and full_images/<name> only")
     copied = kept = 0
-    for folder in manifest["folders"]:
+    for folder in folders:
         source = carry / folder
         if not source.is_dir():
             continue
