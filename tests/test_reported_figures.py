@@ -1,0 +1,144 @@
+"""The comparison's figures in the README and docs/results.md are the committed reports' own: every cell of
+their tuned tables (PSNR, its interval where shown, the paired difference to CAT with its interval and verdict,
+the leader's margin over the runner-up with its Holm p) matches the report's targets.csv and leaders.csv to the
+precision shown. A table written by hand after a rerun, or a report replaced without its table, fails here."""
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "docs/results.md")
+
+# A tuned table's label (its first header cell, or the italic label that opens the paragraph above it)
+# -> the folder of the report its figures come from. A new tuned table needs its entry here.
+SOURCES = {
+    "tuned, default model": "results/peers",
+    "*Embedded default model*": "results/peers",
+    "*PixArt model*": "results/peers/tiny_pixart_shapes",
+    "*Scene model, previous protocol*": "results/peers/tiny_sd3_scenes",
+}
+ALIASES = {"random tokens": "cat_random", "fewer steps": "steps"}
+VERDICTS = {"better": "better", "worse": "worse", "undet.": "undetermined", "undetermined": "undetermined",
+            "equiv.": "equivalent", "equivalent": "equivalent"}
+TARGETS = {"40%": 0.4, "50%": 0.5, "60%": 0.6}
+NUM = r"[+-]?\d+\.\d+"
+CELL = re.compile(rf"^(?P<psnr>{NUM})(?: \[(?P<plo>{NUM}), (?P<phi>{NUM})\])?"
+                  rf"(?: \((?P<d>{NUM}) \[(?P<lo>{NUM}), (?P<hi>{NUM})\] (?P<v>[a-z.]+)\))?$")
+LEADER = re.compile(rf"^(?P<a>.+?) - (?P<b>.+?) (?P<m>{NUM}) \[(?P<lo>{NUM}), (?P<hi>{NUM})\], "
+                    rf"(?P<v>[a-z.]+) \((?:Holm )?p (?P<p>\d+(?:\.\d+)?)\)$")
+
+
+def method_key(name: str) -> str:
+    name = re.sub(r" \((this project|CAT's budget)\)$", "", name.replace("`", "").strip()).lower()
+    return ALIASES.get(name, name)
+
+
+def tuned_tables(doc: str):
+    """(label, header cells, rows of cells) of every table of `doc` whose columns are the three targets and
+    whose first header cell starts with "tuned"."""
+    lines = (ROOT / doc).read_text().splitlines()
+    label, i = None, 0
+    while i < len(lines):
+        line = lines[i]
+        if re.match(r"^\*[^*].*?\*", line):
+            label = re.match(r"^(\*[^*]+?\*)", line).group(1)
+        if line.startswith("| tuned") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            yield (header[0] if header[0] != "tuned" else label), header, rows
+            continue
+        i += 1
+
+
+def report(folder: str):
+    with open(ROOT / folder / "targets.csv", newline="") as f:
+        targets = {(r["method"], round(float(r["target"]), 2)): r for r in csv.DictReader(f)
+                   if r["variant"] == "tuned"}
+    leaders = {}
+    if (ROOT / folder / "leaders.csv").is_file():
+        with open(ROOT / folder / "leaders.csv", newline="") as f:
+            leaders = {round(float(r["target"]), 2): r for r in csv.DictReader(f) if r["variant"] == "tuned"}
+    return targets, leaders
+
+
+def agrees(shown: str, value) -> bool:
+    """`shown` is `value` rounded to the digits shown."""
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return value not in ("", None) and abs(float(shown) - float(value)) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+def check_table(label, header, rows) -> list[str]:
+    targets, leaders = report(SOURCES[label])
+    wrong = []
+    for row in rows:
+        name = row[0].replace("*", "")
+        for column, cell in zip(header[1:], row[1:]):
+            target = TARGETS[column]
+            cell = cell.replace("*", "")
+            where = f"{label}, {name}, {column}: {cell!r}"
+            if "leader - runner-up" in name:
+                m, r = LEADER.match(cell), leaders.get(target)
+                if m is None or r is None:
+                    wrong.append(f"{where}: not a leader cell, or no leaders.csv row")
+                    continue
+                ok = (method_key(m["a"]) == r["leader"] and method_key(m["b"]) == r["runner_up"]
+                      and all(agrees(m[k], r[c]) for k, c in (("m", "margin"), ("lo", "margin_lo"),
+                                                              ("hi", "margin_hi"), ("p", "p_holm")))
+                      and VERDICTS[m["v"]] == r["verdict_holm"])
+                if not ok:
+                    wrong.append(f"{where} != leaders.csv {r['leader']} - {r['runner_up']} {r['margin']} "
+                                 f"[{r['margin_lo']}, {r['margin_hi']}] {r['verdict_holm']} p {r['p_holm']}")
+                continue
+            r = targets.get((method_key(name), target))
+            if cell in ("-", "not reached"):
+                if r is not None and r["psnr"] not in ("", "nan"):
+                    wrong.append(f"{where}: targets.csv has {r['psnr']}")
+                continue
+            m = CELL.match(cell)
+            if m is None or r is None:
+                wrong.append(f"{where}: unparsed, or no tuned row for {method_key(name)!r}")
+                continue
+            verdict = r.get("verdict_holm") or r.get("verdict")
+            checks = [("psnr", "psnr"), ("plo", "psnr_lo"), ("phi", "psnr_hi"),
+                      ("d", "d_cat"), ("lo", "d_cat_lo"), ("hi", "d_cat_hi")]
+            ok = all(m[k] is None or agrees(m[k], r[c]) for k, c in checks)
+            ok = ok and (m["v"] is None or VERDICTS.get(m["v"]) == verdict)
+            if not ok:
+                wrong.append(f"{where} != targets.csv {r['psnr']} ({r['d_cat']} [{r['d_cat_lo']}, "
+                             f"{r['d_cat_hi']}] {verdict})")
+    return wrong
+
+
+TABLES = [(doc, *table) for doc in DOCS for table in tuned_tables(doc)]
+
+
+def test_the_tuned_tables_are_found_and_each_has_a_report():
+    assert len(TABLES) >= 4
+    assert sorted({label for _, label, _, _ in TABLES}) == sorted(SOURCES)
+    for _, _, header, rows in TABLES:
+        assert header[1:] == list(TARGETS) and len(rows) >= 10
+
+
+@pytest.mark.parametrize("doc,label,header,rows", TABLES, ids=[f"{d}:{t[0]}" for d, *t in TABLES])
+def test_every_figure_of_a_tuned_table_is_its_report_s(doc, label, header, rows):
+    assert check_table(label, header, rows) == []
+
+
+def test_a_figure_edited_by_hand_is_caught():
+    doc, label, header, rows = TABLES[0]
+    row = next(r for r in rows if CELL.match(r[2].replace("*", "")) and "(" in r[2])
+    psnr = CELL.match(row[2].replace("*", ""))["psnr"]
+    edited = [r if r is not row else [r[0], r[1], r[2].replace(psnr, f"{float(psnr) + 0.2:.1f}", 1), r[3]]
+              for r in rows]
+    assert len(check_table(label, header, edited)) == 1
+    swapped = [r if "leader" not in r[0] else [r[0], *(c.replace("better", "undet.") for c in r[1:])]
+               for r in rows]
+    assert any("leaders.csv" in w for w in check_table(label, header, swapped))
+    assert not math.isnan(float(psnr))
