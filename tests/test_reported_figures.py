@@ -142,3 +142,95 @@ def test_a_figure_edited_by_hand_is_caught():
                for r in rows]
     assert any("leaders.csv" in w for w in check_table(label, header, swapped))
     assert not math.isnan(float(psnr))
+
+
+# forecast_search's ablation (docs/results.md): a table's opening bold label -> its report; each arm's row label
+# -> the arm(s) its figures are; the rows after "with `forecast_steps` tuned" are the `_fewer` arms.
+ABLATIONS = {
+    "`forecast_search`: what each part is worth": "results/forecast_ablation",
+    "The same ablation on the PixArt model": "results/forecast_ablation/tiny_pixart_shapes",
+}
+ARMS = {
+    "searched, forecast only": ["fs_searched_none"],
+    "interval, forecast only": ["fs_interval_none"],
+    "interval, every skipped step corrected with CAT's tokens": ["fs_interval_topk"],
+    "interval, every skipped step corrected by cluster propagation": ["fs_interval_cluster"],
+    "searched, corrected steps allowed (CAT's tokens)": ["fs_searched_topk"],
+    "searched, corrected steps allowed (cluster propagation)": ["fs_searched_cluster"],
+    "searched, corrected steps allowed (CAT's tokens or cluster propagation)": ["fs_searched_topk",
+                                                                                "fs_searched_cluster"],
+}
+REFERENCE = "fs_searched_none"
+ARM_CELL = re.compile(rf"^(?P<psnr>{NUM})(?: \((?:(?P<d>{NUM}) \[(?P<lo>{NUM}), (?P<hi>{NUM})\] (?P<v>[a-z.]+)"
+                      rf"|(?P<same>identical|as forecast only))\))?$")
+
+
+def ablation_tables():
+    lines = (ROOT / "docs/results.md").read_text().splitlines()
+    label, i = None, 0
+    while i < len(lines):
+        if m := re.match(r"^\*\*(.+?)\*\*", lines[i]):
+            label = m.group(1)
+        if lines[i].startswith("| arm (schedule") and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in lines[i].strip("|").split("|")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            yield label, header, rows
+            continue
+        i += 1
+
+
+def check_ablation(label, header, rows) -> list[str]:
+    with open(ROOT / ABLATIONS[label] / f"targets_vs_{REFERENCE}.csv", newline="") as f:
+        arms = {(r["method"], round(float(r["target"]), 2)): r for r in csv.DictReader(f) if r["variant"] == "tuned"}
+    wrong, suffix = [], ""
+    for row in rows:
+        name = re.sub(r" \((`[^)]*|no search)\)$", "", row[0].replace("*", ""))
+        if name.startswith("with `forecast_steps` tuned"):
+            suffix = "_fewer"
+            if any(row[1:]):  # "identical to the arm at 28 steps": every _fewer arm is its base arm
+                wrong += [f"{label}: {arm}_fewer at {t} differs from {arm}" for (arm, t), r in arms.items()
+                          if not arm.endswith("_fewer") and arms[(arm + "_fewer", t)]["psnr"] != r["psnr"]]
+            continue
+        for arm in ARMS[name]:
+            for column, cell in zip(header[1:], row[1:]):
+                target, cell = TARGETS[column], cell.replace("*", "")
+                r, m = arms.get((arm + suffix, target)), ARM_CELL.match(cell)
+                where = f"{label}, {arm + suffix}, {column}: {cell!r}"
+                if r is None or m is None:
+                    wrong.append(f"{where}: unparsed, or no row")
+                    continue
+                d = f"d_{REFERENCE}"
+                ok = agrees(m["psnr"], r["psnr"])
+                if m["same"]:  # the same images as the forecast alone in the same section
+                    ok = ok and r["psnr"] == arms[(REFERENCE + suffix, target)]["psnr"]
+                    ok = ok and (suffix or float(r[d]) == 0.0)
+                elif m["d"] is not None:
+                    ok = ok and all(agrees(m[k], r[c]) for k, c in (("d", d), ("lo", d + "_lo"), ("hi", d + "_hi")))
+                    ok = ok and VERDICTS.get(m["v"]) == r["verdict_holm"]
+                else:
+                    ok = ok and arm + suffix == REFERENCE
+                if not ok:
+                    wrong.append(f"{where} != {r['psnr']} ({r[d]} [{r[d + '_lo']}, {r[d + '_hi']}] "
+                                 f"{r['verdict_holm']})")
+    return wrong
+
+
+ABLATION_TABLES = list(ablation_tables())
+
+
+def test_the_ablation_tables_are_found_and_each_has_a_report():
+    assert sorted(label for label, _, _ in ABLATION_TABLES) == sorted(ABLATIONS)
+
+
+@pytest.mark.parametrize("label,header,rows", ABLATION_TABLES, ids=[t[0][:30] for t in ABLATION_TABLES])
+def test_every_figure_of_an_ablation_table_is_its_report_s(label, header, rows):
+    assert check_ablation(label, header, rows) == []
+
+
+def test_an_ablation_figure_edited_by_hand_is_caught():
+    label, header, rows = ABLATION_TABLES[0]
+    edited = [[c.replace("-1.50 [", "-1.40 [") for c in r] for r in rows]
+    assert edited != rows and len(check_ablation(label, header, edited)) == 1
