@@ -234,3 +234,79 @@ def test_an_ablation_figure_edited_by_hand_is_caught():
     label, header, rows = ABLATION_TABLES[0]
     edited = [[c.replace("-1.50 [", "-1.40 [") for c in r] for r in rows]
     assert edited != rows and len(check_ablation(label, header, edited)) == 1
+
+
+# The CAT ablations (policy - cat) and the clustering sweeps (cat - no_cluster, so the report's
+# no_cluster - cat negated) in docs/results.md: a table's opening bold label -> its paired report and the
+# sign of the reported difference; the rows are policies or keep ratios, the columns settings.
+PAIRED = {
+    "The ablation sweep": ("results/ablation", 1),
+    "The same ablation at 1024 tokens": ("results/ablation/tiny_sd3_scenes", 1),
+    "The same ablation on the PixArt architecture": ("results/ablation/tiny_pixart_shapes", 1),
+    "Does clustering help? (256 tokens)": ("results/clustering/tiny_sd3_shapes", -1),
+    "Does clustering help? (1024 tokens)": ("results/clustering/tiny_sd3_scenes", -1),
+}
+POLICIES = {"no clustering": "cat_no_cluster", "no staleness": "cat_no_staleness", "noise only": "cat_noise_only",
+            "random tokens": "cat_random"}
+PAIRED_CELL = re.compile(rf"^(?P<d>{NUM}) \[(?P<lo>{NUM}), (?P<hi>{NUM})\]$")
+
+
+def paired_tables():
+    lines = (ROOT / "docs/results.md").read_text().splitlines()
+    label, i = None, 0
+    while i < len(lines):
+        if m := re.match(r"^\*\*(.+?)\*\*", lines[i]):
+            label = m.group(1)
+        first = lines[i].split("|")[1].strip() if lines[i].startswith("|") else ""
+        if first in ("policy - cat", "keep ratio", "PSNR (dB)", "SSIM (x 1000)") and label in PAIRED:
+            header = [c.strip() for c in lines[i].strip("|").split("|")]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            yield label, header, rows
+            continue
+        i += 1
+
+
+def check_paired(label, header, rows) -> list[str]:
+    folder, sign = PAIRED[label]
+    with open(ROOT / folder / "paired.csv", newline="") as f:
+        paired = {(r["method"], float(r["method.config.keep_ratio"]), int(r["method.config.num_clusters"])): r
+                  for r in csv.DictReader(f)}
+    metric, scale = ("ssim", 1000) if header[0].startswith("SSIM") else ("psnr", 1)
+    wrong = []
+    for row in rows:
+        for column, cell in zip(header[1:], row[1:]):
+            if header[0] == "policy - cat":
+                keep, clusters = re.match(r"keep ([\d.]+), (\d+) clusters", column).groups()
+                method = POLICIES[row[0]]
+            else:
+                keep, clusters = re.search(r"[\d.]+", row[0]).group(), column.split()[0]
+                method = "cat_no_cluster"
+            r = paired.get((method, float(keep), int(clusters)))
+            m = PAIRED_CELL.match(cell.replace("*", ""))
+            where = f"{label}, {header[0]}, {row[0]}, {column}: {cell!r}"
+            if r is None or m is None:
+                wrong.append(f"{where}: unparsed, or no row")
+                continue
+            d, lo, hi = (sign * scale * float(r[f"d_{metric}{s}"]) for s in ("", "_lo", "_hi"))
+            lo, hi = min(lo, hi), max(lo, hi)
+            ok = agrees(m["d"], d) and agrees(m["lo"], lo) and agrees(m["hi"], hi)
+            ok = ok and cell.startswith("**") == (r[f"{metric}_verdict"] != "no difference")
+            if not ok:
+                wrong.append(f"{where} != {d:+.4f} [{lo:+.4f}, {hi:+.4f}] {r[f'{metric}_verdict']}")
+    return wrong
+
+
+PAIRED_TABLES = list(paired_tables())
+
+
+def test_the_paired_tables_are_found():
+    assert sorted({label for label, _, _ in PAIRED_TABLES}) == sorted(PAIRED) and len(PAIRED_TABLES) == 6
+
+
+@pytest.mark.parametrize("label,header,rows", PAIRED_TABLES,
+                         ids=[f"{t[0][:30]}:{t[1][0]}" for t in PAIRED_TABLES])
+def test_every_figure_of_a_paired_table_is_its_report_s(label, header, rows):
+    assert check_paired(label, header, rows) == []
