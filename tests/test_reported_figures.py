@@ -310,3 +310,31 @@ def test_the_paired_tables_are_found():
                          ids=[f"{t[0][:30]}:{t[1][0]}" for t in PAIRED_TABLES])
 def test_every_figure_of_a_paired_table_is_its_report_s(label, header, rows):
     assert check_paired(label, header, rows) == []
+
+
+def test_the_default_run_s_figures_are_its_committed_metrics():
+    """README's and docs/results.md's default run is results/default_run/metrics.json."""
+    import json
+    m = json.loads((ROOT / "results/default_run/metrics.json").read_text())
+    results = (ROOT / "docs/results.md").read_text()
+    table = results[results.index("| | full model | CAT |"):]
+    table = table[:table.index("\n\n")]
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")[1:]] for r in table.splitlines()}
+    adherence = rows["adherence (judge, 0 to 1)"]
+    for cell, key in zip(adherence, ("adherence_full", "adherence")):
+        value, lo, hi = re.match(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", cell).groups()
+        assert agrees(value, m[key]) and agrees(lo, m[key + "_lo"]) and agrees(hi, m[key + "_hi"]), cell
+    psnr, lo, hi, ssim = re.match(r"([\d.]+) dB \[([\d.]+), ([\d.]+)\] / ([\d.]+)",
+                                  rows["PSNR / SSIM against the full model"][1]).groups()
+    assert agrees(psnr, m["psnr"]) and agrees(lo, m["psnr_lo"]) and agrees(hi, m["psnr_hi"]) and agrees(ssim, m["ssim"])
+    full, method = rows["transformer MACs per image"]
+    assert float(full) == float(f"{m['transformer_macs_full']:.2e}")
+    assert method.startswith(f"{m['transformer_macs']:.2e}".replace("e+0", "e"))
+    assert f"({100 * m['macs_reduction']:.1f}%" in method
+    full, method = next(v for k, v in rows.items() if k.startswith("end-to-end latency"))
+    assert full == f"{m['latency_full_s']:.2f} s" and method.startswith(f"{m['latency_s']:.2f} s ({m['speedup']:.2f}x")
+    assert rows["CAT's caches (`cache_bytes`)"][1] == f"{m['cache_bytes'] / 2 ** 20:.1f} MiB"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"{m['psnr']:.1f} dB [{m['psnr_lo']:.1f}, {m['psnr_hi']:.1f}] PSNR / {m['ssim']:.3f} SSIM" in readme)
+    assert f"{100 * m['macs_reduction']:.1f}% fewer transformer MACs** ({m['speedup']:.2f}x end to end" in readme
+    assert f"({m['adherence']:.3f} against {m['adherence_full']:.3f})" in readme
