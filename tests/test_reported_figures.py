@@ -338,3 +338,20 @@ def test_the_default_run_s_figures_are_its_committed_metrics():
     assert (f"{m['psnr']:.1f} dB [{m['psnr_lo']:.1f}, {m['psnr_hi']:.1f}] PSNR / {m['ssim']:.3f} SSIM" in readme)
     assert f"{100 * m['macs_reduction']:.1f}% fewer transformer MACs** ({m['speedup']:.2f}x end to end" in readme
     assert f"({m['adherence']:.3f} against {m['adherence_full']:.3f})" in readme
+
+
+def test_the_pixart_default_run_s_figures_are_its_committed_metrics():
+    """README's and docs/models.md's `python run.py model=tiny_pixart_shapes` is
+    results/default_run/tiny_pixart_shapes/metrics.json (and the SD3 default's adherence beside it, its own)."""
+    import json
+    m = json.loads((ROOT / "results/default_run/tiny_pixart_shapes/metrics.json").read_text())
+    sd3 = json.loads((ROOT / "results/default_run/metrics.json").read_text())
+    models = " ".join((ROOT / "docs/models.md").read_text().split())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    psnr = f"**{m['psnr']:.1f} dB [{m['psnr_lo']:.1f}, {m['psnr_hi']:.1f}]**"
+    reduction = f"{100 * m['macs_reduction']:.1f}% fewer"
+    assert f"PSNR {psnr} to the full model (SSIM {m['ssim']:.3f}), {reduction} transformer MACs, " \
+           f"{m['speedup']:.2f}x end to end" in models
+    assert f"adherence {m['adherence']:.3f} against the full model's {m['adherence_full']:.3f}" in models
+    assert f"(adherence {m['adherence_full']:.2f}; SD3 default {sd3['adherence_full']:.2f})" in readme
+    assert f"keeps {psnr} with {reduction} MACs ({m['speedup']:.2f}x)" in readme
