@@ -8,18 +8,21 @@ A sweep's images are most of its size (a scored setting on 32 prompts of the sce
 a few KB of values) and nothing reads a setting's images once it is scored. `pack` copies every other file of
 the sweep folder (each cell's status, metrics, plan, per-prompt values, calibration rows and logs) and of the
 full model's caches of the sweep's model beside it (`<output_root>/full_images/<model>-*`, with their
-`-settings` rows), leaving out the images (`*.png`), locks, a writer's temporaries, symlinks and the interim
-report, and writes
-`CARRY.json` (what it holds, when, by which code). `unpack` copies those files into an output root (default
+`-settings` rows), leaving out the settings' images (`*.png`), locks, a writer's temporaries, symlinks and the
+interim report, and writes
+`CARRY.json` (what it holds, when, by which code). The full model's own images are carried (one per prompt,
+about 15 KB each on the scene model): every carried row was scored against them, and a setting scored after the
+unpack is scored against the same images, not against ones generated again on another CPU, which could differ in
+their last bits. `unpack` copies those files into an output root (default
 `outputs`, the one `run.py` writes to from this directory), never over a file that is there.
 
 Rerunning the sweep's command then skips its finished cells, and an unfinished cell reuses every setting it
 (or another cell) had scored: a row is written only after its images, so a row without images is a carried one
-and `experiments.compare.bench.Bench` takes its values as measured. What is computed again: the full model's
-images (a new setting is scored against them) and the first batch of a setting a knob search had only
-measured. The run key includes the code: on a checkout whose code differs from the one in `CARRY.json`, the
-finished cells are reused only with `reuse_other_code=true` and the calibration rows not at all (`unpack` says
-so); carry between checkouts of the same commit, with the same torch, diffusers and transformers.
+and `experiments.compare.bench.Bench` takes its values as measured. What is computed again: the first batch
+of a setting a knob search had only measured. The run key includes the code: on a checkout whose code differs
+from the one in `CARRY.json`, the finished cells are reused only with `reuse_other_code=true` and the
+calibration rows not at all (`unpack` says so); carry between checkouts of the same commit, with the same
+torch, diffusers and transformers.
 """
 
 from __future__ import annotations
@@ -47,14 +50,22 @@ LEFT_OUT = (".png",)  # images: recomputed or not needed once a setting is score
 SKIP_NAMES = {".lock"}
 
 
-def _files(folder: Path, skip_dirs: set[Path] = frozenset()):
-    """The regular files under `folder` a carry holds, relative to it."""
+def full_model_images(folder: str | Path) -> bool:
+    """Whether a carried folder is a full model's image cache (`full_images/<model>-<key>`), whose images are
+    carried, rather than its settings' rows (`-settings`) or a sweep."""
+    folder = Path(folder)
+    return folder.parent.name == "full_images" and not folder.name.endswith("-settings")
+
+
+def _files(folder: Path, skip_dirs: set[Path] = frozenset(), images: bool = False):
+    """The regular files under `folder` a carry holds, relative to it (with its images where `images`)."""
     for path in sorted(folder.rglob("*")):
         if any(parent in skip_dirs for parent in path.parents) or path in skip_dirs:
             continue
         if path.is_symlink() or not path.is_file():
             continue
-        if path.suffix.lower() in LEFT_OUT or path.name in SKIP_NAMES or path.name.endswith(TMP_SUFFIX):
+        if (path.suffix.lower() in LEFT_OUT and not images) or path.name in SKIP_NAMES \
+                or path.name.endswith(TMP_SUFFIX):
             continue
         yield path.relative_to(folder)
 
@@ -85,7 +96,7 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
     trees = [sweep_dir] + sorted(p for p in (output_root / "full_images").glob(f"{model}-*") if p.is_dir())
     count = size = 0
     for tree in trees:
-        for rel in _files(tree, {tree / INTERIM} if tree == sweep_dir else set()):
+        for rel in _files(tree, {tree / INTERIM} if tree == sweep_dir else set(), full_model_images(tree)):
             target = dest / tree.relative_to(output_root) / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(tree / rel, target)
@@ -98,7 +109,8 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
             cell_code[code["sha256"]] = cell_code.get(code["sha256"], 0) + 1
     manifest = {"sweep": str(sweep_dir.relative_to(output_root)), "model": model, "cell_code": cell_code,
                 "folders": [str(t.relative_to(output_root)) for t in trees], "files": count, "bytes": size,
-                "left_out": "images (*.png), locks, temporaries, symlinks, the interim report",
+                "left_out": "the sweep's and the settings' images (*.png; the full model's are carried), locks, "
+                            "temporaries, symlinks, the interim report",
                 "packed": dt.datetime.now().isoformat(timespec="seconds"), "code": code_identity(),
                 "provenance": provenance()}
     dest.mkdir(parents=True, exist_ok=True)
@@ -123,7 +135,7 @@ def unpack(carry: Path, output_root: Path) -> tuple[dict, int, int]:
         source = carry / folder
         if not source.is_dir():
             continue
-        for rel in _files(source):
+        for rel in _files(source, images=full_model_images(folder)):
             target = output_root / folder / rel
             if target.exists():
                 kept += 1

@@ -60,8 +60,9 @@ def test_a_pack_holds_the_records_without_images_locks_temporaries_or_the_interi
         "sweeps/peers-m/done-cell/run_key.json",
         "sweeps/peers-m/done-cell/cells/k1.json", "sweeps/peers-m/done-cell/.hydra/overrides.yaml",
         "sweeps/peers-m/running-cell/calibration/k2.json", "full_images/m-abc/macs.jsonl",
+        "full_images/m-abc/00000.png",  # the full model's images are carried: the rows were scored against them
         "full_images/m-abc-settings/k2.json"}
-    assert manifest["model"] == "m" and manifest["files"] == 9
+    assert manifest["model"] == "m" and manifest["files"] == 10
     assert manifest["cell_code"] == {code_identity()["sha256"]: 1}
     assert manifest["folders"] == ["sweeps/peers-m", "full_images/m-abc", "full_images/m-abc-settings"]
     assert json.loads((tmp_path / "carry" / "CARRY.json").read_text())["code"]["sha256"]
@@ -78,7 +79,7 @@ def test_unpack_restores_the_records_and_keeps_what_is_there(tmp_path, capsys):
     there = write(tmp_path / "next" / "sweeps" / "peers-m" / "done-cell" / "status.json", "mine")
     carry.main(["unpack", str(tmp_path / "carry"), "--output-root", str(tmp_path / "next")])
     out = capsys.readouterr().out
-    assert "8 files copied, 1 already there (kept)" in out and "warning" not in out  # the same code
+    assert "9 files copied, 1 already there (kept)" in out and "warning" not in out  # the same code
     assert there.read_text() == "mine"
     assert listing(tmp_path / "next") == listing(tmp_path / "carry") - {"CARRY.json"}
     manifest = json.loads((tmp_path / "carry" / "CARRY.json").read_text())
