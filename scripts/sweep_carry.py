@@ -160,7 +160,8 @@ def main(argv=None) -> None:
     if args.command == "pack":
         m = pack(args.sweep_dir, args.dest)
         print(f"packed {m['sweep']} and {len(m['folders']) - 1} full-model cache(s) of {m['model']}: {m['files']} "
-              f"files, {m['bytes'] / 1e6:.1f} MB, into {args.dest} (the settings' images left out, the full model's carried)")
+              f"files, {m['bytes'] / 1e6:.1f} MB, into {args.dest} (the settings' images left out, the full "
+              "model's carried)")
         if m["cell_code"] and m["code"]["sha256"] not in m["cell_code"]:
             print(f"warning: this checkout's code ({m['code']['sha256'][:12]}) made none of the sweep's cells "
                   f"({', '.join(c[:12] for c in m['cell_code'])}): CARRY.json names this checkout's commit; pack "
