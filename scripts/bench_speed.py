@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -487,7 +488,11 @@ def main(argv=None) -> None:
                    help="the random-weight transformer's dtype (with --model: the model config's)")
     p.add_argument("--warmup", type=int, default=2, help="with --model: untimed calls per variant")
     p.add_argument("--compile-mode", default="default", help="default, max-autotune, reduce-overhead (CUDA graphs)")
+    p.add_argument("--out", default=None, metavar="FILE.json",
+                   help="also write every figure of the run, its command line, the machine and the code to this file")
     args = p.parse_args(argv)
+    if args.out and Path(args.out).suffix != ".json":
+        p.error(f"--out {args.out}: a .json file")
     check_methods(p, args)
     conf_overrides = ([f"method={args.method}"] if args.method else []) + args.changes
     if args.model:
@@ -495,6 +500,7 @@ def main(argv=None) -> None:
                       conf_overrides)
         for key, value in r.items():
             print(f"{key}={value:.5g}" if isinstance(value, float) else f"{key}={value}")
+        record(args.out, argv, r)
         return
     if args.default_geometry:
         args.layers, args.heads, args.head_dim, args.grid, args.text, args.channels = 6, 3, 32, 16, 16, 4
@@ -548,6 +554,32 @@ def main(argv=None) -> None:
         if key in r:
             value = r[key]
             print(f"{key}={value:.5g}" if isinstance(value, float) else f"{key}={value}")
+    record(args.out, argv, r)
+
+
+def record(out: str | None, argv, result: dict) -> None:
+    """Writes the run's figures (all of them, not only the printed keys) with its command line, the machine
+    (CPU, cores, threads, load average before and after are in `result` where timed) and the code, so a
+    figure quoted in the docs can be traced to the run that printed it."""
+    if not out:
+        return
+    import datetime as dt
+    import os
+    import platform
+    import sys
+
+    from experiments.base.files import write_json
+    from experiments.run.provenance import provenance
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else None
+    def plain(v):
+        return v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+    write_json(Path(out), {"command": ["scripts/bench_speed.py", *(sys.argv[1:] if argv is None else argv)],
+                           "when": dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu,
+                           "cores": os.cpu_count(), "load_after": os.getloadavg(), "provenance": provenance(),
+                           "result": {k: plain(v) for k, v in result.items()}})
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

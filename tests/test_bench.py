@@ -1,6 +1,7 @@
 """The speed benchmark runs end to end at a tiny size (its figures come from `python scripts/bench_speed.py`)."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -46,9 +47,15 @@ def test_bench_times_a_shipped_model_end_to_end(capsys):
     assert r["speedup_eager"] == pytest.approx(r["latency_full_s"] / r["latency_s"], rel=1e-3)
 
 
-def test_bench_on_the_default_geometry_prints_the_keys(capsys):
-    bench.main(["--default-geometry", "--prompts", "2", "--steps", "4", "--repeats", "1"])
+def test_bench_on_the_default_geometry_prints_the_keys(capsys, tmp_path):
+    argv = ["--default-geometry", "--prompts", "2", "--steps", "4", "--repeats", "1", "--out", str(tmp_path / "r.json")]
+    bench.main(argv)
     out = capsys.readouterr().out
+    written = json.loads((tmp_path / "r.json").read_text())  # every figure, with the command and the code
+    assert written["command"] == ["scripts/bench_speed.py", *argv] and written["provenance"]["torch"]
+    assert written["cores"] >= 1 and written["result"]["speedup_eager"] == pytest.approx(printed(out)["speedup_eager"],
+                                                                                         rel=1e-4)
+    assert "written: " in out
     assert "6 layers, hidden 96, 256 image tokens, 16 text tokens, CFG batch 4" in out
     r = printed(out)
     for key in ("speedup_eager", "speedup_efficiency", "selection_overhead", "cache_mb", "cache_mb_lean", "peak_mb"):
@@ -111,6 +118,7 @@ def test_overhead_per_step_is_a_share_of_a_full_step():
                                                   "cat_no_cluster,"),  # conf/method's files there
     (["--peer", "bogus"], "--peer 'bogus' is invalid"),
     (["--set", "keep"], "--set 'keep' is invalid; allowed: FIELD=VALUE"),
+    (["--out", "speed.txt"], "--out speed.txt: a .json file"),
 ])
 def test_a_bad_method_is_one_line(capsys, argv, message):
     """Issue 34: `--method bogus` was a KeyError traceback."""
