@@ -355,3 +355,20 @@ def test_the_pixart_default_run_s_figures_are_its_committed_metrics():
     assert f"adherence {m['adherence']:.3f} against the full model's {m['adherence_full']:.3f}" in models
     assert f"(adherence {m['adherence_full']:.2f}; SD3 default {sd3['adherence_full']:.2f})" in readme
     assert f"keeps {psnr} with {reduction} MACs ({m['speedup']:.2f}x)" in readme
+
+
+def test_the_readme_s_speed_range_holds_every_recorded_run():
+    """The README quotes CAT's eager and compiled speedups as ranges over the benchmark's runs; every run recorded
+    in results/speed/ (`bench_speed.py --out`) lies inside them, at the README's precision."""
+    import json
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    eager = re.search(r"give \*\*(\d\.\d+)-(\d\.\d+)x\*\* in wall clock", readme).groups()
+    compiled = re.search(r"(\d\.\d+)-(\d\.\d+)x compiled", readme).groups()
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "results/speed").glob("*.json"))]
+    assert runs
+    for run in runs:
+        r = run["result"]
+        assert run["command"][:3] == ["scripts/bench_speed.py", "--compile", "--schedule-repeats"]
+        for (low, high), value in ((eager, r["speedup_eager"]), (compiled, r["speedup_compiled"])):
+            assert float(low) - 0.005 <= value <= float(high) + 0.005, (low, high, value)
+        assert f"{r['macs_speedup_schedule']:.2f}x fewer MACs" in readme
