@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from experiments.base.files import read_json
 from experiments.metrics.registry import ordered
 from experiments.reports.results import SETTINGS, distinct, load_runs, varying_fields
 from experiments.reports.sweeps import INTERIM
@@ -62,33 +64,84 @@ def write(table: pd.DataFrame, out: Path, name: str) -> None:
     (out / f"{name}.tex").write_text(table.to_latex(index=False, float_format="%.4g", na_rep="-"))
 
 
+def read_runs(root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The runs under `root` whose metrics.json reads, and the metrics files that do not (left out: a table row
+    without its metrics would look like a run that measured nothing)."""
+    if not root.is_dir():
+        raise SystemExit(f"{root}: not a folder; give a results root (e.g. outputs) or a sweep folder")
+    runs = load_runs(root)
+    if runs.empty:
+        raise SystemExit(f"no run with a metrics.json under {root}")
+    bad = [run for run in runs.run if not isinstance(read_json(Path(run) / "metrics.json"), dict)]
+    return runs[~runs.run.isin(bad)], [f"{run}/metrics.json" for run in bad]
+
+
+def not_done(runs: pd.DataFrame) -> str | None:
+    """A line on the runs the tables leave out because they did not finish (None: every run is done)."""
+    states = runs.status.fillna("no status.json")
+    counts = states[states != "done"].value_counts()
+    if counts.empty:
+        return None
+    return (f"note: {counts.sum()} of {len(runs)} run(s) left out, not done ("
+            + ", ".join(f"{state}: {n}" for state, n in counts.items()) + ")")
+
+
+def read_summary(path: Path) -> pd.DataFrame | None:
+    """A sweep's summary.csv, or None when it is unreadable or holds no cell (a table of no cells would look
+    like a real one)."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+        print(f"warning: {path} is unreadable ({type(err).__name__}: {err}); its sweep table is left out",
+              file=sys.stderr)
+        return None
+    if frame.empty:
+        print(f"warning: {path} holds no cell; its sweep table is left out", file=sys.stderr)
+        return None
+    return frame
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="a results root (e.g. outputs) or a single sweep directory")
     p.add_argument("--out", type=Path, default=Path("results/tables"))
     p.add_argument("--main-sweeps", default="paper_*", help="glob of sweep names whose cells join the main table")
     args = p.parse_args(argv)
-    runs = load_runs(args.root)
-    if runs.empty:
-        raise SystemExit(f"no run with a metrics.json under {args.root}")
+    runs, unreadable = read_runs(args.root)
+    for path in unreadable:
+        print(f"warning: {path} is unreadable (truncated or not JSON); the run is left out", file=sys.stderr)
+    if (note := not_done(runs)) is not None:
+        print(note, file=sys.stderr)
+    written = 0
     table = main_table(runs, args.main_sweeps)
     if len(table):
         write(table, args.out, "main")
         print(table.to_markdown(index=False, floatfmt=".4g", missingval="-"))
+        written += 1
     macs = macs_table(runs)
     if len(macs):
         write(macs, args.out, "macs")
         print("\n" + macs.to_markdown(index=False, floatfmt=".4g", missingval="-"))
+        written += 1
     for summary in sorted(args.root.rglob("summary.csv")):
         if summary.parent.name == INTERIM:  # a sweep in flight's interim report, not a sweep of its own
             continue
-        frame = pd.read_csv(summary)
+        frame = read_summary(summary)
+        if frame is None:
+            unreadable.append(str(summary))
+            continue
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
         for extra in ("trends.md", "paired.md", "at_50.md", "targets.md", "targets.csv", "leaders.csv"):
             if (summary.parent / extra).exists():
                 (args.out / f"sweep_{summary.parent.name}_{extra}").write_text((summary.parent / extra).read_text())
         print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")
-
+        written += 1
+    if not written:
+        raise SystemExit(f"{args.root}: no table written: no done run outside sweeps or in a sweep matching "
+                         f"--main-sweeps {args.main_sweeps!r} ('*' takes every sweep's cells), and no sweep with a "
+                         "readable summary.csv (a sweep writes it when it ends)")
+    if unreadable:
+        raise SystemExit(f"error: {len(unreadable)} file(s) unreadable or empty, left out of the tables (named above)")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,61 @@
+"""`scripts/make_tables.py` on results it cannot tabulate: a path that is no folder, runs none of which is done, a
+truncated metrics.json, an empty or unreadable sweep summary. Each is named in one line; no table is written
+from zero rows, and no row is written without its metrics. Fake run folders, no model runs."""
+
+import json
+
+import pytest
+import yaml
+
+from scripts import make_tables
+
+
+def run(folder, status="done", metrics='{"psnr": 30.0, "num_images": 2}'):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "m", "steps": 4}, "data": {"name": "d"},
+                                                        "method": {"name": "cat"}}))
+    if status:
+        (folder / "status.json").write_text(json.dumps({"status": status}))
+    (folder / "metrics.json").write_text(metrics)
+    return folder
+
+
+def tables(root, out, capsys):
+    with pytest.raises(SystemExit) as stop:
+        make_tables.main([str(root), "--out", str(out)])
+    return str(stop.value), capsys.readouterr().err
+
+
+@pytest.mark.parametrize("what", ["missing", "file"])
+def test_a_root_that_is_no_folder_is_named(tmp_path, capsys, what):
+    root = tmp_path / "root"
+    if what == "file":
+        root.write_text("x")
+    said, _ = tables(root, tmp_path / "out", capsys)
+    assert said.startswith(f"{root}: not a folder") and not (tmp_path / "out").exists()
+
+
+def test_runs_none_of_which_is_done_write_no_table_and_say_why(tmp_path, capsys):
+    run(tmp_path / "runs" / "a", status="failed")
+    run(tmp_path / "runs" / "b", status=None)
+    said, err = tables(tmp_path / "runs", tmp_path / "out", capsys)
+    assert "no table written" in said and not (tmp_path / "out").exists()
+    assert "2 of 2 run(s) left out, not done (failed: 1, no status.json: 1)" in err
+
+
+def test_a_truncated_metrics_file_is_named_and_its_run_is_no_row(tmp_path, capsys):
+    run(tmp_path / "runs" / "good")
+    run(tmp_path / "runs" / "cut", metrics='{"psnr": 3')
+    said, err = tables(tmp_path / "runs", tmp_path / "out", capsys)
+    assert "1 file(s) unreadable or empty" in said and f"{tmp_path / 'runs' / 'cut'}/metrics.json is unreadable" in err
+    assert (tmp_path / "out" / "main.csv").read_text().count("\n") == 2  # the header and the good run
+
+
+@pytest.mark.parametrize("text", ["", "cell,method,psnr\n"])
+def test_an_empty_sweep_summary_makes_no_sweep_table(tmp_path, capsys, text):
+    run(tmp_path / "runs" / "good")
+    (tmp_path / "sweeps" / "s").mkdir(parents=True)
+    (tmp_path / "sweeps" / "s" / "summary.csv").write_text(text)
+    said, err = tables(tmp_path, tmp_path / "out", capsys)
+    assert "1 file(s) unreadable or empty" in said and "summary.csv" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "main.csv").exists() and not (tmp_path / "out" / "sweep_s.csv").exists()
