@@ -8,8 +8,11 @@ of the methods that record selections.
 from __future__ import annotations
 
 import argparse
+import sys
+import zipfile
 from pathlib import Path
 
+from experiments.base.files import read_json
 from experiments.base.methods import knob_of
 from experiments.metrics.images import load_prompts
 from experiments.metrics.registry import ordered, spec
@@ -47,10 +50,11 @@ def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:
     """Quality against executed MACs: one line per configuration that differs only in its method's knob, so
     cells that differ on any other axis are never joined."""
     runs = runs[(runs.get("status") == "done")] if "status" in runs else runs
-    if quality not in runs or "transformer_macs" not in runs or runs[quality].isna().all():
+    needed = [quality, "transformer_macs", "transformer_macs_full"]
+    if any(c not in runs for c in needed) or runs.dropna(subset=needed).empty:  # no point: no figure, not a blank one
         return None
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    data, keys = _line_keys(runs.dropna(subset=[quality, "transformer_macs"]))
+    data, keys = _line_keys(runs.dropna(subset=needed))
     varying = [k for k in keys if data[k].astype(str).nunique() > 1]
     for values, group in data.groupby(keys, dropna=False):
         group = group.sort_values("transformer_macs")
@@ -71,37 +75,88 @@ def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:
     return save(fig, out / f"quality_vs_macs_{quality}.png", pdf=True)
 
 
+READ_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile)  # a truncated image, records file or npz
+
+
+def read_runs(root: Path):
+    """The runs under `root` whose metrics.json reads (an unreadable one is named and left out)."""
+    if not root.is_dir():
+        raise SystemExit(f"{root}: not a folder; give a results root (e.g. outputs) or a run or sweep folder")
+    runs = load_runs(root)
+    if runs.empty:
+        raise SystemExit(f"no run with a metrics.json under {root}")
+    bad = [run for run in runs.run if not isinstance(read_json(Path(run) / "metrics.json"), dict)]
+    for run in bad:
+        print(f"warning: {run}/metrics.json is unreadable (truncated or not JSON); the run is left out",
+              file=sys.stderr)
+    return runs[~runs.run.isin(bad)], len(bad)
+
+
+def grid(run: Path, tag: str, count: int, out: Path) -> Path | None:
+    """The run's grid of its first `count` prompts, the full model against its method (None: it has no images);
+    only the prompts both have images of."""
+    method_dirs = sorted(d for d in (run / "images").glob("*") if d.is_dir() and d.name != "full")
+    if not method_dirs:
+        return None
+    files = [f for f in sorted((run / "images" / "full").glob("*.png")) if (method_dirs[0] / f.name).exists()]
+    if not files:
+        raise ValueError(f"no image of both the full model and {method_dirs[0].name} in {run / 'images'}")
+    files = files[:count]
+    prompts = load_prompts(run / "records.jsonl", [int(f.stem) for f in files]) \
+        if (run / "records.jsonl").exists() else None
+    rows = {"full model": files, _label(run, method_dirs[0].name): [method_dirs[0] / f.name for f in files]}
+    return image_grid(rows, prompts, out / f"grid_{tag}.png", pdf=True)
+
+
+def selection_map(run: Path, tag: str, out: Path) -> Path | None:
+    """The run's selection-map figure (None: it recorded no selections)."""
+    npz = run / "selection.npz"
+    return selection_figure(npz, out / f"selection_{tag}.png", pdf=True) if npz.exists() else None
+
+
 def main(argv=None) -> None:
+    names = [m.name for m in ordered()]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path)
     p.add_argument("--out", type=Path, default=Path("results/figures"))
-    p.add_argument("--quality", default=None, help=f"one of {', '.join(m.name for m in ordered())} (default: every "
-                   "one the runs measured)")
+    p.add_argument("--quality", default=None, help=f"one of {', '.join(names)} (default: every one the runs measured)")
     p.add_argument("--grid-prompts", type=int, default=8)
     p.add_argument("--sweep-cells", action="store_true", help="also draw grids and selection maps of every sweep cell")
     args = p.parse_args(argv)
-    runs = load_runs(args.root)
-    if runs.empty:
-        raise SystemExit(f"no run with a metrics.json under {args.root}")
-    made = []
-    for quality in [args.quality] if args.quality else [m.name for m in ordered()]:
-        made.append(quality_vs_macs(runs, quality, args.out))
+    if args.quality is not None and args.quality not in names:
+        raise SystemExit(f"--quality {args.quality!r} is unknown; allowed: {', '.join(names)}")
+    if args.grid_prompts < 1:
+        raise SystemExit(f"--grid-prompts {args.grid_prompts} is invalid; allowed: an integer >= 1")
+    runs, failed = read_runs(args.root)
+    made = [quality_vs_macs(runs, quality, args.out) for quality in ([args.quality] if args.quality else names)]
+    if args.quality and made[0] is None:
+        print(f"warning: no quality figure of {args.quality}: no done run has both it and its transformer MACs",
+              file=sys.stderr)
+    skipped = 0
     for run in runs.run:
         run = Path(run)
-        if "sweeps" in run.relative_to(args.root).parts and not args.sweep_cells:
+        relative = run.relative_to(args.root)
+        if "sweeps" in relative.parts and not args.sweep_cells:
+            skipped += 1
             continue
-        method_dirs = [d for d in (run / "images").glob("*") if d.name != "full"] if (run / "images").exists() else []
-        tag = run.relative_to(args.root).as_posix().replace("/", "_").replace("=", "-").replace(",", "_")
-        if method_dirs:
-            files = sorted((run / "images" / "full").glob("*.png"))[: args.grid_prompts]
-            prompts = load_prompts(run / "records.jsonl", [int(f.stem) for f in files]) \
-                if (run / "records.jsonl").exists() else None
-            rows = {"full model": files, _label(run, method_dirs[0].name): [method_dirs[0] / f.name for f in files]}
-            made.append(image_grid(rows, prompts, args.out / f"grid_{tag}.png", pdf=True))
-        if (run / "selection.npz").exists():
-            made.append(selection_figure(run / "selection.npz", args.out / f"selection_{tag}.png", pdf=True))
-    for path in filter(None, made):
+        tag = (relative if relative.parts else Path(run.resolve().name)).as_posix()
+        tag = tag.replace("/", "_").replace("=", "-").replace(",", "_")
+        for what, draw in (("grid", lambda: grid(run, tag, args.grid_prompts, args.out)),
+                           ("selection map", lambda: selection_map(run, tag, args.out))):
+            try:
+                made.append(draw())
+            except READ_ERRORS as err:
+                print(f"warning: {run}: its {what} is left out ({type(err).__name__}: {err})", file=sys.stderr)
+                failed += 1
+    made = list(filter(None, made))
+    for path in made:
         print(path)
+    if not made:
+        raise SystemExit(f"{args.root}: no figure made: no done run with a quality and its transformer MACs, nor "
+                         "a run with images or a selection.npz" + (f" ({skipped} sweep cell(s) not drawn: "
+                                                                   "--sweep-cells draws them)" if skipped else ""))
+    if failed:
+        raise SystemExit(f"error: {failed} run(s) or figure(s) left out (named above)")
 
 
 if __name__ == "__main__":
