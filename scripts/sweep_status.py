@@ -30,6 +30,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +98,33 @@ def read_log(folder: Path, since: dt.datetime) -> tuple[float | None, bool]:
     return (stamps[-1] - stamps[0]).total_seconds(), not earlier and not reused
 
 
+def one_line(err: Exception) -> str:
+    """An error as one line (a YAML error spans several), cut to 200 characters."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def read_overrides(path: Path) -> frozenset | None:
+    """A cell's `.hydra/overrides.yaml` (a list of override strings), or None when it is unreadable (named)."""
+    try:
+        overrides = yaml.safe_load(path.read_text()) or []
+    except (OSError, yaml.YAMLError) as err:
+        overrides = err
+    if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+        return frozenset(overrides)
+    what = one_line(overrides) if isinstance(overrides, Exception) else "not a list of overrides"
+    print(f"warning: {path} is unreadable ({what}); its folder is left out of the cells", file=sys.stderr)
+    return None
+
+
 def cell_folders(sweep_dir: Path) -> dict[frozenset, list[Path]]:
     """The sweep's cell folders by their overrides (a cell may have several: runs by other code)."""
     found: dict[frozenset, list[Path]] = {}
     for path in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         folder = path.parent.parent
-        if folder.name == INTERIM:
+        if folder.name == INTERIM or (overrides := read_overrides(path)) is None:
             continue
-        found.setdefault(frozenset(yaml.safe_load(path.read_text()) or []), []).append(folder)
+        found.setdefault(overrides, []).append(folder)
     return found
 
 
@@ -125,8 +145,7 @@ def status(sweep_dir: Path) -> tuple[list[Cell], dt.datetime, bool]:
     try:
         planned = planned_cells(OmegaConf.load(config_path))
     except Exception as err:  # a resolver or sweep syntax this process cannot read: the folders alone
-        print(f"{sweep_dir}: its sweep parameters could not be expanded ({type(err).__name__}: {err})",
-              file=sys.stderr)
+        print(f"{sweep_dir}: its sweep parameters could not be expanded ({one_line(err)})", file=sys.stderr)
         planned = None
     folders = cell_folders(sweep_dir)
     ended = set((sweep_dir / MANIFEST).read_text().split()) if (sweep_dir / MANIFEST).exists() else set()
@@ -169,9 +188,11 @@ def interim_report(sweep_dir: Path, cells: list[Cell], reference: str | None, co
     """The sweep's report over its done cells, in `<sweep>/interim/`."""
     out = sweep_dir / INTERIM
     out.mkdir(exist_ok=True)
-    for old in out.iterdir():  # the last interim report's links and files
+    for old in out.iterdir():  # the last interim report's links, files and folders (its figures)
         if old.is_symlink() or old.is_file():
             old.unlink()
+        elif old.is_dir():
+            shutil.rmtree(old)
     done = [c.folder for c in cells if c.state == "done"]
     for folder in done:
         (out / folder.name).symlink_to(Path("..") / folder.name, target_is_directory=True)
@@ -188,6 +209,18 @@ def interim_report(sweep_dir: Path, cells: list[Cell], reference: str | None, co
             if (path := out / name).exists():
                 path.write_text(mark + path.read_text())
     return out
+
+
+def report_settings(path: Path) -> tuple[str | None, dict | None]:
+    """The sweep's `paired_reference` and `contrast` (its report's settings), from its multirun.yaml; one that
+    cannot be read makes no report (a report at other settings would look like the sweep's)."""
+    try:
+        config = OmegaConf.load(path)
+        contrast = config.get("contrast")
+        return config.get("paired_reference"), OmegaConf.to_container(contrast) if contrast else None
+    except Exception as err:  # not YAML, not a mapping, or an unresolvable value
+        raise SystemExit(f"{path} is unreadable ({one_line(err)}): no interim report written (it needs the "
+                         "sweep's paired_reference and contrast)") from None
 
 
 def main(argv=None) -> None:
@@ -216,11 +249,10 @@ def main(argv=None) -> None:
     if (eta := remaining(cells)) is not None:
         print(eta)
     if args.report:
-        config = OmegaConf.load(sweep_dir / "multirun.yaml")
-        contrast = config.get("contrast")
-        out = interim_report(sweep_dir, cells, config.get("paired_reference"),
-                             OmegaConf.to_container(contrast) if contrast else None)
+        reference, contrast = report_settings(sweep_dir / "multirun.yaml")
+        out = interim_report(sweep_dir, cells, reference, contrast)
         print(f"interim report of {counts['done']} done cell(s): {out}")
+
 
 
 if __name__ == "__main__":

@@ -121,3 +121,40 @@ def test_a_sweep_whose_parameters_cannot_be_expanded_lists_its_folders(tmp_path,
     cells, _, planned = sweep_status.status(sweep)
     assert not planned and [(c.overrides, c.state) for c in cells] == [(("+note=a",), "done")]
     assert "could not be expanded" in capsys.readouterr().err
+
+
+def test_a_cell_folder_whose_overrides_are_unreadable_is_named_and_the_others_listed(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(MULTIRUN))
+    cell(sweep, "a-1", ("+note=a", "data.limit=2", "reuse_other_code=True"))
+    for name, text in (("cut", "- [+note=b\n"), ("nested", "- [+note=b, x]\n")):
+        (sweep / name / ".hydra").mkdir(parents=True)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text(text)
+    sweep_status.main([str(sweep)])
+    out, err = capsys.readouterr()
+    assert "0 done, 0 failed, 1 unfinished, 3 not started" in out and "Traceback" not in err
+    assert f"{sweep / 'cut' / '.hydra' / 'overrides.yaml'} is unreadable (ParserError" in err
+    assert "nested/.hydra/overrides.yaml is unreadable (not a list of overrides)" in err
+
+
+@pytest.mark.parametrize("text", ["hydra: [oops\n", "- a\n- b\n"])
+def test_an_unreadable_multirun_file_lists_the_folders_and_makes_no_report(tmp_path, capsys, text):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(text)
+    with pytest.raises(SystemExit, match="multirun.yaml is unreadable .*: no interim report written"):
+        sweep_status.main([str(sweep), "--report"])
+    out, err = capsys.readouterr()
+    assert "0 cell folders (the sweeper's parameters could not be expanded)" in out
+    assert len(err.strip().splitlines()) == 1 and not (sweep / "interim").exists()
+
+
+def test_a_new_interim_report_leaves_none_of_the_last_ones_figures(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "interim" / "figures").mkdir(parents=True)
+    (sweep / "interim" / "figures" / "pareto_psnr.png").write_text("old")
+    (sweep / "interim" / "summary.md").write_text("old")
+    sweep_status.interim_report(sweep, [sweep_status.Cell(("+note=a",))], None, None)
+    assert sorted(p.name for p in (sweep / "interim").iterdir()) == ["INTERIM.md"]
+    assert "0 of 1 cells done" in (sweep / "interim" / "INTERIM.md").read_text()
