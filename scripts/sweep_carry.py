@@ -80,6 +80,17 @@ def sweep_model(sweep_dir: Path) -> str:
     return str(name)
 
 
+def check_dest(dest: Path, output_root: Path) -> None:
+    """A carry's folder is a folder (or not there yet) apart from the output root: one inside it would be read
+    as runs there (make_tables), and one holding it would be replaced with the sweep in it."""
+    if dest.exists() and not dest.is_dir():
+        raise SystemExit(f"{dest}: a file; pack into a new or empty folder (or an earlier carry, which it replaces)")
+    where = dest.resolve()
+    if where == output_root or output_root in where.parents or where in output_root.parents:
+        raise SystemExit(f"{dest}: inside or around the output root {output_root}; pack into a folder apart from "
+                         "it, e.g. carry/")
+
+
 def pack(sweep_dir: Path, dest: Path) -> dict:
     """Copies the sweep's records and its model's full-model caches into `dest` (replacing an earlier carry
     there), the settings' images left out; returns the manifest."""
@@ -88,6 +99,7 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
         raise SystemExit(f"{sweep_dir}: not a sweep folder (expected <output_root>/sweeps/<group>-<model>)")
     model = sweep_model(sweep_dir)
     output_root = sweep_dir.parent.parent
+    check_dest(dest, output_root)
     if dest.exists() and any(dest.iterdir()) and not (dest / CARRY).is_file():
         raise SystemExit(f"{dest}: exists and holds no {CARRY}; pack into a new or empty folder (or an earlier "
                          "carry, which it replaces)")
@@ -121,29 +133,45 @@ def pack(sweep_dir: Path, dest: Path) -> dict:
 def unpack(carry: Path, output_root: Path) -> tuple[dict, int, int]:
     """Copies a carry's files into `output_root`, none over an existing file; returns (manifest, copied,
     already there)."""
+    manifest = read_manifest(carry)
+    if output_root.exists() and not output_root.is_dir():
+        raise SystemExit(f"--output-root {output_root}: a file; give the output root folder run.py writes to "
+                         "(default outputs)")
+    files = [(folder, rel) for folder in manifest["folders"] if (carry / folder).is_dir()
+             for rel in _files(carry / folder, images=full_model_images(folder))]
+    if isinstance(manifest.get("files"), int) and len(files) < manifest["files"]:
+        print(f"warning: {carry} holds {len(files)} of the {manifest['files']} files it was packed with (an "
+              "incomplete copy?): what is missing is computed again", file=sys.stderr)
+    copied = kept = 0
+    for folder, rel in files:
+        target = output_root / folder / rel
+        if target.exists():
+            kept += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(carry / folder / rel, target)
+        copied += 1
+    return manifest, copied, kept
+
+
+def read_manifest(carry: Path) -> dict:
+    """A carry's CARRY.json as `pack` writes it (its sweep, when it was packed, by which code, and its folders:
+    sweeps/<name> and full_images/<name> of an output root, nothing outside it)."""
     try:
         manifest = json.loads((carry / CARRY).read_text())
     except (OSError, ValueError) as err:
         raise SystemExit(f"{carry}: not a carry ({CARRY} unreadable: {err}); make one with `pack`") from None
-    folders = manifest.get("folders") or []
+    folders = manifest.get("folders") if isinstance(manifest, dict) else None
+    if not (isinstance(folders, list) and all(isinstance(f, str) for f in folders)
+            and all(isinstance(manifest.get(k), str) for k in ("sweep", "packed"))
+            and isinstance(manifest.get("code"), dict) and isinstance(manifest["code"].get("sha256"), str)):
+        raise SystemExit(f"{carry / CARRY}: not a carry's manifest (it needs sweep, packed, code.sha256 and a list "
+                         "of folders); make one with `pack`")
     for folder in folders:  # relative folders of an output root, nothing outside it
         if Path(folder).is_absolute() or ".." in Path(folder).parts:
             raise SystemExit(f"{carry / CARRY}: folder {folder!r} is outside an output root; a carry holds "
                              "sweeps/<name> and full_images/<name> only")
-    copied = kept = 0
-    for folder in folders:
-        source = carry / folder
-        if not source.is_dir():
-            continue
-        for rel in _files(source, images=full_model_images(folder)):
-            target = output_root / folder / rel
-            if target.exists():
-                kept += 1
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / rel, target)
-            copied += 1
-    return manifest, copied, kept
+    return manifest
 
 
 def main(argv=None) -> None:

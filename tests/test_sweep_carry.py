@@ -17,6 +17,7 @@ from experiments.run.keys import code_identity
 spec = importlib.util.spec_from_file_location("sweep_carry", Path(__file__).resolve().parents[1] / "scripts" / "sweep_carry.py")
 carry = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(carry)
+CARRY_NAME = carry.CARRY
 
 
 def write(path: Path, text: str = "x") -> Path:
@@ -109,6 +110,40 @@ def test_pack_and_unpack_refuse_what_is_not_theirs(tmp_path):
             carry.unpack(tmp_path / "carry", tmp_path / "next")
     assert not (tmp_path / "elsewhere").exists()
 
+
+
+def test_pack_refuses_a_file_or_a_folder_in_or_around_the_output_root(tmp_path):
+    sweep = a_sweep(tmp_path / "outputs")
+    write(tmp_path / "a-file")
+    with pytest.raises(SystemExit, match="a-file: a file"):
+        carry.pack(sweep, tmp_path / "a-file")
+    for dest in (sweep / "carry", tmp_path / "outputs" / "carry"):  # its copies would be read as runs there
+        with pytest.raises(SystemExit, match="inside or around the output root"):
+            carry.pack(sweep, dest)
+        assert not dest.exists()
+    write(tmp_path / CARRY_NAME, "{}")  # a folder holding the output root is never replaced
+    with pytest.raises(SystemExit, match="inside or around the output root"):
+        carry.pack(sweep, tmp_path)
+    assert (sweep / "multirun.yaml").exists()
+
+
+@pytest.mark.parametrize("manifest", [[], {"folders": "sweeps/peers-m", "sweep": "s", "packed": "p", "code": {}},
+                                      {"folders": ["sweeps/peers-m"]}])
+def test_unpack_refuses_a_manifest_that_pack_did_not_write(tmp_path, manifest):
+    write(tmp_path / "carry" / CARRY_NAME, json.dumps(manifest))
+    with pytest.raises(SystemExit, match="not a carry's manifest"):
+        carry.main(["unpack", str(tmp_path / "carry"), "--output-root", str(tmp_path / "next")])
+    assert not (tmp_path / "next").exists()
+
+
+def test_unpack_refuses_a_file_as_output_root_and_names_an_incomplete_carry(tmp_path, capsys):
+    carry.pack(a_sweep(tmp_path / "outputs"), tmp_path / "carry")
+    write(tmp_path / "a-file")
+    with pytest.raises(SystemExit, match="--output-root .*a-file: a file"):
+        carry.unpack(tmp_path / "carry", tmp_path / "a-file")
+    (tmp_path / "carry" / "sweeps" / "peers-m" / ".cells").unlink()  # lost on the way
+    carry.main(["unpack", str(tmp_path / "carry"), "--output-root", str(tmp_path / "next")])
+    assert "holds 9 of the 10 files it was packed with" in capsys.readouterr().err
 
 def test_a_scored_setting_carried_without_images_is_reused_as_measured(tmp_path):
     """Its row is taken (the bench has no pipeline: running anything would fail) and copied to the run's folder."""
