@@ -14,11 +14,31 @@ import json
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.base.config_files import CONF
+from experiments.base.config_files import CONF, ConfigError, Unavailable
 from experiments.base.methods import knob_of
 from experiments.lifecycle import resolvers  # noqa: F401  (registers the config resolvers)
+from experiments.lifecycle.command_line import check
 from experiments.tasks.macs import count
 from experiments.tasks.validation import validate
+
+
+def counted(overrides: list[str]) -> tuple:
+    """(config, metrics) of `python run.py task=macs <overrides>`; a bad override or setting is one line saying
+    what is allowed, as run.py says it."""
+    from hydra.errors import HydraException, MissingConfigException
+
+    try:
+        check(overrides)  # an unknown key, with the settings there are
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, "task=macs"])
+        return cfg, count(cfg, None, validate(cfg))
+    except (ConfigError, Unavailable) as err:
+        raise SystemExit(f"error: {err}") from None
+    except MissingConfigException as err:  # an unknown group option: Hydra lists the options over many lines
+        options = f"; allowed: {', '.join(err.options)}" if err.options else ""
+        raise SystemExit(f"error: {str(err).splitlines()[0]}{options}") from None
+    except HydraException as err:  # a malformed override
+        raise SystemExit(f"error: {' '.join(str(err).split())}") from None
 
 
 def main(argv=None) -> None:
@@ -26,9 +46,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("overrides", nargs="*", help="run.py overrides (model=..., model.steps=..., method=..., ...)")
     args = p.parse_args(argv)
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*args.overrides, "task=macs"])
-    metrics = count(cfg, None, validate(cfg))
+    cfg, metrics = counted(args.overrides)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
