@@ -4,15 +4,16 @@
     python scripts/calibrate.py method=magcache model=sd3_medium model.steps=28   # a real checkpoint (GPU)
 
 Runs the method's calibration (its config's `calibrate`: for MagCache the full model in diffusers'
-calibration mode) on the first `data.limit` prompts of the data set's calibration split, which is never
-evaluated, one call per prompt with the run's seed, combines what it measured over the prompts (the config's
-`combine_calibrations`: a mean, or TeaCache's fit over every prompt's points), and writes
+calibration mode) on the first `data.limit` prompts of the data set's calibration split (-1: all of them, null:
+8), which is never evaluated, one call per prompt with the run's seed, combines what it measured over the prompts
+(the config's `combine_calibrations`: a mean, or TeaCache's fit over every prompt's points), and writes
 assets/<method>/<model>-<steps>.json with the guidance scale it was made at, which the method's conf file
 reads (`${calibrated:<field>}`) for that model, step count and guidance scale. Takes the same overrides as
 run.py (model, data, device, dtype, seed). A method whose calibration depends on its own settings
 (`calibrates_with_settings`: forecast_search's segment costs) is also given its configured config, `config=`.
 Each prompt's measurement is kept in outputs/calibration_measurements/ as soon as it is made, so the same command
-run again after an interruption resumes at the first unfinished prompt (`overwrite=true` measures anew).
+run again after an interruption resumes at the first unfinished prompt (`overwrite=true` measures anew). Hydra's
+log of the command goes to outputs/logs/calibrate/.
 """
 
 from __future__ import annotations
@@ -64,6 +65,42 @@ def rounded(value):
     return round(value, 6) if isinstance(value, (int, float)) else value
 
 
+def calibrated_methods() -> list[str]:
+    """The methods that have a calibration (their config overrides `calibrate`)."""
+    import cat
+    from cat.methods.base import MethodConfig
+
+    return sorted(name for name, config in cat.METHODS.items()
+                  if config.calibrate.__func__ is not MethodConfig.calibrate.__func__)
+
+
+def prompt_limit(limit) -> int | None:
+    """How many calibration prompts `data.limit` asks for, as run.py reads it: a positive count, or -1 for the
+    whole calibration split (None); null: 8."""
+    if limit is None:
+        return 8
+    if limit == -1:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise SystemExit(f"data.limit={limit!r} is invalid for a calibration; allowed: a positive count, -1 (the "
+                         "whole calibration split) or null (8 prompts)")
+    return limit
+
+
+def check(cfg: DictConfig, method) -> None:
+    """What the calibration needs, before any model loads: a method that has one, a step count, and a count of
+    prompts."""
+    from cat.methods.base import MethodConfig
+
+    if method.calibrate.__func__ is MethodConfig.calibrate.__func__:
+        raise SystemExit(f"method={cfg.method.name} has no calibration; methods with one: "
+                         f"{', '.join(calibrated_methods())}")
+    steps = cfg.model.steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise SystemExit(f"model.steps={steps!r} is invalid; allowed: an integer >= 1")
+    prompt_limit(cfg.data.limit)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from experiments.base.config_files import Unavailable
@@ -84,10 +121,12 @@ def calibrate(cfg: DictConfig) -> None:
     from experiments.run.pipelines import load_pipeline
 
     if cfg.method.get("config") is None:
-        raise SystemExit("calibrate.py needs a method: python scripts/calibrate.py method=<name> ...")
+        raise SystemExit("calibrate.py needs a method: python scripts/calibrate.py method=<name> ...; methods "
+                         f"with a calibration: {', '.join(calibrated_methods())}")
     method = get_class(cfg.method.config._target_)  # the class: the fields to calibrate may still be missing
+    check(cfg, method)
     # the data set's calibration split: a method is never calibrated on prompts it is evaluated on
-    prompts = prompts_of({**cfg.data, "split": "calibration", "limit": max(1, int(cfg.data.limit or 8))})
+    prompts = prompts_of({**cfg.data, "split": "calibration", "limit": prompt_limit(cfg.data.limit)})
     if (said := few_prompts_warning(method, len(prompts),
                                     len(prompts_of({**cfg.data, "split": "calibration", "limit": None})))):
         print(said, file=sys.stderr)
@@ -115,5 +154,14 @@ def calibrate(cfg: DictConfig) -> None:
     print(f"wrote {out}: {', '.join(fields)} from {len(prompts)} prompts")
 
 
+def with_log_folder(argv: list[str], script: str) -> list[str]:
+    """`argv` with Hydra's run folder set to `<output_root>/logs/<script>` unless it sets one: by default it is
+    run.py's run folder of the same overrides, and a stub of it (a log, no results) would be left in runs/."""
+    if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in argv[1:]):
+        return argv
+    return [*argv, f"hydra.run.dir=${{output_root}}/logs/{script}"]
+
+
 if __name__ == "__main__":
+    sys.argv = with_log_folder(sys.argv, "calibrate")
     main()

@@ -58,3 +58,40 @@ def test_an_interrupted_calibration_resumes_at_the_first_prompt_it_had_not_finis
     calls.clear()
     calibrate.measure_each(prompts, lambda p: calls.append(p.index) or {"costs": []}, tmp_path, overwrite=True)
     assert calls == [p.index for p in prompts]
+
+
+def composed(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.base.config_files import CONF
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["method=cat"], "method=cat has no calibration; methods with one: forecast_search, magcache, teacache"),
+    (["method=none"], "needs a method: python scripts/calibrate.py method=<name> ...; methods with a calibration"),
+    (["method=magcache", "data.limit=0"], "data.limit=0 is invalid for a calibration; allowed: a positive count, -1"),
+    (["method=magcache", "data.limit=-2"], "data.limit=-2 is invalid"),
+    (["method=magcache", "model.steps=0"], "model.steps=0 is invalid; allowed: an integer >= 1"),
+])
+def test_what_cannot_be_calibrated_is_one_line_before_any_model_loads(monkeypatch, overrides, said):
+    import experiments.run.pipelines
+
+    monkeypatch.setattr(experiments.run.pipelines, "load_pipeline", lambda *a, **k: pytest.fail("a model loaded"))
+    with pytest.raises(SystemExit) as stop:
+        calibrate.calibrate(composed(*overrides))
+    assert said in str(stop.value)
+
+
+def test_data_limit_is_read_as_run_py_reads_it():
+    """-1 is every prompt of the calibration split (it was 1 prompt); null keeps the default of 8."""
+    assert calibrate.prompt_limit(-1) is None and calibrate.prompt_limit(None) == 8 and calibrate.prompt_limit(3) == 3
+
+
+def test_hydras_log_goes_to_a_logs_folder_not_a_stub_run_folder():
+    """By default Hydra's run folder is run.py's run folder of the same overrides, left behind as a stub."""
+    argv = ["calibrate.py", "method=magcache"]
+    assert calibrate.with_log_folder(argv, "calibrate") == [*argv, "hydra.run.dir=${output_root}/logs/calibrate"]
+    assert calibrate.with_log_folder([*argv, "hydra.run.dir=x"], "calibrate") == [*argv, "hydra.run.dir=x"]
