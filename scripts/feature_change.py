@@ -10,10 +10,13 @@ same for the image-stream output of every block, averaged over the blocks; and t
 It also checks that a run at half the steps starts from exactly the same initial noise.
 
 Writes results/feature_change/<model>-<steps>.csv and redraws results/feature_change/feature_change.png
-from every csv there, one line per model. Takes the same overrides as run.py.
+from every csv there, one line per model. Takes the same overrides as run.py (data.limit: a count of prompts, -1
+for all, null for 8); Hydra's log goes to outputs/logs/feature_change/.
 """
 
 from __future__ import annotations
+
+import sys
 
 import hydra
 import torch
@@ -23,6 +26,30 @@ from experiments.base.config_files import ROOT
 from experiments.lifecycle import resolvers  # noqa: F401
 
 OUT = ROOT / "results" / "feature_change"
+COLUMNS = ("model", "step", "output_change", "block_change", "sigma")  # what the figure draws from each csv
+
+
+def prompt_count(limit) -> int | None:
+    """How many prompts `data.limit` asks for, as run.py reads it: a positive count, or -1 for all (None);
+    null: 8."""
+    if limit is None:
+        return 8
+    if limit == -1:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise SystemExit(f"data.limit={limit!r} is invalid; allowed: a positive count, -1 (every prompt) or null "
+                         "(8 prompts)")
+    return limit
+
+
+def check(cfg: DictConfig) -> None:
+    """What the measurement needs, before any model loads: two steps or more (a change is between two steps)
+    and a count of prompts."""
+    steps = cfg.model.steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+        raise SystemExit(f"model.steps={steps!r} is invalid; allowed: an integer >= 2 (a change is measured from "
+                         "one step to the next)")
+    prompt_count(cfg.data.limit)
 
 
 def relative_change(now: torch.Tensor, before: torch.Tensor) -> float:
@@ -78,7 +105,8 @@ def main(cfg: DictConfig) -> None:
     from experiments.run.generate import call_kwargs, prompt_seed, run_prompts
     from experiments.run.pipelines import load_pipeline
 
-    prompts = run_prompts(cfg)[: max(1, int(cfg.data.limit or 8))]
+    check(cfg)
+    prompts = run_prompts(cfg)[: prompt_count(cfg.data.limit)]
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, cfg.model.dtype, device)
     pipe = load_pipeline(OmegaConf.to_container(cfg.model, resolve=True), device, dtype)
@@ -117,9 +145,11 @@ def figure() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
-    frames = [pd.read_csv(p) for p in sorted(OUT.glob("*.csv"))]
+    frames = curves()
+    if not frames:
+        print(f"warning: no readable csv in {OUT}: {OUT / 'feature_change.png'} is not redrawn", file=sys.stderr)
+        return
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for frame in frames:
         label = f"{frame.model.iloc[0]} ({len(frame)} steps)"
@@ -138,5 +168,36 @@ def figure() -> None:
     plt.close(fig)
 
 
+
+def curves() -> list:
+    """Every csv in OUT with the figure's columns and a row; one that is not is named and left out."""
+    import pandas as pd
+
+    frames = []
+    for path in sorted(OUT.glob("*.csv")):
+        try:
+            frame = pd.read_csv(path)
+        except (OSError, ValueError) as err:  # pandas' EmptyDataError and ParserError are ValueErrors
+            print(f"warning: {path} is unreadable ({type(err).__name__}: {err}); left out of the figure",
+                  file=sys.stderr)
+            continue
+        if missing := [c for c in COLUMNS if c not in frame]:
+            print(f"warning: {path} lacks {', '.join(missing)}; left out of the figure", file=sys.stderr)
+        elif frame.empty:
+            print(f"warning: {path} holds no step; left out of the figure", file=sys.stderr)
+        else:
+            frames.append(frame)
+    return frames
+
+
+def with_log_folder(argv: list[str], script: str) -> list[str]:
+    """`argv` with Hydra's run folder set to `<output_root>/logs/<script>` unless it sets one: by default it is
+    run.py's run folder of the same overrides, and a stub of it (a log, no results) would be left in runs/."""
+    if any(arg.lstrip("+").startswith("hydra.run.dir=") for arg in argv[1:]):
+        return argv
+    return [*argv, f"hydra.run.dir=${{output_root}}/logs/{script}"]
+
+
 if __name__ == "__main__":
+    sys.argv = with_log_folder(sys.argv, "feature_change")
     main()
