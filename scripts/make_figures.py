@@ -114,6 +114,15 @@ def selection_map(run: Path, tag: str, out: Path) -> Path | None:
     return selection_figure(npz, out / f"selection_{tag}.png", pdf=True) if npz.exists() else None
 
 
+def check_out(out: Path) -> None:
+    """`--out` is a folder, or can be made one (nothing above it is a file)."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        what = "a file" if existing == out else f"cannot be made: {existing} is a file"
+        raise SystemExit(f"--out {out}: {what}; "
+                         "give a folder for the figures")
+
+
 def main(argv=None) -> None:
     names = [m.name for m in ordered()]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +132,7 @@ def main(argv=None) -> None:
     p.add_argument("--grid-prompts", type=int, default=8)
     p.add_argument("--sweep-cells", action="store_true", help="also draw grids and selection maps of every sweep cell")
     args = p.parse_args(argv)
+    check_out(args.out)
     if args.quality is not None and args.quality not in names:
         raise SystemExit(f"--quality {args.quality!r} is unknown; allowed: {', '.join(names)}")
     if args.grid_prompts < 1:

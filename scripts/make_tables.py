@@ -101,12 +101,22 @@ def read_summary(path: Path) -> pd.DataFrame | None:
     return frame
 
 
+def check_out(out: Path) -> None:
+    """`--out` is a folder, or can be made one (nothing above it is a file)."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        what = "a file" if existing == out else f"cannot be made: {existing} is a file"
+        raise SystemExit(f"--out {out}: {what}; "
+                         "give a folder for the tables")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", type=Path, help="a results root (e.g. outputs) or a single sweep directory")
     p.add_argument("--out", type=Path, default=Path("results/tables"))
     p.add_argument("--main-sweeps", default="paper_*", help="glob of sweep names whose cells join the main table")
     args = p.parse_args(argv)
+    check_out(args.out)
     runs, unreadable = read_runs(args.root)
     for path in unreadable:
         print(f"warning: {path} is unreadable (truncated or not JSON); the run is left out", file=sys.stderr)

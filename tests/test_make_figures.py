@@ -57,3 +57,9 @@ def test_a_run_folder_as_root_names_its_figures_by_the_run(tmp_path, capsys, mon
     monkeypatch.setattr(make_figures, "selection_figure", lambda npz, path, pdf: drawn.append(path.name) or path)
     make_figures.main([str(folder), "--out", str(tmp_path / "out")])
     assert drawn == ["selection_r1.png"]
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_read(tmp_path, capsys):
+    (tmp_path / "out").write_text("x")
+    said, _ = figures(tmp_path, capsys, tmp_path / "nothing")
+    assert said == f"--out {tmp_path / 'out'}: a file; give a folder for the figures"

@@ -59,3 +59,10 @@ def test_an_empty_sweep_summary_makes_no_sweep_table(tmp_path, capsys, text):
     said, err = tables(tmp_path, tmp_path / "out", capsys)
     assert "1 file(s) unreadable or empty" in said and "summary.csv" in err and "Traceback" not in err
     assert (tmp_path / "out" / "main.csv").exists() and not (tmp_path / "out" / "sweep_s.csv").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_read(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "tables"):
+        said, _ = tables(tmp_path / "nothing", out, capsys)
+        assert said.startswith(f"--out {out}: ") and "a file; give a folder for the tables" in said
