@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -101,6 +102,15 @@ def read_summary(path: Path) -> pd.DataFrame | None:
     return frame
 
 
+def sweep_names(summaries: list[Path], root: Path) -> dict[Path, str]:
+    """Each sweep's table name: its folder's name, or its path under `root` where sweeps share a folder name
+    (results/<group>/<model>/: one table would replace the other, and their extra reports would mix)."""
+    counts = Counter(s.parent.name for s in summaries)
+    return {s: s.parent.name if counts[s.parent.name] == 1
+            else (s.parent.relative_to(root).as_posix() if s.parent != root else root.resolve().name).replace("/", "_")
+            for s in summaries}
+
+
 def check_out(out: Path) -> None:
     """`--out` is a folder, or can be made one (nothing above it is a file)."""
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -133,18 +143,18 @@ def main(argv=None) -> None:
         write(macs, args.out, "macs")
         print("\n" + macs.to_markdown(index=False, floatfmt=".4g", missingval="-"))
         written += 1
-    for summary in sorted(args.root.rglob("summary.csv")):
-        if summary.parent.name == INTERIM:  # a sweep in flight's interim report, not a sweep of its own
-            continue
+    # a sweep in flight's interim report is not a sweep of its own
+    summaries = [s for s in sorted(args.root.rglob("summary.csv")) if s.parent.name != INTERIM]
+    for summary, name in sweep_names(summaries, args.root).items():
         frame = read_summary(summary)
         if frame is None:
             unreadable.append(str(summary))
             continue
-        write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{summary.parent.name}")
+        write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{name}")
         for extra in ("trends.md", "paired.md", "at_50.md", "targets.md", "targets.csv", "leaders.csv"):
             if (summary.parent / extra).exists():
-                (args.out / f"sweep_{summary.parent.name}_{extra}").write_text((summary.parent / extra).read_text())
-        print(f"\nsweep {summary.parent.name}: {len(frame)} cells -> {args.out}/sweep_{summary.parent.name}.md")
+                (args.out / f"sweep_{name}_{extra}").write_text((summary.parent / extra).read_text())
+        print(f"\nsweep {summary.parent}: {len(frame)} cells -> {args.out}/sweep_{name}.md")
         written += 1
     if not written:
         raise SystemExit(f"{args.root}: no table written: no done run outside sweeps or in a sweep matching "

@@ -66,3 +66,19 @@ def test_an_out_that_is_a_file_is_refused_before_anything_is_read(tmp_path, caps
     for out in (tmp_path / "a-file", tmp_path / "a-file" / "tables"):
         said, _ = tables(tmp_path / "nothing", out, capsys)
         assert said.startswith(f"--out {out}: ") and "a file; give a folder for the tables" in said
+
+
+def test_sweeps_that_share_a_folder_name_each_get_their_own_table(tmp_path, capsys):
+    """results/<group>/<model>/summary.csv: two groups on one model wrote one sweep_<model> table over the other,
+    and the extra reports of both into the same names."""
+    for group, cells in (("clustering", 3), ("fixes", 2)):
+        (tmp_path / group / "m").mkdir(parents=True)
+        (tmp_path / group / "m" / "summary.csv").write_text("cell,psnr\n" + "c,30\n" * cells)
+        (tmp_path / group / "m" / "trends.md").write_text(group)
+    (tmp_path / "peers").mkdir()
+    (tmp_path / "peers" / "summary.csv").write_text("cell,psnr\nc,30\n")
+    run(tmp_path / "runs" / "good")
+    make_tables.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    out = tmp_path / "out"
+    assert (out / "sweep_clustering_m.csv").read_text().count("\n") == 4 and (out / "sweep_peers.csv").exists()
+    assert (out / "sweep_fixes_m_trends.md").read_text() == "fixes" and not (out / "sweep_m.csv").exists()
