@@ -140,7 +140,9 @@ def status(sweep_dir: Path) -> tuple[list[Cell], dt.datetime, bool]:
     planned ones (False: the sweeper's parameters could not be expanded; every folder is listed)."""
     config_path = sweep_dir / "multirun.yaml"
     if not config_path.exists():
-        raise SystemExit(f"{sweep_dir}: no multirun.yaml (not a sweep folder, or a sweep that never started)")
+        inside = sorted(p.parent.name for p in sweep_dir.glob("*/multirun.yaml"))
+        hint = f"; the sweeps in it: {', '.join(inside)}" if inside else ""
+        raise SystemExit(f"{sweep_dir}: no multirun.yaml (not a sweep folder, or a sweep that never started){hint}")
     started = dt.datetime.fromtimestamp(config_path.stat().st_mtime).replace(microsecond=0)
     try:
         planned = planned_cells(OmegaConf.load(config_path))

@@ -158,3 +158,11 @@ def test_a_new_interim_report_leaves_none_of_the_last_ones_figures(tmp_path):
     sweep_status.interim_report(sweep, [sweep_status.Cell(("+note=a",))], None, None)
     assert sorted(p.name for p in (sweep / "interim").iterdir()) == ["INTERIM.md"]
     assert "0 of 1 cells done" in (sweep / "interim" / "INTERIM.md").read_text()
+
+
+def test_the_folder_of_the_sweeps_names_the_sweeps_in_it(tmp_path):
+    for name in ("peers-m", "ablation-m"):
+        (tmp_path / "sweeps" / name).mkdir(parents=True)
+        (tmp_path / "sweeps" / name / "multirun.yaml").write_text(yaml.safe_dump(MULTIRUN))
+    with pytest.raises(SystemExit, match="no multirun.yaml .*; the sweeps in it: ablation-m, peers-m$"):
+        sweep_status.main([str(tmp_path / "sweeps")])
