@@ -74,7 +74,12 @@ def sweep_model(sweep_dir: Path) -> str:
     config = sweep_dir / "multirun.yaml"
     if not config.is_file():
         raise SystemExit(f"{sweep_dir}: no multirun.yaml (not a sweep folder, or a sweep that never started)")
-    name = OmegaConf.select(OmegaConf.load(config), "model.name")
+    try:
+        name = OmegaConf.select(OmegaConf.load(config), "model.name")
+    except Exception as err:  # not YAML, or not a mapping
+        text = " ".join(str(err).split())[:200]
+        raise SystemExit(f"{config}: unreadable ({type(err).__name__}: {text}); Hydra writes it when the sweep "
+                         "starts") from None
     if not name:
         raise SystemExit(f"{config}: no model.name")
     return str(name)

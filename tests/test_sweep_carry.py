@@ -127,6 +127,15 @@ def test_pack_refuses_a_file_or_a_folder_in_or_around_the_output_root(tmp_path):
     assert (sweep / "multirun.yaml").exists()
 
 
+
+@pytest.mark.parametrize("text", ["model: [m\n", "- m\n"])
+def test_pack_names_an_unreadable_multirun_file(tmp_path, text):
+    sweep = a_sweep(tmp_path / "outputs")
+    (sweep / "multirun.yaml").write_text(text)
+    with pytest.raises(SystemExit, match="multirun.yaml: unreadable .*; Hydra writes it when the sweep starts"):
+        carry.pack(sweep, tmp_path / "carry")
+    assert not (tmp_path / "carry").exists()
+
 @pytest.mark.parametrize("manifest", [[], {"folders": "sweeps/peers-m", "sweep": "s", "packed": "p", "code": {}},
                                       {"folders": ["sweeps/peers-m"]}])
 def test_unpack_refuses_a_manifest_that_pack_did_not_write(tmp_path, manifest):
