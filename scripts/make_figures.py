@@ -12,12 +12,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pandas as pd
+import yaml
+
 from experiments.base.files import read_json
 from experiments.base.methods import knob_of
 from experiments.metrics.images import load_prompts
 from experiments.metrics.registry import ordered, spec
 from experiments.reports.figures import image_grid, plt, save, selection_figure
-from experiments.reports.results import CONFIG, SETTINGS, load_runs
+from experiments.reports.results import CONFIG, SETTINGS, find_runs, load_run
 
 
 def _label(run: Path, method: str) -> str:
@@ -78,18 +81,33 @@ def quality_vs_macs(runs, quality: str, out: Path) -> Path | None:
 READ_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile)  # a truncated image, records file or npz
 
 
-def read_runs(root: Path):
-    """The runs under `root` whose metrics.json reads (an unreadable one is named and left out)."""
+def unreadable(run: Path) -> str | None:
+    """Why a run's records cannot be read (None: they can): its metrics.json or config.yaml truncated or not a
+    mapping (a row without its metrics would look like a run that measured nothing)."""
+    if not isinstance(read_json(run / "metrics.json"), dict):
+        return "metrics.json is truncated or not JSON"
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    except (OSError, yaml.YAMLError) as err:
+        return f"config.yaml is unreadable ({type(err).__name__})"
+    return None if isinstance(cfg or {}, dict) else "config.yaml is not a mapping"
+
+
+def read_runs(root: Path) -> tuple[pd.DataFrame, int]:
+    """The runs under `root` whose records read, and how many do not (each named and left out)."""
     if not root.is_dir():
         raise SystemExit(f"{root}: not a folder; give a results root (e.g. outputs) or a run or sweep folder")
-    runs = load_runs(root)
-    if runs.empty:
+    found = find_runs(root)
+    if not found:
         raise SystemExit(f"no run with a metrics.json under {root}")
-    bad = [run for run in runs.run if not isinstance(read_json(Path(run) / "metrics.json"), dict)]
-    for run in bad:
-        print(f"warning: {run}/metrics.json is unreadable (truncated or not JSON); the run is left out",
-              file=sys.stderr)
-    return runs[~runs.run.isin(bad)], len(bad)
+    why = {run: unreadable(run) for run in found}
+    for run, what in why.items():
+        if what:
+            print(f"warning: {run}: {what}; the run is left out", file=sys.stderr)
+    good = [run for run in found if why[run] is None]
+    if not good:
+        raise SystemExit(f"{root}: none of its {len(found)} run(s) can be read (named above)")
+    return pd.DataFrame([load_run(run) for run in good]), len(found) - len(good)
 
 
 def grid(run: Path, tag: str, count: int, out: Path) -> Path | None:

@@ -18,10 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from experiments.base.files import read_json
 from experiments.metrics.registry import ordered
-from experiments.reports.results import SETTINGS, distinct, load_runs, varying_fields
+from experiments.reports.results import SETTINGS, distinct, find_runs, load_run, varying_fields
 from experiments.reports.sweeps import INTERIM
 from experiments.run.latency import TRUST
 
@@ -65,21 +66,38 @@ def write(table: pd.DataFrame, out: Path, name: str) -> None:
     (out / f"{name}.tex").write_text(table.to_latex(index=False, float_format="%.4g", na_rep="-"))
 
 
-def read_runs(root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """The runs under `root` whose metrics.json reads, and the metrics files that do not (left out: a table row
-    without its metrics would look like a run that measured nothing)."""
+def unreadable(run: Path) -> str | None:
+    """Why a run's records cannot be read (None: they can): its metrics.json or config.yaml truncated or not a
+    mapping (a row without its metrics would look like a run that measured nothing)."""
+    if not isinstance(read_json(run / "metrics.json"), dict):
+        return "metrics.json is truncated or not JSON"
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    except (OSError, yaml.YAMLError) as err:
+        return f"config.yaml is unreadable ({type(err).__name__})"
+    return None if isinstance(cfg or {}, dict) else "config.yaml is not a mapping"
+
+
+def read_runs(root: Path) -> tuple[pd.DataFrame, int]:
+    """The runs under `root` whose records read, and how many do not (each named and left out)."""
     if not root.is_dir():
         raise SystemExit(f"{root}: not a folder; give a results root (e.g. outputs) or a sweep folder")
-    runs = load_runs(root)
-    if runs.empty:
+    found = find_runs(root)
+    if not found:
         raise SystemExit(f"no run with a metrics.json under {root}")
-    bad = [run for run in runs.run if not isinstance(read_json(Path(run) / "metrics.json"), dict)]
-    return runs[~runs.run.isin(bad)], [f"{run}/metrics.json" for run in bad]
+    why = {run: unreadable(run) for run in found}
+    for run, what in why.items():
+        if what:
+            print(f"warning: {run}: {what}; the run is left out", file=sys.stderr)
+    good = [run for run in found if why[run] is None]
+    if not good:
+        raise SystemExit(f"{root}: none of its {len(found)} run(s) can be read (named above)")
+    return pd.DataFrame([load_run(run) for run in good]), len(found) - len(good)
 
 
 def not_done(runs: pd.DataFrame) -> str | None:
     """A line on the runs the tables leave out because they did not finish (None: every run is done)."""
-    states = runs.status.fillna("no status.json")
+    states = runs.status.fillna("no readable status.json")
     counts = states[states != "done"].value_counts()
     if counts.empty:
         return None
@@ -127,9 +145,7 @@ def main(argv=None) -> None:
     p.add_argument("--main-sweeps", default="paper_*", help="glob of sweep names whose cells join the main table")
     args = p.parse_args(argv)
     check_out(args.out)
-    runs, unreadable = read_runs(args.root)
-    for path in unreadable:
-        print(f"warning: {path} is unreadable (truncated or not JSON); the run is left out", file=sys.stderr)
+    runs, left_out = read_runs(args.root)
     if (note := not_done(runs)) is not None:
         print(note, file=sys.stderr)
     written = 0
@@ -148,7 +164,7 @@ def main(argv=None) -> None:
     for summary, name in sweep_names(summaries, args.root).items():
         frame = read_summary(summary)
         if frame is None:
-            unreadable.append(str(summary))
+            left_out += 1
             continue
         write(frame.drop(columns=[c for c in ("cell", "error") if c in frame]), args.out, f"sweep_{name}")
         for extra in ("trends.md", "paired.md", "at_50.md", "targets.md", "targets.csv", "leaders.csv"):
@@ -160,8 +176,9 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.root}: no table written: no done run outside sweeps or in a sweep matching "
                          f"--main-sweeps {args.main_sweeps!r} ('*' takes every sweep's cells), and no sweep with a "
                          "readable summary.csv (a sweep writes it when it ends)")
-    if unreadable:
-        raise SystemExit(f"error: {len(unreadable)} file(s) unreadable or empty, left out of the tables (named above)")
+    if left_out:
+        raise SystemExit(f"error: {left_out} run(s) or sweep(s) unreadable or empty, left out of the tables (named "
+                         "above)")
 
 if __name__ == "__main__":
     main()

@@ -40,15 +40,22 @@ def test_runs_none_of_which_is_done_write_no_table_and_say_why(tmp_path, capsys)
     run(tmp_path / "runs" / "b", status=None)
     said, err = tables(tmp_path / "runs", tmp_path / "out", capsys)
     assert "no table written" in said and not (tmp_path / "out").exists()
-    assert "2 of 2 run(s) left out, not done (failed: 1, no status.json: 1)" in err
+    assert "2 of 2 run(s) left out, not done (failed: 1, no readable status.json: 1)" in err
 
 
-def test_a_truncated_metrics_file_is_named_and_its_run_is_no_row(tmp_path, capsys):
+def test_a_run_whose_records_are_truncated_is_named_and_is_no_row(tmp_path, capsys):
     run(tmp_path / "runs" / "good")
     run(tmp_path / "runs" / "cut", metrics='{"psnr": 3')
+    (run(tmp_path / "runs" / "cut-config") / "config.yaml").write_text("model: [m\n")
+    (run(tmp_path / "runs" / "list-config") / "config.yaml").write_text("- m\n")
     said, err = tables(tmp_path / "runs", tmp_path / "out", capsys)
-    assert "1 file(s) unreadable or empty" in said and f"{tmp_path / 'runs' / 'cut'}/metrics.json is unreadable" in err
+    assert "3 run(s) or sweep(s) unreadable or empty" in said and "Traceback" not in err
+    assert f"{tmp_path / 'runs' / 'cut'}: metrics.json is truncated or not JSON; the run is left out" in err
+    assert "cut-config: config.yaml is unreadable (ParserError)" in err and "list-config: config.yaml is not a" in err
     assert (tmp_path / "out" / "main.csv").read_text().count("\n") == 2  # the header and the good run
+    (tmp_path / "runs" / "good" / "metrics.json").write_text("")
+    said, _ = tables(tmp_path / "runs", tmp_path / "out", capsys)
+    assert said == f"{tmp_path / 'runs'}: none of its 4 run(s) can be read (named above)"
 
 
 @pytest.mark.parametrize("text", ["", "cell,method,psnr\n"])
@@ -57,7 +64,7 @@ def test_an_empty_sweep_summary_makes_no_sweep_table(tmp_path, capsys, text):
     (tmp_path / "sweeps" / "s").mkdir(parents=True)
     (tmp_path / "sweeps" / "s" / "summary.csv").write_text(text)
     said, err = tables(tmp_path, tmp_path / "out", capsys)
-    assert "1 file(s) unreadable or empty" in said and "summary.csv" in err and "Traceback" not in err
+    assert "1 run(s) or sweep(s) unreadable or empty" in said and "summary.csv" in err and "Traceback" not in err
     assert (tmp_path / "out" / "main.csv").exists() and not (tmp_path / "out" / "sweep_s.csv").exists()
 
 
