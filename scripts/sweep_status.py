@@ -160,7 +160,7 @@ def status(sweep_dir: Path) -> tuple[list[Cell], dt.datetime, bool]:
             state = read_status(folder)
             if folder.name in ended:
                 cell.state = "done" if state.get("status") == "done" else "failed"
-                cell.folder, cell.error = folder, str(state.get("error", ""))
+                cell.folder, cell.error = folder, str(state.get("error", "")) if state else "no readable status.json"
                 break
             if not state and dt.datetime.fromtimestamp(folder.stat().st_mtime) >= started:
                 cell.state, cell.folder = "unfinished", folder

@@ -166,3 +166,14 @@ def test_the_folder_of_the_sweeps_names_the_sweeps_in_it(tmp_path):
         (tmp_path / "sweeps" / name / "multirun.yaml").write_text(yaml.safe_dump(MULTIRUN))
     with pytest.raises(SystemExit, match="no multirun.yaml .*; the sweeps in it: ablation-m, peers-m$"):
         sweep_status.main([str(tmp_path / "sweeps")])
+
+
+def test_an_ended_cell_without_a_readable_status_says_so(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(MULTIRUN))
+    folder = cell(sweep, "a-1", ("+note=a", "data.limit=2", "reuse_other_code=True"))
+    (folder / "status.json").write_text('{"status": "do')
+    (sweep / ".cells").write_text("a-1\n")
+    cells, _, _ = sweep_status.status(sweep)
+    assert (cells[0].state, cells[0].error) == ("failed", "no readable status.json")
