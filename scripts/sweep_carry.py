@@ -48,6 +48,7 @@ from experiments.run.provenance import provenance  # noqa: E402
 CARRY = "CARRY.json"
 LEFT_OUT = (".png",)  # images: recomputed or not needed once a setting is scored
 SKIP_NAMES = {".lock"}
+SKIP_DIRS = {"wandb"}  # a run's offline W&B log: git ignores it, and resuming never reads it
 
 
 def full_model_images(folder: str | Path) -> bool:
@@ -62,7 +63,7 @@ def _files(folder: Path, skip_dirs: set[Path] = frozenset(), images: bool = Fals
     for path in sorted(folder.rglob("*")):
         if any(parent in skip_dirs for parent in path.parents) or path in skip_dirs:
             continue
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file() or SKIP_DIRS & set(path.relative_to(folder).parts[:-1]):
             continue
         if (path.suffix.lower() in LEFT_OUT and not images) or path.name in SKIP_NAMES \
                 or path.name.endswith(TMP_SUFFIX):

@@ -36,6 +36,7 @@ def a_sweep(root: Path) -> Path:
     write(sweep / "done-cell" / "cells" / "k1.json", "{}")
     write(sweep / "done-cell" / "cells" / "k1" / "00000.png")
     write(sweep / "done-cell" / ".hydra" / "overrides.yaml", "- method=cat\n")
+    write(sweep / "done-cell" / "wandb" / "offline-run" / "run.wandb")  # git ignores it: never carried
     write(sweep / "running-cell" / ".lock")
     write(sweep / "running-cell" / "calibration" / ".k9.json.x1.tmp")  # a row being written while packing
     write(sweep / "running-cell" / "calibration" / "k2.json", "{}")
