@@ -37,24 +37,35 @@ def method_key(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def tuned_tables(doc: str):
-    """(label, header cells, rows of cells) of every table of `doc` whose columns are the three targets and
-    whose first header cell starts with "tuned"."""
+def doc_tables(doc: str):
+    """(bold label, italic label, header cells, rows of cells) of every table of `doc`, the labels those that
+    last opened a line above it (`**label**`, without its asterisks; `*label*`, with them)."""
     lines = (ROOT / doc).read_text().splitlines()
-    label, i = None, 0
+    bold = italic = None
+    i = 0
     while i < len(lines):
         line = lines[i]
-        if re.match(r"^\*[^*].*?\*", line):
-            label = re.match(r"^(\*[^*]+?\*)", line).group(1)
-        if line.startswith("| tuned") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+        if m := re.match(r"^\*\*(.+?)\*\*", line):
+            bold = m.group(1)
+        elif m := re.match(r"^(\*[^*]+?\*)", line):
+            italic = m.group(1)
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
             header = [c.strip() for c in line.strip("|").split("|")]
             rows, i = [], i + 2
             while i < len(lines) and lines[i].startswith("|"):
                 rows.append([c.strip() for c in lines[i].strip("|").split("|")])
                 i += 1
-            yield (header[0] if header[0] != "tuned" else label), header, rows
+            yield bold, italic, header, rows
             continue
         i += 1
+
+
+def tuned_tables(doc: str):
+    """(label, header cells, rows of cells) of every table of `doc` whose first header cell starts with "tuned";
+    its label is that cell, or the italic label above it where the cell is just "tuned"."""
+    for _, italic, header, rows in doc_tables(doc):
+        if header[0].startswith("tuned"):
+            yield (header[0] if header[0] != "tuned" else italic), header, rows
 
 
 def report(folder: str):
@@ -166,20 +177,9 @@ ARM_CELL = re.compile(rf"^(?P<psnr>{NUM})(?: \((?:(?P<d>{NUM}) \[(?P<lo>{NUM}), 
 
 
 def ablation_tables():
-    lines = (ROOT / "docs/results.md").read_text().splitlines()
-    label, i = None, 0
-    while i < len(lines):
-        if m := re.match(r"^\*\*(.+?)\*\*", lines[i]):
-            label = m.group(1)
-        if lines[i].startswith("| arm (schedule") and lines[i + 1].startswith("|---"):
-            header = [c.strip() for c in lines[i].strip("|").split("|")]
-            rows, i = [], i + 2
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
-                i += 1
-            yield label, header, rows
-            continue
-        i += 1
+    for bold, _, header, rows in doc_tables("docs/results.md"):
+        if header[0].startswith("arm (schedule"):
+            yield bold, header, rows
 
 
 def check_ablation(label, header, rows) -> list[str]:
@@ -252,21 +252,9 @@ PAIRED_CELL = re.compile(rf"^(?P<d>{NUM}) \[(?P<lo>{NUM}), (?P<hi>{NUM})\]$")
 
 
 def paired_tables():
-    lines = (ROOT / "docs/results.md").read_text().splitlines()
-    label, i = None, 0
-    while i < len(lines):
-        if m := re.match(r"^\*\*(.+?)\*\*", lines[i]):
-            label = m.group(1)
-        first = lines[i].split("|")[1].strip() if lines[i].startswith("|") else ""
-        if first in ("policy - cat", "keep ratio", "PSNR (dB)", "SSIM (x 1000)") and label in PAIRED:
-            header = [c.strip() for c in lines[i].strip("|").split("|")]
-            rows, i = [], i + 2
-            while i < len(lines) and lines[i].startswith("|"):
-                rows.append([c.strip() for c in lines[i].strip("|").split("|")])
-                i += 1
-            yield label, header, rows
-            continue
-        i += 1
+    for bold, _, header, rows in doc_tables("docs/results.md"):
+        if header[0] in ("policy - cat", "keep ratio", "PSNR (dB)", "SSIM (x 1000)") and bold in PAIRED:
+            yield bold, header, rows
 
 
 def check_paired(label, header, rows) -> list[str]:
