@@ -4,6 +4,7 @@ the leader's margin over the runner-up with its Holm p) matches the report's tar
 precision shown. A table written by hand after a rerun, or a report replaced without its table, fails here."""
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -302,7 +303,6 @@ def test_every_figure_of_a_paired_table_is_its_report_s(label, header, rows):
 
 def test_the_default_run_s_figures_are_its_committed_metrics():
     """README's and docs/results.md's default run is results/default_run/metrics.json."""
-    import json
     m = json.loads((ROOT / "results/default_run/metrics.json").read_text())
     results = (ROOT / "docs/results.md").read_text()
     table = results[results.index("| | full model | CAT |"):]
@@ -331,7 +331,6 @@ def test_the_default_run_s_figures_are_its_committed_metrics():
 def test_the_pixart_default_run_s_figures_are_its_committed_metrics():
     """README's and docs/models.md's `python run.py model=tiny_pixart_shapes` is
     results/default_run/tiny_pixart_shapes/metrics.json (and the SD3 default's adherence beside it, its own)."""
-    import json
     m = json.loads((ROOT / "results/default_run/tiny_pixart_shapes/metrics.json").read_text())
     sd3 = json.loads((ROOT / "results/default_run/metrics.json").read_text())
     models = " ".join((ROOT / "docs/models.md").read_text().split())
@@ -348,7 +347,6 @@ def test_the_pixart_default_run_s_figures_are_its_committed_metrics():
 def test_the_readme_s_speed_range_holds_every_recorded_run():
     """The README quotes CAT's eager and compiled speedups as ranges over the benchmark's runs; every run recorded
     in results/speed/ (`bench_speed.py --out`) lies inside them, at the README's precision."""
-    import json
     readme = " ".join((ROOT / "README.md").read_text().split())
     eager = re.search(r"give \*\*(\d\.\d+)-(\d\.\d+)x\*\* in wall clock", readme).groups()
     compiled = re.search(r"(\d\.\d+)-(\d\.\d+)x compiled", readme).groups()
